@@ -1,0 +1,242 @@
+"""fleetwave settings.
+
+Each setting has a default, may be set in a TOML file named by ``FLEETWAVE_CONFIG`` (top-level
+keys are the attribute names below) and may be overridden by its environment variable. The
+original system's variable names (``RELEASE_EXECUTOR_*``, ``MTLS_ENABLED``, ``CONTROL_*``) are
+honoured as they are; every other variable is ``FLEETWAVE_`` + the upper-cased attribute name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid. ``str()`` is one line naming it and the problem."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"setting {name}: {problem}")
+        self.name = name
+        self.problem = problem
+
+
+# --- value parsers: text (from env) or TOML value -> typed value, ValueError with a reason ---
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"must be one of 1/0/true/false, got {value!r}")
+
+
+def _number(minimum: float, *, allow_zero: bool = False) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, got {value!r}")
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if number < minimum or (number == 0 and not allow_zero and minimum == 0):
+            raise ValueError(f"must be at least {minimum:g}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _integer(minimum: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        try:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        except ValueError:
+            raise ValueError(f"must be a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {value!r}")
+    return value
+
+
+def _optional_text(value: object) -> str | None:
+    text = _text(value).strip()
+    return text or None
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _text(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _bind(value: object) -> str:
+    text = _text(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    return text
+
+
+def _field(default: Any, parse: Callable[[object], Any], env: str | None = None) -> Any:
+    return attrs.field(default=default, metadata={"parse": parse, "env": env})
+
+
+def _default_daemon_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Every knob of the daemon, the agent client and the API. Units are in the names."""
+
+    # The original system's names.
+    executor_enabled: bool = _field(True, _bool, "RELEASE_EXECUTOR_ENABLED")
+    interval_sec: float = _field(5.0, _number(0.01), "RELEASE_EXECUTOR_INTERVAL_SEC")
+    mtls_enabled: bool = _field(True, _bool, "MTLS_ENABLED")
+    control_cert: str | None = _field(None, _optional_text, "CONTROL_CERT")
+    control_key: str | None = _field(None, _optional_text, "CONTROL_KEY")
+    control_ca: str | None = _field(None, _optional_text, "CONTROL_CA")
+
+    # Database.
+    database_url: str | None = _field(None, _optional_text)
+    data_dir: str = _field("./.fleetwave/pg", _text)
+
+    # Executor.
+    daemon_id: str = attrs.field(
+        factory=_default_daemon_id, metadata={"parse": _text, "env": None}
+    )
+    node_deadline_sec: float = _field(600.0, _number(0.001))
+    lease_ttl_sec: float = _field(30.0, _number(0.3))
+    max_releases: int = _field(16, _integer(1))
+    max_parallel: int = _field(1000, _integer(1))
+    flush_interval_sec: float = _field(0.2, _number(0.0, allow_zero=True))
+    reconcile_timeout_sec: float = _field(10.0, _number(0.001))
+
+    # Agent client.
+    agent_port: int = _field(8443, _integer(1))
+    agent_connect_timeout_sec: float = _field(15.0, _number(0.001))
+    agent_request_timeout_sec: float = _field(60.0, _number(0.001))
+    agent_max_connections: int = _field(1000, _integer(1))
+    dispatch_attempts: int = _field(5, _integer(1))
+    retry_initial_sec: float = _field(1.0, _number(0.001))
+    retry_max_sec: float = _field(30.0, _number(0.001))
+    poll_initial_sec: float = _field(1.0, _number(0.001))
+    poll_max_sec: float = _field(2.0, _number(0.001))
+    poll_factor: float = _field(1.5, _number(1.0))
+
+    # API and logs.
+    api_bind: str = _field("127.0.0.1:8080", _bind)
+    log_format: str = _field("auto", _choice("auto", "json", "console"))
+    log_level: str = _field("info", _choice("debug", "info", "warning", "error"))
+
+    @classmethod
+    def env_name(cls, attribute: str) -> str:
+        env = attrs.fields_dict(cls)[attribute].metadata["env"]
+        return env if env else f"FLEETWAVE_{attribute.upper()}"
+
+    def require_mtls(self) -> tuple[str, str, str]:
+        """The client certificate, key and CA paths, checked to exist and be readable."""
+        if not self.mtls_enabled:
+            raise SettingsError(
+                "MTLS_ENABLED", "must be 1: agents are only ever called over mutual TLS"
+            )
+        paths = []
+        for attribute in ("control_cert", "control_key", "control_ca"):
+            name = self.env_name(attribute)
+            value = getattr(self, attribute)
+            if value is None:
+                raise SettingsError(name, "is required (a PEM file path)")
+            path = Path(value)
+            if not path.is_file():
+                raise SettingsError(name, f"file {value} does not exist")
+            if not os.access(path, os.R_OK):
+                raise SettingsError(name, f"file {value} is not readable")
+            paths.append(str(path))
+        return paths[0], paths[1], paths[2]
+
+
+def _read_toml(path: str) -> Mapping[str, object]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError("FLEETWAVE_CONFIG", f"file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError("FLEETWAVE_CONFIG", f"{path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise SettingsError("FLEETWAVE_CONFIG", f"cannot read {path}: {error.strerror}") from None
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, **overrides: object
+) -> Settings:
+    """Build Settings from defaults, the TOML file, the environment, then ``overrides``.
+
+    Raises SettingsError naming the first invalid or unknown setting.
+    """
+    env = os.environ if environ is None else environ
+    fields = attrs.fields_dict(Settings)
+    values: dict[str, object] = {}
+
+    config_path = env.get("FLEETWAVE_CONFIG")
+    if config_path:
+        for key, raw in _read_toml(config_path).items():
+            if key not in fields:
+                raise SettingsError(
+                    f"{key} (in {config_path})", "is not a known setting"
+                )
+            values[key] = _parse(key, f"{key} (in {config_path})", raw)
+
+    for attribute in fields:
+        name = Settings.env_name(attribute)
+        if name in env:
+            values[attribute] = _parse(attribute, name, env[name])
+
+    for attribute, raw in overrides.items():
+        if attribute not in fields:
+            raise SettingsError(attribute, "is not a known setting")
+        values[attribute] = _parse(attribute, attribute, raw)
+
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.retry_max_sec < settings.retry_initial_sec:
+        raise SettingsError(
+            Settings.env_name("retry_max_sec"), "must not be below FLEETWAVE_RETRY_INITIAL_SEC"
+        )
+    if settings.poll_max_sec < settings.poll_initial_sec:
+        raise SettingsError(
+            Settings.env_name("poll_max_sec"), "must not be below FLEETWAVE_POLL_INITIAL_SEC"
+        )
+    return settings
+
+
+def _parse(attribute: str, name: str, raw: object) -> object:
+    parse = attrs.fields_dict(Settings)[attribute].metadata["parse"]
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise SettingsError(name, str(error)) from None

@@ -1,0 +1,145 @@
+"""The store interface: everything the actors, the API and the CLI ask of the database.
+
+Two implementations keep one contract (tests/integration/test_store_contract.py):
+PostgresStore (production) and MemoryStore (simulations). All methods are Trio-flavored.
+Times (created_at, lease expiry, ...) come from the store's clock, never the caller's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import trio
+
+from store.models import (
+    Claim,
+    CreatedRelease,
+    Event,
+    Lease,
+    Node,
+    NodeChange,
+    NodeHealth,
+    Outcome,
+    Release,
+    ReleaseNode,
+    ReleaseSpec,
+    ReleaseStatus,
+)
+
+
+class Store(Protocol):
+    # --- executor side -------------------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
+        """Claim up to ``limit`` releases for ``owner`` with a lease of ``ttl`` seconds.
+
+        Claimable: a pending release that is the oldest (lowest version) pending one of its
+        scope while no release of that scope is running or paused; or a running release whose
+        lease expired (or has none). Each claim sets status running, lease_owner, lease_epoch+1
+        and the expiry. Returned in version order.
+        """
+        ...
+
+    async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
+        """Renew all given leases in one statement; return the release ids still held."""
+        ...
+
+    async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
+        """Expire the given leases now, so another daemon can claim them at once."""
+        ...
+
+    async def record(
+        self,
+        lease: Lease,
+        changes: Sequence[NodeChange],
+        outcome: Outcome | None = None,
+        *,
+        daemon_id: str | None = None,
+    ) -> bool:
+        """Persist node transitions (and the release's end) in one fenced transaction.
+
+        Returns False, changing nothing, when ``lease`` is no longer current (stale holder).
+        Counters are recomputed from node rows. An outcome also marks every node still
+        pending ``skipped`` and every node still running ``cancelled``, clears the lease, and
+        stamps finished_at. Each transition appends a release_events row.
+        """
+        ...
+
+    async def listen_releases(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``wake()`` whenever a release is created (a hint; polling is the truth).
+
+        Runs until cancelled; reconnects by itself when the notification channel drops.
+        """
+        ...
+
+    # --- releases --------------------------------------------------------------------------
+
+    async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
+        """Create a release over enabled, online nodes (ordered by id), split by spec.plan.
+
+        Version = previous maximum + 1, race-safe. One transaction. Raises Conflict("no online
+        nodes") when there are none, InvalidInput for a bad plan or tolerance.
+        """
+        ...
+
+    async def get_release(self, release_id: int) -> Release | None: ...
+
+    async def list_releases(
+        self, *, status: ReleaseStatus | None = None, offset: int = 0, limit: int = 20
+    ) -> tuple[list[Release], int]:
+        """A page of releases, newest first, and the total count matching ``status``."""
+        ...
+
+    async def release_nodes(self, release_id: int) -> list[ReleaseNode]:
+        """All nodes of a release ordered by batch then row id, with their addresses."""
+        ...
+
+    async def release_events(
+        self, release_id: int, *, after_id: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        """The audit trail of a release, oldest first, from after ``after_id``."""
+        ...
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    async def list_nodes(self) -> list[Node]: ...
+
+    async def upsert_node(
+        self,
+        name: str,
+        main_ip: str,
+        agent_port: int,
+        *,
+        enabled: bool = True,
+        status: NodeHealth = NodeHealth.ONLINE,
+    ) -> Node:
+        """Register a node by name, or update its address, enabled flag and status."""
+        ...
+
+    async def update_node(
+        self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
+    ) -> Node:
+        """Change a node's status or enabled flag; raises NotFound."""
+        ...
+
+    # --- API tokens --------------------------------------------------------------------------
+
+    async def create_token(self, name: str, token_hash: str) -> None:
+        """Store a token's hash under a unique name; raises AlreadyExists."""
+        ...
+
+    async def token_name(self, token_hash: str) -> str | None:
+        """The name of the token with this hash, or None."""
+        ...
+
+    # --- health ----------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        """True when the database answers and its migrations are current."""
+        ...

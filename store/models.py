@@ -1,0 +1,286 @@
+"""Rows and values the store hands out and takes in. All frozen; built from records by name."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+APPLY_CONFIG = "apply_config"
+ERROR_MSG_MAX = 255
+
+
+class ReleaseStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ReleaseStatus.SUCCESS, ReleaseStatus.FAILED, ReleaseStatus.CANCELLED)
+
+
+class NodeStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (NodeStatus.PENDING, NodeStatus.RUNNING)
+
+
+class NodeHealth(enum.StrEnum):
+    """The ``nodes.status`` column: whether the CMDB considers the edge node in service."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    MAINTENANCE = "maintenance"
+
+
+def clip_error(message: str | None) -> str | None:
+    """error_msg is at most 255 characters (the original's column)."""
+    if message is None:
+        return None
+    return message if len(message) <= ERROR_MSG_MAX else message[: ERROR_MSG_MAX - 1] + "…"
+
+
+def task_id_for(main_ip: str, version: int) -> str:
+    """The agent task id: deterministic, so a repeated dispatch is idempotent on the agent."""
+    return f"{APPLY_CONFIG}_{main_ip}_{version}"
+
+
+PlanStep = int | str
+"""A batch size: a count (``5``) or a percentage of all nodes (``"25%"``)."""
+
+DEFAULT_PLAN: tuple[PlanStep, ...] = (1, "100%")
+
+
+@attrs.frozen
+class Node:
+    id: int
+    name: str
+    main_ip: str
+    agent_port: int
+    enabled: bool
+    status: NodeHealth
+    last_seen_at: datetime | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Node:
+        return cls(
+            id=record["id"],
+            name=record["name"],
+            main_ip=record["main_ip"],
+            agent_port=record["agent_port"],
+            enabled=record["enabled"],
+            status=NodeHealth(record["status"]),
+            last_seen_at=record["last_seen_at"],
+        )
+
+
+@attrs.frozen
+class Release:
+    id: int
+    type: str
+    target: str
+    scope: str
+    version: int
+    status: ReleaseStatus
+    total_nodes: int
+    success_nodes: int
+    failed_nodes: int
+    skipped_nodes: int
+    cancelled_nodes: int
+    current_batch: int
+    plan: tuple[PlanStep, ...]
+    max_parallel: int | None
+    max_failures: int
+    reason: str
+    error: str | None
+    lease_owner: str | None
+    lease_epoch: int
+    lease_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Release:
+        return cls(
+            id=record["id"],
+            type=record["type"],
+            target=record["target"],
+            scope=record["scope"],
+            version=record["version"],
+            status=ReleaseStatus(record["status"]),
+            total_nodes=record["total_nodes"],
+            success_nodes=record["success_nodes"],
+            failed_nodes=record["failed_nodes"],
+            skipped_nodes=record["skipped_nodes"],
+            cancelled_nodes=record["cancelled_nodes"],
+            current_batch=record["current_batch"],
+            plan=parse_plan(record["plan"]),
+            max_parallel=record["max_parallel"],
+            max_failures=record["max_failures"],
+            reason=record["reason"],
+            error=record["error"],
+            lease_owner=record["lease_owner"],
+            lease_epoch=record["lease_epoch"],
+            lease_expires_at=record["lease_expires_at"],
+            created_at=record["created_at"],
+            updated_at=record["updated_at"],
+            started_at=record["started_at"],
+            finished_at=record["finished_at"],
+        )
+
+
+def parse_plan(value: object) -> tuple[PlanStep, ...]:
+    """A plan as stored (JSON list, or NULL for releases written by other programs)."""
+    if value is None:
+        return DEFAULT_PLAN
+    if isinstance(value, str):
+        import json
+
+        value = json.loads(value)
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"plan must be a list, got {value!r}")
+    return tuple(value)
+
+
+@attrs.frozen
+class ReleaseNode:
+    """One row of release_task_nodes, joined with its node's address."""
+
+    id: int
+    release_id: int
+    node_id: int
+    node_name: str
+    main_ip: str
+    agent_port: int
+    batch: int
+    status: NodeStatus
+    error_msg: str | None
+    task_id: str | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ReleaseNode:
+        return cls(
+            id=record["id"],
+            release_id=record["release_task_id"],
+            node_id=record["node_id"],
+            node_name=record["node_name"],
+            main_ip=record["main_ip"],
+            agent_port=record["agent_port"],
+            batch=record["batch"],
+            status=NodeStatus(record["status"]),
+            error_msg=record["error_msg"],
+            task_id=record["task_id"],
+            attempts=record["attempts"],
+            started_at=record["started_at"],
+            finished_at=record["finished_at"],
+        )
+
+
+@attrs.frozen
+class Lease:
+    """The fencing token of one claimed release: every write carries it."""
+
+    release_id: int
+    epoch: int
+
+
+@attrs.frozen
+class Claim:
+    release: Release
+    lease: Lease
+
+
+@attrs.frozen
+class NodeChange:
+    """One node transition to persist. ``started``/``finished`` stamp the database's now()."""
+
+    row_id: int
+    status: NodeStatus
+    error_msg: str | None = None
+    task_id: str | None = None
+    attempts: int | None = None
+    started: bool = False
+    finished: bool = False
+
+
+@attrs.frozen
+class Outcome:
+    """The end of a release. Recording it skips every node still pending."""
+
+    status: ReleaseStatus
+    error: str | None = None
+
+
+@attrs.frozen
+class ReleaseSpec:
+    """What an operator asks for when creating a release."""
+
+    target: str = "cdn"
+    reason: str = ""
+    plan: tuple[PlanStep, ...] = DEFAULT_PLAN
+    max_parallel: int | None = None
+    max_failures: int = 0
+    scope: str | None = None
+    type: str = APPLY_CONFIG
+
+
+@attrs.frozen
+class CreatedRelease:
+    release: Release
+    batches: tuple[tuple[int, tuple[int, ...]], ...]
+    """(batch number, node ids) in plan order."""
+
+
+@attrs.frozen
+class Event:
+    """One row of release_events: a transition of a release or of one of its nodes."""
+
+    id: int
+    release_id: int
+    node_id: int | None
+    batch: int | None
+    from_status: str | None
+    to_status: str
+    message: str | None
+    daemon_id: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Event:
+        return cls(
+            id=record["id"],
+            release_id=record["release_task_id"],
+            node_id=record["node_id"],
+            batch=record["batch"],
+            from_status=record["from_status"],
+            to_status=record["to_status"],
+            message=record["message"],
+            daemon_id=record["daemon_id"],
+            created_at=record["created_at"],
+        )
+
+
+def node_ids_by_batch(nodes: Sequence[ReleaseNode]) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    batches: dict[int, list[int]] = {}
+    for node in nodes:
+        batches.setdefault(node.batch, []).append(node.node_id)
+    return tuple((batch, tuple(ids)) for batch, ids in sorted(batches.items()))
