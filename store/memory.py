@@ -1,0 +1,512 @@
+"""MemoryStore: the Store contract held in memory, for simulations under a virtual clock.
+
+Times come from ``trio.current_time()`` mapped onto a UTC wall-clock base, so leases expire in
+simulated time under pytest-trio's ``autojump_clock``. Every operation is atomic (it never
+awaits while changing state), which is what a PostgreSQL transaction gives the real store.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import attrs
+import trio
+
+from store.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from store.models import (
+    Claim,
+    CreatedRelease,
+    Event,
+    Lease,
+    Node,
+    NodeChange,
+    NodeHealth,
+    NodeStatus,
+    Outcome,
+    Release,
+    ReleaseNode,
+    ReleaseSpec,
+    ReleaseStatus,
+    clip_error,
+    node_ids_by_batch,
+)
+from store.plan import assign_batches, validate_plan
+
+
+@attrs.define
+class _ReleaseRow:
+    id: int
+    type: str
+    target: str
+    scope: str | None
+    version: int
+    status: ReleaseStatus
+    total_nodes: int
+    plan: tuple[int | str, ...] | None
+    max_parallel: int | None
+    max_failures: int
+    reason: str
+    created_at: datetime
+    updated_at: datetime
+    error: str | None = None
+    success_nodes: int = 0
+    failed_nodes: int = 0
+    lease_owner: str | None = None
+    lease_epoch: int = 0
+    lease_expires_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def effective_scope(self) -> str:
+        return self.scope if self.scope is not None else self.target
+
+
+@attrs.define
+class _NodeRow:
+    id: int
+    release_id: int
+    node_id: int
+    batch: int
+    status: NodeStatus
+    error_msg: str | None = None
+    task_id: str | None = None
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@attrs.define
+class MemoryStore:
+    """In-memory Store. ``fail_next`` lets a simulation make the next operations fail."""
+
+    _nodes: dict[int, Node] = attrs.field(factory=dict)
+    _releases: dict[int, _ReleaseRow] = attrs.field(factory=dict)
+    _release_nodes: dict[int, list[_NodeRow]] = attrs.field(factory=dict)
+    _events: list[Event] = attrs.field(factory=list)
+    _tokens: dict[str, str] = attrs.field(factory=dict)
+    _wakers: list[Callable[[], None]] = attrs.field(factory=list)
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _base: datetime | None = None
+    record_calls: int = 0
+    """How many record() calls were made: simulations assert writes are coalesced."""
+
+    def now(self) -> datetime:
+        current = trio.current_time()
+        if self._base is None:
+            self._base = datetime.now(UTC) - timedelta(seconds=current)
+        return self._base + timedelta(seconds=current)
+
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    # --- executor side ---------------------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        busy_scopes = {
+            row.effective_scope
+            for row in self._releases.values()
+            if row.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
+        }
+        oldest_pending: dict[str, int] = {}
+        for row in self._releases.values():
+            if row.status is ReleaseStatus.PENDING:
+                scope = row.effective_scope
+                oldest_pending[scope] = min(oldest_pending.get(scope, row.version), row.version)
+        claimable = [
+            row
+            for row in self._releases.values()
+            if (
+                row.status is ReleaseStatus.RUNNING
+                and (row.lease_expires_at is None or row.lease_expires_at < now)
+            )
+            or (
+                row.status is ReleaseStatus.PENDING
+                and row.effective_scope not in busy_scopes
+                and oldest_pending[row.effective_scope] == row.version
+            )
+        ]
+        claimable.sort(key=lambda row: row.version)
+        claims = []
+        for row in claimable[:limit]:
+            previous = row.status
+            row.status = ReleaseStatus.RUNNING
+            row.lease_owner = owner
+            row.lease_epoch += 1
+            row.lease_expires_at = now + timedelta(seconds=ttl)
+            row.started_at = row.started_at or now
+            row.updated_at = now
+            self._event(
+                row.id,
+                None,
+                None,
+                previous,
+                row.status,
+                f"claimed by {owner} (epoch {row.lease_epoch})",
+                owner,
+            )
+            claims.append(Claim(self._release(row), Lease(row.id, row.lease_epoch)))
+        return claims
+
+    async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        held = set()
+        for lease in leases:
+            row = self._releases.get(lease.release_id)
+            if (
+                row is not None
+                and row.lease_epoch == lease.epoch
+                and row.lease_owner == owner
+                and row.status is ReleaseStatus.RUNNING
+            ):
+                row.lease_expires_at = now + timedelta(seconds=ttl)
+                held.add(row.id)
+        return held
+
+    async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
+        await trio.lowlevel.checkpoint()
+        now = self.now()
+        for lease in leases:
+            row = self._releases.get(lease.release_id)
+            if row is not None and row.lease_epoch == lease.epoch and row.lease_owner == owner:
+                row.lease_expires_at = now - timedelta(seconds=1)
+
+    async def record(
+        self,
+        lease: Lease,
+        changes: Sequence[NodeChange],
+        outcome: Outcome | None = None,
+        *,
+        daemon_id: str | None = None,
+    ) -> bool:
+        await trio.lowlevel.checkpoint()
+        self.record_calls += 1
+        row = self._releases.get(lease.release_id)
+        if row is None or row.lease_epoch != lease.epoch or row.status is not ReleaseStatus.RUNNING:
+            return False
+        now = self.now()
+        by_id = {node.id: node for node in self._release_nodes[row.id]}
+        for change in changes:
+            node = by_id.get(change.row_id)
+            if node is None:
+                continue
+            previous = node.status
+            node.status = change.status
+            node.error_msg = clip_error(change.error_msg)
+            if change.task_id is not None:
+                node.task_id = change.task_id
+            if change.attempts is not None:
+                node.attempts = change.attempts
+            if change.started:
+                node.started_at = now
+            if change.finished:
+                node.finished_at = now
+            self._event(
+                row.id, node.node_id, node.batch, previous, node.status, node.error_msg, daemon_id
+            )
+        if outcome is not None:
+            for node in self._release_nodes[row.id]:
+                if node.status is NodeStatus.PENDING:
+                    node.status = NodeStatus.SKIPPED
+                    node.finished_at = now
+                    self._event(
+                        row.id,
+                        node.node_id,
+                        node.batch,
+                        NodeStatus.PENDING,
+                        node.status,
+                        f"skipped: release {outcome.status}",
+                        daemon_id,
+                    )
+                elif node.status is NodeStatus.RUNNING:
+                    node.status = NodeStatus.CANCELLED
+                    node.finished_at = now
+                    self._event(
+                        row.id,
+                        node.node_id,
+                        node.batch,
+                        NodeStatus.RUNNING,
+                        node.status,
+                        f"cancelled: release {outcome.status}",
+                        daemon_id,
+                    )
+            self._event(row.id, None, None, row.status, outcome.status, outcome.error, daemon_id)
+            row.status = outcome.status
+            row.error = outcome.error
+            row.finished_at = now
+            row.lease_owner = None
+            row.lease_expires_at = None
+        statuses = [node.status for node in self._release_nodes[row.id]]
+        row.success_nodes = statuses.count(NodeStatus.SUCCESS)
+        row.failed_nodes = statuses.count(NodeStatus.FAILED)
+        row.updated_at = now
+        return True
+
+    async def listen_releases(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._wakers.append(wake)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._wakers.remove(wake)
+
+    # --- releases ---------------------------------------------------------------------------
+
+    async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
+        await trio.lowlevel.checkpoint()
+        plan = validate_plan(list(spec.plan))
+        if spec.max_failures < 0:
+            raise InvalidInput("maxFailures must be at least 0")
+        if spec.max_parallel is not None and spec.max_parallel < 1:
+            raise InvalidInput("maxParallel must be at least 1")
+        online = sorted(
+            node.id
+            for node in self._nodes.values()
+            if node.enabled and node.status is NodeHealth.ONLINE
+        )
+        if not online:
+            raise Conflict("no online nodes")
+        now = self.now()
+        version = max((row.version for row in self._releases.values()), default=0) + 1
+        row = _ReleaseRow(
+            id=self._next_id(),
+            type=spec.type,
+            target=spec.target,
+            scope=spec.scope,
+            version=version,
+            status=ReleaseStatus.PENDING,
+            total_nodes=len(online),
+            plan=plan,
+            max_parallel=spec.max_parallel,
+            max_failures=spec.max_failures,
+            reason=spec.reason,
+            created_at=now,
+            updated_at=now,
+        )
+        self._releases[row.id] = row
+        self._release_nodes[row.id] = [
+            _NodeRow(
+                id=self._next_id(),
+                release_id=row.id,
+                node_id=node_id,
+                batch=batch,
+                status=NodeStatus.PENDING,
+            )
+            for node_id, batch in assign_batches(plan, online)
+        ]
+        self._event(row.id, None, None, None, row.status, "created", None)
+        for wake in list(self._wakers):
+            wake()
+        nodes = await self.release_nodes(row.id)
+        return CreatedRelease(self._release(row), node_ids_by_batch(nodes))
+
+    def insert_seed_release(
+        self, version: int, batches: Sequence[Sequence[int]], *, status: str = "pending"
+    ) -> int:
+        """Insert a release the way the original CMDB did: seed columns only, no plan/scope."""
+        now = self.now()
+        node_ids = [node_id for batch in batches for node_id in batch]
+        row = _ReleaseRow(
+            id=self._next_id(),
+            type="apply_config",
+            target="cdn",
+            scope=None,
+            version=version,
+            status=ReleaseStatus(status),
+            total_nodes=len(node_ids),
+            plan=None,
+            max_parallel=None,
+            max_failures=0,
+            reason="",
+            created_at=now,
+            updated_at=now,
+        )
+        self._releases[row.id] = row
+        self._release_nodes[row.id] = [
+            _NodeRow(
+                id=self._next_id(),
+                release_id=row.id,
+                node_id=node_id,
+                batch=number,
+                status=NodeStatus.PENDING,
+            )
+            for number, batch in enumerate(batches, start=1)
+            for node_id in batch
+        ]
+        return row.id
+
+    async def get_release(self, release_id: int) -> Release | None:
+        await trio.lowlevel.checkpoint()
+        row = self._releases.get(release_id)
+        return None if row is None else self._release(row)
+
+    async def list_releases(
+        self, *, status: ReleaseStatus | None = None, offset: int = 0, limit: int = 20
+    ) -> tuple[list[Release], int]:
+        await trio.lowlevel.checkpoint()
+        rows = [row for row in self._releases.values() if status is None or row.status is status]
+        rows.sort(key=lambda row: row.id, reverse=True)
+        return [self._release(row) for row in rows[offset : offset + limit]], len(rows)
+
+    async def release_nodes(self, release_id: int) -> list[ReleaseNode]:
+        await trio.lowlevel.checkpoint()
+        rows = sorted(self._release_nodes.get(release_id, []), key=lambda n: (n.batch, n.id))
+        result = []
+        for row in rows:
+            node = self._nodes[row.node_id]
+            result.append(
+                ReleaseNode(
+                    id=row.id,
+                    release_id=row.release_id,
+                    node_id=row.node_id,
+                    node_name=node.name,
+                    main_ip=node.main_ip,
+                    agent_port=node.agent_port,
+                    batch=row.batch,
+                    status=row.status,
+                    error_msg=row.error_msg,
+                    task_id=row.task_id,
+                    attempts=row.attempts,
+                    started_at=row.started_at,
+                    finished_at=row.finished_at,
+                )
+            )
+        return result
+
+    async def release_events(
+        self, release_id: int, *, after_id: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        await trio.lowlevel.checkpoint()
+        matching = [e for e in self._events if e.release_id == release_id and e.id > after_id]
+        return matching[:limit]
+
+    # --- nodes -------------------------------------------------------------------------------
+
+    async def list_nodes(self) -> list[Node]:
+        await trio.lowlevel.checkpoint()
+        return sorted(self._nodes.values(), key=lambda node: node.id)
+
+    async def upsert_node(
+        self,
+        name: str,
+        main_ip: str,
+        agent_port: int,
+        *,
+        enabled: bool = True,
+        status: NodeHealth = NodeHealth.ONLINE,
+    ) -> Node:
+        await trio.lowlevel.checkpoint()
+        existing = next((n for n in self._nodes.values() if n.name == name), None)
+        node_id = existing.id if existing is not None else self._next_id()
+        node = Node(
+            id=node_id,
+            name=name,
+            main_ip=main_ip,
+            agent_port=agent_port,
+            enabled=enabled,
+            status=status,
+            last_seen_at=existing.last_seen_at if existing else None,
+        )
+        self._nodes[node_id] = node
+        return node
+
+    async def update_node(
+        self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
+    ) -> Node:
+        await trio.lowlevel.checkpoint()
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id} not found")
+        if status is not None:
+            node = attrs.evolve(node, status=status)
+        if enabled is not None:
+            node = attrs.evolve(node, enabled=enabled)
+        self._nodes[node_id] = node
+        return node
+
+    # --- tokens and health ----------------------------------------------------------------
+
+    async def create_token(self, name: str, token_hash: str) -> None:
+        await trio.lowlevel.checkpoint()
+        if name in self._tokens.values():
+            raise AlreadyExists(f"a token named {name!r} already exists")
+        self._tokens[token_hash] = name
+
+    async def token_name(self, token_hash: str) -> str | None:
+        await trio.lowlevel.checkpoint()
+        return self._tokens.get(token_hash)
+
+    async def ping(self) -> bool:
+        await trio.lowlevel.checkpoint()
+        return True
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _event(
+        self,
+        release_id: int,
+        node_id: int | None,
+        batch: int | None,
+        from_status: str | None,
+        to_status: str,
+        message: str | None,
+        daemon_id: str | None,
+    ) -> None:
+        self._events.append(
+            Event(
+                id=len(self._events) + 1,
+                release_id=release_id,
+                node_id=node_id,
+                batch=batch,
+                from_status=None if from_status is None else str(from_status),
+                to_status=str(to_status),
+                message=message,
+                daemon_id=daemon_id,
+                created_at=self.now(),
+            )
+        )
+
+    def _release(self, row: _ReleaseRow) -> Release:
+        nodes = self._release_nodes.get(row.id, [])
+        statuses = [node.status for node in nodes]
+        open_batches = [
+            node.batch
+            for node in nodes
+            if node.status in (NodeStatus.PENDING, NodeStatus.RUNNING, NodeStatus.FAILED)
+        ]
+        return Release(
+            id=row.id,
+            type=row.type,
+            target=row.target,
+            scope=row.effective_scope,
+            version=row.version,
+            status=row.status,
+            total_nodes=row.total_nodes,
+            success_nodes=row.success_nodes,
+            failed_nodes=row.failed_nodes,
+            skipped_nodes=statuses.count(NodeStatus.SKIPPED),
+            cancelled_nodes=statuses.count(NodeStatus.CANCELLED),
+            current_batch=min(open_batches, default=0),
+            plan=row.plan if row.plan is not None else (1, "100%"),
+            max_parallel=row.max_parallel,
+            max_failures=row.max_failures,
+            reason=row.reason,
+            error=row.error,
+            lease_owner=row.lease_owner,
+            lease_epoch=row.lease_epoch,
+            lease_expires_at=row.lease_expires_at,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
