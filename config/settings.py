@@ -127,9 +127,7 @@ class Settings:
     data_dir: str = _field("./.fleetwave/pg", _text)
 
     # Executor.
-    daemon_id: str = attrs.field(
-        factory=_default_daemon_id, metadata={"parse": _text, "env": None}
-    )
+    daemon_id: str = attrs.field(factory=_default_daemon_id, metadata={"parse": _text, "env": None})
     node_deadline_sec: float = _field(600.0, _number(0.001))
     lease_ttl_sec: float = _field(30.0, _number(0.3))
     max_releases: int = _field(16, _integer(1))
@@ -192,9 +190,7 @@ def _read_toml(path: str) -> Mapping[str, object]:
         raise SettingsError("FLEETWAVE_CONFIG", f"cannot read {path}: {error.strerror}") from None
 
 
-def load_settings(
-    environ: Mapping[str, str] | None = None, **overrides: object
-) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build Settings from defaults, the TOML file, the environment, then ``overrides``.
 
     Raises SettingsError naming the first invalid or unknown setting.
@@ -207,9 +203,7 @@ def load_settings(
     if config_path:
         for key, raw in _read_toml(config_path).items():
             if key not in fields:
-                raise SettingsError(
-                    f"{key} (in {config_path})", "is not a known setting"
-                )
+                raise SettingsError(f"{key} (in {config_path})", "is not a known setting")
             values[key] = _parse(key, f"{key} (in {config_path})", raw)
 
     for attribute in fields:

@@ -46,7 +46,7 @@ class Store(Protocol):
         ...
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
-        """Expire the given leases now, so another daemon can claim them at once."""
+        """Expire the given leases now and notify, so another daemon claims them at once."""
         ...
 
     async def record(
@@ -72,7 +72,8 @@ class Store(Protocol):
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Call ``wake()`` whenever a release is created (a hint; polling is the truth).
+        """Call ``wake()`` whenever a release is created or handed back (a hint; polling is
+        the truth).
 
         Runs until cancelled; reconnects by itself when the notification channel drops.
         """

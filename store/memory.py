@@ -175,6 +175,8 @@ class MemoryStore:
             row = self._releases.get(lease.release_id)
             if row is not None and row.lease_epoch == lease.epoch and row.lease_owner == owner:
                 row.lease_expires_at = now - timedelta(seconds=1)
+        for wake in list(self._wakers):
+            wake()
 
     async def record(
         self,

@@ -1,0 +1,171 @@
+"""NodeActor: drives one node of one release to a terminal outcome and reports it."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+import structlog
+import trio
+
+from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
+from actors.timing import NodeTiming, poll_delays, retry_delay
+from agent.client import AgentClient
+from agent.errors import AgentError, FailureKind
+from agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
+from store.models import NodeStatus, ReleaseNode, task_id_for
+
+log = structlog.get_logger("fleetwave.node")
+
+
+class _Finished(Exception):
+    """Internal: the node reached its outcome while dispatching or polling."""
+
+    def __init__(self, message: Succeeded | Failed) -> None:
+        self.message = message
+
+
+@attrs.define
+class NodeActor:
+    """One batch member. Talks to its ReleaseActor only through ``outbox``.
+
+    Dispatch is retried with backoff on transient errors (safe: the taskId is idempotent).
+    A dispatch that times out may have reached the agent, so the actor then observes instead
+    of re-sending. A running node taken over from another daemon is queried first and only
+    dispatched again when its agent does not know the task. The whole life of the actor is
+    bounded by the node deadline.
+    """
+
+    node: ReleaseNode
+    version: int
+    agents: AgentClient
+    timing: NodeTiming
+    outbox: trio.MemorySendChannel[NodeMessage]
+    limiter: trio.CapacityLimiter
+    rng: random.Random = attrs.field(factory=random.Random)
+    _last_error: str | None = None
+    _dispatches: int = 0
+
+    @property
+    def address(self) -> AgentAddress:
+        return AgentAddress(self.node.main_ip, self.node.agent_port)
+
+    @property
+    def task_id(self) -> str:
+        return task_id_for(self.node.main_ip, self.version)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with (
+            self.outbox,
+            structlog.contextvars.bound_contextvars(
+                node_id=self.node.node_id, batch=self.node.batch
+            ),
+        ):
+            task_status.started()
+            async with self.limiter:
+                outcome: Succeeded | Failed | None = None
+                with trio.move_on_after(self.timing.deadline):
+                    outcome = await self._drive()
+                if outcome is None:
+                    detail = f" (last error: {self._last_error})" if self._last_error else ""
+                    outcome = Failed(
+                        self.node.id,
+                        f"no result from agent {self.address} within "
+                        f"{self.timing.deadline:g}s{detail}",
+                        FailureKind.DEADLINE,
+                    )
+                await self.outbox.send(outcome)
+
+    async def _drive(self) -> Succeeded | Failed:
+        try:
+            if self.node.status is NodeStatus.RUNNING:
+                await self._resume()
+            else:
+                await self._dispatch()
+            await self._poll()
+        except _Finished as finished:
+            return finished.message
+        raise AssertionError("polling only ends with an outcome")  # pragma: no cover
+
+    async def _resume(self) -> None:
+        """A node some daemon already dispatched: ask before sending it again."""
+        try:
+            state = await self.agents.query(self.address, self.task_id)
+        except AgentError as error:
+            self._note(error)
+            return  # keep polling: the deadline bounds an agent that stays away
+        if state is None:
+            log.info("node.resume_redispatch", reason="agent does not know the task")
+            await self._dispatch()
+        else:
+            self._finish_if_terminal(state)
+
+    async def _dispatch(self) -> None:
+        request = DispatchRequest(task_id=self.task_id, version=self.version)
+        await self.outbox.send(Dispatching(self.node.id))
+        attempt = 0
+        while True:
+            attempt += 1
+            self._dispatches += 1
+            try:
+                await self.agents.dispatch(self.address, request)
+            except AgentError as error:
+                self._note(error)
+                if error.kind is FailureKind.TIMEOUT:
+                    # The agent may have taken the task: observe instead of resending.
+                    break
+                if not error.transient or attempt >= self.timing.dispatch_attempts:
+                    raise _Finished(
+                        Failed(
+                            self.node.id,
+                            f"dispatch failed after {attempt} attempt(s): {error}",
+                            error.kind,
+                        )
+                    ) from None
+                await trio.sleep(retry_delay(attempt, self.timing, self.rng))
+                continue
+            break
+        await self.outbox.send(Dispatched(self.node.id, self.task_id, self._dispatches))
+        log.debug("node.dispatched", task_id=self.task_id, attempts=attempt)
+
+    async def _poll(self) -> None:
+        for delay in poll_delays(self.timing, self.rng):
+            await trio.sleep(delay)
+            try:
+                state = await self.agents.query(self.address, self.task_id)
+            except AgentError as error:
+                self._note(error)
+                if error.transient:
+                    continue
+                raise _Finished(Failed(self.node.id, str(error), error.kind)) from None
+            if state is None:
+                if self._dispatches >= self.timing.dispatch_attempts:
+                    raise _Finished(
+                        Failed(
+                            self.node.id,
+                            f"agent {self.address} lost task {self.task_id} "
+                            f"{self._dispatches} times",
+                            FailureKind.UNKNOWN_TASK,
+                        )
+                    )
+                log.warning("node.task_forgotten", task_id=self.task_id)
+                await self._dispatch()
+                continue
+            self._finish_if_terminal(state)
+
+    def _finish_if_terminal(self, state: TaskState) -> None:
+        if state.status is TaskStatus.SUCCESS:
+            raise _Finished(Succeeded(self.node.id))
+        if state.status is TaskStatus.FAILED:
+            raise _Finished(
+                Failed(
+                    self.node.id,
+                    f"agent {self.address} reported failure: "
+                    f"{state.last_error or 'no lastError given'}",
+                    FailureKind.TASK_FAILED,
+                )
+            )
+
+    def _note(self, error: AgentError) -> None:
+        self._last_error = str(error)
+        log.info("node.agent_error", kind=str(error.kind), error=str(error))

@@ -1,0 +1,281 @@
+"""ReleaseActor: runs one claimed release, batch after batch, as the only writer of it."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import attrs
+import structlog
+import trio
+
+from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
+from actors.node import NodeActor
+from actors.timing import NodeTiming
+from agent.client import AgentClient
+from agent.errors import AgentError
+from agent.protocol import AgentAddress, TaskStatus
+from store.base import Store
+from store.models import (
+    Claim,
+    NodeChange,
+    NodeStatus,
+    Outcome,
+    ReleaseNode,
+    ReleaseStatus,
+    task_id_for,
+)
+
+log = structlog.get_logger("fleetwave.release")
+
+RECONCILE_PARALLEL = 64
+
+
+class LeaseLost(Exception):
+    """A fenced write changed nothing: another daemon holds this release now."""
+
+
+@attrs.frozen(kw_only=True)
+class ReleaseConfig:
+    """What a ReleaseActor needs besides its claim: taken from Settings by the supervisor."""
+
+    daemon_id: str
+    max_parallel: int = 1000
+    flush_interval: float = 0.2
+    reconcile_timeout: float = 10.0
+    node: NodeTiming = attrs.field(factory=NodeTiming)
+
+
+@attrs.define
+class ReleaseActor:
+    """Drives a claimed release to success or failure.
+
+    Batches run strictly in plan order. Inside a batch one NodeActor per unfinished member runs,
+    at most ``max_parallel`` at a time, reporting over a memory channel. Transitions are
+    persisted in one fenced transaction per tick. A failure beyond ``max_failures`` cancels the
+    batch scope; then dispatched nodes are reconciled with their agents, and the outcome
+    (which skips every node never dispatched) is recorded.
+    """
+
+    claim: Claim
+    store: Store
+    agents: AgentClient
+    config: ReleaseConfig
+    _nodes: dict[int, ReleaseNode] = attrs.field(factory=dict)
+    _changes: dict[int, NodeChange] = attrs.field(factory=dict)
+    _dispatched: set[int] = attrs.field(factory=set)
+    _failures: int = 0
+    _error: str | None = None
+    _flush_at: float = math.inf
+
+    @property
+    def release_id(self) -> int:
+        return self.claim.release.id
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        release = self.claim.release
+        with structlog.contextvars.bound_contextvars(
+            release_id=release.id, version=release.version
+        ):
+            task_status.started()
+            nodes = await self.store.release_nodes(release.id)
+            self._nodes = {node.id: node for node in nodes}
+            self._failures = sum(node.status is NodeStatus.FAILED for node in nodes)
+            resumed = any(node.status is not NodeStatus.PENDING for node in nodes)
+            log.info(
+                "release.started",
+                epoch=self.claim.lease.epoch,
+                total_nodes=len(nodes),
+                resumed=resumed,
+            )
+            limiter = trio.CapacityLimiter(release.max_parallel or self.config.max_parallel)
+            for batch in sorted({node.batch for node in nodes}):
+                if self._tolerance_exceeded:
+                    break
+                members = [node for node in self._nodes.values() if node.batch == batch]
+                if all(node.status.terminal for node in members):
+                    continue
+                with structlog.contextvars.bound_contextvars(batch=batch):
+                    await self._run_batch(members, limiter)
+            await self._finish()
+
+    @property
+    def _tolerance_exceeded(self) -> bool:
+        return self._failures > self.claim.release.max_failures
+
+    async def _run_batch(
+        self, members: Sequence[ReleaseNode], limiter: trio.CapacityLimiter
+    ) -> None:
+        todo = [node for node in members if not node.status.terminal]
+        log.info("batch.started", nodes=len(members), to_run=len(todo))
+        send, receive = trio.open_memory_channel[NodeMessage](0)
+        with trio.CancelScope() as batch_scope:
+            async with send, receive, trio.open_nursery() as nursery:
+                for node in todo:
+                    actor = NodeActor(
+                        node=node,
+                        version=self.claim.release.version,
+                        agents=self.agents,
+                        timing=self.config.node,
+                        outbox=send.clone(),
+                        limiter=limiter,
+                        rng=random.Random(node.id),
+                    )
+                    await nursery.start(actor.run)
+                send.close()
+                await self._collect(receive, batch_scope)
+        await self._flush()
+        if batch_scope.cancelled_caught:
+            log.warning("batch.aborted", reason=self._error)
+            await self._reconcile(members)
+        else:
+            log.info("batch.finished", failures=self._failures)
+
+    async def _collect(
+        self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope
+    ) -> None:
+        while True:
+            with trio.move_on_at(self._flush_at):
+                try:
+                    message = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+                await self._handle(message, batch_scope)
+                continue
+            await self._flush()
+
+    async def _handle(self, message: NodeMessage, batch_scope: trio.CancelScope) -> None:
+        match message:
+            case Dispatching(row_id=row_id):
+                self._dispatched.add(row_id)
+            case Dispatched(row_id=row_id, task_id=task_id, attempts=attempts):
+                await self._change(
+                    NodeChange(
+                        row_id, NodeStatus.RUNNING, task_id=task_id, attempts=attempts, started=True
+                    )
+                )
+            case Succeeded(row_id=row_id):
+                await self._change(NodeChange(row_id, NodeStatus.SUCCESS, finished=True))
+            case Failed(row_id=row_id, reason=reason, kind=kind):
+                node = self._nodes[row_id]
+                log.warning("node.failed", node_id=node.node_id, kind=str(kind), reason=reason)
+                await self._change(
+                    NodeChange(row_id, NodeStatus.FAILED, error_msg=reason, finished=True)
+                )
+                self._failures += 1
+                if self._tolerance_exceeded and self._error is None:
+                    self._error = f"node {node.node_name} ({node.main_ip}) failed: {reason}"
+                    batch_scope.cancel()
+
+    async def _change(self, change: NodeChange) -> None:
+        if change.row_id in self._changes:
+            await self._flush()  # one change per row per transaction keeps the audit complete
+        self._changes[change.row_id] = change
+        node = self._nodes[change.row_id]
+        self._nodes[change.row_id] = attrs.evolve(
+            node,
+            status=change.status,
+            task_id=change.task_id or node.task_id,
+        )
+        if change.status.terminal:
+            log.info(
+                "node.finished", node_id=node.node_id, batch=node.batch, status=str(change.status)
+            )
+        if self._flush_at == math.inf:
+            self._flush_at = trio.current_time() + self.config.flush_interval
+
+    async def _flush(self, outcome: Outcome | None = None) -> None:
+        changes = list(self._changes.values())
+        self._changes.clear()
+        self._flush_at = math.inf
+        if not changes and outcome is None:
+            return
+        written = await self.store.record(
+            self.claim.lease, changes, outcome, daemon_id=self.config.daemon_id
+        )
+        if not written:
+            log.warning("release.lease_lost", epoch=self.claim.lease.epoch)
+            raise LeaseLost(f"release {self.release_id}: lease epoch {self.claim.lease.epoch} lost")
+
+    async def _reconcile(self, members: Sequence[ReleaseNode]) -> None:
+        """Ask the agents of dispatched, unfinished nodes what really happened."""
+        open_nodes = [
+            self._nodes[node.id]
+            for node in members
+            if not self._nodes[node.id].status.terminal
+            and (node.id in self._dispatched or self._nodes[node.id].status is NodeStatus.RUNNING)
+        ]
+        if not open_nodes:
+            return
+        limiter = trio.CapacityLimiter(RECONCILE_PARALLEL)
+        found: dict[int, NodeChange] = {}
+
+        async def ask(node: ReleaseNode) -> None:
+            async with limiter:
+                found[node.id] = await self._true_outcome(node)
+
+        with trio.move_on_after(self.config.reconcile_timeout):
+            async with trio.open_nursery() as nursery:
+                for node in open_nodes:
+                    nursery.start_soon(ask, node)
+        for node in open_nodes:
+            change = found.get(node.id)
+            if change is None:
+                change = NodeChange(
+                    node.id,
+                    NodeStatus.CANCELLED,
+                    error_msg="release stopped; agent did not answer in time, outcome unknown",
+                    finished=True,
+                )
+            if change.status is not NodeStatus.PENDING:
+                await self._change(change)
+        log.info("batch.reconciled", nodes=len(open_nodes))
+        await self._flush()
+
+    async def _true_outcome(self, node: ReleaseNode) -> NodeChange:
+        task_id = task_id_for(node.main_ip, self.claim.release.version)
+        try:
+            state = await self.agents.query(AgentAddress(node.main_ip, node.agent_port), task_id)
+        except AgentError as error:
+            return NodeChange(
+                node.id,
+                NodeStatus.CANCELLED,
+                error_msg=f"release stopped; outcome unknown: {error}",
+                finished=True,
+            )
+        if state is None:
+            if node.status is NodeStatus.PENDING:
+                return NodeChange(node.id, NodeStatus.PENDING)  # never reached the agent
+            return NodeChange(
+                node.id,
+                NodeStatus.CANCELLED,
+                error_msg="release stopped; the agent does not know the task",
+                finished=True,
+            )
+        if state.status is TaskStatus.SUCCESS:
+            return NodeChange(node.id, NodeStatus.SUCCESS, task_id=task_id, finished=True)
+        if state.status is TaskStatus.FAILED:
+            return NodeChange(
+                node.id,
+                NodeStatus.FAILED,
+                error_msg=f"agent reported failure: {state.last_error or 'no lastError given'}",
+                task_id=task_id,
+                finished=True,
+            )
+        return NodeChange(
+            node.id,
+            NodeStatus.CANCELLED,
+            error_msg=f"release stopped while the agent was still applying ({state.status})",
+            task_id=task_id,
+            finished=True,
+        )
+
+    async def _finish(self) -> None:
+        if self._tolerance_exceeded:
+            error = self._error or f"{self._failures} node(s) failed"
+            outcome = Outcome(ReleaseStatus.FAILED, error)
+        else:
+            outcome = Outcome(ReleaseStatus.SUCCESS)
+        await self._flush(outcome)
+        log.info("release.finished", status=str(outcome.status), error=outcome.error)

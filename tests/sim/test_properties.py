@@ -1,0 +1,87 @@
+"""Property-based: random fleets, plans and failures always keep DESIGN.md's invariants."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+import trio.testing
+from agent.sim import Behaviour, SimulatedFleet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.client import AgentClient
+from store.memory import MemoryStore
+from store.models import NodeStatus, ReleaseSpec, ReleaseStatus
+from supervisor import Supervisor
+from tests.invariants import assert_release_invariants
+from tests.sim.conftest import sim_settings
+
+plan_step = st.one_of(
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=1, max_value=100).map(lambda p: f"{p}%"),
+)
+behaviour = st.one_of(
+    st.builds(
+        Behaviour,
+        apply_time=st.tuples(st.integers(1, 5), st.integers(5, 30)).map(
+            lambda t: (float(t[0]), float(t[1]))
+        ),
+    ),
+    st.just(Behaviour(apply_time=(1, 10), fail="config test failed")),
+    st.just(Behaviour(refuse=True)),
+    st.just(Behaviour(hang=True)),
+    st.just(Behaviour(http_status=500)),
+    st.just(Behaviour(garbage=True)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    behaviours=st.lists(behaviour, min_size=1, max_size=12),
+    plan=st.lists(plan_step, min_size=1, max_size=4),
+    max_failures=st.integers(min_value=0, max_value=2),
+    max_parallel=st.one_of(st.none(), st.integers(min_value=1, max_value=4)),
+    daemons=st.integers(min_value=1, max_value=2),
+)
+def test_random_releases_keep_the_invariants(
+    behaviours: list[Behaviour],
+    plan: list[int | str],
+    max_failures: int,
+    max_parallel: int | None,
+    daemons: int,
+) -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        fleet = SimulatedFleet(len(behaviours))
+        for index, special in enumerate(behaviours, start=1):
+            fleet.set_behaviour(index, special)
+        async with httpx.AsyncClient(transport=fleet.transport()) as http:
+            for k, host in enumerate(fleet.hosts, start=1):
+                await store.upsert_node(f"edge-{k:03d}", host, fleet.address(k).port)
+            created = await store.create_release(
+                ReleaseSpec(plan=tuple(plan), max_failures=max_failures, max_parallel=max_parallel)
+            )
+            async with trio.open_nursery() as nursery:
+                for index in range(daemons):
+                    config = sim_settings(daemon_id=f"sim-{index}", node_deadline_sec=120)
+                    agents = AgentClient(http, request_timeout=config.agent_request_timeout_sec)
+                    await nursery.start(Supervisor(store, agents, config).run)
+                with trio.fail_after(24 * 3600):
+                    while True:
+                        release = await store.get_release(created.release.id)
+                        assert release is not None
+                        if release.status.terminal:
+                            break
+                        await trio.sleep(1)
+                nursery.cancel_scope.cancel()
+            await assert_release_invariants(store, release.id, fleet)
+            nodes = await store.release_nodes(release.id)
+            failed = sum(node.status is NodeStatus.FAILED for node in nodes)
+            if release.status is ReleaseStatus.SUCCESS:
+                assert failed <= max_failures
+                assert all(n.status in (NodeStatus.SUCCESS, NodeStatus.FAILED) for n in nodes)
+            else:
+                assert release.status is ReleaseStatus.FAILED
+                assert failed > max_failures
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
