@@ -1,0 +1,262 @@
+"""AgentClient: dispatch tasks to edge agents and query them, over one pooled mTLS client.
+
+Trio-flavored. Every call is bounded by its own ``trio.fail_after`` (so the bound holds for
+any transport, including the in-process simulated fleet and trio's autojump clock) and every
+failure leaves as one classified ``AgentError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ssl
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import attrs
+import httpx
+import trio
+
+from agent.errors import AgentError
+from agent.protocol import (
+    DISPATCH_PATH,
+    TASKS_PATH,
+    AgentAddress,
+    DispatchAck,
+    DispatchRequest,
+    Envelope,
+    InvalidJSON,
+    PayloadError,
+    TaskState,
+)
+from config import Settings, SettingsError
+
+MAX_ANSWER_BYTES = 1 << 20
+"""An agent's answer is a few hundred bytes; anything past this is not the protocol."""
+
+USER_AGENT = "fleetwave"
+
+
+def client_ssl_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
+    """TLS 1.2+, the agent's certificate verified against the private CA ``ca`` (hostname
+    checked, IP SANs included), and the control plane's client certificate presented."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as error:
+        raise SettingsError(
+            Settings.env_name("control_ca"),
+            f"file {ca} is not a usable PEM CA certificate ({_ssl_reason(error)})",
+        ) from None
+    try:
+        context.load_cert_chain(certfile=cert, keyfile=key)
+    except (OSError, ssl.SSLError) as error:
+        raise SettingsError(
+            f"{Settings.env_name('control_cert')}/{Settings.env_name('control_key')}",
+            f"files {cert} and {key} are not a matching PEM certificate and key "
+            f"({_ssl_reason(error)})",
+        ) from None
+    return context
+
+
+def build_http_client(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """The one pooled HTTP client of a daemon.
+
+    Mutual TLS from CONTROL_CERT/KEY/CA unless ``transport`` is given (the in-process
+    simulated fleet). Proxies from the environment are ignored: agent traffic goes direct.
+    """
+    timeout = httpx.Timeout(
+        settings.agent_request_timeout_sec, connect=settings.agent_connect_timeout_sec
+    )
+    limits = httpx.Limits(
+        max_connections=settings.agent_max_connections,
+        max_keepalive_connections=settings.agent_max_connections,
+    )
+    headers = {"user-agent": USER_AGENT}
+    if transport is not None:
+        return httpx.AsyncClient(
+            transport=transport, timeout=timeout, limits=limits, headers=headers, trust_env=False
+        )
+    cert, key, ca = settings.require_mtls()
+    return httpx.AsyncClient(
+        verify=client_ssl_context(cert, key, ca),
+        timeout=timeout,
+        limits=limits,
+        headers=headers,
+        trust_env=False,
+    )
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.define
+class AgentClient:
+    """Trio-flavored calls to agents. Safe to share between any number of tasks."""
+
+    http: httpx.AsyncClient
+    request_timeout: float = attrs.field(kw_only=True, validator=_positive)
+    requests: int = attrs.field(default=0, init=False)
+    """Requests sent, for benchmarks."""
+
+    async def dispatch(self, address: AgentAddress, request: DispatchRequest) -> DispatchAck:
+        """POST /tasks/dispatch. Idempotent on the agent for the same taskId."""
+        status, content = await self._call(
+            address, "POST", DISPATCH_PATH, json_body=request.to_json()
+        )
+        data = self._data(address, status, content, f"the task {request.task_id}")
+        try:
+            ack = DispatchAck.from_json(data)
+        except PayloadError as error:
+            raise AgentError.bad_payload(address, str(error)) from None
+        if ack.task_id != request.task_id:
+            raise AgentError.bad_payload(
+                address, f"answered for task {ack.task_id}, dispatched {request.task_id}"
+            )
+        return ack
+
+    async def query(self, address: AgentAddress, task_id: str) -> TaskState | None:
+        """GET /tasks/{taskId}. None when the agent answers 404: it does not know the task."""
+        status, content = await self._call(address, "GET", TASKS_PATH + quote(task_id, safe=""))
+        if status == 404:
+            return None
+        data = self._data(address, status, content, f"the query for task {task_id}")
+        try:
+            state = TaskState.from_json(data)
+        except PayloadError as error:
+            raise AgentError.bad_payload(address, str(error)) from None
+        if state.task_id != task_id:
+            raise AgentError.bad_payload(
+                address, f"answered for task {state.task_id}, asked for {task_id}"
+            )
+        return state
+
+    async def _call(
+        self, address: AgentAddress, method: str, path: str, *, json_body: Any = None
+    ) -> tuple[int, bytes]:
+        self.requests += 1
+        try:
+            with trio.fail_after(self.request_timeout):
+                async with self.http.stream(
+                    method, address.base_url + path, json=json_body
+                ) as response:
+                    content = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        content += chunk
+                        if len(content) > MAX_ANSWER_BYTES:
+                            raise AgentError.bad_payload(
+                                address, f"answer larger than {MAX_ANSWER_BYTES} bytes"
+                            )
+                    return response.status_code, bytes(content)
+        except trio.TooSlowError:
+            raise AgentError.timeout(address, self.request_timeout) from None
+        except httpx.TransportError as error:
+            raise classify_transport_error(address, error, self.http.timeout) from error
+
+    @staticmethod
+    def _data(address: AgentAddress, status: int, content: bytes, what: str) -> object:
+        """The ``data`` of a successful envelope, or the classified error."""
+        if status != 200:
+            detail: str | None = None
+            with contextlib.suppress(PayloadError):
+                detail = Envelope.decode(content).message or None
+            raise AgentError.http_status(address, status, detail)
+        try:
+            answer = Envelope.decode(content)
+        except InvalidJSON:
+            raise AgentError.invalid_json(address) from None
+        except PayloadError as error:
+            raise AgentError.bad_payload(address, str(error)) from None
+        if not answer.ok:
+            raise AgentError.rejected(address, what, answer.code, answer.message)
+        return answer.data
+
+
+def classify_transport_error(
+    address: AgentAddress, error: httpx.TransportError, timeout: httpx.Timeout
+) -> AgentError:
+    """An httpx transport failure, in the operator's words."""
+    tls = next((e for e in _chain(error) if isinstance(e, ssl.SSLError)), None)
+    if tls is not None:
+        return AgentError.tls(address, _tls_reason(tls))
+    if isinstance(error, httpx.ConnectTimeout):
+        return AgentError.unreachable(address, f"no connection within {_limit(timeout.connect)}")
+    if isinstance(error, httpx.TimeoutException):
+        limit = timeout.pool if isinstance(error, httpx.PoolTimeout) else timeout.read
+        return AgentError.timeout(address, limit)
+    if isinstance(error, httpx.ConnectError):
+        return AgentError.unreachable(address, _os_reason(error))
+    if isinstance(error, httpx.NetworkError | httpx.RemoteProtocolError):
+        return AgentError.unreachable(address, f"connection lost: {_os_reason(error)}")
+    return AgentError.unreachable(address, _os_reason(error))
+
+
+def _limit(seconds: float | None) -> str:
+    return "the time limit" if seconds is None else f"{seconds:g}s"
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """The error, its causes and contexts, and members of exception groups among them."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+
+
+_OS_REASONS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+    errno.EPIPE: "connection closed",
+}
+
+
+def _os_reason(error: BaseException) -> str:
+    for link in _chain(error):
+        if isinstance(link, OSError) and link.errno is not None:
+            return _OS_REASONS.get(link.errno) or (link.strerror or str(link)).lower()
+    if isinstance(error, httpx.RemoteProtocolError):
+        return "the agent closed the connection without answering"
+    text = str(error).strip()
+    return text or type(error).__name__
+
+
+def _tls_reason(error: ssl.SSLError) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = error.verify_message or "unknown reason"
+        reason = f"certificate verify failed: {detail}"
+        if error.verify_code in (2, 19, 20, 21):
+            # unable to get (local) issuer / self-signed in chain: not our CA.
+            reason += " (the agent's certificate is not signed by CONTROL_CA)"
+        return reason
+    code = (error.reason or "").upper()
+    if "ALERT" in code and ("CERTIFICATE" in code or "UNKNOWN_CA" in code):
+        return f"the agent refused our client certificate ({code.lower().replace('_', ' ')})"
+    return _ssl_reason(error)
+
+
+def _ssl_reason(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return str(error.reason).lower().replace("_", " ")
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return type(error).__name__

@@ -1,0 +1,278 @@
+"""The edge agent's wire protocol, as values.
+
+Two endpoints, HTTPS with mutual TLS on the node's agent port:
+
+- ``POST /tasks/dispatch`` with ``{"taskId", "type", "version", "payload"}``, answered with
+  ``data: {"taskId", "status"}``;
+- ``GET /tasks/{taskId}``, answered with ``data: {"taskId", "type", "status", "lastError",
+  "createdAt", "startedAt", "finishedAt"}``, or HTTP 404 when the agent does not know the task.
+
+Every answer is the envelope ``{"code": 0, "message": "...", "data": {...}}``. Values built
+from outside data go through named constructors (``from_json``) that raise ``PayloadError``
+(a ``ValueError``) with the reason; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from store.models import APPLY_CONFIG
+
+DISPATCH_PATH = "/tasks/dispatch"
+TASKS_PATH = "/tasks/"
+
+CODE_OK = 0
+CODE_PARAMETER_MISSING = 2001
+CODE_PARAMETER_INVALID = 2002
+CODE_NOT_FOUND = 3001
+CODE_INTERNAL = 5001
+
+
+class PayloadError(ValueError):
+    """Outside data does not follow the protocol. ``str()`` is the reason."""
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.SUCCESS, TaskStatus.FAILED)
+
+    @classmethod
+    def parse(cls, value: object) -> TaskStatus:
+        if not isinstance(value, str):
+            raise PayloadError(f"status must be text, got {_show(value)}")
+        try:
+            return cls(value)
+        except ValueError:
+            raise PayloadError(f"unknown task status {_show(value)}") from None
+
+
+def _valid_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ValueError(f"port must be 1..65535, got {value!r}")
+
+
+def _valid_host(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value or value != value.strip() or "/" in value:
+        raise ValueError(f"host must be an IP address or a name, got {value!r}")
+
+
+@attrs.frozen
+class AgentAddress:
+    """Where one edge node's agent listens."""
+
+    host: str = attrs.field(validator=_valid_host)
+    port: int = attrs.field(validator=_valid_port)
+
+    @property
+    def _netloc(self) -> str:
+        return f"[{self.host}]:{self.port}" if _is_ipv6(self.host) else f"{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{self._netloc}"
+
+    def __str__(self) -> str:
+        return self._netloc
+
+
+def agent_hosts(count: int, first_host: str = "127.0.0.2") -> list[str]:
+    """``count`` consecutive addresses from ``first_host``: 127.0.0.2, 127.0.0.3, ..."""
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    first = ipaddress.ip_address(first_host)
+    return [str(first + k) for k in range(count)]
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class DispatchRequest:
+    """The body of ``POST /tasks/dispatch``."""
+
+    task_id: str
+    version: int
+    type: str = APPLY_CONFIG
+    payload: dict[str, Any] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "taskId": self.task_id,
+            "type": self.type,
+            "version": self.version,
+            "payload": self.payload,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> DispatchRequest:
+        """Raises PayloadError saying what is wrong with ``data``."""
+        body = _object(data, "the request body")
+        payload = body.get("payload", {})
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            raise PayloadError(f"payload must be an object, got {_show(payload)}")
+        version = _required(body, "version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise PayloadError(f"version must be a whole number >= 0, got {_show(version)}")
+        return cls(
+            task_id=_text(body, "taskId"),
+            type=_text(body, "type"),
+            version=version,
+            payload=payload,
+        )
+
+
+@attrs.frozen
+class DispatchAck:
+    """``data`` of the answer to a dispatch: the agent holds the task, in this status."""
+
+    task_id: str
+    status: TaskStatus
+
+    def to_json(self) -> dict[str, Any]:
+        return {"taskId": self.task_id, "status": self.status.value}
+
+    @classmethod
+    def from_json(cls, data: object) -> DispatchAck:
+        body = _object(data, "data")
+        return cls(
+            task_id=_text(body, "taskId"),
+            status=TaskStatus.parse(_required(body, "status")),
+        )
+
+
+@attrs.frozen
+class TaskState:
+    """``data`` of the answer to ``GET /tasks/{taskId}``. Timestamps are ISO-8601 text."""
+
+    task_id: str
+    type: str
+    status: TaskStatus
+    last_error: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "taskId": self.task_id,
+            "type": self.type,
+            "status": self.status.value,
+            "lastError": self.last_error,
+            "createdAt": self.created_at,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> TaskState:
+        """taskId, type and status are required; the others may be null or absent."""
+        body = _object(data, "data")
+        return cls(
+            task_id=_text(body, "taskId"),
+            type=_text(body, "type"),
+            status=TaskStatus.parse(_required(body, "status")),
+            last_error=_optional_text(body, "lastError"),
+            created_at=_optional_text(body, "createdAt"),
+            started_at=_optional_text(body, "startedAt"),
+            finished_at=_optional_text(body, "finishedAt"),
+        )
+
+
+@attrs.frozen
+class Envelope:
+    """Every answer of the agent: ``code`` 0 is success, anything else is an error."""
+
+    code: int
+    message: str
+    data: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == CODE_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "data": self.data}
+
+    @classmethod
+    def from_json(cls, data: object) -> Envelope:
+        body = _object(data, "the answer")
+        code = _required(body, "code")
+        if not isinstance(code, int) or isinstance(code, bool):
+            raise PayloadError(f"code must be a whole number, got {_show(code)}")
+        message = body.get("message", "")
+        if message is None:
+            message = ""
+        if not isinstance(message, str):
+            raise PayloadError(f"message must be text, got {_show(message)}")
+        return cls(code=code, message=message, data=body.get("data"))
+
+    @classmethod
+    def decode(cls, content: bytes) -> Envelope:
+        """Parse an answer body. Raises ``InvalidJSON`` or ``PayloadError``."""
+        try:
+            data = json.loads(content)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise InvalidJSON(f"not JSON: {error}") from None
+        return cls.from_json(data)
+
+
+class InvalidJSON(PayloadError):
+    """The body is not JSON at all."""
+
+
+def envelope(code: int, message: str, data: object = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "data": data}
+
+
+# --- field readers: each raises PayloadError naming the field ---
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _object(data: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(data, dict):
+        raise PayloadError(f"{what} must be a JSON object, got {_show(data)}")
+    return data
+
+
+def _required(body: Mapping[str, Any], name: str) -> object:
+    if name not in body or body[name] is None:
+        raise PayloadError(f"{name} is missing")
+    return body[name]
+
+
+def _text(body: Mapping[str, Any], name: str) -> str:
+    value = _required(body, name)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{name} must be non-empty text, got {_show(value)}")
+    return value
+
+
+def _optional_text(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(f"{name} must be text or null, got {_show(value)}")
+    return value or None
