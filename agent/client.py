@@ -143,10 +143,14 @@ class AgentClient:
         self, address: AgentAddress, method: str, path: str, *, json_body: Any = None
     ) -> tuple[int, bytes]:
         self.requests += 1
+        trace = RequestTrace()
         try:
             with trio.fail_after(self.request_timeout):
                 async with self.http.stream(
-                    method, address.base_url + path, json=json_body
+                    method,
+                    address.base_url + path,
+                    json=json_body,
+                    extensions={"trace": trace.event},
                 ) as response:
                     content = bytearray()
                     async for chunk in response.aiter_bytes():
@@ -159,7 +163,9 @@ class AgentClient:
         except trio.TooSlowError:
             raise AgentError.timeout(address, self.request_timeout) from None
         except httpx.TransportError as error:
-            raise classify_transport_error(address, error, self.http.timeout) from error
+            raise classify_transport_error(
+                address, error, self.http.timeout, trace=trace
+            ) from error
 
     @staticmethod
     def _data(address: AgentAddress, status: int, content: bytes, what: str) -> object:
@@ -180,13 +186,54 @@ class AgentClient:
         return answer.data
 
 
+@attrs.define
+class RequestTrace:
+    """What httpcore reported while sending one request (its ``trace`` extension).
+
+    httpcore swallows a failed request write (to read an early answer) and then reports only
+    the broken read; the trace keeps the write's cause. It also tells whether this request
+    opened its connection: TLS 1.3 completes the client's side of the handshake before the
+    agent checks our certificate, so an agent refusing it shows as a connection that breaks
+    right after the handshake, before any answer.
+    """
+
+    failures: list[BaseException] = attrs.field(factory=list)
+    handshake_done: bool = False
+    answer_started: bool = False
+
+    async def event(self, name: str, info: dict[str, Any]) -> None:
+        if name == "connection.start_tls.complete":
+            self.handshake_done = True
+        elif name == "http11.receive_response_headers.complete":
+            self.answer_started = True
+        failure = info.get("exception")
+        if name.endswith(".failed") and isinstance(failure, BaseException):
+            self.failures.append(failure)
+
+
 def classify_transport_error(
-    address: AgentAddress, error: httpx.TransportError, timeout: httpx.Timeout
+    address: AgentAddress,
+    error: httpx.TransportError,
+    timeout: httpx.Timeout,
+    *,
+    trace: RequestTrace | None = None,
 ) -> AgentError:
     """An httpx transport failure, in the operator's words."""
-    tls = next((e for e in _chain(error) if isinstance(e, ssl.SSLError)), None)
+    trace = trace or RequestTrace()
+    links = [link for root in (error, *trace.failures) for link in _chain(root)]
+    tls = next((e for e in links if isinstance(e, ssl.SSLError)), None)
     if tls is not None:
         return AgentError.tls(address, _tls_reason(tls))
+    if (
+        trace.handshake_done
+        and not trace.answer_started
+        and isinstance(error, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
+    ):
+        return AgentError.tls(
+            address,
+            "the agent refused our client certificate (CONTROL_CERT): "
+            "it closed the connection right after the handshake",
+        )
     if isinstance(error, httpx.ConnectTimeout):
         return AgentError.unreachable(address, f"no connection within {_limit(timeout.connect)}")
     if isinstance(error, httpx.TimeoutException):
@@ -250,7 +297,8 @@ def _tls_reason(error: ssl.SSLError) -> str:
         return reason
     code = (error.reason or "").upper()
     if "ALERT" in code and ("CERTIFICATE" in code or "UNKNOWN_CA" in code):
-        return f"the agent refused our client certificate ({code.lower().replace('_', ' ')})"
+        alert = code.lower().replace("_", " ")
+        return f"the agent refused our client certificate (CONTROL_CERT): {alert}"
     return _ssl_reason(error)
 
 

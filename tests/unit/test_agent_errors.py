@@ -8,7 +8,7 @@ import ssl
 import httpx
 import pytest
 
-from agent.client import AgentClient, classify_transport_error
+from agent.client import AgentClient, RequestTrace, classify_transport_error
 from agent.errors import AgentError, FailureKind
 from agent.protocol import AgentAddress, DispatchRequest
 
@@ -189,3 +189,32 @@ async def test_client_rejects_non_positive_timeout() -> None:
     async with httpx.AsyncClient() as http:
         with pytest.raises(ValueError, match="request_timeout"):
             AgentClient(http, request_timeout=0)
+
+
+async def test_broken_write_after_a_fresh_handshake_means_our_certificate_was_refused() -> None:
+    trace = RequestTrace()
+    await trace.event("connection.start_tls.complete", {"return_value": None})
+    write = httpx.WriteError("broken pipe")
+    await trace.event("http11.send_request_body.failed", {"exception": write})
+    error = classify_transport_error(AGENT, httpx.ReadError(""), TIMEOUTS, trace=trace)
+    assert error.kind is FailureKind.TLS
+    assert "refused our client certificate" in str(error)
+
+
+async def test_broken_reused_connection_is_unreachable_not_tls() -> None:
+    trace = RequestTrace()
+    await trace.event("http11.send_request_body.failed", {"exception": httpx.WriteError("x")})
+    error = classify_transport_error(AGENT, httpx.ReadError(""), TIMEOUTS, trace=trace)
+    assert error.kind is FailureKind.UNREACHABLE
+
+
+async def test_tls_alert_swallowed_by_httpx_is_still_found_in_the_trace() -> None:
+    trace = RequestTrace()
+    alert = ssl.SSLError(1, "alert")
+    alert.reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    write = httpx.WriteError("alert")
+    write.__cause__ = alert
+    await trace.event("http11.send_request_body.failed", {"exception": write})
+    error = classify_transport_error(AGENT, httpx.ReadError(""), TIMEOUTS, trace=trace)
+    assert error.kind is FailureKind.TLS
+    assert str(error).endswith("tlsv13 alert certificate required")
