@@ -208,9 +208,16 @@ class MemoryStore:
                 node.started_at = now
             if change.finished:
                 node.finished_at = now
-            self._event(
-                row.id, node.node_id, node.batch, previous, node.status, node.error_msg, daemon_id
-            )
+            if previous is not node.status:
+                self._event(
+                    row.id,
+                    node.node_id,
+                    node.batch,
+                    previous,
+                    node.status,
+                    node.error_msg,
+                    daemon_id,
+                )
         if outcome is not None:
             for node in self._release_nodes[row.id]:
                 if node.status is NodeStatus.PENDING:
@@ -442,6 +449,8 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
         if name in self._tokens.values():
             raise AlreadyExists(f"a token named {name!r} already exists")
+        if token_hash in self._tokens:
+            raise AlreadyExists("a token with this value already exists")
         self._tokens[token_hash] = name
 
     async def token_name(self, token_hash: str) -> str | None:

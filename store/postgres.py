@@ -1,0 +1,858 @@
+"""PostgresStore: the Store contract over an asyncpg pool, reached through trio-asyncio.
+
+Every public method is Trio-flavored. Each one runs exactly one asyncio-flavored coroutine
+(acquire a connection, open a transaction, run its statements) crossed once with
+``trio_asyncio.aio_as_trio``, so a store operation costs one bridge crossing whatever it does.
+
+A store is opened with ``open_postgres_store(url)``, which must run inside
+``trio_asyncio.open_loop()``; ``open_loop_and_store(url)`` opens both, for tools and tests.
+Opening applies pending migrations (store.migrate) unless told not to.
+
+All times are the database's ``now()``. Connection failures surface as StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeAlias, TypeVar, cast
+
+import asyncpg
+import structlog
+import trio
+import trio_asyncio
+
+from store import migrate as migrations
+from store.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+from store.models import (
+    Claim,
+    CreatedRelease,
+    Event,
+    Lease,
+    Node,
+    NodeChange,
+    NodeHealth,
+    Outcome,
+    Release,
+    ReleaseNode,
+    ReleaseSpec,
+    ReleaseStatus,
+    clip_error,
+)
+from store.plan import assign_batches, validate_plan
+
+NOTIFY_CHANNEL: Final = "fleetwave_release"
+# Serialises version allocation between concurrent create_release transactions.
+CREATE_LOCK_KEY: Final = 0x666C_7477_7665_7273
+# A foreign writer may take a version between our max() and our insert: try again.
+_VERSION_ATTEMPTS: Final = 5
+# The notification connection is checked after this long without a notification.
+_LISTEN_IDLE_SEC: Final = 15.0
+_LISTEN_BACKOFF_MIN_SEC: Final = 0.5
+_LISTEN_BACKOFF_MAX_SEC: Final = 30.0
+_PING_TIMEOUT_SEC: Final = 5.0
+_CLOSE_TIMEOUT_SEC: Final = 5.0
+
+_log = structlog.get_logger("fleetwave.store")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    Connection: TypeAlias = asyncpg.Connection[asyncpg.Record]
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+
+
+def _row(record: asyncpg.Record) -> Mapping[str, Any]:
+    """Records are read by column name, as the models' from_record expects."""
+    return cast("Mapping[str, Any]", record)
+
+
+_UNAVAILABLE: Final = (
+    OSError,  # refused, unreachable, reset, and TimeoutError
+    asyncpg.PostgresConnectionError,  # includes ConnectionDoesNotExistError
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidCatalogNameError,  # the database does not exist (any more)
+    asyncpg.InvalidAuthorizationSpecificationError,  # no such role, or not allowed in
+)
+
+
+def _unavailable(error: BaseException) -> StoreUnavailable:
+    detail = str(error).strip() or type(error).__name__
+    return StoreUnavailable(f"database unavailable: {detail}")
+
+
+def _is_closed_connection(error: asyncpg.InterfaceError) -> bool:
+    text = str(error)
+    return "connection is closed" in text or "connection was closed" in text
+
+
+async def _translated(operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Asyncio-flavored: run ``operation``, turning driver failures into StoreErrors."""
+    try:
+        return await operation(*args, **kwargs)
+    except StoreError:
+        raise
+    except _UNAVAILABLE as error:
+        raise _unavailable(error) from error
+    except asyncpg.InterfaceError as error:
+        if _is_closed_connection(error):
+            raise _unavailable(error) from error
+        raise
+    except asyncpg.CheckViolationError as error:
+        raise InvalidInput(f"value rejected by the database: {error}") from error
+
+
+# --- SQL -----------------------------------------------------------------------------------
+
+# A Release row: the stored columns plus counts and the current batch, computed per release.
+_RELEASE_SELECT = """
+SELECT r.id, r.type, r.target, coalesce(r.scope, r.target) AS scope, r.version, r.status,
+       r.total_nodes, r.success_nodes, r.failed_nodes,
+       coalesce(c.skipped_nodes, 0)::int AS skipped_nodes,
+       coalesce(c.cancelled_nodes, 0)::int AS cancelled_nodes,
+       coalesce(c.current_batch, 0) AS current_batch,
+       r.plan, r.max_parallel, r.max_failures, r.reason, r.error,
+       r.lease_owner, r.lease_epoch, r.lease_expires_at,
+       r.created_at, r.updated_at, r.started_at, r.finished_at
+FROM {source} r
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE n.status = 'skipped') AS skipped_nodes,
+           count(*) FILTER (WHERE n.status = 'cancelled') AS cancelled_nodes,
+           min(n.batch) FILTER (WHERE n.status IN ('pending', 'running', 'failed'))
+               AS current_batch
+    FROM release_task_nodes n
+    WHERE n.release_task_id = r.id
+) c ON true
+"""
+
+
+def _release_select(source: str = "release_tasks") -> str:
+    return _RELEASE_SELECT.format(source=source)
+
+
+# Claimable: pending, the oldest pending of its scope, no release of the scope active; or
+# running with an expired (or no) lease. Rows another claimer holds are skipped, not waited
+# for. The previous status is read under the row lock, for the audit trail.
+_CLAIM = f"""
+WITH candidates AS (
+    SELECT r.id, r.status AS from_status
+    FROM release_tasks r
+    WHERE (
+        r.status = 'pending'
+        AND NOT EXISTS (
+            SELECT 1
+            FROM release_tasks o
+            WHERE coalesce(o.scope, o.target) = coalesce(r.scope, r.target)
+              AND o.id <> r.id
+              AND (o.status IN ('running', 'paused')
+                   OR (o.status = 'pending' AND o.version < r.version))
+        )
+    ) OR (
+        r.status = 'running'
+        AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())
+    )
+    ORDER BY r.version
+    LIMIT $2
+    FOR UPDATE OF r SKIP LOCKED
+), claimed AS (
+    UPDATE release_tasks t
+    SET status = 'running',
+        lease_owner = $1,
+        lease_epoch = t.lease_epoch + 1,
+        lease_expires_at = now() + make_interval(secs => $3),
+        started_at = coalesce(t.started_at, now()),
+        updated_at = now()
+    FROM candidates k
+    WHERE t.id = k.id
+    RETURNING t.*, k.from_status
+), events AS (
+    INSERT INTO release_events (release_task_id, from_status, to_status, message, daemon_id)
+    SELECT id, from_status, 'running',
+           'claimed by ' || $1 || ' (epoch ' || lease_epoch || ')', $1
+    FROM claimed
+    ORDER BY version
+)
+{_release_select("claimed")}
+ORDER BY r.version
+"""
+
+_HEARTBEAT = """
+UPDATE release_tasks t
+SET lease_expires_at = now() + make_interval(secs => $4)
+FROM unnest($2::bigint[], $3::bigint[]) AS l(id, epoch)
+WHERE t.id = l.id AND t.lease_epoch = l.epoch AND t.lease_owner = $1 AND t.status = 'running'
+RETURNING t.id
+"""
+
+# Expired a second ago, so any claimer takes it at once; the NOTIFY tells them to look now.
+_HAND_BACK = """
+WITH handed AS (
+    UPDATE release_tasks t
+    SET lease_expires_at = now() - interval '1 second'
+    FROM unnest($2::bigint[], $3::bigint[]) AS l(id, epoch)
+    WHERE t.id = l.id AND t.lease_epoch = l.epoch AND t.lease_owner = $1
+      AND t.status = 'running'
+    RETURNING t.id
+)
+SELECT pg_notify($4, id::text) FROM handed
+"""
+
+_FENCE = """
+UPDATE release_tasks
+SET updated_at = now()
+WHERE id = $1 AND lease_epoch = $2 AND status = 'running'
+RETURNING id
+"""
+
+# One statement for any number of node changes: the merged final values update the rows;
+# the events follow every step in order (from_status = the step before, or the stored one).
+_APPLY_CHANGES = """
+WITH target AS (
+    SELECT n.id, n.node_id, n.batch, n.status
+    FROM release_task_nodes n
+    WHERE n.release_task_id = $1 AND n.id = ANY($2::bigint[])
+), updated AS (
+    UPDATE release_task_nodes n
+    SET status = c.status,
+        error_msg = c.error_msg,
+        task_id = coalesce(c.task_id, n.task_id),
+        attempts = coalesce(c.attempts, n.attempts),
+        started_at = CASE WHEN c.started THEN now() ELSE n.started_at END,
+        finished_at = CASE WHEN c.finished THEN now() ELSE n.finished_at END,
+        updated_at = now()
+    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bool[],
+                $8::bool[]) AS c(row_id, status, error_msg, task_id, attempts, started, finished)
+    WHERE n.id = c.row_id AND n.release_task_id = $1
+    RETURNING n.id
+), steps AS (
+    SELECT s.ord, s.status, s.message, t.node_id, t.batch,
+           coalesce(lag(s.status) OVER (PARTITION BY s.row_id ORDER BY s.ord), t.status)
+               AS from_status
+    FROM unnest($9::bigint[], $10::text[], $11::text[]) WITH ORDINALITY
+        AS s(row_id, status, message, ord)
+    JOIN target t ON t.id = s.row_id
+)
+INSERT INTO release_events
+    (release_task_id, node_id, batch, from_status, to_status, message, daemon_id)
+SELECT $1, node_id, batch, from_status, status, message, $12
+FROM steps
+WHERE from_status IS DISTINCT FROM status
+ORDER BY ord
+"""
+
+_END_NODES = """
+WITH ended AS (
+    UPDATE release_task_nodes n
+    SET status = CASE n.status WHEN 'pending' THEN 'skipped' ELSE 'cancelled' END,
+        finished_at = now(),
+        updated_at = now()
+    WHERE n.release_task_id = $1 AND n.status IN ('pending', 'running')
+    RETURNING n.id, n.node_id, n.batch, n.status
+)
+INSERT INTO release_events
+    (release_task_id, node_id, batch, from_status, to_status, message, daemon_id)
+SELECT $1, node_id, batch,
+       CASE status WHEN 'skipped' THEN 'pending' ELSE 'running' END,
+       status, status || ': release ' || $2::text, $3
+FROM ended
+ORDER BY batch, id
+"""
+
+# Counters from node rows, and the release's end when there is one ($2 NULL: no outcome).
+_FINISH_RELEASE = """
+WITH counts AS (
+    SELECT count(*) FILTER (WHERE status = 'success')::int AS success_nodes,
+           count(*) FILTER (WHERE status = 'failed')::int AS failed_nodes
+    FROM release_task_nodes
+    WHERE release_task_id = $1
+), updated AS (
+    UPDATE release_tasks r
+    SET success_nodes = c.success_nodes,
+        failed_nodes = c.failed_nodes,
+        status = coalesce($2::text, r.status),
+        error = CASE WHEN $2::text IS NULL THEN r.error ELSE $3::text END,
+        finished_at = CASE WHEN $2::text IS NULL THEN r.finished_at ELSE now() END,
+        lease_owner = CASE WHEN $2::text IS NULL THEN r.lease_owner END,
+        lease_expires_at = CASE WHEN $2::text IS NULL THEN r.lease_expires_at END,
+        updated_at = now()
+    FROM counts c
+    WHERE r.id = $1
+    RETURNING r.id
+)
+INSERT INTO release_events (release_task_id, from_status, to_status, message, daemon_id)
+SELECT id, 'running', $2::text, coalesce($3::text, 'release ' || $2::text), $4
+FROM updated
+WHERE $2::text IS NOT NULL
+"""
+
+_INSERT_RELEASE = """
+INSERT INTO release_tasks
+    (type, target, version, status, total_nodes, scope, plan, max_parallel, max_failures,
+     reason)
+VALUES ($1, $2, $3, 'pending', $4, $5, $6::jsonb, $7, $8, $9)
+RETURNING id
+"""
+
+_INSERT_RELEASE_NODES = """
+INSERT INTO release_task_nodes (release_task_id, node_id, batch)
+SELECT $1, u.node_id, u.batch
+FROM unnest($2::bigint[], $3::int[]) WITH ORDINALITY AS u(node_id, batch, ord)
+ORDER BY u.ord
+"""
+
+_ANNOUNCE_RELEASE = """
+WITH event AS (
+    INSERT INTO release_events (release_task_id, from_status, to_status, message)
+    VALUES ($1, NULL, 'pending', $2)
+)
+SELECT pg_notify($3, $1::text)
+"""
+
+_RELEASE_NODES = """
+SELECT n.id, n.release_task_id, n.node_id, d.name AS node_name, d.main_ip, d.agent_port,
+       n.batch, n.status, n.error_msg, n.task_id, n.attempts, n.started_at, n.finished_at
+FROM release_task_nodes n
+JOIN nodes d ON d.id = n.node_id
+WHERE n.release_task_id = $1
+ORDER BY n.batch, n.id
+"""
+
+_NODE_COLUMNS = "id, name, main_ip, agent_port, enabled, status, last_seen_at"
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+class PostgresStore:
+    """The production Store. Build it with ``open_postgres_store``; all methods Trio-flavored."""
+
+    def __init__(self, pool: Pool, loop: Any, url: str, *, connect_timeout: float) -> None:
+        self._pool = pool
+        self._loop = loop
+        self._url = url
+        self._connect_timeout = connect_timeout
+
+    async def _call(
+        self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Cross into asyncio once, run ``operation`` there, translate its failures."""
+        result: T = await trio_asyncio.aio_as_trio(_translated, loop=self._loop)(
+            operation, *args, **kwargs
+        )
+        return result
+
+    # --- executor side ---------------------------------------------------------------------
+
+    async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
+        if limit < 1:
+            return []
+        records = await self._call(self._fetch, _CLAIM, owner, limit, float(ttl))
+        claims = []
+        for record in records:
+            release = Release.from_record(_row(record))
+            claims.append(Claim(release=release, lease=Lease(release.id, release.lease_epoch)))
+        return claims
+
+    async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
+        if not leases:
+            return set()
+        ids = [lease.release_id for lease in leases]
+        epochs = [lease.epoch for lease in leases]
+        records = await self._call(self._fetch, _HEARTBEAT, owner, ids, epochs, float(ttl))
+        return {record["id"] for record in records}
+
+    async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
+        if not leases:
+            return
+        ids = [lease.release_id for lease in leases]
+        epochs = [lease.epoch for lease in leases]
+        await self._call(self._execute, _HAND_BACK, owner, ids, epochs, NOTIFY_CHANNEL)
+
+    async def record(
+        self,
+        lease: Lease,
+        changes: Sequence[NodeChange],
+        outcome: Outcome | None = None,
+        *,
+        daemon_id: str | None = None,
+    ) -> bool:
+        if outcome is not None and not outcome.status.terminal:
+            raise InvalidInput(f"a release ends success, failed or cancelled, not {outcome.status}")
+        return await self._call(self._record, lease, list(changes), outcome, daemon_id)
+
+    async def _record(
+        self,
+        lease: Lease,
+        changes: list[NodeChange],
+        outcome: Outcome | None,
+        daemon_id: str | None,
+    ) -> bool:
+        async with self._pool.acquire() as connection, connection.transaction():
+            fenced = await connection.fetchval(_FENCE, lease.release_id, lease.epoch)
+            if fenced is None:
+                return False
+            if changes:
+                await connection.execute(
+                    _APPLY_CHANGES, lease.release_id, *_change_arrays(changes), daemon_id
+                )
+            outcome_status = None if outcome is None else outcome.status.value
+            outcome_error = None if outcome is None else outcome.error
+            if outcome_status is not None:
+                await connection.execute(_END_NODES, lease.release_id, outcome_status, daemon_id)
+            await connection.execute(
+                _FINISH_RELEASE, lease.release_id, outcome_status, outcome_error, daemon_id
+            )
+            return True
+
+    async def listen_releases(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``wake()`` on every NOTIFY from create_release, until cancelled.
+
+        Raises StoreUnavailable when the first connection fails; after that, a dropped
+        connection is re-opened with backoff, and ``wake()`` is called once on reconnecting
+        because notifications sent meanwhile are lost.
+        """
+        listening = False
+        delay = _LISTEN_BACKOFF_MIN_SEC
+        while True:
+            try:
+                listener = await self._call(
+                    _Listener.open, self._url, self._connect_timeout, NOTIFY_CHANNEL
+                )
+            except StoreUnavailable as error:
+                if not listening:
+                    raise
+                _log.warning("release notifications unavailable", error=str(error), retry_sec=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, _LISTEN_BACKOFF_MAX_SEC)
+                continue
+            try:
+                if listening:
+                    _log.info("release notifications restored")
+                    wake()
+                else:
+                    listening = True
+                    task_status.started()
+                delay = _LISTEN_BACKOFF_MIN_SEC
+                while True:
+                    if await self._call(listener.wait, _LISTEN_IDLE_SEC):
+                        wake()
+            except StoreUnavailable as error:
+                _log.warning("release notifications dropped", error=str(error), retry_sec=delay)
+            finally:
+                with trio.move_on_after(_CLOSE_TIMEOUT_SEC, shield=True):
+                    await self._call(listener.close)
+            await trio.sleep(delay)
+            delay = min(delay * 2, _LISTEN_BACKOFF_MAX_SEC)
+
+    # --- releases ----------------------------------------------------------------------------
+
+    async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
+        plan = validate_plan(spec.plan)
+        if isinstance(spec.max_failures, bool) or not isinstance(spec.max_failures, int):
+            raise InvalidInput("max_failures must be a whole number")
+        if spec.max_failures < 0:
+            raise InvalidInput(f"max_failures must be at least 0, got {spec.max_failures}")
+        if spec.max_parallel is not None and (
+            isinstance(spec.max_parallel, bool)
+            or not isinstance(spec.max_parallel, int)
+            or spec.max_parallel < 1
+        ):
+            raise InvalidInput(f"max_parallel must be at least 1, got {spec.max_parallel!r}")
+        if not spec.target:
+            raise InvalidInput("target must not be empty")
+        if spec.scope is not None and not spec.scope:
+            raise InvalidInput("scope must not be empty when given")
+        return await self._call(self._create_release, spec, plan)
+
+    async def _create_release(
+        self, spec: ReleaseSpec, plan: tuple[int | str, ...]
+    ) -> CreatedRelease:
+        for attempt in range(1, _VERSION_ATTEMPTS + 1):
+            try:
+                return await self._create_release_once(spec, plan)
+            except asyncpg.UniqueViolationError as error:
+                if error.constraint_name != "release_tasks_version_key":
+                    raise
+                if attempt == _VERSION_ATTEMPTS:
+                    raise Conflict("could not allocate a release version; try again") from error
+        raise AssertionError("unreachable")
+
+    async def _create_release_once(
+        self, spec: ReleaseSpec, plan: tuple[int | str, ...]
+    ) -> CreatedRelease:
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
+            rows = await connection.fetch(
+                "SELECT id FROM nodes WHERE enabled AND status = 'online' ORDER BY id"
+            )
+            node_ids = [row["id"] for row in rows]
+            if not node_ids:
+                raise Conflict("no online nodes")
+            assigned = assign_batches(plan, node_ids)
+            version = await connection.fetchval(
+                "SELECT coalesce(max(version), 0) + 1 FROM release_tasks"
+            )
+            release_id = await connection.fetchval(
+                _INSERT_RELEASE,
+                spec.type,
+                spec.target,
+                version,
+                len(node_ids),
+                spec.scope,
+                json.dumps(list(plan)),
+                spec.max_parallel,
+                spec.max_failures,
+                spec.reason,
+            )
+            await connection.execute(
+                _INSERT_RELEASE_NODES,
+                release_id,
+                [node_id for node_id, _ in assigned],
+                [batch for _, batch in assigned],
+            )
+            batches: dict[int, list[int]] = {}
+            for node_id, batch in assigned:
+                batches.setdefault(batch, []).append(node_id)
+            message = f"created: version {version}, {len(node_ids)} nodes in {len(batches)} batches"
+            if spec.reason:
+                message += f"; reason: {spec.reason}"
+            await connection.execute(_ANNOUNCE_RELEASE, release_id, message, NOTIFY_CHANNEL)
+            record = await connection.fetchrow(_release_select() + " WHERE r.id = $1", release_id)
+            assert record is not None
+        return CreatedRelease(
+            release=Release.from_record(_row(record)),
+            batches=tuple((batch, tuple(ids)) for batch, ids in sorted(batches.items())),
+        )
+
+    async def get_release(self, release_id: int) -> Release | None:
+        record = await self._call(
+            self._fetchrow, _release_select() + " WHERE r.id = $1", release_id
+        )
+        return None if record is None else Release.from_record(_row(record))
+
+    async def list_releases(
+        self, *, status: ReleaseStatus | None = None, offset: int = 0, limit: int = 20
+    ) -> tuple[list[Release], int]:
+        if offset < 0:
+            raise InvalidInput(f"offset must be at least 0, got {offset}")
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        status_value = None if status is None else ReleaseStatus(status).value
+        records, total = await self._call(self._list_releases, status_value, offset, limit)
+        return [Release.from_record(_row(record)) for record in records], total
+
+    async def _list_releases(
+        self, status: str | None, offset: int, limit: int
+    ) -> tuple[list[asyncpg.Record], int]:
+        async with self._pool.acquire() as connection, connection.transaction(readonly=True):
+            total = await connection.fetchval(
+                "SELECT count(*) FROM release_tasks WHERE $1::text IS NULL OR status = $1",
+                status,
+            )
+            records = await connection.fetch(
+                _release_select()
+                + " WHERE $1::text IS NULL OR r.status = $1 ORDER BY r.id DESC OFFSET $2 LIMIT $3",
+                status,
+                offset,
+                limit,
+            )
+        return records, int(total)
+
+    async def release_nodes(self, release_id: int) -> list[ReleaseNode]:
+        records = await self._call(self._fetch, _RELEASE_NODES, release_id)
+        return [ReleaseNode.from_record(_row(record)) for record in records]
+
+    async def release_events(
+        self, release_id: int, *, after_id: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        records = await self._call(
+            self._fetch,
+            "SELECT * FROM release_events WHERE release_task_id = $1 AND id > $2"
+            " ORDER BY id LIMIT $3",
+            release_id,
+            after_id,
+            max(limit, 0),
+        )
+        return [Event.from_record(_row(record)) for record in records]
+
+    # --- nodes -------------------------------------------------------------------------------
+
+    async def list_nodes(self) -> list[Node]:
+        records = await self._call(self._fetch, f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY id")
+        return [Node.from_record(_row(record)) for record in records]
+
+    async def upsert_node(
+        self,
+        name: str,
+        main_ip: str,
+        agent_port: int,
+        *,
+        enabled: bool = True,
+        status: NodeHealth = NodeHealth.ONLINE,
+    ) -> Node:
+        if not name:
+            raise InvalidInput("node name must not be empty")
+        if not main_ip:
+            raise InvalidInput("node main_ip must not be empty")
+        if not 1 <= agent_port <= 65535:
+            raise InvalidInput(f"agent_port must be between 1 and 65535, got {agent_port}")
+        record = await self._call(
+            self._fetchrow,
+            "INSERT INTO nodes (name, main_ip, agent_port, enabled, status)"
+            " VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (name) DO UPDATE SET main_ip = EXCLUDED.main_ip,"
+            " agent_port = EXCLUDED.agent_port, enabled = EXCLUDED.enabled,"
+            f" status = EXCLUDED.status, updated_at = now() RETURNING {_NODE_COLUMNS}",
+            name,
+            main_ip,
+            agent_port,
+            enabled,
+            NodeHealth(status).value,
+        )
+        assert record is not None
+        return Node.from_record(_row(record))
+
+    async def update_node(
+        self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
+    ) -> Node:
+        record = await self._call(
+            self._fetchrow,
+            "UPDATE nodes SET status = coalesce($2, status), enabled = coalesce($3, enabled),"
+            f" updated_at = now() WHERE id = $1 RETURNING {_NODE_COLUMNS}",
+            node_id,
+            None if status is None else NodeHealth(status).value,
+            enabled,
+        )
+        if record is None:
+            raise NotFound(f"node {node_id} does not exist")
+        return Node.from_record(_row(record))
+
+    # --- API tokens --------------------------------------------------------------------------
+
+    async def create_token(self, name: str, token_hash: str) -> None:
+        await self._call(self._create_token, name, token_hash)
+
+    async def _create_token(self, name: str, token_hash: str) -> None:
+        try:
+            async with self._pool.acquire() as connection:
+                await connection.execute(
+                    "INSERT INTO api_tokens (name, token_hash) VALUES ($1, $2)", name, token_hash
+                )
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name == "api_tokens_name_key":
+                raise AlreadyExists(f"a token named {name!r} already exists") from error
+            raise AlreadyExists("a token with this value already exists") from error
+
+    async def token_name(self, token_hash: str) -> str | None:
+        record = await self._call(
+            self._fetchrow, "SELECT name FROM api_tokens WHERE token_hash = $1", token_hash
+        )
+        return None if record is None else str(record["name"])
+
+    # --- health ------------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        with trio.move_on_after(_PING_TIMEOUT_SEC):
+            try:
+                return await self._call(self._ping)
+            except Exception:
+                # The contract: a health check answers, it does not raise.
+                return False
+        return False
+
+    async def _ping(self) -> bool:
+        async with self._pool.acquire() as connection:
+            return await migrations.is_current(connection)
+
+    # --- asyncio-flavored helpers ------------------------------------------------------------
+
+    async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        async with self._pool.acquire() as connection:
+            return await connection.fetch(query, *args)
+
+    async def _fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        async with self._pool.acquire() as connection:
+            return await connection.fetchrow(query, *args)
+
+    async def _execute(self, query: str, *args: object) -> None:
+        async with self._pool.acquire() as connection:
+            await connection.execute(query, *args)
+
+
+def _change_arrays(changes: Sequence[NodeChange]) -> tuple[list[Any], ...]:
+    """Parameters of _APPLY_CHANGES: merged final values per row, and every step in order."""
+    merged: dict[int, dict[str, Any]] = {}
+    for change in changes:
+        current = merged.get(change.row_id)
+        error_msg = clip_error(change.error_msg)
+        if current is None:
+            merged[change.row_id] = {
+                "status": change.status.value,
+                "error_msg": error_msg,
+                "task_id": change.task_id,
+                "attempts": change.attempts,
+                "started": change.started,
+                "finished": change.finished,
+            }
+            continue
+        current["status"] = change.status.value
+        current["error_msg"] = error_msg
+        if change.task_id is not None:
+            current["task_id"] = change.task_id
+        if change.attempts is not None:
+            current["attempts"] = change.attempts
+        current["started"] = current["started"] or change.started
+        current["finished"] = current["finished"] or change.finished
+    rows = list(merged.items())
+    return (
+        [row_id for row_id, _ in rows],
+        [values["status"] for _, values in rows],
+        [values["error_msg"] for _, values in rows],
+        [values["task_id"] for _, values in rows],
+        [values["attempts"] for _, values in rows],
+        [values["started"] for _, values in rows],
+        [values["finished"] for _, values in rows],
+        [change.row_id for change in changes],
+        [change.status.value for change in changes],
+        [clip_error(change.error_msg) for change in changes],
+    )
+
+
+class _Listener:
+    """Asyncio-flavored: a dedicated connection LISTENing on the release channel."""
+
+    def __init__(self, connection: Connection, queue: asyncio.Queue[bool]) -> None:
+        self._connection = connection
+        self._queue = queue
+
+    @classmethod
+    async def open(cls, url: str, connect_timeout: float, channel: str) -> _Listener:
+        queue: asyncio.Queue[bool] = asyncio.Queue()
+        connection: Connection = await asyncpg.connect(url, timeout=connect_timeout)
+
+        def notified(*_: object) -> None:
+            queue.put_nowait(True)
+
+        def terminated(*_: object) -> None:
+            queue.put_nowait(False)
+
+        try:
+            connection.add_termination_listener(terminated)
+            await connection.add_listener(channel, notified)
+        except BaseException:
+            connection.terminate()
+            raise
+        return cls(connection, queue)
+
+    async def wait(self, idle: float) -> bool:
+        """True after a notification (a burst counts once); False after ``idle`` quiet
+        seconds once the connection proved alive. Raises StoreUnavailable when it dropped."""
+        try:
+            alive = await asyncio.wait_for(self._queue.get(), idle)
+        except TimeoutError:
+            await self._connection.fetchval("SELECT 1", timeout=idle)
+            return False
+        while alive and not self._queue.empty():
+            alive = self._queue.get_nowait()
+        if not alive or self._connection.is_closed():
+            raise StoreUnavailable("database unavailable: notification connection closed")
+        return True
+
+    async def close(self) -> None:
+        if self._connection.is_closed():
+            return
+        try:
+            await asyncio.wait_for(self._connection.close(), _CLOSE_TIMEOUT_SEC)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self._connection.terminate()
+
+
+async def _open_pool(
+    url: str, min_size: int, max_size: int, connect_timeout: float, apply_migrations: bool
+) -> Pool:
+    """Asyncio-flavored: connect, and migrate the schema when asked."""
+    pool: Pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, timeout=connect_timeout
+    )
+    try:
+        if apply_migrations:
+            async with pool.acquire() as connection:
+                await migrations.migrate(connection)
+    except BaseException:
+        pool.terminate()
+        raise
+    return pool
+
+
+@asynccontextmanager
+async def open_postgres_store(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = 10.0,
+    apply_migrations: bool = True,
+) -> AsyncIterator[PostgresStore]:
+    """Trio-flavored: open a PostgresStore on ``url`` and close its pool on exit.
+
+    Must run inside ``trio_asyncio.open_loop()``; the store keeps that loop and may be used
+    from any task of the same Trio run while the block is open. Applies pending migrations
+    unless ``apply_migrations`` is False. Raises StoreUnavailable when the database cannot be
+    reached.
+    """
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        raise RuntimeError("open_postgres_store() must run inside trio_asyncio.open_loop()")
+    pool: Pool = await trio_asyncio.aio_as_trio(_translated, loop=loop)(
+        _open_pool, url, min_size, max_size, connect_timeout, apply_migrations
+    )
+    try:
+        yield PostgresStore(pool, loop, url, connect_timeout=connect_timeout)
+    finally:
+        with trio.move_on_after(_CLOSE_TIMEOUT_SEC, shield=True) as scope:
+            await trio_asyncio.aio_as_trio(pool.close, loop=loop)()
+        if scope.cancelled_caught:
+            pool.terminate()
+
+
+@asynccontextmanager
+async def open_loop_and_store(url: str, **options: Any) -> AsyncIterator[PostgresStore]:
+    """Trio-flavored: ``trio_asyncio.open_loop()`` and ``open_postgres_store(url)`` together,
+    for programs and tests that do not open the asyncio loop themselves."""
+    async with trio_asyncio.open_loop(), open_postgres_store(url, **options) as store:
+        yield store
+
+
+async def _migrate_url(url: str, connect_timeout: float) -> list[int]:
+    connection: Connection = await asyncpg.connect(url, timeout=connect_timeout)
+    try:
+        return await migrations.migrate(connection)
+    finally:
+        await connection.close()
+
+
+async def migrate_database(url: str, *, connect_timeout: float = 10.0) -> list[int]:
+    """Trio-flavored: apply pending migrations to the database at ``url``; return their
+    versions (empty when it was current). Must run inside ``trio_asyncio.open_loop()``."""
+    versions: list[int] = await trio_asyncio.aio_as_trio(_translated)(
+        _migrate_url, url, connect_timeout
+    )
+    return versions

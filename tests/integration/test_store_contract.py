@@ -1,0 +1,715 @@
+"""The Store contract: every test runs on PostgresStore and MemoryStore alike (``store``),
+so simulations never drift from production. Tests of PostgreSQL-only behaviour (row locks,
+lost databases) use ``pg_store``."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio_asyncio
+
+from store.base import Store
+from store.embedded import EmbeddedPostgres
+from store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
+from store.memory import MemoryStore
+from store.models import (
+    DEFAULT_PLAN,
+    ERROR_MSG_MAX,
+    Lease,
+    Node,
+    NodeChange,
+    NodeHealth,
+    NodeStatus,
+    Outcome,
+    ReleaseSpec,
+    ReleaseStatus,
+)
+from store.postgres import PostgresStore, open_postgres_store
+from tests.integration.conftest import SeedRelease, run_sql
+
+pytestmark = pytest.mark.postgres
+
+TTL = 30.0
+
+
+async def add_nodes(store: Store, count: int, *, prefix: str = "edge") -> list[Node]:
+    return [
+        await store.upsert_node(f"{prefix}-{index}", f"127.0.0.{index + 1}", 8443)
+        for index in range(1, count + 1)
+    ]
+
+
+async def claim_one(store: Store, owner: str = "daemon-a", ttl: float = TTL) -> Lease:
+    claims = await store.claim(owner, 1, ttl)
+    assert len(claims) == 1
+    return claims[0].lease
+
+
+# --- create_release ------------------------------------------------------------------------
+
+
+async def test_create_release_puts_one_canary_then_the_rest(store: Store) -> None:
+    nodes = await add_nodes(store, 3)
+
+    created = await store.create_release(ReleaseSpec(reason="rollout"))
+
+    ids = [node.id for node in nodes]
+    assert created.batches == ((1, (ids[0],)), (2, (ids[1], ids[2])))
+    release = created.release
+    assert release.version == 1
+    assert release.status is ReleaseStatus.PENDING
+    assert (release.total_nodes, release.success_nodes, release.failed_nodes) == (3, 0, 0)
+    assert (release.skipped_nodes, release.cancelled_nodes) == (0, 0)
+    assert release.current_batch == 1
+    assert release.plan == DEFAULT_PLAN
+    assert release.scope == "cdn"
+    assert release.reason == "rollout"
+    assert release.lease_owner is None and release.lease_epoch == 0
+    rows = await store.release_nodes(release.id)
+    assert [(row.node_id, row.batch, row.status) for row in rows] == [
+        (ids[0], 1, NodeStatus.PENDING),
+        (ids[1], 2, NodeStatus.PENDING),
+        (ids[2], 2, NodeStatus.PENDING),
+    ]
+    assert await store.get_release(release.id) == release
+
+
+async def test_create_release_uses_only_enabled_online_nodes(store: Store) -> None:
+    nodes = await add_nodes(store, 4)
+    await store.update_node(nodes[0].id, enabled=False)
+    await store.update_node(nodes[2].id, status=NodeHealth.MAINTENANCE)
+
+    created = await store.create_release(ReleaseSpec(plan=("50%",)))
+
+    assert created.batches == ((1, (nodes[1].id,)), (2, (nodes[3].id,)))
+    assert created.release.total_nodes == 2
+
+
+async def test_create_release_stores_plan_scope_and_tolerances(store: Store) -> None:
+    await add_nodes(store, 10)
+
+    created = await store.create_release(
+        ReleaseSpec(plan=(1, "30%"), max_parallel=2, max_failures=1, scope="eu")
+    )
+
+    assert [len(ids) for _, ids in created.batches] == [1, 3, 3, 3]
+    release = await store.get_release(created.release.id)
+    assert release is not None
+    assert release.plan == (1, "30%")
+    assert (release.max_parallel, release.max_failures, release.scope) == (2, 1, "eu")
+
+
+async def test_create_release_without_online_nodes_is_a_conflict(store: Store) -> None:
+    nodes = await add_nodes(store, 1)
+    await store.update_node(nodes[0].id, status=NodeHealth.OFFLINE)
+
+    with pytest.raises(Conflict, match="no online nodes"):
+        await store.create_release(ReleaseSpec())
+
+    assert await store.list_releases() == ([], 0)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ReleaseSpec(plan=()),
+        ReleaseSpec(plan=(0,)),
+        ReleaseSpec(plan=("150%",)),
+        ReleaseSpec(plan=("many",)),
+        ReleaseSpec(max_failures=-1),
+        ReleaseSpec(max_parallel=0),
+    ],
+    ids=["empty-plan", "zero-step", "over-100%", "word", "negative-tolerance", "no-parallel"],
+)
+async def test_create_release_rejects_bad_input_and_writes_nothing(
+    store: Store, spec: ReleaseSpec
+) -> None:
+    await add_nodes(store, 2)
+
+    with pytest.raises(InvalidInput):
+        await store.create_release(spec)
+
+    assert await store.list_releases() == ([], 0)
+
+
+async def test_versions_follow_the_previous_maximum(store: Store) -> None:
+    await add_nodes(store, 1)
+
+    versions = [(await store.create_release(ReleaseSpec())).release.version for _ in range(3)]
+
+    assert versions == [1, 2, 3]
+
+
+async def test_concurrent_creations_get_distinct_versions(store: Store) -> None:
+    await add_nodes(store, 3)
+    versions: list[int] = []
+
+    async def create() -> None:
+        versions.append((await store.create_release(ReleaseSpec())).release.version)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(8):
+            nursery.start_soon(create)
+
+    assert sorted(versions) == list(range(1, 9))
+
+
+# --- claim -------------------------------------------------------------------------------------
+
+
+async def test_claim_takes_the_oldest_pending_release_of_each_scope(store: Store) -> None:
+    await add_nodes(store, 2)
+    first = (await store.create_release(ReleaseSpec())).release
+    await store.create_release(ReleaseSpec())
+    other_scope = (await store.create_release(ReleaseSpec(scope="dns"))).release
+
+    claims = await store.claim("daemon-a", 10, TTL)
+
+    assert [claim.release.id for claim in claims] == [first.id, other_scope.id]
+    assert await store.claim("daemon-b", 10, TTL) == []
+
+
+async def test_claim_sets_running_lease_and_audit_event(store: Store) -> None:
+    await add_nodes(store, 1)
+    created = (await store.create_release(ReleaseSpec())).release
+
+    [claim] = await store.claim("daemon-a", 5, TTL)
+
+    release = claim.release
+    assert claim.lease == Lease(created.id, 1)
+    assert release.status is ReleaseStatus.RUNNING
+    assert (release.lease_owner, release.lease_epoch) == ("daemon-a", 1)
+    assert release.started_at is not None and release.lease_expires_at is not None
+    assert 20 < (release.lease_expires_at - release.started_at).total_seconds() <= TTL
+    events = await store.release_events(created.id)
+    assert [(e.from_status, e.to_status) for e in events] == [
+        (None, "pending"),
+        ("pending", "running"),
+    ]
+    assert events[-1].message == "claimed by daemon-a (epoch 1)"
+
+
+async def test_claim_respects_the_limit_in_version_order(store: Store) -> None:
+    await add_nodes(store, 1)
+    ids = [
+        (await store.create_release(ReleaseSpec(scope=f"s{index}"))).release.id
+        for index in range(4)
+    ]
+
+    first = await store.claim("daemon-a", 3, TTL)
+    rest = await store.claim("daemon-a", 3, TTL)
+
+    assert [claim.release.id for claim in first] == ids[:3]
+    assert [claim.release.id for claim in rest] == ids[3:]
+
+
+async def test_next_release_of_a_scope_waits_until_the_active_one_ends(store: Store) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+    second = (await store.create_release(ReleaseSpec())).release
+    lease = await claim_one(store)
+
+    assert await store.claim("daemon-b", 5, TTL) == []
+    assert await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS)) is True
+
+    [claim] = await store.claim("daemon-b", 5, TTL)
+    assert claim.release.id == second.id
+
+
+async def test_expired_lease_is_taken_over_with_a_new_epoch(store: Store) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+    old = await claim_one(store, "daemon-a", ttl=0.2)
+    assert await store.claim("daemon-b", 5, TTL) == []
+
+    await trio.sleep(0.5)
+    [claim] = await store.claim("daemon-b", 5, TTL)
+
+    assert claim.lease == Lease(old.release_id, old.epoch + 1)
+    assert claim.release.lease_owner == "daemon-b"
+    assert await store.heartbeat("daemon-a", [old], TTL) == set()
+    events = await store.release_events(old.release_id)
+    assert (events[-1].from_status, events[-1].to_status) == ("running", "running")
+
+
+async def test_hand_back_makes_the_release_claimable_at_once(store: Store) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+    lease = await claim_one(store, "daemon-a")
+
+    await store.hand_back("daemon-a", [lease])
+
+    [claim] = await store.claim("daemon-b", 5, TTL)
+    assert claim.lease.epoch == lease.epoch + 1
+    assert claim.release.status is ReleaseStatus.RUNNING
+
+
+async def test_hand_back_of_someone_elses_lease_changes_nothing(store: Store) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+    lease = await claim_one(store, "daemon-a")
+
+    await store.hand_back("daemon-b", [lease])
+
+    assert await store.claim("daemon-b", 5, TTL) == []
+
+
+# --- heartbeat -----------------------------------------------------------------------------------
+
+
+async def test_heartbeat_returns_only_the_leases_still_held(store: Store) -> None:
+    await add_nodes(store, 1)
+    for scope in ("a", "b", "c"):
+        await store.create_release(ReleaseSpec(scope=scope))
+    mine = [claim.lease for claim in await store.claim("daemon-a", 2, TTL)]
+    theirs = await claim_one(store, "daemon-b")
+    stale = Lease(mine[1].release_id, mine[1].epoch - 1)
+
+    held = await store.heartbeat("daemon-a", [mine[0], stale, theirs], 60.0)
+
+    assert held == {mine[0].release_id}
+    renewed = await store.get_release(mine[0].release_id)
+    assert renewed is not None and renewed.lease_expires_at is not None
+    assert renewed.started_at is not None
+    assert (renewed.lease_expires_at - renewed.started_at).total_seconds() > 50
+    assert await store.heartbeat("daemon-a", [], TTL) == set()
+
+
+async def test_heartbeat_does_not_hold_a_finished_release(store: Store) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+    lease = await claim_one(store)
+    await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS))
+
+    assert await store.heartbeat("daemon-a", [lease], TTL) == set()
+
+
+# --- record ------------------------------------------------------------------------------------
+
+
+async def test_record_applies_node_changes_and_audits_each_transition(store: Store) -> None:
+    await add_nodes(store, 3)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store)
+    rows = await store.release_nodes(created.release.id)
+    canary = rows[0]
+
+    assert await store.record(
+        lease,
+        [NodeChange(canary.id, NodeStatus.RUNNING, task_id="t-1", attempts=1, started=True)],
+        daemon_id="daemon-a",
+    )
+    assert await store.record(
+        lease, [NodeChange(canary.id, NodeStatus.SUCCESS, finished=True)], daemon_id="daemon-a"
+    )
+
+    [row, *_] = await store.release_nodes(created.release.id)
+    assert row.status is NodeStatus.SUCCESS
+    assert (row.task_id, row.attempts) == ("t-1", 1)
+    assert row.started_at is not None and row.finished_at is not None
+    release = await store.get_release(created.release.id)
+    assert release is not None
+    assert (release.success_nodes, release.failed_nodes, release.current_batch) == (1, 0, 2)
+    node_events = [e for e in await store.release_events(release.id) if e.node_id is not None]
+    assert [(e.node_id, e.batch, e.from_status, e.to_status, e.daemon_id) for e in node_events] == [
+        (canary.node_id, 1, "pending", "running", "daemon-a"),
+        (canary.node_id, 1, "running", "success", "daemon-a"),
+    ]
+
+
+async def test_record_coalesces_many_changes_into_one_call(store: Store) -> None:
+    await add_nodes(store, 3)
+    created = await store.create_release(ReleaseSpec(plan=("100%",)))
+    lease = await claim_one(store)
+    rows = await store.release_nodes(created.release.id)
+
+    changes = [NodeChange(row.id, NodeStatus.RUNNING, started=True) for row in rows]
+    changes.append(NodeChange(rows[0].id, NodeStatus.SUCCESS, finished=True))
+    changes.append(NodeChange(rows[1].id, NodeStatus.FAILED, "agent timeout", finished=True))
+    assert await store.record(lease, changes)
+
+    after = await store.release_nodes(created.release.id)
+    assert [row.status for row in after] == [
+        NodeStatus.SUCCESS,
+        NodeStatus.FAILED,
+        NodeStatus.RUNNING,
+    ]
+    assert after[0].started_at is not None and after[0].finished_at is not None
+    assert after[1].error_msg == "agent timeout"
+    release = await store.get_release(created.release.id)
+    assert release is not None and (release.success_nodes, release.failed_nodes) == (1, 1)
+    events = [e for e in await store.release_events(release.id) if e.node_id is not None]
+    assert [(e.node_id, e.from_status, e.to_status) for e in events] == [
+        (rows[0].node_id, "pending", "running"),
+        (rows[1].node_id, "pending", "running"),
+        (rows[2].node_id, "pending", "running"),
+        (rows[0].node_id, "running", "success"),
+        (rows[1].node_id, "running", "failed"),
+    ]
+    assert events[-1].message == "agent timeout"
+
+
+async def test_record_of_an_unchanged_status_appends_no_event(store: Store) -> None:
+    await add_nodes(store, 1)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store)
+    [row] = await store.release_nodes(created.release.id)
+    before = len(await store.release_events(created.release.id))
+
+    assert await store.record(lease, [NodeChange(row.id, NodeStatus.PENDING, attempts=2)])
+
+    assert len(await store.release_events(created.release.id)) == before
+    [after] = await store.release_nodes(created.release.id)
+    assert after.attempts == 2
+
+
+async def test_record_clips_error_messages_to_the_column(store: Store) -> None:
+    await add_nodes(store, 1)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store)
+    [row] = await store.release_nodes(created.release.id)
+
+    await store.record(lease, [NodeChange(row.id, NodeStatus.FAILED, "x" * 1000, finished=True)])
+
+    [after] = await store.release_nodes(created.release.id)
+    assert after.error_msg is not None
+    assert len(after.error_msg) == ERROR_MSG_MAX
+    assert after.error_msg.startswith("xxx")
+
+
+async def test_record_with_a_stale_epoch_changes_nothing(store: Store) -> None:
+    await add_nodes(store, 2)
+    created = await store.create_release(ReleaseSpec())
+    old = await claim_one(store, "daemon-a")
+    await store.hand_back("daemon-a", [old])
+    await claim_one(store, "daemon-b")
+    rows = await store.release_nodes(created.release.id)
+    events_before = await store.release_events(created.release.id)
+
+    written = await store.record(
+        old,
+        [NodeChange(rows[0].id, NodeStatus.FAILED, "late", finished=True)],
+        Outcome(ReleaseStatus.FAILED, "late"),
+    )
+
+    assert written is False
+    assert await store.release_nodes(created.release.id) == rows
+    release = await store.get_release(created.release.id)
+    assert release is not None
+    assert (release.status, release.lease_owner, release.failed_nodes) == (
+        ReleaseStatus.RUNNING,
+        "daemon-b",
+        0,
+    )
+    assert await store.release_events(created.release.id) == events_before
+
+
+async def test_record_outcome_ends_nodes_and_recomputes_counters(store: Store) -> None:
+    await add_nodes(store, 4)
+    created = await store.create_release(ReleaseSpec(plan=(2,)))
+    lease = await claim_one(store)
+    rows = await store.release_nodes(created.release.id)
+    await store.record(
+        lease,
+        [
+            NodeChange(rows[0].id, NodeStatus.RUNNING, started=True),
+            NodeChange(rows[1].id, NodeStatus.RUNNING, started=True),
+        ],
+    )
+
+    written = await store.record(
+        lease,
+        [NodeChange(rows[0].id, NodeStatus.FAILED, "agent unreachable", finished=True)],
+        Outcome(ReleaseStatus.FAILED, "node edge-1 failed"),
+        daemon_id="daemon-a",
+    )
+
+    assert written is True
+    after = await store.release_nodes(created.release.id)
+    assert [row.status for row in after] == [
+        NodeStatus.FAILED,
+        NodeStatus.CANCELLED,
+        NodeStatus.SKIPPED,
+        NodeStatus.SKIPPED,
+    ]
+    assert all(row.finished_at is not None for row in after)
+    release = await store.get_release(created.release.id)
+    assert release is not None
+    assert release.status is ReleaseStatus.FAILED
+    assert release.error == "node edge-1 failed"
+    assert (release.success_nodes, release.failed_nodes) == (0, 1)
+    assert (release.skipped_nodes, release.cancelled_nodes, release.current_batch) == (2, 1, 1)
+    assert release.finished_at is not None
+    assert (release.lease_owner, release.lease_expires_at) == (None, None)
+    events = await store.release_events(release.id)
+    tail = [(e.node_id, e.from_status, e.to_status, e.message) for e in events[-4:]]
+    assert tail[:3] == [
+        (rows[1].node_id, "running", "cancelled", "cancelled: release failed"),
+        (rows[2].node_id, "pending", "skipped", "skipped: release failed"),
+        (rows[3].node_id, "pending", "skipped", "skipped: release failed"),
+    ]
+    assert tail[3][:3] == (None, "running", "failed")
+    assert await store.record(lease, [], None) is False
+
+
+async def test_record_success_leaves_no_node_open(store: Store) -> None:
+    await add_nodes(store, 3)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store)
+    rows = await store.release_nodes(created.release.id)
+
+    await store.record(
+        lease,
+        [NodeChange(row.id, NodeStatus.SUCCESS, started=True, finished=True) for row in rows],
+        Outcome(ReleaseStatus.SUCCESS),
+    )
+
+    release = await store.get_release(created.release.id)
+    assert release is not None
+    assert release.status is ReleaseStatus.SUCCESS
+    assert (release.success_nodes, release.failed_nodes, release.skipped_nodes) == (3, 0, 0)
+    assert release.current_batch == 0
+
+
+async def test_record_ignores_rows_of_other_releases(store: Store) -> None:
+    await add_nodes(store, 1)
+    first = await store.create_release(ReleaseSpec(scope="a"))
+    other = await store.create_release(ReleaseSpec(scope="b"))
+    leases = {claim.release.id: claim.lease for claim in await store.claim("d", 5, TTL)}
+    [foreign] = await store.release_nodes(other.release.id)
+
+    await store.record(leases[first.release.id], [NodeChange(foreign.id, NodeStatus.FAILED)])
+
+    [after] = await store.release_nodes(other.release.id)
+    assert after.status is NodeStatus.PENDING
+
+
+# --- releases written by other programs --------------------------------------------------------
+
+
+async def test_release_with_original_columns_only_is_claimed_and_run(
+    store: Store, seed_release: SeedRelease
+) -> None:
+    nodes = await add_nodes(store, 3)
+    release_id = await seed_release(7, [[nodes[0].id], [nodes[1].id, nodes[2].id]])
+
+    [claim] = await store.claim("daemon-a", 5, TTL)
+
+    assert claim.release.id == release_id
+    assert (claim.release.version, claim.release.scope) == (7, "cdn")
+    assert claim.release.plan == DEFAULT_PLAN
+    assert (claim.release.max_parallel, claim.release.max_failures) == (None, 0)
+    rows = await store.release_nodes(release_id)
+    assert [(row.node_name, row.main_ip, row.agent_port, row.batch) for row in rows] == [
+        ("edge-1", "127.0.0.2", 8443, 1),
+        ("edge-2", "127.0.0.3", 8443, 2),
+        ("edge-3", "127.0.0.4", 8443, 2),
+    ]
+    assert all((row.task_id, row.attempts) == (None, 0) for row in rows)
+    await store.record(
+        claim.lease,
+        [NodeChange(rows[0].id, NodeStatus.SUCCESS, started=True, finished=True)],
+        Outcome(ReleaseStatus.SUCCESS),
+    )
+    release = await store.get_release(release_id)
+    assert release is not None
+    assert (release.success_nodes, release.skipped_nodes) == (1, 2)
+    assert (await store.create_release(ReleaseSpec())).release.version == 8
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+async def test_list_releases_pages_newest_first_with_a_total(store: Store) -> None:
+    await add_nodes(store, 1)
+    ids = [(await store.create_release(ReleaseSpec(scope=f"s{i}"))).release.id for i in range(5)]
+
+    page, total = await store.list_releases(offset=1, limit=2)
+
+    assert total == 5
+    assert [release.id for release in page] == [ids[3], ids[2]]
+    assert await store.list_releases(offset=10) == ([], 5)
+
+
+async def test_list_releases_filters_by_status(store: Store) -> None:
+    await add_nodes(store, 1)
+    for scope in ("a", "b", "c"):
+        await store.create_release(ReleaseSpec(scope=scope))
+    [claim] = await store.claim("daemon-a", 1, TTL)
+
+    running, running_total = await store.list_releases(status=ReleaseStatus.RUNNING)
+    pending, pending_total = await store.list_releases(status=ReleaseStatus.PENDING)
+
+    assert ([r.id for r in running], running_total) == ([claim.release.id], 1)
+    assert pending_total == 2 and all(r.status is ReleaseStatus.PENDING for r in pending)
+    assert await store.list_releases(status=ReleaseStatus.FAILED) == ([], 0)
+
+
+async def test_get_release_of_an_unknown_id_is_none(store: Store) -> None:
+    assert await store.get_release(424242) is None
+    assert await store.release_nodes(424242) == []
+    assert await store.release_events(424242) == []
+
+
+async def test_release_events_page_after_an_id(store: Store) -> None:
+    await add_nodes(store, 1)
+    created = await store.create_release(ReleaseSpec())
+    await claim_one(store)
+    everything = await store.release_events(created.release.id)
+
+    assert len(everything) == 2
+    assert everything[0].id < everything[1].id
+    assert await store.release_events(created.release.id, after_id=everything[0].id) == [
+        everything[1]
+    ]
+    assert await store.release_events(created.release.id, limit=1) == [everything[0]]
+
+
+# --- nodes -------------------------------------------------------------------------------------
+
+
+async def test_upsert_node_registers_then_updates_by_name(store: Store) -> None:
+    first = await store.upsert_node("edge-a", "127.0.0.2", 8443)
+
+    again = await store.upsert_node(
+        "edge-a", "127.0.0.9", 9443, enabled=False, status=NodeHealth.MAINTENANCE
+    )
+
+    assert again.id == first.id
+    assert (again.main_ip, again.agent_port, again.enabled, again.status) == (
+        "127.0.0.9",
+        9443,
+        False,
+        NodeHealth.MAINTENANCE,
+    )
+    assert await store.list_nodes() == [again]
+
+
+async def test_update_node_changes_only_what_is_given(store: Store) -> None:
+    node = await store.upsert_node("edge-a", "127.0.0.2", 8443)
+
+    offline = await store.update_node(node.id, status=NodeHealth.OFFLINE)
+    disabled = await store.update_node(node.id, enabled=False)
+
+    assert (offline.status, offline.enabled) == (NodeHealth.OFFLINE, True)
+    assert (disabled.status, disabled.enabled) == (NodeHealth.OFFLINE, False)
+    with pytest.raises(NotFound):
+        await store.update_node(424242, enabled=True)
+
+
+async def test_list_nodes_orders_by_id(store: Store) -> None:
+    nodes = await add_nodes(store, 3)
+
+    assert [node.id for node in await store.list_nodes()] == sorted(node.id for node in nodes)
+
+
+# --- tokens and health ---------------------------------------------------------------------------
+
+
+async def test_tokens_are_found_by_hash_and_unique(store: Store) -> None:
+    await store.create_token("ci", "hash-1")
+
+    assert await store.token_name("hash-1") == "ci"
+    assert await store.token_name("hash-2") is None
+    with pytest.raises(AlreadyExists):
+        await store.create_token("ci", "hash-2")
+    with pytest.raises(AlreadyExists):
+        await store.create_token("ops", "hash-1")
+    assert await store.token_name("hash-2") is None
+
+
+async def test_ping_answers_true_when_healthy(store: Store) -> None:
+    assert await store.ping() is True
+
+
+async def test_listen_releases_wakes_on_creation(store: Store) -> None:
+    await add_nodes(store, 1)
+    woken = trio.Event()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.listen_releases, woken.set)
+            await store.create_release(ReleaseSpec())
+            await woken.wait()
+            nursery.cancel_scope.cancel()
+
+
+# --- PostgreSQL only -----------------------------------------------------------------------------
+
+
+async def test_concurrent_claimers_never_share_a_release(pg_store: PostgresStore) -> None:
+    await add_nodes(pg_store, 1)
+    for index in range(12):
+        await pg_store.create_release(ReleaseSpec(scope=f"s{index}"))
+    claimed: list[tuple[str, int]] = []
+
+    async def claimer(owner: str) -> None:
+        while claims := await pg_store.claim(owner, 2, TTL):
+            claimed.extend((owner, claim.release.id) for claim in claims)
+
+    async with trio.open_nursery() as nursery:
+        for index in range(4):
+            nursery.start_soon(claimer, f"daemon-{index}")
+
+    ids = [release_id for _, release_id in claimed]
+    assert len(ids) == 12 and len(set(ids)) == 12
+
+
+async def test_claim_skips_a_release_locked_by_another_transaction(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    await add_nodes(pg_store, 1)
+    locked = (await pg_store.create_release(ReleaseSpec(scope="a"))).release
+    free = (await pg_store.create_release(ReleaseSpec(scope="b"))).release
+
+    async def hold_lock(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # psql keeps the row locked for a second inside an open transaction.
+        async with trio.open_nursery() as inner:
+            inner.start_soon(
+                run_sql,
+                database_url,
+                f"BEGIN; SELECT id FROM release_tasks WHERE id = {locked.id} FOR UPDATE;"
+                " SELECT pg_sleep(1.5); COMMIT;",
+            )
+            for _ in range(100):
+                output = await run_sql(
+                    database_url,
+                    "SELECT count(*) FROM pg_locks WHERE mode = 'RowShareLock'"
+                    " AND relation = 'release_tasks'::regclass AND pid <> pg_backend_pid()",
+                )
+                if int(output.strip()) > 0:
+                    break
+                await trio.sleep(0.02)
+            task_status.started()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hold_lock)
+        with trio.fail_after(1):
+            claims = await pg_store.claim("daemon-a", 5, TTL)
+
+    assert [claim.release.id for claim in claims] == [free.id]
+
+
+async def test_operations_fail_as_unavailable_and_ping_is_false_when_the_database_is_gone(
+    pg_store: PostgresStore, database_url: str, postgres_server: EmbeddedPostgres
+) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    await trio.to_thread.run_sync(postgres_server.drop_database, name)
+
+    assert await pg_store.ping() is False
+    with pytest.raises(StoreUnavailable):
+        await pg_store.list_nodes()
+
+
+async def test_opening_an_unreachable_database_raises_unavailable() -> None:
+    async with trio_asyncio.open_loop():
+        with pytest.raises(StoreUnavailable, match="database unavailable"):
+            async with open_postgres_store(
+                "postgresql://postgres@127.0.0.1:1/none", connect_timeout=2
+            ):
+                pass
+
+
+async def test_memory_store_is_a_store() -> None:
+    store: Store = MemoryStore()
+    assert await store.ping() is True
