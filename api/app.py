@@ -1,0 +1,301 @@
+"""The HTTP API: routes, thin handlers, and the envelope around every answer.
+
+A handler parses and validates its input (api/schemas.py), makes its store call and wraps
+the answer in the envelope. Store failures map to the original's codes; anything unexpected
+becomes a 500 / 5001 envelope with no internals, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+import structlog
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.auth import authenticate
+from api.envelope import ApiError, Code, error_response, ok
+from api.schemas import (
+    MAX_BODY_BYTES,
+    event_item,
+    node_item,
+    parse_events_query,
+    parse_id,
+    parse_json,
+    parse_node_patch,
+    parse_node_registration,
+    parse_release_query,
+    parse_release_spec,
+    release_batches,
+    release_item,
+)
+from store.base import Store
+from store.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
+
+log = structlog.get_logger("fleetwave.api")
+
+READY_TIMEOUT = 5.0
+"""A readiness probe answers within this, database or not."""
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _from_store(error: StoreError) -> ApiError:
+    match error:
+        case NotFound():
+            return ApiError(404, Code.NOT_FOUND, str(error))
+        case AlreadyExists():
+            return ApiError(409, Code.ALREADY_EXISTS, str(error))
+        case Conflict():
+            return ApiError(409, Code.CONFLICT, str(error))
+        case InvalidInput():
+            return ApiError(400, Code.PARAM_INVALID, str(error))
+        case StoreUnavailable():
+            return ApiError(503, Code.DATABASE, "database unavailable, retry later")
+    return ApiError(500, Code.DATABASE, "database error")
+
+
+async def read_json(request: Request) -> object:
+    """The request's JSON body, at most MAX_BODY_BYTES long (413 beyond, without reading it)."""
+    too_large = ApiError(413, Code.PARAM_INVALID, f"body: larger than {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))
+
+
+def _not_found(release_id: int) -> ApiError:
+    return ApiError(404, Code.NOT_FOUND, f"release {release_id} not found")
+
+
+@attrs.frozen
+class _Handlers:
+    store: Store
+
+    def guarded(self, handler: Handler) -> Handler:
+        async def with_token(request: Request) -> Response:
+            request.state.token_name = await authenticate(self.store, request)
+            return await handler(request)
+
+        return with_token
+
+    async def create_release(self, request: Request) -> Response:
+        spec = parse_release_spec(await read_json(request))
+        created = await self.store.create_release(spec)
+        return ok(
+            {
+                "releaseId": created.release.id,
+                "version": created.release.version,
+                "totalNodes": created.release.total_nodes,
+                "batches": [
+                    {"batch": batch, "nodeIds": list(node_ids)}
+                    for batch, node_ids in created.batches
+                ],
+            }
+        )
+
+    async def list_releases(self, request: Request) -> Response:
+        page = parse_release_query(request.query_params)
+        releases, total = await self.store.list_releases(
+            status=page.status, offset=page.offset, limit=page.page_size
+        )
+        return ok(
+            {
+                "items": [release_item(release) for release in releases],
+                "total": total,
+                "page": page.page,
+                "pageSize": page.page_size,
+            }
+        )
+
+    async def show_release(self, request: Request) -> Response:
+        release_id = parse_id(request.path_params["id"])
+        release = await self.store.get_release(release_id)
+        if release is None:
+            raise _not_found(release_id)
+        nodes = await self.store.release_nodes(release_id)
+        return ok({"release": release_item(release), "batches": release_batches(nodes)})
+
+    async def release_events(self, request: Request) -> Response:
+        release_id = parse_id(request.path_params["id"])
+        query = parse_events_query(request.query_params)
+        events = await self.store.release_events(
+            release_id, after_id=query.after_id, limit=query.limit
+        )
+        # Every release has its "created" event, so only an empty page needs this check.
+        if not events and await self.store.get_release(release_id) is None:
+            raise _not_found(release_id)
+        return ok(
+            {
+                "items": [event_item(event) for event in events],
+                "nextAfterId": events[-1].id if events else query.after_id,
+            }
+        )
+
+    async def list_nodes(self, request: Request) -> Response:
+        nodes = await self.store.list_nodes()
+        return ok({"items": [node_item(node) for node in nodes], "total": len(nodes)})
+
+    async def register_node(self, request: Request) -> Response:
+        node = parse_node_registration(await read_json(request))
+        registered = await self.store.upsert_node(
+            node.name, node.main_ip, node.agent_port, enabled=node.enabled, status=node.status
+        )
+        return ok(node_item(registered))
+
+    async def update_node(self, request: Request) -> Response:
+        node_id = parse_id(request.path_params["id"])
+        patch = parse_node_patch(await read_json(request))
+        node = await self.store.update_node(node_id, status=patch.status, enabled=patch.enabled)
+        return ok(node_item(node))
+
+    async def healthz(self, request: Request) -> Response:
+        return ok({"status": "alive"})
+
+    async def readyz(self, request: Request) -> Response:
+        ready = False
+        with trio.move_on_after(READY_TIMEOUT):
+            try:
+                ready = await self.store.ping()
+            except StoreError as error:
+                log.warning("api.not_ready", error=str(error))
+        if not ready:
+            raise ApiError(
+                503,
+                Code.DATABASE,
+                "not ready: the database is unreachable or its migrations are not current",
+            )
+        return ok({"status": "ready"})
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _store_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError)
+    error = _from_store(exc)
+    if error.status >= 500:
+        log.warning("api.store_error", error=str(exc), kind=type(exc).__name__)
+    return error_response(error)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    method, path = request.method, request.url.path
+    if exc.status_code == 404:
+        error = ApiError(404, Code.NOT_FOUND, f"no such endpoint: {method} {path}")
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        error = ApiError(
+            405,
+            Code.PARAM_ILLEGAL,
+            f"method {method} is not allowed on {path} (allowed: {allowed})",
+            headers=exc.headers,
+        )
+    else:
+        code = Code.PARAM_INVALID if exc.status_code < 500 else Code.INTERNAL
+        error = ApiError(exc.status_code, code, exc.detail, headers=exc.headers)
+    return error_response(error)
+
+
+@attrs.frozen
+class RequestLog:
+    """Outermost layer: one log line per request, and a 500 envelope for any escaped error."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        except Exception:
+            log.exception("api.unhandled_error", method=scope["method"], path=scope["path"])
+            if status == 0:
+                status = 500
+                await error_response(ApiError(500, Code.INTERNAL, "internal error"))(
+                    scope, receive, send
+                )
+        finally:
+            state = scope.get("state") or {}
+            log.info(
+                "api.request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                token_name=state.get("token_name"),
+            )
+
+
+def _route(path: str, **by_method: Handler) -> Route:
+    """One route per path, so a wrong method gets a 405 listing every allowed one."""
+    if "GET" in by_method:
+        by_method["HEAD"] = by_method["GET"]
+
+    async def dispatch(request: Request) -> Response:
+        return await by_method[request.method](request)
+
+    return Route(path, dispatch, methods=list(by_method))
+
+
+def create_app(store: Store) -> Starlette:
+    """The API over ``store``: every route but the health checks needs a Bearer token."""
+    api = _Handlers(store)
+    guarded = api.guarded
+    routes = [
+        _route("/healthz", GET=api.healthz),
+        _route("/readyz", GET=api.readyz),
+        _route(
+            "/api/v1/releases",
+            GET=guarded(api.list_releases),
+            POST=guarded(api.create_release),
+        ),
+        _route("/api/v1/releases/{id}", GET=guarded(api.show_release)),
+        _route("/api/v1/releases/{id}/events", GET=guarded(api.release_events)),
+        _route("/api/v1/nodes", GET=guarded(api.list_nodes), POST=guarded(api.register_node)),
+        _route("/api/v1/nodes/{id}", PATCH=guarded(api.update_node)),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestLog)],
+        exception_handlers={
+            ApiError: _api_error,
+            StoreError: _store_error,
+            HTTPException: _http_error,
+        },
+    )

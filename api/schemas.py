@@ -1,0 +1,384 @@
+"""Input validation and output shapes of the API.
+
+Input: a JSON body or a query string becomes a typed value, or an ApiError whose message
+names the field and the problem. Output: store rows become the original's camelCase objects
+with ISO-8601 UTC timestamps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+import attrs
+
+from api.envelope import ApiError, Code
+from store.errors import InvalidInput
+from store.models import (
+    Event,
+    Node,
+    NodeHealth,
+    Release,
+    ReleaseNode,
+    ReleaseSpec,
+    ReleaseStatus,
+)
+from store.plan import validate_plan
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_ID = 2**63 - 1
+"""Ids are PostgreSQL bigints; anything larger cannot name a row."""
+PAGE_SIZE_DEFAULT = 20
+PAGE_SIZE_MAX = 100
+EVENTS_LIMIT_DEFAULT = 1000
+EVENTS_LIMIT_MAX = 1000
+NAME_MAX = 255
+TEXT_MAX = 1000
+DEFAULT_AGENT_PORT = 8443
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _kind(value: object) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "a list"
+        case dict():
+            return "an object"
+    return type(value).__name__  # pragma: no cover
+
+
+def invalid(field: str, problem: str, code: Code = Code.PARAM_INVALID) -> ApiError:
+    return ApiError(400, code, f"{field}: {problem}")
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+def parse_json(body: bytes) -> object:
+    """The JSON document of a request body; an empty body is an empty object."""
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise invalid("body", "is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise invalid(
+            "body", f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}"
+        ) from None
+    except ValueError as error:
+        raise invalid("body", str(error)) from None
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+@attrs.frozen
+class _Fields:
+    """The members of a JSON object, checked against the allowed names."""
+
+    values: Mapping[str, object]
+
+    @classmethod
+    def of(cls, document: object, allowed: Sequence[str]) -> _Fields:
+        if not isinstance(document, dict):
+            raise invalid("body", f"must be a JSON object, got {_kind(document)}")
+        for name in document:
+            if name not in allowed:
+                raise invalid(
+                    name,
+                    f"unknown field (allowed: {', '.join(allowed)})",
+                    Code.PARAM_ILLEGAL,
+                )
+        return cls(document)
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def required(self, name: str) -> object:
+        if name not in self.values:
+            raise invalid(name, "is required", Code.PARAM_MISSING)
+        return self.values[name]
+
+    def text(
+        self, name: str, *, required: bool = False, empty: bool = True, max_length: int = TEXT_MAX
+    ) -> str | None:
+        value = self.required(name) if required else self.values.get(name)
+        if value is None:
+            if required:
+                raise invalid(name, "must be a string, got null")
+            return None
+        if not isinstance(value, str):
+            raise invalid(name, f"must be a string, got {_kind(value)} {_shown(value)}")
+        if not empty and not value.strip():
+            raise invalid(name, "must not be empty")
+        if len(value) > max_length:
+            raise invalid(name, f"must be at most {max_length} characters, got {len(value)}")
+        return value
+
+    def integer(
+        self, name: str, *, minimum: int, maximum: int = MAX_ID, nullable: bool = False
+    ) -> int | None:
+        value = self.values.get(name)
+        if value is None:
+            if name in self.values and not nullable:
+                raise invalid(name, "must be an integer, got null")
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise invalid(name, f"must be an integer, got {_kind(value)} {_shown(value)}")
+        if not minimum <= value <= maximum:
+            raise invalid(name, f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def boolean(self, name: str) -> bool | None:
+        value = self.values.get(name)
+        if value is None and name not in self.values:
+            return None
+        if not isinstance(value, bool):
+            raise invalid(name, f"must be true or false, got {_kind(value)} {_shown(value)}")
+        return value
+
+    def health(self, name: str) -> NodeHealth | None:
+        value = self.values.get(name)
+        if value is None and name not in self.values:
+            return None
+        choices = ", ".join(health.value for health in NodeHealth)
+        if not isinstance(value, str) or value not in {health.value for health in NodeHealth}:
+            raise invalid(name, f"must be one of {choices}, got {_shown(value)}")
+        return NodeHealth(value)
+
+
+RELEASE_FIELDS = ("target", "reason", "plan", "maxParallel", "maxFailures", "scope")
+
+
+def parse_release_spec(document: object) -> ReleaseSpec:
+    fields = _Fields.of(document, RELEASE_FIELDS)
+    target = fields.text("target", required=True, empty=False, max_length=NAME_MAX)
+    reason = fields.text("reason", required=True)
+    plan = fields.values.get("plan")
+    try:
+        steps = validate_plan(plan) if plan is not None else None
+    except InvalidInput as error:
+        raise invalid("plan", str(error)) from None
+    max_parallel = fields.integer("maxParallel", minimum=1, maximum=2**31 - 1, nullable=True)
+    max_failures = fields.integer("maxFailures", minimum=0, maximum=2**31 - 1)
+    scope = fields.text("scope", empty=False, max_length=NAME_MAX)
+    assert target is not None and reason is not None
+    spec = ReleaseSpec(target=target, reason=reason, max_parallel=max_parallel, scope=scope)
+    if steps is not None:
+        spec = attrs.evolve(spec, plan=steps)
+    if max_failures is not None:
+        spec = attrs.evolve(spec, max_failures=max_failures)
+    return spec
+
+
+@attrs.frozen
+class NodeRegistration:
+    name: str
+    main_ip: str
+    agent_port: int
+    enabled: bool
+    status: NodeHealth
+
+
+NODE_FIELDS = ("name", "mainIp", "agentPort", "enabled", "status")
+
+
+def parse_node_registration(document: object) -> NodeRegistration:
+    fields = _Fields.of(document, NODE_FIELDS)
+    name = fields.text("name", required=True, empty=False, max_length=NAME_MAX)
+    raw_ip = fields.text("mainIp", required=True, empty=False)
+    assert name is not None and raw_ip is not None
+    try:
+        main_ip = str(ipaddress.ip_address(raw_ip.strip()))
+    except ValueError:
+        raise invalid("mainIp", f"must be an IPv4 or IPv6 address, got {_shown(raw_ip)}") from None
+    port = fields.integer("agentPort", minimum=1, maximum=65535)
+    enabled = fields.boolean("enabled")
+    status = fields.health("status")
+    return NodeRegistration(
+        name=name,
+        main_ip=main_ip,
+        agent_port=DEFAULT_AGENT_PORT if port is None else port,
+        enabled=True if enabled is None else enabled,
+        status=NodeHealth.ONLINE if status is None else status,
+    )
+
+
+@attrs.frozen
+class NodePatch:
+    status: NodeHealth | None
+    enabled: bool | None
+
+
+NODE_PATCH_FIELDS = ("status", "enabled")
+
+
+def parse_node_patch(document: object) -> NodePatch:
+    fields = _Fields.of(document, NODE_PATCH_FIELDS)
+    patch = NodePatch(status=fields.health("status"), enabled=fields.boolean("enabled"))
+    if patch.status is None and patch.enabled is None:
+        raise invalid("body", "nothing to change: give status and/or enabled", Code.PARAM_MISSING)
+    return patch
+
+
+# --- path and query ----------------------------------------------------------------------------
+
+
+def parse_id(text: str, field: str = "id") -> int:
+    if not text.isascii() or not text.isdigit():
+        raise invalid(field, f"must be a positive integer, got {_shown(text)}")
+    value = int(text)
+    if not 1 <= value <= MAX_ID:
+        raise invalid(field, f"must be between 1 and {MAX_ID}, got {text}")
+    return value
+
+
+def _query_int(
+    query: Mapping[str, str], name: str, default: int, minimum: int, maximum: int
+) -> int:
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    stripped = text.strip()
+    digits = stripped[1:] if stripped.startswith("-") else stripped
+    if not digits.isascii() or not digits.isdigit():
+        raise invalid(name, f"must be an integer, got {_shown(text)}")
+    value = int(stripped)
+    if not minimum <= value <= maximum:
+        raise invalid(name, f"must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+@attrs.frozen
+class Page:
+    status: ReleaseStatus | None
+    page: int
+    page_size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.page_size
+
+
+def parse_release_query(query: Mapping[str, str]) -> Page:
+    raw_status = query.get("status") or None
+    status = None
+    if raw_status is not None:
+        try:
+            status = ReleaseStatus(raw_status)
+        except ValueError:
+            choices = ", ".join(status.value for status in ReleaseStatus)
+            raise invalid("status", f"must be one of {choices}, got {_shown(raw_status)}") from None
+    # The largest page keeps offsets inside a bigint.
+    page = _query_int(query, "page", 1, 1, MAX_ID // PAGE_SIZE_MAX)
+    page_size = _query_int(query, "pageSize", PAGE_SIZE_DEFAULT, 1, PAGE_SIZE_MAX)
+    return Page(status=status, page=page, page_size=page_size)
+
+
+@attrs.frozen
+class EventsQuery:
+    after_id: int
+    limit: int
+
+
+def parse_events_query(query: Mapping[str, str]) -> EventsQuery:
+    return EventsQuery(
+        after_id=_query_int(query, "afterId", 0, 0, MAX_ID),
+        limit=_query_int(query, "limit", EVENTS_LIMIT_DEFAULT, 1, EVENTS_LIMIT_MAX),
+    )
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """ISO-8601 in UTC with a ``Z``; naive values are taken as UTC (the database's now())."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def release_item(release: Release) -> dict[str, object]:
+    return {
+        "id": release.id,
+        "type": release.type,
+        "target": release.target,
+        "scope": release.scope,
+        "version": release.version,
+        "status": release.status.value,
+        "totalNodes": release.total_nodes,
+        "successNodes": release.success_nodes,
+        "failedNodes": release.failed_nodes,
+        "skippedNodes": release.skipped_nodes,
+        "cancelledNodes": release.cancelled_nodes,
+        "currentBatch": release.current_batch,
+        "plan": list(release.plan),
+        "maxParallel": release.max_parallel,
+        "maxFailures": release.max_failures,
+        "reason": release.reason,
+        "error": release.error,
+        "createdAt": timestamp(release.created_at),
+        "updatedAt": timestamp(release.updated_at),
+        "startedAt": timestamp(release.started_at),
+        "finishedAt": timestamp(release.finished_at),
+    }
+
+
+def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:
+    batches: dict[int, list[dict[str, object]]] = {}
+    for node in nodes:
+        batches.setdefault(node.batch, []).append(
+            {
+                "nodeId": node.node_id,
+                "nodeName": node.node_name,
+                "status": node.status.value,
+                "errorMsg": node.error_msg,
+                "startedAt": timestamp(node.started_at),
+                "finishedAt": timestamp(node.finished_at),
+            }
+        )
+    return [{"batch": batch, "nodes": members} for batch, members in sorted(batches.items())]
+
+
+def node_item(node: Node) -> dict[str, object]:
+    return {
+        "id": node.id,
+        "name": node.name,
+        "mainIp": node.main_ip,
+        "agentPort": node.agent_port,
+        "enabled": node.enabled,
+        "status": node.status.value,
+        "lastSeenAt": timestamp(node.last_seen_at),
+    }
+
+
+def event_item(event: Event) -> dict[str, object]:
+    return {
+        "id": event.id,
+        "releaseId": event.release_id,
+        "nodeId": event.node_id,
+        "batch": event.batch,
+        "fromStatus": event.from_status,
+        "toStatus": event.to_status,
+        "message": event.message,
+        "daemonId": event.daemon_id,
+        "createdAt": timestamp(event.created_at),
+    }

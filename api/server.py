@@ -1,0 +1,60 @@
+"""Serving the API with hypercorn's trio worker, inside the daemon's own trio program."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import cast
+
+import structlog
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
+from starlette.applications import Starlette
+
+log = structlog.get_logger("fleetwave.api")
+
+GRACEFUL_TIMEOUT = 5.0
+"""After a shutdown request, requests in flight get this long before they are cancelled."""
+
+
+def hypercorn_config(bind: str) -> Config:
+    config = Config()
+    config.bind = [bind]
+    # Requests are logged by the app itself (one structlog line each); hypercorn only speaks
+    # up about its own trouble.
+    config.accesslog = None
+    quiet = logging.getLogger("fleetwave.api.hypercorn")
+    quiet.setLevel(logging.WARNING)
+    config.errorlog = quiet
+    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.include_server_header = False
+    return config
+
+
+async def serve_api(
+    app: Starlette,
+    bind: str,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on ``bind`` ("HOST:PORT", port 0 picks a free one) until cancelled.
+
+    Reports the address actually bound ("HOST:PORT") through ``task_status`` once listening.
+    When ``shutdown_trigger`` returns, stops accepting, lets requests in flight finish for at
+    most GRACEFUL_TIMEOUT seconds, then returns.
+    """
+    config = hypercorn_config(bind)
+    # Starlette's ASGI types are looser than hypercorn's; the protocol is the same.
+    framework = cast(ASGIFramework, app)
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(serve, framework, config, shutdown_trigger=shutdown_trigger)
+        )
+        address = binds[0].partition("://")[2]
+        log.info("api.listening", address=address)
+        task_status.started(address)
+    log.info("api.stopped", address=address)

@@ -1,0 +1,55 @@
+"""The API over a MemoryStore, reached through httpx's ASGI transport (or a real socket)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from api.app import create_app
+from api.auth import create_token
+from store.memory import MemoryStore
+from store.models import Node, NodeHealth
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def app(store: MemoryStore) -> Starlette:
+    return create_app(store)
+
+
+@pytest.fixture
+async def token(store: MemoryStore) -> str:
+    return await create_token(store, "tests")
+
+
+@pytest.fixture
+async def anonymous(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
+        yield client
+
+
+@pytest.fixture
+async def client(app: Starlette, token: str) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://api.test",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        yield client
+
+
+async def add_nodes(store: MemoryStore, count: int, *, online: bool = True) -> list[Node]:
+    status = NodeHealth.ONLINE if online else NodeHealth.OFFLINE
+    return [
+        await store.upsert_node(f"edge-{k:03d}", f"127.0.0.{k + 1}", 8443, status=status)
+        for k in range(1, count + 1)
+    ]

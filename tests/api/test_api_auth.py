@@ -1,0 +1,110 @@
+"""Bearer tokens: stored hashed, required everywhere but the health checks."""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+import httpx
+import pytest
+
+from api.app import create_app
+from api.auth import create_token
+from store.errors import AlreadyExists, StoreUnavailable
+from store.memory import MemoryStore
+
+
+async def test_missing_token_is_401_1001(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.get("/api/v1/releases")
+
+    assert response.status_code == 401
+    assert response.json()["code"] == 1001
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_a_header_that_is_not_bearer_is_401_1001(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.get("/api/v1/nodes", headers={"Authorization": "Basic dTpw"})
+
+    assert response.status_code == 401
+    assert response.json()["code"] == 1001
+
+
+async def test_wrong_token_is_401_1002(anonymous: httpx.AsyncClient, token: str) -> None:
+    response = await anonymous.get(
+        "/api/v1/releases", headers={"Authorization": f"Bearer {token}x"}
+    )
+
+    assert response.status_code == 401
+    assert response.json() == {"code": 1002, "message": "invalid token", "data": None}
+
+
+async def test_writes_without_a_valid_token_change_nothing(
+    anonymous: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await store.upsert_node("edge-1", "127.0.0.2", 8443)
+
+    response = await anonymous.post(
+        "/api/v1/releases",
+        json={"target": "cdn", "reason": "r"},
+        headers={"Authorization": "Bearer nope"},
+    )
+
+    assert response.status_code == 401
+    assert await store.list_releases() == ([], 0)
+
+
+async def test_healthz_needs_no_token(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"code": 0, "message": "success", "data": {"status": "alive"}}
+
+
+async def test_readyz_needs_no_token_and_asks_the_store(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.get("/readyz")
+
+    assert response.status_code == 200
+    assert response.json()["data"] == {"status": "ready"}
+
+
+@attrs.define
+class _NotReadyStore(MemoryStore):
+    reason: str = "stale"
+
+    async def ping(self) -> bool:
+        if self.reason == "down":
+            raise StoreUnavailable("connection refused")
+        return False
+
+
+@pytest.mark.parametrize("reason", ["stale", "down"])
+async def test_readyz_is_503_when_the_database_is_not_ready(reason: str) -> None:
+    app = create_app(_NotReadyStore(reason=reason))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://api.test"
+    ) as client:
+        response = await client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["code"] == 5002
+
+
+async def test_create_token_stores_only_the_sha256_of_the_token(store: MemoryStore) -> None:
+    token = await create_token(store, "ci")
+
+    assert len(token) >= 40
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert await store.token_name(digest) == "ci"
+    assert await store.token_name(token) is None
+
+
+async def test_create_token_twice_with_one_name_is_refused(store: MemoryStore) -> None:
+    await create_token(store, "ci")
+
+    with pytest.raises(AlreadyExists):
+        await create_token(store, "ci")
+
+
+async def test_create_token_rejects_an_empty_name(store: MemoryStore) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        await create_token(store, "  ")
