@@ -7,10 +7,11 @@ failure leaves as one classified ``AgentError``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -68,29 +69,153 @@ def build_http_client(
 ) -> httpx.AsyncClient:
     """The one pooled HTTP client of a daemon.
 
-    Mutual TLS from CONTROL_CERT/KEY/CA unless ``transport`` is given (the in-process
-    simulated fleet). Proxies from the environment are ignored: agent traffic goes direct.
+    Mutual TLS from CONTROL_CERT/KEY/CA through AgentPoolTransport (keep-alive connections,
+    at most ``agent_max_connections`` requests in flight) unless ``transport`` is given (the
+    in-process simulated fleet). Proxies from the environment are ignored: agent traffic
+    goes direct.
     """
     timeout = httpx.Timeout(
         settings.agent_request_timeout_sec, connect=settings.agent_connect_timeout_sec
     )
-    limits = httpx.Limits(
-        max_connections=settings.agent_max_connections,
-        max_keepalive_connections=settings.agent_max_connections,
-    )
     headers = {"user-agent": USER_AGENT}
     if transport is not None:
         return httpx.AsyncClient(
-            transport=transport, timeout=timeout, limits=limits, headers=headers, trust_env=False
+            transport=transport, timeout=timeout, headers=headers, trust_env=False
         )
     cert, key, ca = settings.require_mtls()
     return httpx.AsyncClient(
-        verify=client_ssl_context(cert, key, ca),
+        transport=AgentPoolTransport(
+            client_ssl_context(cert, key, ca), max_connections=settings.agent_max_connections
+        ),
         timeout=timeout,
-        limits=limits,
         headers=headers,
         trust_env=False,
     )
+
+
+PER_AGENT_CONNECTIONS = 4
+"""Concurrent connections to one agent (one node is polled by one task; a few suffice)."""
+
+
+@attrs.define
+class _AgentPool:
+    transport: httpx.AsyncHTTPTransport
+    active: int = 0
+
+
+class AgentPoolTransport(httpx.AsyncBaseTransport):
+    """Mutual TLS connections to many agents: one small keep-alive pool per agent.
+
+    httpcore's single pool rescans every connection for every request (quadratic in the
+    number of open connections), which collapses with thousands of agents. Here each agent
+    has its own pool of at most PER_AGENT_CONNECTIONS (one kept idle); ``max_connections``
+    bounds the requests in flight across all agents, and the pools of the least recently
+    used idle agents are closed once more than ``max_connections`` agents have one, so open
+    sockets stay below about twice ``max_connections``.
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        *,
+        max_connections: int,
+        keepalive_expiry: float = 5.0,
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._keepalive_expiry = keepalive_expiry
+        self._max_pools = max_connections
+        self._slots = trio.Semaphore(max_connections)
+        self._pools: collections.OrderedDict[tuple[str, str, int | None], _AgentPool] = (
+            collections.OrderedDict()
+        )
+
+    def _pool(self, url: httpx.URL) -> _AgentPool:
+        key = (url.scheme, url.host, url.port)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = _AgentPool(
+                httpx.AsyncHTTPTransport(
+                    verify=self._ssl_context,
+                    trust_env=False,
+                    limits=httpx.Limits(
+                        max_connections=PER_AGENT_CONNECTIONS,
+                        max_keepalive_connections=1,
+                        keepalive_expiry=self._keepalive_expiry,
+                    ),
+                )
+            )
+            self._pools[key] = pool
+        else:
+            self._pools.move_to_end(key)
+        return pool
+
+    async def _evict_idle(self) -> None:
+        surplus = len(self._pools) - self._max_pools
+        if surplus <= 0:
+            return
+        for key in list(self._pools):
+            if surplus <= 0:
+                break
+            pool = self._pools[key]
+            if pool.active == 0:
+                del self._pools[key]
+                surplus -= 1
+                with trio.move_on_after(1, shield=True):
+                    await pool.transport.aclose()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        pool = self._pool(request.url)
+        pool.active += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                pool.active -= 1
+                self._slots.release()
+
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            pool.active -= 1
+            raise
+        try:
+            await self._evict_idle()
+            response = await pool.transport.handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_ReleasingStream(response.stream, release),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), collections.OrderedDict()
+        for pool in pools:
+            await pool.transport.aclose()
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives its request slot back when closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._release()
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:

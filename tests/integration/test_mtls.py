@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from agent.certs import CertPaths, init_certs, mtls_env_lines
-from agent.client import AgentClient, build_http_client
+from agent.client import AgentClient, AgentPoolTransport, build_http_client
 from agent.errors import AgentError, FailureKind
 from agent.protocol import AgentAddress, DispatchRequest, TaskStatus
 from agent.sim import Behaviour, SimulatedFleet
@@ -192,3 +192,26 @@ async def test_refuse_cannot_change_while_serving(served: Served) -> None:
     with pytest.raises(ValueError, match="refuse is fixed while serving"):
         served.fleet.set_behaviour(1, Behaviour(refuse=True))
     served.fleet.set_behaviour(1, Behaviour(fail="disk full"))
+
+
+async def test_requests_in_flight_stay_within_max_connections(served: Served) -> None:
+    settings = load_settings(_environ(served.certs), agent_max_connections=2)
+    for k in (1, 2, 3):
+        served.fleet.set_behaviour(k, Behaviour(delay=0.3))
+
+    async with build_http_client(settings) as http:
+        client = AgentClient(http, request_timeout=5)
+        transport = http._transport
+        assert isinstance(transport, AgentPoolTransport)
+        start = trio.current_time()
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                for k in (1, 2, 3):
+                    nursery.start_soon(client.query, served.fleet.address(k), "unknown_1")
+        # Two answered together after 0.3 s; the third had to wait for a free slot.
+        assert trio.current_time() - start >= 0.6
+        with trio.fail_after(BOUND):
+            await client.query(served.fleet.address(1), "unknown_1")
+        # Idle pools beyond the limit were closed.
+        assert len(transport._pools) <= 2
+    assert served.fleet.requests == 4
