@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -90,7 +92,89 @@ def build_parser() -> argparse.ArgumentParser:
         default=254,
         help="simulated agent addresses the agent certificate covers",
     )
+    _add_api_commands(commands)
     return parser
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected at least 0, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value}")
+    return value
+
+
+def _plan(text: str) -> list[int | str]:
+    from api.commands import parse_plan
+
+    return parse_plan(text)
+
+
+def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = commands.add_parser("token", help="API tokens")
+    token_actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    token_create = token_actions.add_parser(
+        "create", help="create an API token and print it once (only its hash is stored)"
+    )
+    token_create.add_argument("name", help="who or what the token is for")
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument(
+        "--api",
+        default=os.environ.get("FLEETWAVE_API", "http://127.0.0.1:8080"),
+        help="API base URL (FLEETWAVE_API; default http://127.0.0.1:8080)",
+    )
+    client.add_argument(
+        "--token",
+        default=os.environ.get("FLEETWAVE_TOKEN"),
+        help="API token (FLEETWAVE_TOKEN)",
+    )
+    client.add_argument("--json", action="store_true", help="print the API's data as JSON")
+
+    release = commands.add_parser("release", help="create, list, show and watch releases")
+    release_actions = release.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = release_actions.add_parser("create", parents=[client], help="create a release")
+    create.add_argument("--target", default="cdn", help="what the release applies to (cdn)")
+    create.add_argument("--reason", required=True, help="why; recorded with the release")
+    create.add_argument(
+        "--plan", type=_plan, help="batch sizes, counts or percentages, e.g. 1,25%%,100%%"
+    )
+    create.add_argument("--max-parallel", type=_positive_int, help="nodes at once in a batch")
+    create.add_argument(
+        "--max-failures", type=_non_negative_int, help="failed nodes tolerated (default 0)"
+    )
+    create.add_argument("--scope", help="releases of one scope run one at a time (target)")
+    listing = release_actions.add_parser("list", parents=[client], help="list releases")
+    listing.add_argument(
+        "--status", choices=["pending", "running", "paused", "success", "failed", "cancelled"]
+    )
+    listing.add_argument("--page", type=_positive_int, default=1)
+    listing.add_argument("--page-size", type=_positive_int, default=20)
+    show = release_actions.add_parser("show", parents=[client], help="a release and its nodes")
+    show.add_argument("release_id", type=_positive_int, metavar="ID")
+    watch = release_actions.add_parser(
+        "watch", parents=[client], help="follow a release until it ends (exit 0 on success)"
+    )
+    watch.add_argument("release_id", type=_positive_int, metavar="ID")
+
+    nodes = commands.add_parser("nodes", help="list and register edge nodes")
+    nodes_actions = nodes.add_subparsers(dest="action", required=True, metavar="ACTION")
+    nodes_actions.add_parser("list", parents=[client], help="list nodes")
+    add = nodes_actions.add_parser(
+        "add", parents=[client], help="register a node (or update it by name)"
+    )
+    add.add_argument("name")
+    add.add_argument("ip", metavar="IP")
+    add.add_argument("--port", type=_port, default=8443, help="agent port (default 8443)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,6 +209,20 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         case "certs":
             return _certs_init(args)
+        case "token":
+            from api.auth import check_token_name
+
+            try:
+                name = check_token_name(args.name)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            # stdout carries the token alone; logs go to stderr.
+            configure_logging(settings, stream=sys.stderr)
+            return trio.run(_token_create, settings, name)
+        case "release" | "nodes":
+            if not args.token:
+                raise UsageError("no API token: set FLEETWAVE_TOKEN or pass --token")
+            return trio.run(_api_command, args)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
 
 
@@ -132,14 +230,27 @@ async def _serve(settings: Settings) -> None:
     from store.factory import open_store
 
     from agent.client import AgentClient, build_http_client
+    from api.app import create_app
+    from api.server import serve_api
     from supervisor import Supervisor
 
     async with open_store(settings) as store, build_http_client(settings) as http:
         agents = AgentClient(http, request_timeout=settings.agent_request_timeout_sec)
         supervisor = Supervisor(store, agents, settings)
+        api_stopping = trio.Event()
+
+        def stop() -> None:
+            supervisor.stop()
+            api_stopping.set()
+
         async with trio.open_nursery() as nursery:
+            await nursery.start(
+                partial(serve_api, shutdown_trigger=api_stopping.wait),
+                create_app(store),
+                settings.api_bind,
+            )
             await nursery.start(supervisor.run)
-            await _stop_on_signal(supervisor.stop)
+            await _stop_on_signal(stop)
 
 
 async def _stop_on_signal(stop: object) -> None:
@@ -148,6 +259,30 @@ async def _stop_on_signal(stop: object) -> None:
         async for _ in signals:
             stop()
             return
+
+
+async def _token_create(settings: Settings, name: str) -> int:
+    from store.factory import open_store
+
+    from api.auth import create_token
+    from store.errors import AlreadyExists
+
+    try:
+        async with open_store(settings) as store:
+            token = await create_token(store, name)
+    except AlreadyExists as error:
+        print(f"fleetwave: {error}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+async def _api_command(args: argparse.Namespace) -> int:
+    from api.client import ApiClient, open_http
+    from api.commands import run
+
+    async with open_http(args.api, args.token) as http:
+        return await run(args, ApiClient(http), sys.stdout, sys.stderr)
 
 
 async def _migrate(settings: Settings) -> None:

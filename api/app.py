@@ -209,12 +209,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         error = ApiError(404, Code.NOT_FOUND, f"no such endpoint: {method} {path}")
     elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
+        allowed = ", ".join(sorted((exc.headers or {}).get("Allow", "").split(", ")))
         error = ApiError(
             405,
             Code.PARAM_ILLEGAL,
             f"method {method} is not allowed on {path} (allowed: {allowed})",
-            headers=exc.headers,
+            headers={"Allow": allowed},
         )
     else:
         code = Code.PARAM_INVALID if exc.status_code < 500 else Code.INTERNAL

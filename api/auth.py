@@ -16,6 +16,9 @@ from api.envelope import ApiError, Code
 from store.base import Store
 
 TOKEN_BYTES = 32
+TOKEN_PREFIX = "fw_"
+"""Marks a string as a fleetwave token (for secret scanners), and keeps it from starting with
+"-", which a command line would take for an option."""
 TOKEN_NAME_MAX = 64
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fleetwave"'}
 
@@ -42,7 +45,7 @@ async def create_token(store: Store, name: str) -> str:
     The token is returned exactly once; only its hash is kept. Raises AlreadyExists when the
     name is taken.
     """
-    token = secrets.token_urlsafe(TOKEN_BYTES)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
     await store.create_token(check_token_name(name), hash_token(token))
     return token
 

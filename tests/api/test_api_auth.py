@@ -92,7 +92,7 @@ async def test_readyz_is_503_when_the_database_is_not_ready(reason: str) -> None
 async def test_create_token_stores_only_the_sha256_of_the_token(store: MemoryStore) -> None:
     token = await create_token(store, "ci")
 
-    assert len(token) >= 40
+    assert token.startswith("fw_") and len(token) >= 40
     digest = hashlib.sha256(token.encode()).hexdigest()
     assert await store.token_name(digest) == "ci"
     assert await store.token_name(token) is None

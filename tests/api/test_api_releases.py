@@ -77,9 +77,7 @@ async def test_create_release_takes_plan_tolerance_and_scope(
 ) -> None:
     await add_nodes(store, 10)
 
-    data = await create(
-        client, plan=[1, "30%"], maxParallel=2, maxFailures=1, scope="edge-eu"
-    )
+    data = await create(client, plan=[1, "30%"], maxParallel=2, maxFailures=1, scope="edge-eu")
 
     assert [len(batch["nodeIds"]) for batch in data["batches"]] == [1, 3, 3, 3]  # type: ignore[attr-defined]
     release = await store.get_release(data["releaseId"])  # type: ignore[arg-type]

@@ -1,0 +1,138 @@
+"""The API's commands of ``fleetwave``: release create|list|show|watch, nodes list|add.
+
+Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
+Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
+succeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, TextIO
+
+import trio
+
+from api import render
+from api.client import ApiClient, ApiUnreachable, ClientError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+WATCH_INTERVAL = 1.0
+WATCH_PATIENCE = 30.0
+"""How long ``watch`` keeps trying while the API is unreachable (a daemon restart)."""
+TERMINAL = frozenset({"success", "failed", "cancelled"})
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def parse_plan(text: str) -> list[int | str]:
+    """``1,25%,100%`` -> ``[1, "25%", "100%"]``; the API checks the sizes themselves."""
+    steps: list[int | str] = []
+    for part in text.split(","):
+        step = part.strip()
+        if not step:
+            raise argparse.ArgumentTypeError(f"expected sizes like 1,25%,100%, got {text!r}")
+        steps.append(int(step) if step.isdigit() else step)
+    return steps
+
+
+def _print_json(data: object, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: TextIO) -> int:
+    """Run the client command named by ``args``; errors go to ``err`` as one line."""
+    try:
+        match (args.command, getattr(args, "action", None)):
+            case ("release", "create"):
+                return await release_create(client, args, out)
+            case ("release", "list"):
+                data = await client.list_releases(
+                    status=args.status, page=args.page, page_size=args.page_size
+                )
+                _emit(data, render.release_list, args.json, out)
+            case ("release", "show"):
+                data = await client.release(args.release_id)
+                _emit(data, render.release_detail, args.json, out)
+            case ("release", "watch"):
+                return await watch(
+                    client, args.release_id, out, err, as_json=args.json, interactive=out.isatty()
+                )
+            case ("nodes", "list"):
+                _emit(await client.list_nodes(), render.node_list, args.json, out)
+            case ("nodes", "add"):
+                data = await client.add_node(args.name, args.ip, args.port)
+                _emit(data, render.node_added, args.json, out)
+            case other:  # pragma: no cover - argparse only lets known commands through
+                raise AssertionError(f"unknown command {other}")
+    except ClientError as error:
+        err.write(f"fleetwave: {error}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _emit(data: Any, text: Any, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        _print_json(data, out)
+    else:
+        out.write(text(data) + "\n")
+
+
+async def release_create(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    spec: dict[str, object] = {"target": args.target, "reason": args.reason}
+    if args.plan is not None:
+        spec["plan"] = args.plan
+    if args.max_parallel is not None:
+        spec["maxParallel"] = args.max_parallel
+    if args.max_failures is not None:
+        spec["maxFailures"] = args.max_failures
+    if args.scope is not None:
+        spec["scope"] = args.scope
+    data = await client.create_release(spec)
+    _emit(data, render.created, args.json, out)
+    return EXIT_OK
+
+
+async def watch(
+    client: ApiClient,
+    release_id: int,
+    out: TextIO,
+    err: TextIO,
+    *,
+    as_json: bool = False,
+    interactive: bool = False,
+    interval: float = WATCH_INTERVAL,
+    patience: float = WATCH_PATIENCE,
+) -> int:
+    """Show the release's batches until it ends: 0 when it succeeded, 1 otherwise.
+
+    On a terminal the view is redrawn in place every ``interval``; elsewhere (a pipe, a log)
+    a new view is written only when something changed. ``--json`` writes each changed
+    detail as one JSON line.
+    """
+    last = None
+    unreachable_since: float | None = None
+    while True:
+        try:
+            data = await client.release(release_id)
+        except ApiUnreachable as error:
+            now = trio.current_time()
+            if unreachable_since is None:
+                unreachable_since = now
+                err.write(f"fleetwave: {error}; retrying for up to {patience:g}s\n")
+            elif now - unreachable_since >= patience:
+                raise
+            await trio.sleep(interval)
+            continue
+        unreachable_since = None
+        text = json.dumps(data) if as_json else render.watch_view(data)
+        if interactive and not as_json:
+            out.write(_CLEAR + text + "\n")
+        elif text != last:
+            out.write(text + "\n" if as_json else text + "\n\n")
+        out.flush()
+        last = text
+        status = data["release"]["status"]
+        if status in TERMINAL:
+            return EXIT_OK if status == "success" else EXIT_FAILED
+        await trio.sleep(interval)

@@ -1,0 +1,155 @@
+"""Plain-text tables of API answers, for people at a terminal (``--json`` is for scripts)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+NODE_STATES = ("success", "failed", "running", "pending", "skipped", "cancelled")
+BAR_WIDTH = 20
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [len(header) for header in headers]
+    for row in cells:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row, strict=True)]
+    lines = [headers, *cells]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def _when(value: object) -> str:
+    """An ISO timestamp shortened to the second, still in UTC."""
+    if not isinstance(value, str):
+        return "-"
+    return value[:19].replace("T", " ") + "Z"
+
+
+def created(data: Mapping[str, Any]) -> str:
+    batches = ", ".join(
+        f"batch {batch['batch']}: {len(batch['nodeIds'])}" for batch in data["batches"]
+    )
+    return (
+        f"release {data['releaseId']} (version {data['version']}) created over "
+        f"{data['totalNodes']} nodes; {batches}"
+    )
+
+
+def release_list(data: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            item["id"],
+            item["version"],
+            item["status"],
+            item["target"],
+            item["scope"],
+            f"{item['successNodes']}/{item['totalNodes']}",
+            item["failedNodes"],
+            item["skippedNodes"],
+            item["currentBatch"] or "-",
+            _when(item["createdAt"]),
+        )
+        for item in data["items"]
+    ]
+    headers = ("ID", "VERSION", "STATUS", "TARGET", "SCOPE", "DONE", "FAILED", "SKIPPED")
+    text = table((*headers, "BATCH", "CREATED"), rows)
+    pages = max(1, -(-data["total"] // data["pageSize"]))
+    return f"{text}\npage {data['page']} of {pages}, {data['total']} releases"
+
+
+def _summary(release: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"release {release['id']}  version {release['version']}  status {release['status']}",
+        f"target {release['target']}  scope {release['scope']}  plan {release['plan']}  "
+        f"maxParallel {_cell(release['maxParallel'])}  maxFailures {release['maxFailures']}",
+        f"nodes {release['totalNodes']}: success {release['successNodes']}, "
+        f"failed {release['failedNodes']}, skipped {release['skippedNodes']}, "
+        f"cancelled {release['cancelledNodes']}; current batch {release['currentBatch'] or '-'}",
+        f"created {_when(release['createdAt'])}  started {_when(release['startedAt'])}  "
+        f"finished {_when(release['finishedAt'])}",
+    ]
+    if release.get("reason"):
+        lines.append(f"reason: {release['reason']}")
+    if release.get("error"):
+        lines.append(f"error: {release['error']}")
+    return lines
+
+
+def release_detail(data: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            batch["batch"],
+            node["nodeId"],
+            node["nodeName"],
+            node["status"],
+            _when(node["startedAt"]),
+            _when(node["finishedAt"]),
+            node["errorMsg"],
+        )
+        for batch in data["batches"]
+        for node in batch["nodes"]
+    ]
+    nodes = table(("BATCH", "NODE", "NAME", "STATUS", "STARTED", "FINISHED", "ERROR"), rows)
+    return "\n".join([*_summary(data["release"]), "", nodes])
+
+
+def batch_counts(batch: Mapping[str, Any]) -> dict[str, int]:
+    counts = dict.fromkeys(NODE_STATES, 0)
+    for node in batch["nodes"]:
+        counts[node["status"]] = counts.get(node["status"], 0) + 1
+    return counts
+
+
+def _bar(done: int, total: int) -> str:
+    filled = BAR_WIDTH * done // total if total else BAR_WIDTH
+    return "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
+
+
+def watch_view(data: Mapping[str, Any]) -> str:
+    """Per batch: a progress bar and its node counts; then the release's status."""
+    rows = []
+    for batch in data["batches"]:
+        counts = batch_counts(batch)
+        total = len(batch["nodes"])
+        done = total - counts["running"] - counts["pending"]
+        rows.append((batch["batch"], _bar(done, total), *(counts[s] for s in NODE_STATES), total))
+    headers = ("BATCH", "PROGRESS", *(state.upper() for state in NODE_STATES), "TOTAL")
+    release = data["release"]
+    status = f"release {release['id']} (version {release['version']}): {release['status']}"
+    if release.get("error"):
+        status += f": {release['error']}"
+    return f"{table(headers, rows)}\n{status}"
+
+
+def node_list(data: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            item["id"],
+            item["name"],
+            item["mainIp"],
+            item["agentPort"],
+            item["enabled"],
+            item["status"],
+            _when(item["lastSeenAt"]),
+        )
+        for item in data["items"]
+    ]
+    return table(("ID", "NAME", "MAIN IP", "PORT", "ENABLED", "STATUS", "LAST SEEN"), rows)
+
+
+def node_added(data: Mapping[str, Any]) -> str:
+    return (
+        f"node {data['id']} {data['name']} at {data['mainIp']}:{data['agentPort']} "
+        f"({data['status']}, {'enabled' if data['enabled'] else 'disabled'})"
+    )
