@@ -1,0 +1,359 @@
+"""The client commands of ``fleetwave`` against the API served on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+from starlette.applications import Starlette
+
+import cli
+from api import commands
+from api.client import ApiClient, ApiUnreachable, open_http
+from api.server import serve_api
+from config import load_settings
+from store.memory import MemoryStore
+from store.models import NodeChange, NodeStatus, Outcome, ReleaseSpec, ReleaseStatus
+from tests.api.conftest import add_nodes
+
+FLEETWAVE = Path(sys.executable).with_name("fleetwave")
+
+
+@attrs.frozen
+class Served:
+    url: str
+    token: str
+
+    async def run(self, *argv: str) -> tuple[int, str, str]:
+        """Run one client command in-process; (exit code, stdout, stderr)."""
+        args = cli.build_parser().parse_args([*argv, f"--api={self.url}", f"--token={self.token}"])
+        out, err = io.StringIO(), io.StringIO()
+        async with open_http(self.url, self.token) as http:
+            code = await commands.run(args, ApiClient(http), out, err)
+        return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+async def served(app: Starlette, token: str) -> AsyncIterator[Served]:
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve_api, app, "127.0.0.1:0")
+        yield Served(f"http://{address}", token)
+        nursery.cancel_scope.cancel()
+
+
+async def finish(store: MemoryStore, outcome: ReleaseStatus) -> None:
+    """Drive the oldest pending release to ``outcome`` the way an executor would."""
+    [claim] = await store.claim("daemon-a", 1, 30)
+    nodes = await store.release_nodes(claim.release.id)
+    status = NodeStatus.SUCCESS if outcome is ReleaseStatus.SUCCESS else NodeStatus.FAILED
+    changes = [NodeChange(node.id, status, started=True, finished=True) for node in nodes[:1]]
+    if outcome is ReleaseStatus.SUCCESS:
+        changes += [
+            NodeChange(node.id, NodeStatus.SUCCESS, started=True, finished=True)
+            for node in nodes[1:]
+        ]
+    await store.record(claim.lease, changes, Outcome(outcome))
+
+
+async def test_release_create_prints_the_release_and_its_batches(
+    served: Served, store: MemoryStore
+) -> None:
+    await add_nodes(store, 5)
+
+    code, out, err = await served.run(
+        "release", "create", "--reason", "v7", "--plan", "1,50%", "--max-parallel", "2",
+        "--max-failures", "1", "--scope", "eu",
+    )  # fmt: skip
+
+    assert (code, err) == (0, "")
+    assert out == "release 6 (version 1) created over 5 nodes; batch 1: 1, batch 2: 2, batch 3: 2\n"
+    release = await store.get_release(6)
+    assert release is not None
+    assert (release.plan, release.max_parallel, release.max_failures, release.scope) == (
+        (1, "50%"),
+        2,
+        1,
+        "eu",
+    )
+
+
+async def test_release_create_json_is_the_api_data(served: Served, store: MemoryStore) -> None:
+    await add_nodes(store, 1)
+
+    code, out, _ = await served.run("release", "create", "--reason", "r", "--json")
+
+    assert code == 0
+    assert json.loads(out) == {
+        "releaseId": 2,
+        "version": 1,
+        "totalNodes": 1,
+        "batches": [{"batch": 1, "nodeIds": [1]}],
+    }
+
+
+async def test_release_create_refused_prints_message_and_code(
+    served: Served, store: MemoryStore
+) -> None:
+    code, out, err = await served.run("release", "create", "--reason", "r")
+
+    assert (code, out) == (1, "")
+    assert err == "fleetwave: no online nodes (code 3003)\n"
+
+
+async def test_release_create_bad_plan_names_the_step(served: Served, store: MemoryStore) -> None:
+    await add_nodes(store, 1)
+
+    code, _, err = await served.run("release", "create", "--reason", "r", "--plan", "1,250%")
+
+    assert code == 1
+    assert err.startswith("fleetwave: plan: plan[1] ") and err.endswith("(code 2002)\n")
+
+
+async def test_release_list_is_a_table(served: Served, store: MemoryStore) -> None:
+    await add_nodes(store, 3)
+    await store.create_release(ReleaseSpec(reason="one"))
+    await store.create_release(ReleaseSpec(reason="two"))
+
+    code, out, _ = await served.run("release", "list")
+
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "ID", "VERSION", "STATUS", "TARGET", "SCOPE", "DONE", "FAILED", "SKIPPED", "BATCH",
+        "CREATED",
+    ]  # fmt: skip
+    assert lines[1].split()[:6] == ["8", "2", "pending", "cdn", "cdn", "0/3"]
+    assert lines[-1] == "page 1 of 1, 2 releases"
+
+
+async def test_release_list_json_passes_status_and_paging(
+    served: Served, store: MemoryStore
+) -> None:
+    await add_nodes(store, 1)
+    for _ in range(3):
+        await store.create_release(ReleaseSpec())
+
+    code, out, _ = await served.run(
+        "release", "list", "--status", "pending", "--page", "2", "--page-size", "2", "--json"
+    )
+
+    data = json.loads(out)
+    assert code == 0
+    assert (data["total"], data["page"], data["pageSize"], len(data["items"])) == (3, 2, 2, 1)
+
+
+async def test_release_show_lists_nodes_by_batch(served: Served, store: MemoryStore) -> None:
+    await add_nodes(store, 3)
+    created = await store.create_release(ReleaseSpec(reason="why"))
+
+    code, out, _ = await served.run("release", "show", str(created.release.id))
+
+    assert code == 0
+    assert out.startswith(f"release {created.release.id}  version 1  status pending\n")
+    assert "reason: why" in out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [(row[0], row[2], row[3]) for row in rows] == [
+        ("1", "edge-001", "pending"),
+        ("2", "edge-002", "pending"),
+        ("2", "edge-003", "pending"),
+    ]
+
+
+async def test_release_show_unknown_id_prints_the_envelope_message(served: Served) -> None:
+    code, _, err = await served.run("release", "show", "999")
+
+    assert code == 1
+    assert err == "fleetwave: release 999 not found (code 3001)\n"
+
+
+async def test_nodes_add_then_list(served: Served, store: MemoryStore) -> None:
+    code, out, _ = await served.run("nodes", "add", "edge-7", "10.1.2.3", "--port", "9443")
+    assert code == 0
+    assert out == "node 1 edge-7 at 10.1.2.3:9443 (online, enabled)\n"
+
+    code, out, _ = await served.run("nodes", "list")
+
+    assert code == 0
+    assert out.splitlines()[1].split() == ["1", "edge-7", "10.1.2.3", "9443", "yes", "online", "-"]
+    code, out, _ = await served.run("nodes", "list", "--json")
+    assert json.loads(out)["items"][0]["mainIp"] == "10.1.2.3"
+
+
+async def test_nodes_add_bad_ip_is_refused_with_the_field(served: Served) -> None:
+    code, _, err = await served.run("nodes", "add", "edge-7", "10.1.2")
+
+    assert code == 1
+    assert err.startswith('fleetwave: mainIp: must be an IPv4 or IPv6 address, got "10.1.2"')
+
+
+class _Screen(io.StringIO):
+    """Captured output that tells when something was first shown."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown = trio.Event()
+
+    def write(self, text: str) -> int:
+        self.shown.set()
+        return super().write(text)
+
+
+async def _watch(served: Served, release_id: int, out: io.StringIO, result: list[int]) -> None:
+    async with open_http(served.url, served.token) as http:
+        result.append(
+            await commands.watch(ApiClient(http), release_id, out, io.StringIO(), interval=0.02)
+        )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "exit_code"), [(ReleaseStatus.SUCCESS, 0), (ReleaseStatus.FAILED, 1)]
+)
+async def test_watch_follows_the_release_until_it_ends(
+    served: Served, store: MemoryStore, outcome: ReleaseStatus, exit_code: int
+) -> None:
+    await add_nodes(store, 3)
+    created = await store.create_release(ReleaseSpec())
+    out = _Screen()
+    result: list[int] = []
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch, served, created.release.id, out, result)
+            await out.shown.wait()
+            await finish(store, outcome)
+
+    assert result == [exit_code]
+    views = out.getvalue().strip().split("\n\n")
+    assert views[0].endswith(f"release {created.release.id} (version 1): pending")
+    assert views[-1].endswith(f"release {created.release.id} (version 1): {outcome.value}")
+    last_rows = [line.split() for line in views[-1].splitlines()[1:3]]
+    if outcome is ReleaseStatus.SUCCESS:
+        assert [row[2:8] for row in last_rows] == [
+            ["1", "0", "0", "0", "0", "0"],
+            ["2", "0", "0", "0", "0", "0"],
+        ]
+    else:
+        assert [row[2:8] for row in last_rows] == [
+            ["0", "1", "0", "0", "0", "0"],
+            ["0", "0", "0", "0", "2", "0"],
+        ]
+
+
+async def test_watch_gives_up_when_the_api_stays_unreachable() -> None:
+    err = io.StringIO()
+    async with open_http("http://127.0.0.1:9", "t") as http:
+        with pytest.raises(ApiUnreachable):
+            await commands.watch(
+                ApiClient(http), 1, io.StringIO(), err, interval=0.01, patience=0.05
+            )
+    assert "retrying for up to 0.05s" in err.getvalue()
+
+
+# --- the installed `fleetwave` program ----------------------------------------------------
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWAVE_")}
+    env.update(extra)
+    return env
+
+
+async def test_program_watch_exits_1_when_the_release_fails(
+    served: Served, store: MemoryStore
+) -> None:
+    await add_nodes(store, 2)
+    created = await store.create_release(ReleaseSpec())
+    done: list[subprocess.CompletedProcess[bytes]] = []
+
+    async def watch() -> None:
+        done.append(
+            await trio.run_process(
+                [str(FLEETWAVE), "release", "watch", str(created.release.id)],
+                env=_env(FLEETWAVE_API=served.url, FLEETWAVE_TOKEN=served.token),
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        )
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            # Whether the watcher sees "pending" first or only the end, it must exit 1.
+            await trio.sleep(1.0)
+            await finish(store, ReleaseStatus.FAILED)
+
+    [process] = done
+    assert process.returncode == 1, process.stderr
+    assert (
+        process.stdout.decode()
+        .rstrip()
+        .endswith(f"release {created.release.id} (version 1): failed")
+    )
+
+
+async def test_program_without_a_token_exits_2_naming_fleetwave_token() -> None:
+    process = await trio.run_process(
+        [str(FLEETWAVE), "release", "list"],
+        env=_env(),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+    assert process.returncode == 2
+    assert b"FLEETWAVE_TOKEN" in process.stderr
+    assert process.stdout == b""
+
+
+async def test_program_says_when_the_api_is_unreachable() -> None:
+    process = await trio.run_process(
+        [str(FLEETWAVE), "nodes", "list"],
+        env=_env(FLEETWAVE_API="http://127.0.0.1:9", FLEETWAVE_TOKEN="t"),
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+    assert process.returncode == 1
+    assert process.stderr.decode() == (
+        "fleetwave: cannot reach the API at http://127.0.0.1:9: "
+        "connection refused or host unknown\n"
+    )
+
+
+# --- token create -------------------------------------------------------------------------
+
+
+async def test_token_create_prints_only_the_token_and_stores_its_hash(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = MemoryStore()
+
+    @contextlib.asynccontextmanager
+    async def open_store(settings: object) -> AsyncIterator[MemoryStore]:
+        yield store
+
+    factory = types.ModuleType("store.factory")
+    factory.open_store = open_store  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "store.factory", factory)
+
+    code = await cli._token_create(load_settings(environ={}), "ci")
+
+    captured = capsys.readouterr()
+    [token] = captured.out.splitlines()
+    assert code == 0 and captured.out == token + "\n"
+    assert await store.token_name(hashlib.sha256(token.encode()).hexdigest()) == "ci"
+    assert await cli._token_create(load_settings(environ={}), "ci") == 1
+    assert "already exists" in capsys.readouterr().err
