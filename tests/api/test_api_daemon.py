@@ -1,0 +1,72 @@
+"""``fleetwave serve`` runs the API next to the supervisor and stops both on a signal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+import trio
+
+import cli
+from agent.certs import init_certs
+from api.auth import create_token
+from config import load_settings
+from store.memory import MemoryStore
+
+
+async def wait_logged(logs: list[dict[str, Any]], event: str) -> dict[str, Any]:
+    """The first log entry of ``event``, once the daemon has written it."""
+    while True:
+        for entry in logs:
+            if entry["event"] == event:
+                return entry
+        await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_serve_answers_on_the_api_and_exits_cleanly_on_a_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: signal.Signals
+) -> None:
+    store = MemoryStore()
+    token = await create_token(store, "daemon-test")
+
+    @contextlib.asynccontextmanager
+    async def open_store(settings: object) -> AsyncIterator[MemoryStore]:
+        yield store
+
+    factory = types.ModuleType("store.factory")
+    factory.open_store = open_store  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "store.factory", factory)
+    paths = init_certs(tmp_path / "certs", agents=1)
+    settings = load_settings(
+        environ={},
+        api_bind="127.0.0.1:0",
+        control_cert=str(paths.control_cert),
+        control_key=str(paths.control_key),
+        control_ca=str(paths.ca_cert),
+        daemon_id="daemon-test",
+    )
+
+    with structlog.testing.capture_logs() as logs, trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cli._serve, settings)
+            await wait_logged(logs, "supervisor.started")
+            address = (await wait_logged(logs, "api.listening"))["address"]
+            async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+                nodes = await client.get(
+                    "/api/v1/nodes", headers={"Authorization": f"Bearer {token}"}
+                )
+            os.kill(os.getpid(), signum)
+
+    assert nodes.status_code == 200
+    events = [entry["event"] for entry in logs]
+    assert "supervisor.stopped" in events and "api.stopped" in events
