@@ -378,18 +378,18 @@ def _limit(seconds: float | None) -> str:
 def _chain(error: BaseException) -> Iterator[BaseException]:
     """The error, its causes and contexts, and members of exception groups among them."""
     seen: set[int] = set()
-    todo: list[BaseException] = [error]
-    while todo:
-        current = todo.pop(0)
+    queue: list[BaseException] = [error]
+    while queue:
+        current = queue.pop(0)
         if id(current) in seen:
             continue
         seen.add(id(current))
         yield current
         if isinstance(current, BaseExceptionGroup):
-            todo.extend(current.exceptions)
+            queue.extend(current.exceptions)
         for linked in (current.__cause__, current.__context__):
             if linked is not None:
-                todo.append(linked)
+                queue.append(linked)
 
 
 _OS_REASONS = {
