@@ -227,11 +227,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> None:
-    from store.factory import open_store
-
     from agent.client import AgentClient, build_http_client
     from api.app import create_app
     from api.server import serve_api
+    from store.factory import open_store
     from supervisor import Supervisor
 
     async with open_store(settings) as store, build_http_client(settings) as http:
@@ -262,10 +261,9 @@ async def _stop_on_signal(stop: object) -> None:
 
 
 async def _token_create(settings: Settings, name: str) -> int:
-    from store.factory import open_store
-
     from api.auth import create_token
     from store.errors import AlreadyExists
+    from store.factory import open_store
 
     try:
         async with open_store(settings) as store:
@@ -294,6 +292,7 @@ async def _migrate(settings: Settings) -> None:
 
 async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
     import structlog
+
     from agent.sim import Behaviour, SimulatedFleet
 
     fleet = SimulatedFleet(

@@ -87,13 +87,16 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with structlog.contextvars.bound_contextvars(daemon=self.owner):
             with trio.CancelScope() as self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._listen)
-                    nursery.start_soon(self._keep_leases)
+                async with trio.open_nursery() as services:
+                    services.start_soon(self._listen)
+                    services.start_soon(self._keep_leases)
                     log.info("supervisor.started", executor_enabled=self.settings.executor_enabled)
-                    task_status.started()
-                    await self._claim_loop(nursery)
-                    nursery.cancel_scope.cancel()
+                    # Actors get a nursery of their own: on stop it drains (each actor hands its
+                    # lease back) while the lease keeper still runs.
+                    async with trio.open_nursery() as actors:
+                        task_status.started()
+                        await self._claim_loop(actors)
+                    services.cancel_scope.cancel()
             log.info("supervisor.stopped")
 
     async def _claim_loop(self, nursery: trio.Nursery) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
 import structlog
@@ -17,6 +18,7 @@ from agent.client import AgentClient
 from agent.errors import AgentError
 from agent.protocol import AgentAddress, TaskStatus
 from store.base import Store
+from store.errors import StoreUnavailable
 from store.models import (
     Claim,
     NodeChange,
@@ -34,6 +36,25 @@ RECONCILE_PARALLEL = 64
 
 class LeaseLost(Exception):
     """A fenced write changed nothing: another daemon holds this release now."""
+
+
+@contextlib.contextmanager
+def _unwrapped(*kinds: type[Exception]) -> Iterator[None]:
+    """Re-raise a nursery's group of one of ``kinds`` as that exception, so the supervisor
+    can tell an operational stop (lost lease, database away) from a defect."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        for kind in kinds:
+            matched, rest = group.split(kind)
+            if matched is not None and rest is None:
+                raise _first_leaf(matched) from group
+        raise
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 @attrs.frozen(kw_only=True)
@@ -110,7 +131,7 @@ class ReleaseActor:
         todo = [node for node in members if not node.status.terminal]
         log.info("batch.started", nodes=len(members), to_run=len(todo))
         send, receive = trio.open_memory_channel[NodeMessage](0)
-        with trio.CancelScope() as batch_scope:
+        with _unwrapped(LeaseLost, StoreUnavailable), trio.CancelScope() as batch_scope:
             async with send, receive, trio.open_nursery() as nursery:
                 for node in todo:
                     actor = NodeActor(

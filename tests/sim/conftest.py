@@ -8,9 +8,9 @@ import attrs
 import httpx
 import pytest
 import trio
-from agent.sim import Behaviour, SimulatedFleet
 
 from agent.client import AgentClient
+from agent.sim import Behaviour, SimulatedFleet
 from config import Settings, load_settings
 from store.memory import MemoryStore
 from store.models import Node, Release, ReleaseSpec

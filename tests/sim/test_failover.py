@@ -7,19 +7,25 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from agent.sim import Behaviour
+from trio.testing import MockClock
 
 from actors.release import LeaseLost, ReleaseActor, ReleaseConfig
+from agent.sim import Behaviour
 from store.models import NodeStatus, ReleaseStatus, task_id_for
 from tests.invariants import assert_release_invariants
 from tests.sim.conftest import Sim
 
 
-async def test_two_supervisors_never_run_one_release_twice(make_sim: Callable[..., Sim]) -> None:
+async def test_two_supervisors_never_run_one_release_twice(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
     sim = make_sim(4, behaviour=Behaviour(apply_time=(1, 5)))
     await sim.register()
     release_ids = [await sim.create(scope=f"scope-{k % 3}") for k in range(9)]
-    daemons = [await sim.start_daemon("sim-a"), await sim.start_daemon("sim-b")]
+    daemons = [
+        await sim.start_daemon("sim-a", max_releases=2),
+        await sim.start_daemon("sim-b", max_releases=2),
+    ]
 
     releases = [await sim.wait_terminal(r) for r in release_ids]
 
@@ -34,6 +40,7 @@ async def test_two_supervisors_never_run_one_release_twice(make_sim: Callable[..
 
 async def test_dead_supervisor_is_replaced_and_the_release_completes(
     make_sim: Callable[..., Sim],
+    autojump_clock: MockClock,
 ) -> None:
     sim = make_sim(6, behaviour=Behaviour(apply_time=(20, 40)))
     await sim.register()
@@ -72,6 +79,7 @@ async def test_dead_supervisor_is_replaced_and_the_release_completes(
 
 async def test_stopping_a_supervisor_hands_its_release_to_another_at_once(
     make_sim: Callable[..., Sim],
+    autojump_clock: MockClock,
 ) -> None:
     sim = make_sim(3, behaviour=Behaviour(apply_time=(50, 60)))
     await sim.register()
@@ -91,7 +99,9 @@ async def test_stopping_a_supervisor_hands_its_release_to_another_at_once(
     await assert_release_invariants(sim.store, release_id, sim.fleet)
 
 
-async def test_stale_lease_holder_writes_change_nothing(make_sim: Callable[..., Sim]) -> None:
+async def test_stale_lease_holder_writes_change_nothing(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
     sim = make_sim(3, behaviour=Behaviour(apply_time=(20, 20)))
     await sim.register()
     release_id = await sim.create()
@@ -125,7 +135,7 @@ async def test_stale_lease_holder_writes_change_nothing(make_sim: Callable[..., 
 
 @pytest.mark.parametrize("seed_status", ["pending"])
 async def test_release_written_with_seed_columns_only_is_executed(
-    make_sim: Callable[..., Sim], seed_status: str
+    make_sim: Callable[..., Sim], autojump_clock: MockClock, seed_status: str
 ) -> None:
     sim = make_sim(3)
     nodes = await sim.register()

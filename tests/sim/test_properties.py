@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import trio
 import trio.testing
-from agent.sim import Behaviour, SimulatedFleet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.client import AgentClient
+from agent.sim import Behaviour, SimulatedFleet
 from store.memory import MemoryStore
 from store.models import NodeStatus, ReleaseSpec, ReleaseStatus
 from supervisor import Supervisor

@@ -1,0 +1,44 @@
+"""Open the store a daemon or a command uses: the configured PostgreSQL, or the embedded one."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+import trio
+import trio_asyncio
+
+from config import Settings
+from store.embedded import EmbeddedPostgres
+from store.postgres import PostgresStore, open_postgres_store
+
+log = structlog.get_logger("fleetwave.store")
+
+POOL_SIZE = 10
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[PostgresStore]:
+    """Trio-flavored: the asyncio loop, the database and a migrated PostgresStore, for the
+    life of the block.
+
+    With no FLEETWAVE_DATABASE_URL, a PostgreSQL server is run from FLEETWAVE_DATA_DIR (or a
+    running one from that directory reused) and stopped again on exit if this process
+    started it.
+    """
+    async with trio_asyncio.open_loop():
+        embedded: EmbeddedPostgres | None = None
+        url = settings.database_url
+        if url is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            await embedded.start_async()
+            url = embedded.url
+            log.info("store.embedded", data_dir=str(embedded.data_dir), owned=embedded.owned)
+        try:
+            async with open_postgres_store(url, max_size=POOL_SIZE) as store:
+                yield store
+        finally:
+            if embedded is not None and embedded.owned:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(embedded.close)
