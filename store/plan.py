@@ -34,7 +34,7 @@ def validate_plan(plan: object) -> tuple[PlanStep, ...]:
             match = _PERCENT.match(step)
             if match is None:
                 raise InvalidInput(
-                    f"plan[{index}] must be a count or a percentage like \"25%\", got {step!r}"
+                    f'plan[{index}] must be a count or a percentage like "25%", got {step!r}'
                 )
             percent = float(match.group(1))
             if not 0 < percent <= 100:

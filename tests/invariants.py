@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 from agent.sim import SimulatedFleet
-
 from store.base import Store
 from store.models import NodeStatus, task_id_for
 
