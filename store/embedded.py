@@ -60,7 +60,7 @@ class EmbeddedPostgresError(RuntimeError):
     """The embedded server could not be initialised, started or stopped."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
@@ -160,7 +160,7 @@ class EmbeddedPostgres:
             self._running_port = running[1]
             return
         self._prepare()
-        port = self.port if self.port is not None else _free_port()
+        port = self.port if self.port is not None else free_port()
         options = [f"-c listen_addresses={HOST}", f"-p {port}"]
         socket_dir = _socket_dir(self.data_dir)
         if socket_dir is not None:

@@ -1,0 +1,99 @@
+"""Schema migrations on a real PostgreSQL: fresh databases, repeats, concurrent daemons."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio_asyncio
+
+from store.migrate import LATEST_VERSION, MIGRATIONS
+from store.postgres import migrate_database, open_postgres_store
+from tests.integration.conftest import run_sql
+
+pytestmark = pytest.mark.postgres
+
+TABLES = {
+    "nodes",
+    "release_tasks",
+    "release_task_nodes",
+    "release_events",
+    "api_tokens",
+    "schema_migrations",
+}
+
+
+async def tables(url: str) -> set[str]:
+    output = await run_sql(
+        url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+    )
+    return set(output.split())
+
+
+async def test_migrations_are_numbered_from_one_without_gaps() -> None:
+    assert [migration.version for migration in MIGRATIONS] == list(range(1, LATEST_VERSION + 1))
+
+
+async def test_a_fresh_database_is_migrated_to_the_latest_version(database_url: str) -> None:
+    async with trio_asyncio.open_loop():
+        applied = await migrate_database(database_url)
+
+    assert applied == [migration.version for migration in MIGRATIONS]
+    assert await tables(database_url) == TABLES
+    recorded = await run_sql(database_url, "SELECT max(version) FROM schema_migrations")
+    assert int(recorded) == LATEST_VERSION
+
+
+async def test_migrating_twice_changes_nothing(database_url: str) -> None:
+    async with trio_asyncio.open_loop():
+        await migrate_database(database_url)
+        again = await migrate_database(database_url)
+
+    assert again == []
+    count = await run_sql(database_url, "SELECT count(*) FROM schema_migrations")
+    assert int(count) == len(MIGRATIONS)
+
+
+async def test_concurrent_migrators_apply_each_migration_once(database_url: str) -> None:
+    results: list[list[int]] = []
+
+    async def migrator() -> None:
+        results.append(await migrate_database(database_url))
+
+    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(migrator)
+
+    assert sorted(results, key=len) == [[], [], [], [m.version for m in MIGRATIONS]]
+    assert await tables(database_url) == TABLES
+
+
+async def test_ping_is_false_until_the_schema_is_current(database_url: str) -> None:
+    async with (
+        trio_asyncio.open_loop(),
+        open_postgres_store(database_url, apply_migrations=False) as store,
+    ):
+        assert await store.ping() is False
+        await migrate_database(database_url)
+        assert await store.ping() is True
+
+
+async def test_seed_columns_alone_make_a_valid_release(database_url: str) -> None:
+    async with trio_asyncio.open_loop():
+        await migrate_database(database_url)
+    await run_sql(
+        database_url,
+        "INSERT INTO nodes (name, main_ip) VALUES ('edge-1', '127.0.0.2');"
+        " INSERT INTO release_tasks (type, target, version, status, total_nodes,"
+        " success_nodes, failed_nodes) VALUES ('apply_config', 'cdn', 1, 'pending', 1, 0, 0);"
+        " INSERT INTO release_task_nodes (release_task_id, node_id, batch, status)"
+        " SELECT r.id, n.id, 1, 'pending' FROM release_tasks r, nodes n",
+    )
+
+    row = await run_sql(
+        database_url,
+        "SELECT scope IS NULL, plan IS NULL, max_failures, reason, lease_epoch,"
+        " n.agent_port, n.enabled, n.status, t.attempts"
+        " FROM release_tasks, release_task_nodes t, nodes n",
+    )
+
+    assert row.strip() == "t|t|0||0|8443|t|online|0"
