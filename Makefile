@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit sim integration e2e test-faults bench clean
+.PHONY: test demo lint typecheck install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+install: $(STAMP)
+
+# The whole suite: lint, types, then unit, simulation, API, integration and end-to-end tests.
 test: lint typecheck
 	$(BIN)/pytest -q tests
 

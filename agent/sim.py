@@ -389,6 +389,9 @@ class SimulatedFleet:
         config.bind = [_bind(host, self.port) for host in listening]
         self._served_refusing = refusing
         try:
+            if not listening:  # every agent refuses: nothing to serve, nothing to bind
+                task_status.started([])
+                await trio.sleep_forever()
             # hypercorn types scopes as TypedDicts; the app reads them as plain mappings.
             app: Any = self.app
             async with trio.open_nursery() as nursery:
