@@ -1,0 +1,122 @@
+"""Settings: defaults < TOML file < environment, and one clear line for a bad value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import SettingsError, load_settings
+
+
+def test_defaults_match_the_original_system() -> None:
+    settings = load_settings(environ={})
+    assert settings.executor_enabled is True
+    assert settings.interval_sec == 5
+    assert settings.node_deadline_sec == 600
+    assert settings.agent_connect_timeout_sec == 15
+    assert settings.agent_request_timeout_sec == 60
+    assert settings.data_dir == "./.fleetwave/pg"
+    assert settings.database_url is None
+
+
+def test_original_environment_names_are_honoured() -> None:
+    settings = load_settings(
+        environ={
+            "RELEASE_EXECUTOR_ENABLED": "0",
+            "RELEASE_EXECUTOR_INTERVAL_SEC": "2.5",
+            "MTLS_ENABLED": "1",
+            "CONTROL_CERT": "/c.crt",
+            "CONTROL_KEY": "/c.key",
+            "CONTROL_CA": "/ca.crt",
+        }
+    )
+    assert settings.executor_enabled is False
+    assert settings.interval_sec == 2.5
+    assert (settings.control_cert, settings.control_key, settings.control_ca) == (
+        "/c.crt",
+        "/c.key",
+        "/ca.crt",
+    )
+
+
+def test_environment_overrides_the_file_which_overrides_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "fleetwave.toml"
+    config.write_text('node_deadline_sec = 120\nlease_ttl_sec = 12\nlog_format = "json"\n')
+    settings = load_settings(
+        environ={"FLEETWAVE_CONFIG": str(config), "FLEETWAVE_LEASE_TTL_SEC": "9"}
+    )
+    assert settings.node_deadline_sec == 120  # file
+    assert settings.lease_ttl_sec == 9  # environment beats the file
+    assert settings.max_releases == 16  # default
+
+
+@pytest.mark.parametrize(
+    ("environ", "named", "says"),
+    [
+        ({"FLEETWAVE_NODE_DEADLINE_SEC": "ten"}, "FLEETWAVE_NODE_DEADLINE_SEC", "number"),
+        ({"FLEETWAVE_NODE_DEADLINE_SEC": "-1"}, "FLEETWAVE_NODE_DEADLINE_SEC", "at least"),
+        ({"FLEETWAVE_MAX_RELEASES": "1.5"}, "FLEETWAVE_MAX_RELEASES", "whole number"),
+        ({"RELEASE_EXECUTOR_ENABLED": "maybe"}, "RELEASE_EXECUTOR_ENABLED", "1/0"),
+        ({"FLEETWAVE_LOG_FORMAT": "xml"}, "FLEETWAVE_LOG_FORMAT", "json"),
+        ({"FLEETWAVE_API_BIND": "localhost"}, "FLEETWAVE_API_BIND", "HOST:PORT"),
+        ({"FLEETWAVE_LEASE_TTL_SEC": "nan"}, "FLEETWAVE_LEASE_TTL_SEC", "finite"),
+        ({"FLEETWAVE_CONFIG": "/nonexistent.toml"}, "FLEETWAVE_CONFIG", "does not exist"),
+    ],
+)
+def test_a_bad_value_names_the_setting_and_the_problem(
+    environ: dict[str, str], named: str, says: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ=environ)
+    assert raised.value.name == named
+    assert says in str(raised.value)
+
+
+def test_an_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "fleetwave.toml"
+    config.write_text("node_deadline = 5\n")
+    with pytest.raises(SettingsError, match="not a known setting"):
+        load_settings(environ={"FLEETWAVE_CONFIG": str(config)})
+
+
+def test_mtls_is_required_with_readable_files(tmp_path: Path) -> None:
+    settings = load_settings(environ={"MTLS_ENABLED": "0"})
+    with pytest.raises(SettingsError, match="MTLS_ENABLED: must be 1"):
+        settings.require_mtls()
+    settings = load_settings(environ={"CONTROL_CERT": str(tmp_path / "missing.crt")})
+    with pytest.raises(SettingsError, match=r"CONTROL_CERT: file .* does not exist"):
+        settings.require_mtls()
+
+
+def test_serve_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "serve"],
+        env={"PATH": "/usr/bin:/bin", "FLEETWAVE_NODE_DEADLINE_SEC": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "fleetwave: setting FLEETWAVE_NODE_DEADLINE_SEC: must be a number, got 'soon'"
+    ]
+    assert result.stdout == ""
+
+
+def test_serve_without_certificates_exits_2_naming_control_cert(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "serve"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CONTROL_CERT" in result.stderr
