@@ -81,6 +81,7 @@ class Supervisor:
             max_parallel=self.settings.max_parallel,
             flush_interval=self.settings.flush_interval_sec,
             reconcile_timeout=self.settings.reconcile_timeout_sec,
+            store_patience=self.settings.lease_ttl_sec,
             node=NodeTiming.from_settings(self.settings),
         )
 

@@ -32,6 +32,8 @@ from store.models import (
 log = structlog.get_logger("fleetwave.release")
 
 RECONCILE_PARALLEL = 64
+STORE_RETRY_INITIAL = 0.5
+STORE_RETRY_MAX = 5.0
 
 
 class LeaseLost(Exception):
@@ -65,6 +67,7 @@ class ReleaseConfig:
     max_parallel: int = 1000
     flush_interval: float = 0.2
     reconcile_timeout: float = 10.0
+    store_patience: float = 30.0
     node: NodeTiming = attrs.field(factory=NodeTiming)
 
 
@@ -212,12 +215,30 @@ class ReleaseActor:
         self._flush_at = math.inf
         if not changes and outcome is None:
             return
-        written = await self.store.record(
-            self.claim.lease, changes, outcome, daemon_id=self.config.daemon_id
-        )
-        if not written:
+        if not await self._record(changes, outcome):
             log.warning("release.lease_lost", epoch=self.claim.lease.epoch)
             raise LeaseLost(f"release {self.release_id}: lease epoch {self.claim.lease.epoch} lost")
+
+    async def _record(self, changes: list[NodeChange], outcome: Outcome | None) -> bool:
+        """One fenced write, retried with backoff while the database is away.
+
+        Retrying is safe: a repeated change leaves the rows as they are. Past
+        ``store_patience`` (the lease TTL: by then the lease may be another daemon's) the
+        error propagates and the release is abandoned to whoever claims it next.
+        """
+        delay = STORE_RETRY_INITIAL
+        give_up_at = trio.current_time() + self.config.store_patience
+        while True:
+            try:
+                return await self.store.record(
+                    self.claim.lease, changes, outcome, daemon_id=self.config.daemon_id
+                )
+            except StoreUnavailable as error:
+                if trio.current_time() + delay > give_up_at:
+                    raise
+                log.warning("release.write_retry", error=str(error), retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, STORE_RETRY_MAX)
 
     async def _reconcile(self, members: Sequence[ReleaseNode]) -> None:
         """Ask the agents of dispatched, unfinished nodes what really happened."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import trio
 
-from store.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
 from store.models import (
     Claim,
     CreatedRelease,
@@ -80,7 +80,8 @@ class _NodeRow:
 
 @attrs.define
 class MemoryStore:
-    """In-memory Store. ``fail_next`` lets a simulation make the next operations fail."""
+    """In-memory Store. Setting ``unavailable`` makes every operation raise StoreUnavailable,
+    as a database that went away would."""
 
     _nodes: dict[int, Node] = attrs.field(factory=dict)
     _releases: dict[int, _ReleaseRow] = attrs.field(factory=dict)
@@ -90,6 +91,7 @@ class MemoryStore:
     _wakers: list[Callable[[], None]] = attrs.field(factory=list)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _base: datetime | None = None
+    unavailable: bool = False
     record_calls: int = 0
     """How many record() calls were made: simulations assert writes are coalesced."""
 
@@ -99,13 +101,18 @@ class MemoryStore:
             self._base = datetime.now(UTC) - timedelta(seconds=current)
         return self._base + timedelta(seconds=current)
 
+    async def _available(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.unavailable:
+            raise StoreUnavailable("database unavailable: simulated outage")
+
     def _next_id(self) -> int:
         return next(self._ids)
 
     # --- executor side ---------------------------------------------------------------------
 
     async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         now = self.now()
         busy_scopes = {
             row.effective_scope
@@ -153,7 +160,7 @@ class MemoryStore:
         return claims
 
     async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         now = self.now()
         held = set()
         for lease in leases:
@@ -169,7 +176,7 @@ class MemoryStore:
         return held
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         now = self.now()
         for lease in leases:
             row = self._releases.get(lease.release_id)
@@ -186,7 +193,7 @@ class MemoryStore:
         *,
         daemon_id: str | None = None,
     ) -> bool:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         self.record_calls += 1
         row = self._releases.get(lease.release_id)
         if row is None or row.lease_epoch != lease.epoch or row.status is not ReleaseStatus.RUNNING:
@@ -272,7 +279,7 @@ class MemoryStore:
     # --- releases ---------------------------------------------------------------------------
 
     async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         plan = validate_plan(list(spec.plan))
         if spec.max_failures < 0:
             raise InvalidInput("maxFailures must be at least 0")
@@ -355,20 +362,20 @@ class MemoryStore:
         return row.id
 
     async def get_release(self, release_id: int) -> Release | None:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         row = self._releases.get(release_id)
         return None if row is None else self._release(row)
 
     async def list_releases(
         self, *, status: ReleaseStatus | None = None, offset: int = 0, limit: int = 20
     ) -> tuple[list[Release], int]:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         rows = [row for row in self._releases.values() if status is None or row.status is status]
         rows.sort(key=lambda row: row.id, reverse=True)
         return [self._release(row) for row in rows[offset : offset + limit]], len(rows)
 
     async def release_nodes(self, release_id: int) -> list[ReleaseNode]:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         rows = sorted(self._release_nodes.get(release_id, []), key=lambda n: (n.batch, n.id))
         result = []
         for row in rows:
@@ -395,14 +402,14 @@ class MemoryStore:
     async def release_events(
         self, release_id: int, *, after_id: int = 0, limit: int = 1000
     ) -> list[Event]:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         matching = [e for e in self._events if e.release_id == release_id and e.id > after_id]
         return matching[:limit]
 
     # --- nodes -------------------------------------------------------------------------------
 
     async def list_nodes(self) -> list[Node]:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         return sorted(self._nodes.values(), key=lambda node: node.id)
 
     async def upsert_node(
@@ -414,7 +421,7 @@ class MemoryStore:
         enabled: bool = True,
         status: NodeHealth = NodeHealth.ONLINE,
     ) -> Node:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         existing = next((n for n in self._nodes.values() if n.name == name), None)
         node_id = existing.id if existing is not None else self._next_id()
         node = Node(
@@ -432,7 +439,7 @@ class MemoryStore:
     async def update_node(
         self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
     ) -> Node:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         node = self._nodes.get(node_id)
         if node is None:
             raise NotFound(f"node {node_id} not found")
@@ -446,7 +453,7 @@ class MemoryStore:
     # --- tokens and health ----------------------------------------------------------------
 
     async def create_token(self, name: str, token_hash: str) -> None:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         if name in self._tokens.values():
             raise AlreadyExists(f"a token named {name!r} already exists")
         if token_hash in self._tokens:
@@ -454,11 +461,11 @@ class MemoryStore:
         self._tokens[token_hash] = name
 
     async def token_name(self, token_hash: str) -> str | None:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         return self._tokens.get(token_hash)
 
     async def ping(self) -> bool:
-        await trio.lowlevel.checkpoint()
+        await self._available()
         return True
 
     # --- internals ------------------------------------------------------------------------------

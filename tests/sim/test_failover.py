@@ -149,3 +149,45 @@ async def test_release_written_with_seed_columns_only_is_executed(
     assert release.status is ReleaseStatus.SUCCESS
     assert release.success_nodes == 3
     await assert_release_invariants(sim.store, release_id, sim.fleet)
+
+
+async def test_a_short_database_outage_delays_writes_but_loses_nothing(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    sim = make_sim(4, behaviour=Behaviour(apply_time=(10, 20)))
+    await sim.register()
+    daemon = await sim.start_daemon()
+    release_id = await sim.create()
+    await trio.sleep(12)  # the canary is done, batch 2 is applying
+
+    sim.store.unavailable = True
+    await trio.sleep(8)  # shorter than the lease TTL (30 s)
+    sim.store.unavailable = False
+    release = await sim.wait_terminal(release_id)
+
+    assert release.status is ReleaseStatus.SUCCESS
+    assert daemon.claimed == 1  # the same daemon carried on; nothing was abandoned
+    assert release.lease_epoch == 1
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+
+
+async def test_a_long_database_outage_hands_the_release_to_the_next_claim(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    sim = make_sim(4, behaviour=Behaviour(apply_time=(10, 20)))
+    await sim.register()
+    await sim.start_daemon()
+    release_id = await sim.create()
+    await trio.sleep(12)
+
+    sim.store.unavailable = True
+    await trio.sleep(90)  # far past the lease TTL: the actor gives up its writes
+    sim.store.unavailable = False
+    release = await sim.wait_terminal(release_id)
+
+    assert release.status is ReleaseStatus.SUCCESS
+    assert release.lease_epoch == 2  # claimed again once the database was back
+    for node in await sim.store.release_nodes(release_id):
+        # Resumed by asking the agents: nothing dispatched twice.
+        assert sim.fleet.dispatch_count(node.main_ip, node.task_id or "") == 1
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
