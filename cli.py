@@ -14,7 +14,10 @@ import trio
 
 from config import Settings, SettingsError, load_settings
 from config.logging import configure_logging
+from store.embedded import EmbeddedPostgresError
+from store.errors import StoreError
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
@@ -180,13 +183,35 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-        return _run(args, settings)
+        try:
+            settings = load_settings()
+            return _run(args, settings)
+        except BaseExceptionGroup as group:
+            error = _operational(group)
+            if error is group:
+                raise
+            raise error from group
     except (SettingsError, UsageError) as error:
         print(f"fleetwave: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except (StoreError, EmbeddedPostgresError) as error:
+        print(f"fleetwave: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+
+
+def _operational(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one operational error (bad setting, database away) inside a task group, if that is
+    all there is; otherwise the group itself, a defect to show in full."""
+    kinds = (SettingsError, UsageError, StoreError, EmbeddedPostgresError, KeyboardInterrupt)
+    matched, rest = group.split(kinds)
+    if matched is None or rest is not None:
+        return group
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

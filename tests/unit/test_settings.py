@@ -120,3 +120,19 @@ def test_serve_without_certificates_exits_2_naming_control_cert(tmp_path: Path) 
     )
     assert result.returncode == 2
     assert "CONTROL_CERT" in result.stderr
+
+
+def test_an_unreachable_database_exits_1_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "migrate"],
+        env={"PATH": "/usr/bin:/bin", "FLEETWAVE_DATABASE_URL": "postgresql://u@127.0.0.1:1/x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "fleetwave: database unavailable: [Errno 111] Connect call failed ('127.0.0.1', 1)"
+    ]
