@@ -91,16 +91,21 @@ def test_mtls_is_required_with_readable_files(tmp_path: Path) -> None:
         settings.require_mtls()
 
 
-def test_serve_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "serve"],
-        env={"PATH": "/usr/bin:/bin", "FLEETWAVE_NODE_DEADLINE_SEC": "soon"},
+def fleetwave(command: str, cwd: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    """Run the command line in a bare environment, as a fresh shell would."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", command],
+        env={"PATH": "/usr/bin:/bin", **environ},
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=tmp_path,
+        cwd=cwd,
         check=False,
     )
+
+
+def test_serve_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = fleetwave("serve", tmp_path, FLEETWAVE_NODE_DEADLINE_SEC="soon")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "fleetwave: setting FLEETWAVE_NODE_DEADLINE_SEC: must be a number, got 'soon'"
@@ -109,29 +114,13 @@ def test_serve_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 def test_serve_without_certificates_exits_2_naming_control_cert(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "serve"],
-        env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = fleetwave("serve", tmp_path)
     assert result.returncode == 2
     assert "CONTROL_CERT" in result.stderr
 
 
 def test_an_unreachable_database_exits_1_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "migrate"],
-        env={"PATH": "/usr/bin:/bin", "FLEETWAVE_DATABASE_URL": "postgresql://u@127.0.0.1:1/x"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = fleetwave("migrate", tmp_path, FLEETWAVE_DATABASE_URL="postgresql://u@127.0.0.1:1/x")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "fleetwave: database unavailable: [Errno 111] Connect call failed ('127.0.0.1', 1)"
