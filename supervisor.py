@@ -65,14 +65,14 @@ class Supervisor:
         log.info("supervisor.stopping", releases=sorted(self._owned))
         self._stopping = True
         for owned in self._owned.values():
-            owned.scope.cancel()
+            owned.scope.cancel(reason="daemon stopping")
         self.poke()
 
     def crash(self) -> None:
         """Vanish at once, as a killed process would: no hand-back, no final writes."""
         self._stopping = True
         if self._scope is not None:
-            self._scope.cancel()
+            self._scope.cancel(reason="daemon crashed")
 
     @property
     def _release_config(self) -> ReleaseConfig:
@@ -189,7 +189,7 @@ class Supervisor:
             if owned is not None and not owned.lost:
                 log.warning("release.lease_lost", release_id=release_id, reason=reason)
                 owned.lost = True
-                owned.scope.cancel()
+                owned.scope.cancel(reason=reason)
 
     async def _listen(self) -> None:
         delay = 1.0

@@ -190,7 +190,7 @@ class ReleaseActor:
                 self._failures += 1
                 if self._tolerance_exceeded and self._error is None:
                     self._error = f"node {node.node_name} ({node.main_ip}) failed: {reason}"
-                    batch_scope.cancel()
+                    batch_scope.cancel(reason=self._error)
 
     async def _change(self, change: NodeChange) -> None:
         if change.row_id in self._changes:
