@@ -126,7 +126,6 @@ class NodeActor:
                 continue
             break
         await self.outbox.send(Dispatched(self.node.id, self.task_id, self._dispatches))
-        log.debug("node.dispatched", task_id=self.task_id, attempts=attempt)
 
     async def _poll(self) -> None:
         for delay in poll_delays(self.timing, self.rng):

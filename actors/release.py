@@ -183,16 +183,16 @@ class ReleaseActor:
                 await self._change(NodeChange(row_id, NodeStatus.SUCCESS, finished=True))
             case Failed(row_id=row_id, reason=reason, kind=kind):
                 node = self._nodes[row_id]
-                log.warning("node.failed", node_id=node.node_id, kind=str(kind), reason=reason)
                 await self._change(
-                    NodeChange(row_id, NodeStatus.FAILED, error_msg=reason, finished=True)
+                    NodeChange(row_id, NodeStatus.FAILED, error_msg=reason, finished=True),
+                    kind=str(kind),
                 )
                 self._failures += 1
                 if self._tolerance_exceeded and self._error is None:
                     self._error = f"node {node.node_name} ({node.main_ip}) failed: {reason}"
                     batch_scope.cancel(reason=self._error)
 
-    async def _change(self, change: NodeChange) -> None:
+    async def _change(self, change: NodeChange, **context: str) -> None:
         if change.row_id in self._changes:
             await self._flush()  # one change per row per transaction keeps the audit complete
         self._changes[change.row_id] = change
@@ -202,10 +202,17 @@ class ReleaseActor:
             status=change.status,
             task_id=change.task_id or node.task_id,
         )
-        if change.status.terminal:
-            log.info(
-                "node.finished", node_id=node.node_id, batch=node.batch, status=str(change.status)
-            )
+        level = log.warning if change.status is NodeStatus.FAILED else log.info
+        level(
+            "node.transition",
+            node_id=node.node_id,
+            node=node.node_name,
+            batch=node.batch,
+            from_status=str(node.status),
+            status=str(change.status),
+            error=change.error_msg,
+            **context,
+        )
         if self._flush_at == math.inf:
             self._flush_at = trio.current_time() + self.config.flush_interval
 
