@@ -5,35 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import attrs
 import pytest
-import trio
 
 from agent.certs import CertPaths, init_certs
-from agent.client import AgentClient, build_http_client
-from agent.sim import Behaviour, SimulatedFleet
-from config import Settings, load_settings
-from store.models import NodeStatus, Release, ReleaseSpec, ReleaseStatus
+from agent.sim import Behaviour
+from store.models import NodeStatus, ReleaseSpec, ReleaseStatus
 from store.postgres import PostgresStore
-from supervisor import Supervisor
 from tests.integration.conftest import run_sql
 from tests.invariants import assert_release_invariants
+from tests.world import World, open_world
 
 pytestmark = pytest.mark.postgres
-
-FAST = {
-    "interval_sec": 0.5,
-    "lease_ttl_sec": 5,
-    "flush_interval_sec": 0.05,
-    "poll_initial_sec": 0.05,
-    "poll_max_sec": 0.2,
-    "retry_initial_sec": 0.05,
-    "retry_max_sec": 0.2,
-    "agent_request_timeout_sec": 2,
-    "agent_connect_timeout_sec": 2,
-    "node_deadline_sec": 20,
-    "log_format": "json",
-}
 
 
 @pytest.fixture(scope="module")
@@ -41,57 +23,19 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
     return init_certs(tmp_path_factory.mktemp("certs"), agents=16)
 
 
-@attrs.define
-class World:
-    store: PostgresStore
-    fleet: SimulatedFleet
-    settings: Settings
-    nursery: trio.Nursery
-
-    async def wait_terminal(self, release_id: int, limit: float = 30) -> Release:
-        with trio.fail_after(limit):
-            while True:
-                release = await self.store.get_release(release_id)
-                assert release is not None
-                if release.status.terminal:
-                    return release
-                await trio.sleep(0.1)
-
-
 Start = Callable[..., Awaitable[World]]
 
 
 @pytest.fixture
 async def start(pg_store: PostgresStore, certs: CertPaths) -> AsyncIterator[Start]:
-    async with trio.open_nursery() as nursery:
+    async with open_world(pg_store, certs) as world:
 
         async def start_world(count: int, overrides: dict[int, Behaviour] | None = None) -> World:
-            fleet = SimulatedFleet(count, behaviour=Behaviour(apply_time=(0.2, 0.6)), port=0)
-            for index, behaviour in (overrides or {}).items():
-                fleet.set_behaviour(index, behaviour)
-            await nursery.start(fleet.serve, certs.directory)
-            for k, host in enumerate(fleet.hosts, start=1):
-                await pg_store.upsert_node(f"edge-{k:03d}", host, fleet.address(k).port)
-            settings = load_settings(
-                environ={},
-                control_cert=str(certs.control_cert),
-                control_key=str(certs.control_key),
-                control_ca=str(certs.ca_cert),
-                daemon_id="it-a",
-                **FAST,
-            )
-            http = build_http_client(settings)
-            agents = AgentClient(http, request_timeout=settings.agent_request_timeout_sec)
-
-            async def daemon() -> None:
-                async with http:
-                    await Supervisor(pg_store, agents, settings).run()
-
-            nursery.start_soon(daemon)
-            return World(pg_store, fleet, settings, nursery)
+            await world.serve_fleet(count, overrides)
+            await world.start_daemon("it-a")
+            return world
 
         yield start_world
-        nursery.cancel_scope.cancel()
 
 
 async def test_three_nodes_succeed_in_two_batches_over_mtls(start: Start) -> None:
