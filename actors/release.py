@@ -160,14 +160,19 @@ class ReleaseActor:
         self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope
     ) -> None:
         while True:
+            # Only the wait is bounded by the flush deadline: a message, once received, is
+            # handled whole. Handling may write (a second change of the same row flushes
+            # first); cut short by the deadline, that write and the message would be lost.
+            message: NodeMessage | None = None
             with trio.move_on_at(self._flush_at):
                 try:
                     message = await receive.receive()
                 except trio.EndOfChannel:
                     return
+            if message is None:
+                await self._flush()
+            else:
                 await self._handle(message, batch_scope)
-                continue
-            await self._flush()
 
     async def _handle(self, message: NodeMessage, batch_scope: trio.CancelScope) -> None:
         match message:
