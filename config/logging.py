@@ -20,19 +20,60 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
     )
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+    stamp: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    processors: list[Any] = [structlog.contextvars.merge_contextvars, *stamp]
+    tracebacks: list[Any] = []
     if fmt == "json":
-        processors.append(structlog.processors.dict_tracebacks)
+        tracebacks.append(structlog.processors.dict_tracebacks)
+    processors.extend(tracebacks)
     processors.append(renderer)
+    level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[settings.log_level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    # A library's traceback is rendered without local variables: those of a database
+    # driver may hold connection parameters.
+    foreign_tracebacks: list[Any] = []
+    if fmt == "json":
+        foreign_tracebacks.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
+    _route_stdlib_logging(
+        out, level, [structlog.stdlib.add_logger_name, *stamp], foreign_tracebacks, renderer
+    )
+
+
+class _StructlogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the handler this module installed on the root logger, to replace it later."""
+
+
+def _route_stdlib_logging(
+    out: Any, level: int, pre_chain: list[Any], tracebacks: list[Any], renderer: Any
+) -> None:
+    """Libraries log through the standard library (asyncpg's pool while the database is
+    away, hypercorn): render their records like ours, one line each on the same stream,
+    instead of multi-line tracebacks on stderr."""
+    handler = _StructlogHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=pre_chain,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tracebacks,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StructlogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
