@@ -118,6 +118,17 @@ class _Task:
     last_error: str | None
 
 
+@attrs.frozen
+class TaskTimes:
+    """When a task reached its agent and the apply time the agent drew for it."""
+
+    host: str
+    task_id: str
+    dispatched_at: float
+    """trio.current_time() of the first dispatch request."""
+    apply_time: float
+
+
 @attrs.define
 class _Agent:
     host: str
@@ -201,6 +212,14 @@ class SimulatedFleet:
     def task_ids(self, host: str) -> set[str]:
         """Every task id ever dispatched to ``host`` (restarts do not erase this history)."""
         return set(self._agent_at(host).dispatches)
+
+    def task_times(self) -> list[TaskTimes]:
+        """Every task the agents hold, with its dispatch time and drawn apply time."""
+        return [
+            TaskTimes(agent.host, task_id, task.created, task.finished - task.created)
+            for agent in self._agents.values()
+            for task_id, task in agent.tasks.items()
+        ]
 
     def _agent(self, k: int) -> _Agent:
         if not 1 <= k <= len(self.hosts):
