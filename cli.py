@@ -96,7 +96,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated agent addresses the agent certificate covers",
     )
     _add_api_commands(commands)
+    _add_bench_command(commands)
     return parser
+
+
+def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure how close releases come to their ideal time on this machine",
+        description="Run a benchmark scenario against its own embedded PostgreSQL and "
+        "simulated agents; print figures (a table; JSON with --out). Not a test.",
+    )
+    bench.add_argument(
+        "--scenario",
+        choices=["a", "b", "c", "d"],
+        required=True,
+        help="a: 10,000 in-process agents; b: 1,000 agents over mTLS in another process; "
+        "c: 100 releases of 100 nodes in 100 scopes; d: pick-up latency over 50 releases",
+    )
+    bench.add_argument("--nodes", type=_positive_int, help="nodes per release")
+    bench.add_argument("--releases", type=_positive_int, help="releases (scenarios c and d)")
+    bench.add_argument(
+        "--apply-time", type=_apply_time, metavar="MIN..MAX", help="agent apply time (5..15)"
+    )
+    bench.add_argument("--out", type=Path, metavar="FILE", help="also write the figures as JSON")
 
 
 def _non_negative_int(text: str) -> int:
@@ -234,6 +257,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         case "certs":
             return _certs_init(args)
+        case "bench":
+            return _bench(args, settings)
         case "token":
             from api.auth import check_token_name
 
@@ -339,6 +364,20 @@ async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
         await nursery.start(fleet.serve, args.certs)
         log.info("agent_sim.listening", count=args.count, first=fleet.hosts[0], port=args.port)
         await _stop_on_signal(nursery.cancel_scope.cancel)
+
+
+def _bench(args: argparse.Namespace, settings: Settings) -> int:
+    import bench
+
+    try:
+        scenario = bench.scenario(
+            args.scenario, nodes=args.nodes, releases=args.releases, apply_time=args.apply_time
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    command = " ".join(["fleetwave", *(sys.argv[1:] if sys.argv else [])])
+    bench.bench(scenario, settings, out=args.out, command=command)
+    return 0
 
 
 def _certs_init(args: argparse.Namespace) -> int:
