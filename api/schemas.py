@@ -82,6 +82,9 @@ def parse_json(body: bytes) -> object:
         ) from None
     except ValueError as error:
         raise invalid("body", str(error)) from None
+    except RecursionError:
+        # The parser recurses per nesting level; a deep enough document exhausts the stack.
+        raise invalid("body", "JSON nested too deeply") from None
 
 
 def _reject_constant(name: str) -> object:
