@@ -97,7 +97,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_api_commands(commands)
     _add_bench_command(commands)
+    _add_demo_command(commands)
     return parser
+
+
+def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run everything on this machine: database, agents, daemon, API, two releases",
+        description="Start an embedded PostgreSQL, dev certificates, simulated agents over "
+        "mutual TLS and the daemon; run a release that succeeds and one whose canary fails; "
+        "print a summary. Exit 0 when both end as expected.",
+    )
+    demo.add_argument("--agents", type=_positive_int, default=20, help="simulated agents (20)")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave everything up until Ctrl-C"
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".fleetwave/demo"),
+        metavar="DIR",
+        help="database, certificates and logs (./.fleetwave/demo)",
+    )
 
 
 def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -259,6 +281,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return _certs_init(args)
         case "bench":
             return _bench(args, settings)
+        case "demo":
+            from demo import MAX_AGENTS, DemoOptions, run_demo
+
+            if args.agents > MAX_AGENTS:
+                raise UsageError(f"--agents {args.agents}: at most {MAX_AGENTS}")
+            return run_demo(DemoOptions(args.agents, args.keep_running, args.data_dir))
         case "token":
             from api.auth import check_token_name
 

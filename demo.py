@@ -1,0 +1,507 @@
+"""``fleetwave demo``: the whole system on one machine, from nothing, in well under a minute.
+
+One embedded PostgreSQL server (started once, from ``DIR/pg``; a fresh ``fleetwave_demo``
+database each run), a private CA and certificates (``DIR/certs``), a simulated fleet of
+edge agents serving HTTPS with mutual TLS on 127.0.0.2, 127.0.0.3, ... (in this process), and
+the daemon as a child process (``fleetwave serve``, API on a free loopback port, logs in
+``DIR/serve.log``). Then two releases through the API, shown live:
+
+1. every agent applies the config: the release succeeds;
+2. the canary's agent (the first node, alone in batch 1) is switched to report every apply
+   failed: the release fails at batch 1 and batch 2 is skipped, never dispatched.
+
+Exit status 0 when both releases ended as expected, 1 otherwise, 130 when interrupted. With
+``keep_running`` everything stays up (API, daemon, fleet, database) until Ctrl-C. Every
+child is stopped on the way out: the daemon by SIGTERM (it hands its leases back), the
+database last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import attrs
+import httpx
+import trio
+
+from agent.certs import CertPaths, init_certs, mtls_env_lines
+from agent.sim import Behaviour, SimulatedFleet
+from api import render
+from api.client import ApiClient, ClientError, open_http
+from store.embedded import EmbeddedPostgres, EmbeddedPostgresError
+
+DEFAULT_DIR: Final = Path(".fleetwave/demo")
+DEFAULT_AGENTS: Final = 20
+MAX_AGENTS: Final = 200
+DATABASE: Final = "fleetwave_demo"
+APPLY_TIME: Final = (0.5, 2.0)
+CANARY_ERROR: Final = "nginx -t: unexpected end of file in /etc/nginx/conf.d/edge.conf:42"
+"""What the canary's agent reports (a simulated failure, worded as a real one would be)."""
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_INTERRUPTED: Final = 130
+
+DAEMON_READY_TIMEOUT: Final = 60.0
+RELEASE_TIMEOUT: Final = 60.0
+CHILD_STOP_TIMEOUT: Final = 15.0
+TOKEN_TIMEOUT: Final = 30.0
+WATCH_INTERVAL: Final = 0.5
+LOG_TAIL_LINES: Final = 20
+
+# Snappier than the production defaults, so the demo shows a release in seconds: claims are
+# also woken by NOTIFY at once; these only shorten the agent polls and the fallback poll.
+DAEMON_TIMING: Final[Mapping[str, str]] = {
+    "RELEASE_EXECUTOR_INTERVAL_SEC": "1",
+    "FLEETWAVE_POLL_INITIAL_SEC": "0.3",
+    "FLEETWAVE_POLL_MAX_SEC": "0.6",
+    "FLEETWAVE_FLUSH_INTERVAL_SEC": "0.1",
+}
+_FOREIGN_SETTINGS: Final = ("FLEETWAVE_", "RELEASE_EXECUTOR_", "CONTROL_", "MTLS_ENABLED")
+_CURSOR_UP_AND_CLEAR: Final = "\x1b[{}F\x1b[J"
+
+
+class DemoError(Exception):
+    """The demo could not set something up; ``str()`` says what, for the person watching."""
+
+
+@attrs.frozen
+class DemoOptions:
+    agents: int = DEFAULT_AGENTS
+    keep_running: bool = False
+    data_dir: Path = DEFAULT_DIR
+
+
+@attrs.frozen
+class Outcome:
+    """How one release ended, as the API reports it."""
+
+    release_id: int
+    version: int
+    status: str
+    total: int
+    success: int
+    failed: int
+    skipped: int
+    cancelled: int
+    seconds: float | None
+    error: str | None
+
+    @classmethod
+    def from_detail(cls, data: Mapping[str, Any]) -> Outcome:
+        release = data["release"]
+        return cls(
+            release_id=release["id"],
+            version=release["version"],
+            status=release["status"],
+            total=release["totalNodes"],
+            success=release["successNodes"],
+            failed=release["failedNodes"],
+            skipped=release["skippedNodes"],
+            cancelled=release["cancelledNodes"],
+            seconds=_seconds_between(release.get("startedAt"), release.get("finishedAt")),
+            error=release.get("error"),
+        )
+
+    def line(self) -> str:
+        took = "-" if self.seconds is None else f"{self.seconds:.1f}s"
+        text = (
+            f"release {self.release_id} (version {self.version}): {self.status:<8} "
+            f"success {self.success}/{self.total}, failed {self.failed}, "
+            f"skipped {self.skipped}, cancelled {self.cancelled}; took {took}"
+        )
+        return text + (f"\n    error: {self.error}" if self.error else "")
+
+
+def _seconds_between(start: object, end: object) -> float | None:
+    if not isinstance(start, str) or not isinstance(end, str):
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
+    """Run the demo (blocking); the exit status. A failure to set something up is reported
+    in one paragraph on stderr (status 1), not as a traceback."""
+    try:
+        return trio.run(_demo, options, out or sys.stdout)
+    except BaseExceptionGroup as group:
+        expected, rest = group.split((DemoError, ClientError, EmbeddedPostgresError))
+        if expected is None or rest is not None:
+            raise
+        for error in _leaves(expected):
+            print(f"fleetwave demo: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except (DemoError, ClientError, EmbeddedPostgresError) as error:
+        print(f"fleetwave demo: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves.extend(_leaves(error))
+        else:
+            leaves.append(error)
+    return leaves
+
+
+async def _demo(options: DemoOptions, out: TextIO) -> int:
+    base = options.data_dir.expanduser().absolute()
+    base.mkdir(parents=True, exist_ok=True)
+    say = _Say(out)
+    interrupted = False
+    result = _Result()
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            nonlocal interrupted
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    say("\nstopping ...")
+                    nursery.cancel_scope.cancel(reason="interrupted")
+                    return
+
+        nursery.start_soon(on_signal)
+        await _run_everything(options, base, say, result)
+        nursery.cancel_scope.cancel()
+    if interrupted:
+        say("stopped: the daemon, the fleet and the database are down")
+    if result.code is None:
+        return EXIT_INTERRUPTED
+    return result.code
+
+
+@attrs.define
+class _Result:
+    code: int | None = None
+    """Set once both releases have ended."""
+
+
+async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _Result) -> None:
+    say(f"fleetwave demo: {options.agents} edge agents, 2 releases; files in {base}")
+    say("- database: embedded PostgreSQL ...")
+    async with _database(base / "pg") as (server, url):
+        say(f"  PostgreSQL on 127.0.0.1:{server.actual_port}, database {DATABASE} (fresh)")
+        certs = init_certs(base / "certs", agents=options.agents)
+        say(f"- certificates: private CA, control and agent certificates in {certs.directory}")
+        fleet = SimulatedFleet(options.agents, behaviour=Behaviour(apply_time=APPLY_TIME), port=0)
+        async with trio.open_nursery() as services:
+            await services.start(fleet.serve, certs.directory)
+            first, last = fleet.address(1), fleet.address(len(fleet))
+            say(
+                f"- fleet: {len(fleet)} simulated agents over mutual TLS, "
+                f"{first.host}:{first.port} ... {last.host}:{last.port}"
+            )
+            env = _child_env(certs, url)
+            async with _daemon(env, base / "serve.log") as api:
+                say(f"- daemon: `fleetwave serve`, API on {api}, log {base / 'serve.log'}")
+                token = await _create_token(env, base / "token.log")
+                say("- API token created with `fleetwave token create demo`")
+                async with open_http(api, token) as http:
+                    client = ApiClient(http)
+                    result.code = await _releases(client, fleet, say)
+                    say("")
+                    say(f"API:   {api}")
+                    say(f"token: {token}")
+                    say(f"logs:  {base / 'serve.log'}")
+                    if options.keep_running:
+                        say("")
+                        say("Everything keeps running; in another terminal:")
+                        say(f"  export FLEETWAVE_API={api} FLEETWAVE_TOKEN={token}")
+                        say("  fleetwave release list; fleetwave release show 2")
+                        say("Ctrl-C stops the daemon, the fleet and the database.")
+                        await trio.sleep_forever()
+                    say("stopping everything (--keep-running would keep it up)")
+            services.cancel_scope.cancel()
+
+
+async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
+    node_ids = await _register(client, fleet)
+    say(f"- nodes: {len(node_ids)} registered through the API (POST /api/v1/nodes)")
+
+    say("")
+    say("Release 1: every agent applies the new config.")
+    first = await _release(client, "demo: roll out config to every edge", say)
+
+    canary = await _canary_of_next_release(client)
+    say("")
+    say(
+        f"Release 2: node {canary} is the canary (batch 1). Its agent "
+        f"({fleet.address(1).host}) is now set to report every apply failed: "
+        f'"{CANARY_ERROR}".'
+    )
+    if canary != node_ids[0]:
+        raise DemoError(f"expected node {node_ids[0]} to be the canary, the API chose {canary}")
+    fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME, fail=CANARY_ERROR))
+    second = await _release(client, "demo: a config the canary rejects", say)
+
+    say("")
+    say("Summary")
+    say("  " + first.line())
+    say("  " + second.line())
+    problems = []
+    if first.status != "success" or first.success != first.total:
+        problems.append("release 1 should have succeeded on every node")
+    if second.status != "failed" or second.failed != 1 or second.skipped != second.total - 1:
+        problems.append("release 2 should have failed at its canary with every other node skipped")
+    for problem in problems:
+        say(f"  UNEXPECTED: {problem}")
+    if not problems:
+        say("  as expected: the first release succeeded; the second stopped at its canary and")
+        say("  never touched the other nodes (batch 2 skipped).")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+async def _register(client: ApiClient, fleet: SimulatedFleet) -> list[int]:
+    ids = []
+    for k in range(1, len(fleet) + 1):
+        address = fleet.address(k)
+        node = await client.add_node(f"edge-{k:03d}", address.host, address.port)
+        ids.append(int(node["id"]))
+    return ids
+
+
+async def _canary_of_next_release(client: ApiClient) -> int:
+    """The node a new release puts alone in batch 1: the first enabled, online node."""
+    nodes = await client.list_nodes()
+    online = [n["id"] for n in nodes["items"] if n["enabled"] and n["status"] == "online"]
+    if not online:
+        raise DemoError("no online node registered")
+    return int(min(online))
+
+
+async def _release(client: ApiClient, reason: str, say: _Say) -> Outcome:
+    created = await client.create_release({"target": "cdn", "reason": reason})
+    say(render.created(created))
+    release_id = int(created["releaseId"])
+    with trio.move_on_after(RELEASE_TIMEOUT) as waited:
+        data = await _watch(client, release_id, say)
+    if waited.cancelled_caught:
+        raise DemoError(f"release {release_id} did not end within {RELEASE_TIMEOUT:g}s")
+    return Outcome.from_detail(data)
+
+
+async def _watch(client: ApiClient, release_id: int, say: _Say) -> Any:
+    """The CLI's watch view, redrawn in place on a terminal, until the release ends."""
+    shown: str | None = None
+    while True:
+        data = await client.release(release_id)
+        view = render.watch_view(data)
+        if view != shown:
+            say.redraw(view, replacing=shown)
+            shown = view
+        if data["release"]["status"] in {"success", "failed", "cancelled"}:
+            return data
+        await trio.sleep(WATCH_INTERVAL)
+
+
+# --- children and the database ----------------------------------------------------------------
+
+
+def cli_command(*args: str) -> list[str]:
+    """``fleetwave ARGS`` run by this interpreter."""
+    return [sys.executable, "-m", "cli", *args]
+
+
+def _child_env(certs: CertPaths, database_url: str) -> dict[str, str]:
+    """This environment without any fleetwave setting of its own, plus the demo's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_SETTINGS)}
+    for line in mtls_env_lines(certs):
+        name, _, value = line.partition("=")
+        env[name] = value
+    env.update(DAEMON_TIMING)
+    env.update(
+        {
+            "FLEETWAVE_DATABASE_URL": database_url,
+            "FLEETWAVE_API_BIND": "127.0.0.1:0",
+            "FLEETWAVE_LOG_FORMAT": "json",
+            "FLEETWAVE_DAEMON_ID": "demo-daemon",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@asynccontextmanager
+async def _database(data_dir: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """The embedded server (started once for every process of the demo) and a fresh
+    database on it; the server is stopped on exit if the demo started it."""
+    server = EmbeddedPostgres(data_dir)
+    try:
+        await server.start_async()
+        url = await trio.to_thread.run_sync(_fresh_database, server)
+    except EmbeddedPostgresError:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.close)
+        raise
+    try:
+        yield server, url
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.close)
+
+
+def _fresh_database(server: EmbeddedPostgres) -> str:
+    server.drop_database(DATABASE)
+    return server.create_database(DATABASE)
+
+
+@asynccontextmanager
+async def _child(
+    argv: Sequence[str], env: Mapping[str, str], log_path: Path
+) -> AsyncIterator[trio.Process]:
+    """A child process with stdout and stderr in ``log_path``, in its own session (a Ctrl-C
+    reaches the demo, which stops its children in order). On exit: SIGTERM, a bounded wait,
+    then SIGKILL."""
+    with log_path.open("wb") as log:
+        process = await trio.lowlevel.open_process(
+            list(argv),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            await stop_process(process, CHILD_STOP_TIMEOUT)
+
+
+async def stop_process(process: trio.Process, grace: float) -> int:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; the exit status."""
+    if process.returncode is None:
+        process.terminate()
+        with trio.move_on_after(grace):
+            return await process.wait()
+        process.kill()
+    return await process.wait()
+
+
+@asynccontextmanager
+async def _daemon(env: Mapping[str, str], log_path: Path) -> AsyncIterator[str]:
+    """``fleetwave serve``, ready (its /readyz answers 200); yields the API base URL."""
+    async with _child(cli_command("serve"), env, log_path) as process:
+        with trio.move_on_after(DAEMON_READY_TIMEOUT) as waited:
+            api = await wait_ready(process, log_path)
+        if waited.cancelled_caught:
+            raise DemoError(
+                f"the daemon was not ready within {DAEMON_READY_TIMEOUT:g}s\n"
+                + tail(log_path, LOG_TAIL_LINES)
+            )
+        yield api
+
+
+async def wait_ready(process: trio.Process, log_path: Path) -> str:
+    """The API base URL of a daemon logging JSON to ``log_path``, once /readyz answers 200.
+    Unbounded: the caller sets the deadline."""
+    address: str | None = None
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while True:
+            if process.poll() is not None:
+                raise DemoError(
+                    f"the daemon exited with status {process.returncode}\n"
+                    + tail(log_path, LOG_TAIL_LINES)
+                )
+            if address is None:
+                address = logged_value(log_path, "api.listening", "address")
+            if address is not None:
+                try:
+                    response = await http.get(f"http://{address}/readyz")
+                except httpx.TransportError:
+                    pass
+                else:
+                    if response.status_code == 200:
+                        return f"http://{address}"
+            await trio.sleep(0.1)
+
+
+def logged_value(log_path: Path, event: str, key: str) -> str | None:
+    """``key`` of the first JSON log line of ``event`` in ``log_path``, if written yet."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("event") == event and key in entry:
+            return str(entry[key])
+    return None
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return f"({path} was not written)"
+    return f"last lines of {path}:\n" + "\n".join(text)
+
+
+async def _create_token(env: Mapping[str, str], log_path: Path) -> str:
+    with log_path.open("wb") as log, trio.move_on_after(TOKEN_TIMEOUT) as waited:
+        result = await trio.run_process(
+            cli_command("token", "create", "demo"),
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            stderr=log,
+            check=False,
+            start_new_session=True,
+        )
+    if waited.cancelled_caught:
+        raise DemoError(f"`fleetwave token create` took over {TOKEN_TIMEOUT:g}s")
+    token = result.stdout.decode().strip()
+    if result.returncode != 0 or not token:
+        raise DemoError(
+            f"`fleetwave token create` failed (status {result.returncode})\n"
+            + tail(log_path, LOG_TAIL_LINES)
+        )
+    return token
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def _rows(text: str) -> int:
+    """Terminal rows ``text`` took, long lines wrapped at the terminal's width."""
+    columns = max(1, shutil.get_terminal_size().columns)
+    return sum(max(1, -(-len(line) // columns)) for line in text.split("\n"))
+
+
+@attrs.define
+class _Say:
+    out: TextIO
+
+    @property
+    def interactive(self) -> bool:
+        return self.out.isatty()
+
+    def __call__(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def redraw(self, view: str, *, replacing: str | None) -> None:
+        """On a terminal, ``view`` replaces the previous view in place; elsewhere each new
+        view is written after the last one."""
+        if replacing is not None:
+            if self.interactive:
+                self.out.write(_CURSOR_UP_AND_CLEAR.format(_rows(replacing)))
+            else:
+                self.out.write("\n")
+        self(view)
