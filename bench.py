@@ -552,7 +552,8 @@ def _settings_summary(settings: Settings) -> dict[str, Any]:
         "flush_interval_sec",
         "poll_initial_sec",
         "poll_max_sec",
-        "poll_factor",
+        "poll_age_factor",
+        "poll_rate",
         "agent_max_connections",
         "lease_ttl_sec",
     )

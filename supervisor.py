@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from actors.release import LeaseLost, ReleaseActor, ReleaseConfig
-from actors.timing import NodeTiming
+from actors.timing import NodeTiming, PollPacer
 from agent.client import AgentClient
 from config import Settings
 from store.base import Store
@@ -43,12 +43,14 @@ class Supervisor:
     _wake: trio.Event = attrs.field(factory=trio.Event)
     _stopping: bool = False
     _scope: trio.CancelScope | None = None
+    _pacer: PollPacer = attrs.field(init=False)
     claimed: int = 0
     """Releases claimed by this supervisor since it started."""
 
     def __attrs_post_init__(self) -> None:
         if not self.owner:
             self.owner = self.settings.daemon_id
+        self._pacer = PollPacer(rate=self.settings.poll_rate)
 
     @property
     def owned(self) -> set[int]:
@@ -83,6 +85,7 @@ class Supervisor:
             reconcile_timeout=self.settings.reconcile_timeout_sec,
             store_patience=self.settings.lease_ttl_sec,
             node=NodeTiming.from_settings(self.settings),
+            pacer=self._pacer,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

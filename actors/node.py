@@ -9,7 +9,7 @@ import structlog
 import trio
 
 from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
-from actors.timing import NodeTiming, poll_delays, retry_delay
+from actors.timing import NodeTiming, PollPacer, jittered, retry_delay
 from agent.client import AgentClient
 from agent.errors import AgentError, FailureKind
 from agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
@@ -42,9 +42,11 @@ class NodeActor:
     timing: NodeTiming
     outbox: trio.MemorySendChannel[NodeMessage]
     limiter: trio.CapacityLimiter
+    pacer: PollPacer
     rng: random.Random = attrs.field(factory=random.Random)
     _last_error: str | None = None
     _dispatches: int = 0
+    _since: float = 0.0
 
     @property
     def address(self) -> AgentAddress:
@@ -77,6 +79,7 @@ class NodeActor:
                 await self.outbox.send(outcome)
 
     async def _drive(self) -> Succeeded | Failed:
+        self._since = trio.current_time()
         try:
             if self.node.status is NodeStatus.RUNNING:
                 await self._resume()
@@ -128,29 +131,33 @@ class NodeActor:
         await self.outbox.send(Dispatched(self.node.id, self.task_id, self._dispatches))
 
     async def _poll(self) -> None:
-        for delay in poll_delays(self.timing, self.rng):
-            await trio.sleep(delay)
-            try:
-                state = await self.agents.query(self.address, self.task_id)
-            except AgentError as error:
-                self._note(error)
-                if error.transient:
-                    continue
-                raise _Finished(Failed(self.node.id, str(error), error.kind)) from None
-            if state is None:
-                if self._dispatches >= self.timing.dispatch_attempts:
-                    raise _Finished(
-                        Failed(
-                            self.node.id,
-                            f"agent {self.address} lost task {self.task_id} "
-                            f"{self._dispatches} times",
-                            FailureKind.UNKNOWN_TASK,
-                        )
+        with self.pacer.watch():
+            while True:
+                await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        age = trio.current_time() - self._since
+        await trio.sleep(jittered(self.pacer.interval(age, self.timing), self.timing, self.rng))
+        try:
+            state = await self.agents.query(self.address, self.task_id)
+        except AgentError as error:
+            self._note(error)
+            if error.transient:
+                return  # keep asking: the deadline bounds an agent that stays away
+            raise _Finished(Failed(self.node.id, str(error), error.kind)) from None
+        if state is None:
+            if self._dispatches >= self.timing.dispatch_attempts:
+                raise _Finished(
+                    Failed(
+                        self.node.id,
+                        f"agent {self.address} lost task {self.task_id} {self._dispatches} times",
+                        FailureKind.UNKNOWN_TASK,
                     )
-                log.warning("node.task_forgotten", task_id=self.task_id)
-                await self._dispatch()
-                continue
-            self._finish_if_terminal(state)
+                )
+            log.warning("node.task_forgotten", task_id=self.task_id)
+            await self._dispatch()
+            return
+        self._finish_if_terminal(state)
 
     def _finish_if_terminal(self, state: TaskState) -> None:
         if state.status is TaskStatus.SUCCESS:

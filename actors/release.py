@@ -13,7 +13,7 @@ import trio
 
 from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
 from actors.node import NodeActor
-from actors.timing import NodeTiming
+from actors.timing import NodeTiming, PollPacer
 from agent.client import AgentClient
 from agent.errors import AgentError
 from agent.protocol import AgentAddress, TaskStatus
@@ -69,6 +69,8 @@ class ReleaseConfig:
     reconcile_timeout: float = 10.0
     store_patience: float = 30.0
     node: NodeTiming = attrs.field(factory=NodeTiming)
+    pacer: PollPacer = attrs.field(factory=PollPacer)
+    """Shared by every release of a daemon: the status-query budget is the daemon's."""
 
 
 @attrs.define
@@ -135,19 +137,10 @@ class ReleaseActor:
         log.info("batch.started", nodes=len(members), to_run=len(todo))
         send, receive = trio.open_memory_channel[NodeMessage](0)
         with _unwrapped(LeaseLost, StoreUnavailable), trio.CancelScope() as batch_scope:
-            async with send, receive, trio.open_nursery() as nursery:
-                for node in todo:
-                    actor = NodeActor(
-                        node=node,
-                        version=self.claim.release.version,
-                        agents=self.agents,
-                        timing=self.config.node,
-                        outbox=send.clone(),
-                        limiter=limiter,
-                        rng=random.Random(node.id),
-                    )
-                    await nursery.start(actor.run)
-                send.close()
+            async with receive, trio.open_nursery() as nursery:
+                # Spawn from a task of its own so that the first nodes report (and dispatch)
+                # while the last ones of a large batch are still being started.
+                nursery.start_soon(self._spawn, nursery, todo, send, limiter)
                 await self._collect(receive, batch_scope)
         await self._flush()
         if batch_scope.cancelled_caught:
@@ -155,6 +148,27 @@ class ReleaseActor:
             await self._reconcile(members)
         else:
             log.info("batch.finished", failures=self._failures)
+
+    async def _spawn(
+        self,
+        nursery: trio.Nursery,
+        todo: Sequence[ReleaseNode],
+        send: trio.MemorySendChannel[NodeMessage],
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        async with send:
+            for node in todo:
+                actor = NodeActor(
+                    node=node,
+                    version=self.claim.release.version,
+                    agents=self.agents,
+                    timing=self.config.node,
+                    outbox=send.clone(),
+                    limiter=limiter,
+                    pacer=self.config.pacer,
+                    rng=random.Random(node.id),
+                )
+                await nursery.start(actor.run)
 
     async def _collect(
         self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope

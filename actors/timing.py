@@ -1,7 +1,8 @@
-"""Retry backoff and adaptive polling: pure schedules, jittered by a caller-owned RNG."""
+"""Retry backoff and paced polling: pure schedules, jittered by a caller-owned RNG."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 
@@ -18,9 +19,9 @@ class NodeTiming:
     dispatch_attempts: int = 5
     retry_initial: float = 1.0
     retry_max: float = 30.0
-    poll_initial: float = 1.0
-    poll_max: float = 2.0
-    poll_factor: float = 1.5
+    poll_initial: float = 0.25
+    poll_max: float = 10.0
+    poll_age_factor: float = 0.05
     jitter: float = 0.1
 
     @classmethod
@@ -32,27 +33,43 @@ class NodeTiming:
             retry_max=settings.retry_max_sec,
             poll_initial=settings.poll_initial_sec,
             poll_max=settings.poll_max_sec,
-            poll_factor=settings.poll_factor,
+            poll_age_factor=settings.poll_age_factor,
         )
 
 
-def _jittered(value: float, jitter: float, rng: random.Random) -> float:
-    return value * (1 + rng.uniform(-jitter, jitter))
+@attrs.define
+class PollPacer:
+    """One daemon's budget of status queries per second, shared by every node it watches.
+
+    A node's next query waits ``watching / rate`` seconds, so the daemon sends about ``rate``
+    queries a second however many nodes are applying, and the interval shrinks as nodes
+    finish: the last nodes of a batch, and a lone canary, are watched closely, which is when
+    quick detection matters. Two floors keep small batches from hammering their agents: the
+    shortest interval, and a fraction of how long the node has been applying (a node that has
+    applied for a minute is asked every few seconds, not every quarter second).
+    """
+
+    rate: float = 2000.0
+    watching: int = 0
+
+    def interval(self, age: float, timing: NodeTiming) -> float:
+        paced = max(timing.poll_initial, self.watching / self.rate, age * timing.poll_age_factor)
+        return min(timing.poll_max, paced)
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        self.watching += 1
+        try:
+            yield
+        finally:
+            self.watching -= 1
+
+
+def jittered(value: float, timing: NodeTiming, rng: random.Random) -> float:
+    """``value`` spread by ±jitter, so a large batch does not act in lockstep."""
+    return value * (1 + rng.uniform(-timing.jitter, timing.jitter))
 
 
 def retry_delay(attempt: int, timing: NodeTiming, rng: random.Random) -> float:
     """Delay before retry number ``attempt`` (1-based): exponential, capped, jittered."""
-    base = min(timing.retry_max, timing.retry_initial * 2 ** (attempt - 1))
-    return _jittered(base, timing.jitter, rng)
-
-
-def poll_delays(timing: NodeTiming, rng: random.Random) -> Iterator[float]:
-    """Delays between status queries: soon after dispatch, then backing off to poll_max.
-
-    Jitter spreads the queries of a large batch so agents and the daemon see a steady
-    stream instead of synchronized bursts.
-    """
-    delay = timing.poll_initial
-    while True:
-        yield _jittered(delay, timing.jitter, rng)
-        delay = min(timing.poll_max, delay * timing.poll_factor)
+    return jittered(min(timing.retry_max, timing.retry_initial * 2 ** (attempt - 1)), timing, rng)

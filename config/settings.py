@@ -143,9 +143,10 @@ class Settings:
     dispatch_attempts: int = _field(5, _integer(1))
     retry_initial_sec: float = _field(1.0, _number(0.001))
     retry_max_sec: float = _field(30.0, _number(0.001))
-    poll_initial_sec: float = _field(1.0, _number(0.001))
-    poll_max_sec: float = _field(2.0, _number(0.001))
-    poll_factor: float = _field(1.5, _number(1.0))
+    poll_initial_sec: float = _field(0.25, _number(0.001))
+    poll_max_sec: float = _field(10.0, _number(0.001))
+    poll_age_factor: float = _field(0.05, _number(0.0, allow_zero=True))
+    poll_rate: float = _field(2000.0, _number(1.0))
 
     # API and logs.
     api_bind: str = _field("127.0.0.1:8080", _bind)

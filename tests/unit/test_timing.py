@@ -1,11 +1,10 @@
-"""Retry backoff and adaptive polling schedules."""
+"""Retry backoff and paced polling."""
 
 from __future__ import annotations
 
-import itertools
 import random
 
-from actors.timing import NodeTiming, poll_delays, retry_delay
+from actors.timing import NodeTiming, PollPacer, jittered, retry_delay
 
 
 def test_retry_backoff_doubles_and_is_capped() -> None:
@@ -14,14 +13,43 @@ def test_retry_backoff_doubles_and_is_capped() -> None:
     assert [retry_delay(n, timing, rng) for n in range(1, 7)] == [1, 2, 4, 8, 8, 8]
 
 
-def test_polling_starts_soon_then_backs_off_to_the_cap() -> None:
-    timing = NodeTiming(poll_initial=0.5, poll_max=2, poll_factor=2, jitter=0)
-    delays = list(itertools.islice(poll_delays(timing, random.Random(0)), 5))
-    assert delays == [0.5, 1, 2, 2, 2]
+def test_a_lone_node_is_polled_soon_after_dispatch() -> None:
+    timing = NodeTiming(poll_initial=0.25, poll_max=10, poll_age_factor=0.05)
+    pacer = PollPacer(rate=1000)
+    with pacer.watch():
+        assert pacer.interval(age=0, timing=timing) == 0.25
 
 
-def test_jitter_spreads_polls_within_bounds() -> None:
-    timing = NodeTiming(poll_initial=1, poll_max=1, jitter=0.1)
-    delays = list(itertools.islice(poll_delays(timing, random.Random(1)), 200))
+def test_many_watched_nodes_share_the_query_budget() -> None:
+    timing = NodeTiming(poll_initial=0.25, poll_max=10, poll_age_factor=0)
+    pacer = PollPacer(rate=1000, watching=5000)
+    assert pacer.interval(age=1, timing=timing) == 5  # 5000 nodes at 1000 queries/s
+    pacer.watching = 50_000
+    assert pacer.interval(age=1, timing=timing) == 10  # capped by poll_max
+    pacer.watching = 10
+    assert pacer.interval(age=1, timing=timing) == 0.25  # last nodes: watched closely
+
+
+def test_a_long_apply_is_polled_less_often() -> None:
+    timing = NodeTiming(poll_initial=0.25, poll_max=10, poll_age_factor=0.05)
+    pacer = PollPacer(rate=1000, watching=1)
+    assert pacer.interval(age=60, timing=timing) == 3
+
+
+def test_watch_counts_nodes_in_and_out_even_on_error() -> None:
+    pacer = PollPacer(rate=1000)
+    try:
+        with pacer.watch():
+            assert pacer.watching == 1
+            raise RuntimeError("agent went away")
+    except RuntimeError:
+        pass
+    assert pacer.watching == 0
+
+
+def test_jitter_spreads_delays_within_bounds() -> None:
+    timing = NodeTiming(jitter=0.1)
+    rng = random.Random(1)
+    delays = [jittered(1.0, timing, rng) for _ in range(200)]
     assert all(0.9 <= d <= 1.1 for d in delays)
     assert len({round(d, 6) for d in delays}) > 100  # not synchronized
