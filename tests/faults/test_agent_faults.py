@@ -9,6 +9,7 @@ No log line of level error or above is written in any case.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 
 import attrs
 import pytest
@@ -104,8 +105,8 @@ async def only_node(world: World, release_id: int) -> ReleaseNode:
 
 async def healthy_release_completes(world: World) -> None:
     """Disable every node there is, add a healthy agent: a new release on it succeeds."""
-    for node in await world.store.list_nodes():
-        await world.store.update_node(node.id, enabled=False)
+    for faulty in await world.store.list_nodes():
+        await world.store.update_node(faulty.id, enabled=False)
     await world.serve_fleet(1, first_host=HEALTHY_HOST, prefix="healthy")
     created = await world.store.create_release(ReleaseSpec(reason="after the fault"))
     release = await world.wait_terminal(created.release.id)
@@ -183,12 +184,16 @@ async def test_agent_restarted_mid_apply_gets_the_same_task_again_and_succeeds(
     assert_no_error_logs(logs)
 
 
+def dispatched_more_than(fleet: SimulatedFleet, host: str, task_id: str, count: int) -> bool:
+    return fleet.dispatch_count(host, task_id) > count
+
+
 async def forget_every_task(fleet: SimulatedFleet, host: str, task_id: str) -> None:
     """Restart the agent after every dispatch of ``task_id`` that reaches it."""
-    seen = 0
+    forgotten = 0
     while True:
-        await wait_until(lambda s=seen: fleet.dispatch_count(host, task_id) > s, limit=60)  # type: ignore[misc]
-        seen = fleet.dispatch_count(host, task_id)
+        await wait_until(partial(dispatched_more_than, fleet, host, task_id, forgotten), limit=60)
+        forgotten = fleet.dispatch_count(host, task_id)
         fleet.restart(1)
 
 

@@ -291,7 +291,7 @@ async def test_without_notify_releases_start_within_the_poll_interval(
     pg_store: PostgresStore, certs: CertPaths
 ) -> None:
     deaf = DeafStore(pg_store)
-    async with open_world(deaf, certs) as world:  # type: ignore[arg-type]
+    async with open_world(deaf, certs) as world:
         await world.serve_fleet(2)
         await world.start_daemon("faults-deaf", interval_sec=SHORT_INTERVAL)
         delays = []
