@@ -1,0 +1,88 @@
+"""``fleetwave demo`` from nothing: its own database, certificates, agents and daemon; both
+releases end as it says, and it exits 0 leaving nothing running."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from store.embedded import EmbeddedPostgres
+from tests.e2e.harness import REPO, fleetwave
+from tests.integration.conftest import server_directory
+
+pytestmark = pytest.mark.postgres
+
+DEMO_LIMIT = 120.0
+STOP_GRACE = 30.0
+
+
+def processes_using(directory: Path) -> list[int]:
+    """Processes whose environment or command line names ``directory`` (the demo's children:
+    its daemon holds certificate paths there, its PostgreSQL the data directory)."""
+    marker = str(directory).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            text = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in text:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def demo_dir() -> Iterator[Path]:
+    directory = server_directory()
+    try:
+        yield directory
+    finally:
+        # Only if the demo itself could not clean up (it was killed): nothing stays behind.
+        EmbeddedPostgres(directory / "pg").stop()
+        for pid in processes_using(directory):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "demo.out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWAVE_")}
+
+    async def stop(process: trio.Process) -> None:
+        process.terminate()
+        with trio.move_on_after(STOP_GRACE):
+            await process.wait()
+            return
+        process.kill()
+
+    with output.open("wb") as sink, trio.fail_after(DEMO_LIMIT + STOP_GRACE + 5):
+        result = await trio.run_process(
+            fleetwave("demo", "--data-dir", str(demo_dir)),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            check=False,
+            deliver_cancel=stop,
+        )
+    text = output.read_text(errors="replace")
+    assert result.returncode == 0, text[-4000:]
+    assert "release 1 (version 1): success  success 20/20, failed 0, skipped 0" in text, text
+    assert "release 2 (version 2): failed   success 0/20, failed 1, skipped 19" in text, text
+    assert "token: fw_" in text
+    assert processes_using(demo_dir) == []
+    assert not EmbeddedPostgres(demo_dir / "pg").running
