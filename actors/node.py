@@ -66,7 +66,9 @@ class NodeActor:
             task_status.started()
             async with self.limiter:
                 outcome: Succeeded | Failed | None = None
-                with trio.move_on_after(self.timing.deadline):
+                # Counted from the start, not from the first poll: while a large batch is still
+                # dispatching, its first nodes must not spend the query budget on their own.
+                with self.pacer.watch(), trio.move_on_after(self.timing.deadline):
                     outcome = await self._drive()
                 if outcome is None:
                     detail = f" (last error: {self._last_error})" if self._last_error else ""
@@ -131,9 +133,8 @@ class NodeActor:
         await self.outbox.send(Dispatched(self.node.id, self.task_id, self._dispatches))
 
     async def _poll(self) -> None:
-        with self.pacer.watch():
-            while True:
-                await self._poll_once()
+        while True:
+            await self._poll_once()
 
     async def _poll_once(self) -> None:
         age = trio.current_time() - self._since

@@ -77,3 +77,7 @@ def _route_stdlib_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx and httpcore log every request at INFO and DEBUG: thousands a second while a
+    # large batch is polled. The daemon logs what matters about agent calls itself.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
