@@ -9,7 +9,7 @@ import structlog
 import trio
 
 from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
-from actors.timing import NodeTiming, PollPacer, jittered, retry_delay
+from actors.timing import NodeTiming, PollShare, jittered, retry_delay
 from agent.client import AgentClient
 from agent.errors import AgentError, FailureKind
 from agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
@@ -42,7 +42,7 @@ class NodeActor:
     timing: NodeTiming
     outbox: trio.MemorySendChannel[NodeMessage]
     limiter: trio.CapacityLimiter
-    pacer: PollPacer
+    pacer: PollShare
     rng: random.Random = attrs.field(factory=random.Random)
     _last_error: str | None = None
     _dispatches: int = 0
@@ -66,10 +66,11 @@ class NodeActor:
             task_status.started()
             async with self.limiter:
                 outcome: Succeeded | Failed | None = None
-                # Counted from the start, not from the first poll: while a large batch is still
-                # dispatching, its first nodes must not spend the query budget on their own.
-                with self.pacer.watch(), trio.move_on_after(self.timing.deadline):
-                    outcome = await self._drive()
+                try:
+                    with trio.move_on_after(self.timing.deadline):
+                        outcome = await self._drive()
+                finally:
+                    self.pacer.finished()
                 if outcome is None:
                     detail = f" (last error: {self._last_error})" if self._last_error else ""
                     outcome = Failed(

@@ -13,7 +13,7 @@ import trio
 
 from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
 from actors.node import NodeActor
-from actors.timing import NodeTiming, PollPacer
+from actors.timing import NodeTiming, PollPacer, PollShare
 from agent.client import AgentClient
 from agent.errors import AgentError
 from agent.protocol import AgentAddress, TaskStatus
@@ -136,11 +136,15 @@ class ReleaseActor:
         todo = [node for node in members if not node.status.terminal]
         log.info("batch.started", nodes=len(members), to_run=len(todo))
         send, receive = trio.open_memory_channel[NodeMessage](0)
-        with _unwrapped(LeaseLost, StoreUnavailable), trio.CancelScope() as batch_scope:
+        with (
+            _unwrapped(LeaseLost, StoreUnavailable),
+            trio.CancelScope() as batch_scope,
+            self.config.pacer.share(len(todo)) as pacing,
+        ):
             async with receive, trio.open_nursery() as nursery:
                 # Spawn from a task of its own so that the first nodes report (and dispatch)
                 # while the last ones of a large batch are still being started.
-                nursery.start_soon(self._spawn, nursery, todo, send, limiter)
+                nursery.start_soon(self._spawn, nursery, todo, send, limiter, pacing)
                 await self._collect(receive, batch_scope)
         await self._flush()
         if batch_scope.cancelled_caught:
@@ -155,6 +159,7 @@ class ReleaseActor:
         todo: Sequence[ReleaseNode],
         send: trio.MemorySendChannel[NodeMessage],
         limiter: trio.CapacityLimiter,
+        pacing: PollShare,
     ) -> None:
         async with send:
             for node in todo:
@@ -165,7 +170,7 @@ class ReleaseActor:
                     timing=self.config.node,
                     outbox=send.clone(),
                     limiter=limiter,
-                    pacer=self.config.pacer,
+                    pacer=pacing,
                     rng=random.Random(node.id),
                 )
                 await nursery.start(actor.run)

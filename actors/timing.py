@@ -44,9 +44,10 @@ class PollPacer:
     A node's next query waits ``watching / rate`` seconds, so the daemon sends about ``rate``
     queries a second however many nodes are applying, and the interval shrinks as nodes
     finish: the last nodes of a batch, and a lone canary, are watched closely, which is when
-    quick detection matters. Two floors keep small batches from hammering their agents: the
-    shortest interval, and a fraction of how long the node has been applying (a node that has
-    applied for a minute is asked every few seconds, not every quarter second).
+    quick detection matters. A batch counts in full from its start, so that its first nodes do
+    not spend the budget while the rest are still being dispatched. Two floors keep small
+    batches from hammering their agents: the shortest interval, and a fraction of how long the
+    node has been applying (a node applying for a minute is asked every few seconds).
     """
 
     rate: float = 2000.0
@@ -57,12 +58,31 @@ class PollPacer:
         return min(timing.poll_max, paced)
 
     @contextlib.contextmanager
-    def watch(self) -> Iterator[None]:
-        self.watching += 1
+    def share(self, count: int) -> Iterator[PollShare]:
+        """Count a batch of ``count`` nodes as watched until each finishes or the block ends."""
+        share = PollShare(self, count)
+        self.watching += count
         try:
-            yield
+            yield share
         finally:
-            self.watching -= 1
+            self.watching -= share.remaining
+            share.remaining = 0
+
+
+@attrs.define
+class PollShare:
+    """A batch's part of a PollPacer; each of its nodes calls ``finished`` once."""
+
+    pacer: PollPacer
+    remaining: int
+
+    def interval(self, age: float, timing: NodeTiming) -> float:
+        return self.pacer.interval(age, timing)
+
+    def finished(self) -> None:
+        if self.remaining > 0:
+            self.remaining -= 1
+            self.pacer.watching -= 1
 
 
 def jittered(value: float, timing: NodeTiming, rng: random.Random) -> float:

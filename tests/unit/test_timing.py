@@ -16,8 +16,8 @@ def test_retry_backoff_doubles_and_is_capped() -> None:
 def test_a_lone_node_is_polled_soon_after_dispatch() -> None:
     timing = NodeTiming(poll_initial=0.25, poll_max=10, poll_age_factor=0.05)
     pacer = PollPacer(rate=1000)
-    with pacer.watch():
-        assert pacer.interval(age=0, timing=timing) == 0.25
+    with pacer.share(1) as share:
+        assert share.interval(age=0, timing=timing) == 0.25
 
 
 def test_many_watched_nodes_share_the_query_budget() -> None:
@@ -36,12 +36,22 @@ def test_a_long_apply_is_polled_less_often() -> None:
     assert pacer.interval(age=60, timing=timing) == 3
 
 
-def test_watch_counts_nodes_in_and_out_even_on_error() -> None:
+def test_a_batch_counts_in_full_until_its_nodes_finish() -> None:
+    pacer = PollPacer(rate=1000)
+    with pacer.share(3) as share:
+        assert pacer.watching == 3
+        share.finished()
+        share.finished()
+        assert pacer.watching == 1
+    assert pacer.watching == 0  # the block's end releases what did not finish
+
+
+def test_a_batch_share_is_released_even_on_error() -> None:
     pacer = PollPacer(rate=1000)
     try:
-        with pacer.watch():
-            assert pacer.watching == 1
-            raise RuntimeError("agent went away")
+        with pacer.share(5) as share:
+            share.finished()
+            raise RuntimeError("batch cancelled")
     except RuntimeError:
         pass
     assert pacer.watching == 0
