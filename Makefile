@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck install clean
+.PHONY: test test-faults demo lint typecheck install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +20,14 @@ typecheck: $(STAMP)
 
 install: $(STAMP)
 
-# The whole suite: lint, types, then unit, simulation, API, integration and end-to-end tests.
+# Lint, types, then unit, simulation, API, integration and end-to-end tests.
 test: lint typecheck
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q tests --ignore=tests/faults
+
+# Fault injection with real processes: killed and stalled daemons, database restarts, agent
+# faults, API fuzzing. Sizes are environment settings (docs/reliability.md).
+test-faults: $(STAMP)
+	$(BIN)/pytest -q tests/faults
 
 demo: $(STAMP)
 	$(BIN)/fleetwave demo
