@@ -135,17 +135,24 @@ class ReleaseActor:
     ) -> None:
         todo = [node for node in members if not node.status.terminal]
         log.info("batch.started", nodes=len(members), to_run=len(todo))
-        send, receive = trio.open_memory_channel[NodeMessage](0)
-        with (
-            _unwrapped(LeaseLost, StoreUnavailable),
-            trio.CancelScope() as batch_scope,
-            self.config.pacer.share(len(todo)) as pacing,
-        ):
-            async with receive, trio.open_nursery() as nursery:
-                # Spawn from a task of its own so that the first nodes report (and dispatch)
-                # while the last ones of a large batch are still being started.
-                nursery.start_soon(self._spawn, nursery, todo, send, limiter, pacing)
-                await self._collect(receive, batch_scope)
+        # A buffer of one message per node: a node never waits for the writer, so dispatching
+        # goes on while a tick is written (with no buffer every write stalled the whole batch).
+        send, receive = trio.open_memory_channel[NodeMessage](max(1, len(todo)))
+        with receive:
+            with (
+                _unwrapped(LeaseLost, StoreUnavailable),
+                trio.CancelScope() as batch_scope,
+                self.config.pacer.share(len(todo)) as pacing,
+            ):
+                async with trio.open_nursery() as nursery:
+                    # Spawn from a task of its own so that the first nodes report (and
+                    # dispatch) while the last ones of a large batch are still being started.
+                    nursery.start_soon(self._spawn, nursery, todo, send, limiter, pacing)
+                    await self._collect(receive, batch_scope)
+            if batch_scope.cancelled_caught:
+                # What was sent before the cancel is still buffered: a Dispatching among it
+                # means that agent may have the task, so it must be reconciled, not skipped.
+                await self._drain(receive, batch_scope)
         await self._flush()
         if batch_scope.cancelled_caught:
             log.warning("batch.aborted", reason=self._error)
@@ -192,6 +199,16 @@ class ReleaseActor:
                 await self._flush()
             else:
                 await self._handle(message, batch_scope)
+
+    async def _drain(
+        self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope
+    ) -> None:
+        while True:
+            try:
+                message = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            await self._handle(message, batch_scope)
 
     async def _handle(self, message: NodeMessage, batch_scope: trio.CancelScope) -> None:
         match message:

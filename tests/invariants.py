@@ -54,3 +54,6 @@ async def assert_release_invariants(
         if fleet is not None and node.main_ip in fleet.hosts:
             ids = {t for t in fleet.task_ids(node.main_ip) if t.endswith(f"_{release.version}")}
             assert ids <= {expected}, ids
+            # A node whose agent received the task was touched: never reported as skipped.
+            if ids:
+                assert node.status is not NodeStatus.SKIPPED, node
