@@ -21,7 +21,7 @@ class NodeTiming:
     retry_max: float = 30.0
     poll_initial: float = 0.25
     poll_max: float = 10.0
-    poll_age_factor: float = 0.05
+    poll_age_factor: float = 0.02
     jitter: float = 0.1
 
     @classmethod

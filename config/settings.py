@@ -145,7 +145,7 @@ class Settings:
     retry_max_sec: float = _field(30.0, _number(0.001))
     poll_initial_sec: float = _field(0.25, _number(0.001))
     poll_max_sec: float = _field(10.0, _number(0.001))
-    poll_age_factor: float = _field(0.05, _number(0.0, allow_zero=True))
+    poll_age_factor: float = _field(0.02, _number(0.0, allow_zero=True))
     poll_rate: float = _field(2000.0, _number(1.0))
 
     # API and logs.
