@@ -290,7 +290,7 @@ def create_app(store: Store) -> Starlette:
         _route("/api/v1/nodes", GET=guarded(api.list_nodes), POST=guarded(api.register_node)),
         _route("/api/v1/nodes/{id}", PATCH=guarded(api.update_node)),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestLog)],
         exception_handlers={
@@ -299,3 +299,7 @@ def create_app(store: Store) -> Starlette:
             HTTPException: _http_error,
         },
     )
+    # "/api/v1/releases/" is not a route: a 404 in the envelope, not a bare redirect that
+    # scripts following the original API would not expect.
+    app.router.redirect_slashes = False
+    return app

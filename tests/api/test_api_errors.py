@@ -83,3 +83,11 @@ async def test_each_request_is_logged_once_without_the_token(
     assert isinstance(line["duration_ms"], float)
     assert line["token_name"] == "tests"
     assert token not in repr(logs)
+
+
+async def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_redirect(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/api/v1/releases/")
+    assert response.status_code == 404
+    assert response.json()["code"] == 3001
