@@ -292,20 +292,62 @@ class MemoryStore:
         )
         if not online:
             raise Conflict("no online nodes")
-        now = self.now()
         version = max((row.version for row in self._releases.values()), default=0) + 1
-        row = _ReleaseRow(
-            id=self._next_id(),
+        row = self._insert(
+            version,
+            assign_batches(plan, online),
+            status=ReleaseStatus.PENDING,
             type=spec.type,
             target=spec.target,
             scope=spec.scope,
-            version=version,
-            status=ReleaseStatus.PENDING,
-            total_nodes=len(online),
             plan=plan,
             max_parallel=spec.max_parallel,
             max_failures=spec.max_failures,
             reason=spec.reason,
+        )
+        self._event(row.id, None, None, None, row.status, "created", None)
+        for wake in list(self._wakers):
+            wake()
+        nodes = await self.release_nodes(row.id)
+        return CreatedRelease(self._release(row), node_ids_by_batch(nodes))
+
+    def insert_seed_release(
+        self, version: int, batches: Sequence[Sequence[int]], *, status: str = "pending"
+    ) -> int:
+        """Insert a release the way the original CMDB did: seed columns only, no plan/scope."""
+        placed = [
+            (node_id, number) for number, batch in enumerate(batches, start=1) for node_id in batch
+        ]
+        return self._insert(version, placed, status=ReleaseStatus(status)).id
+
+    def _insert(
+        self,
+        version: int,
+        placed: Sequence[tuple[int, int]],
+        *,
+        status: ReleaseStatus,
+        type: str = "apply_config",
+        target: str = "cdn",
+        scope: str | None = None,
+        plan: tuple[int | str, ...] | None = None,
+        max_parallel: int | None = None,
+        max_failures: int = 0,
+        reason: str = "",
+    ) -> _ReleaseRow:
+        """One release row and its node rows; ``placed`` is (node id, batch) in order."""
+        now = self.now()
+        row = _ReleaseRow(
+            id=self._next_id(),
+            type=type,
+            target=target,
+            scope=scope,
+            version=version,
+            status=status,
+            total_nodes=len(placed),
+            plan=plan,
+            max_parallel=max_parallel,
+            max_failures=max_failures,
+            reason=reason,
             created_at=now,
             updated_at=now,
         )
@@ -318,48 +360,9 @@ class MemoryStore:
                 batch=batch,
                 status=NodeStatus.PENDING,
             )
-            for node_id, batch in assign_batches(plan, online)
+            for node_id, batch in placed
         ]
-        self._event(row.id, None, None, None, row.status, "created", None)
-        for wake in list(self._wakers):
-            wake()
-        nodes = await self.release_nodes(row.id)
-        return CreatedRelease(self._release(row), node_ids_by_batch(nodes))
-
-    def insert_seed_release(
-        self, version: int, batches: Sequence[Sequence[int]], *, status: str = "pending"
-    ) -> int:
-        """Insert a release the way the original CMDB did: seed columns only, no plan/scope."""
-        now = self.now()
-        node_ids = [node_id for batch in batches for node_id in batch]
-        row = _ReleaseRow(
-            id=self._next_id(),
-            type="apply_config",
-            target="cdn",
-            scope=None,
-            version=version,
-            status=ReleaseStatus(status),
-            total_nodes=len(node_ids),
-            plan=None,
-            max_parallel=None,
-            max_failures=0,
-            reason="",
-            created_at=now,
-            updated_at=now,
-        )
-        self._releases[row.id] = row
-        self._release_nodes[row.id] = [
-            _NodeRow(
-                id=self._next_id(),
-                release_id=row.id,
-                node_id=node_id,
-                batch=number,
-                status=NodeStatus.PENDING,
-            )
-            for number, batch in enumerate(batches, start=1)
-            for node_id in batch
-        ]
-        return row.id
+        return row
 
     async def get_release(self, release_id: int) -> Release | None:
         await self._available()
