@@ -21,6 +21,7 @@ from config import Settings, load_settings
 from store.base import Store
 from store.models import Release
 from supervisor import Supervisor
+from tests.waiting import wait_terminal
 
 FAST: dict[str, object] = {
     "interval_sec": 0.5,
@@ -109,13 +110,7 @@ class World:
         return supervisor
 
     async def wait_terminal(self, release_id: int, limit: float = 30) -> Release:
-        with trio.fail_after(limit):
-            while True:
-                release = await self.store.get_release(release_id)
-                assert release is not None
-                if release.status.terminal:
-                    return release
-                await trio.sleep(0.1)
+        return await wait_terminal(self.store, release_id, limit=limit, step=0.1)
 
 
 @asynccontextmanager

@@ -15,6 +15,7 @@ from config import Settings, load_settings
 from store.memory import MemoryStore
 from store.models import Node, Release, ReleaseSpec
 from supervisor import Supervisor
+from tests.waiting import wait_terminal
 
 
 def sim_settings(**overrides: object) -> Settings:
@@ -61,13 +62,7 @@ class Sim:
         return created.release.id
 
     async def wait_terminal(self, release_id: int, limit: float = 3600) -> Release:
-        with trio.fail_after(limit):
-            while True:
-                release = await self.store.get_release(release_id)
-                assert release is not None
-                if release.status.terminal:
-                    return release
-                await trio.sleep(0.5)
+        return await wait_terminal(self.store, release_id, limit=limit, step=0.5)
 
     async def wait_for(self, condition: Callable[[], object], limit: float = 3600) -> None:
         with trio.fail_after(limit):
