@@ -2,7 +2,12 @@
 
 ``start_daemon(nursery, daemon_id, env)`` runs the daemon with the given settings (the
 environment of this process is not inherited beyond PATH-like basics), reads its stdout
-line by line and keeps every JSON log entry. ``stop()`` sends SIGTERM and waits, bounded.
+line by line and keeps every JSON log entry. ``stop()`` sends SIGTERM and waits, bounded;
+``kill()`` is SIGKILL, ``pause()`` / ``resume()`` are SIGSTOP / SIGCONT.
+
+``open_daemons(env, directory)`` is a group of daemons on one environment: ``start(id)``
+runs one more, and every daemon still running when the block ends is killed, also when the
+block fails, so a test never leaves a process behind.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 SERVE = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))", "serve"]
 _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
 STOP_TIMEOUT = 20.0
+KILL_TIMEOUT = 5.0
 
 
 def daemon_env(certs: CertPaths, database_url: str, **settings: object) -> dict[str, str]:
@@ -95,6 +102,20 @@ class Daemon:
         await self.process.wait()
         raise AssertionError(f"{self.daemon_id} did not stop within {STOP_TIMEOUT}s of SIGTERM")
 
+    async def kill(self) -> None:
+        """SIGKILL (a stopped process dies too), then wait for it to be gone, bounded."""
+        if self.alive:
+            self.process.kill()
+        with trio.fail_after(KILL_TIMEOUT):
+            await self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, holding its connections, and runs nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
 
 async def start_daemon(
     nursery: trio.Nursery, daemon_id: str, env: Mapping[str, str], stderr_dir: Path
@@ -118,3 +139,38 @@ async def start_daemon(
         process.kill()
         raise
     return daemon
+
+
+@attrs.define
+class DaemonGroup:
+    """Daemons started on one environment; see ``open_daemons``."""
+
+    nursery: trio.Nursery
+    env: Mapping[str, str]
+    directory: Path
+    daemons: list[Daemon] = attrs.field(factory=list)
+
+    async def start(self, daemon_id: str, **settings: object) -> Daemon:
+        """One more daemon, with ``settings`` (by environment variable name) over the group's."""
+        env = {**self.env, **{name: str(value) for name, value in settings.items()}}
+        daemon = await start_daemon(self.nursery, daemon_id, env, self.directory)
+        self.daemons.append(daemon)
+        return daemon
+
+    def kill_all(self) -> None:
+        for daemon in self.daemons:
+            if daemon.alive:
+                daemon.process.kill()
+
+
+@asynccontextmanager
+async def open_daemons(env: Mapping[str, str], directory: Path) -> AsyncIterator[DaemonGroup]:
+    async with trio.open_nursery() as nursery:
+        group = DaemonGroup(nursery, env, directory)
+        try:
+            yield group
+        finally:
+            group.kill_all()
+            with trio.move_on_after(KILL_TIMEOUT, shield=True):
+                for daemon in group.daemons:
+                    await daemon.process.wait()

@@ -1,0 +1,450 @@
+"""The kill -9 soak: daemons on one database, killed with SIGKILL at random moments.
+
+Several ``fleetwave serve`` processes share one PostgreSQL database and drive releases over an
+in-process simulated fleet served over mutual TLS on loopback. While the releases run, a
+daemon that holds releases is killed with SIGKILL at a random moment and restarted at once
+under a new daemon id, ``kills`` times. Then the report counts what must never happen (lost
+releases, releases or nodes finished twice, nodes dispatched under two taskIds or dispatched
+again after their dispatch was recorded, counters disagreeing with node rows) and measures
+takeover: from the kill to the next claim of each release the killed daemon held, both by
+the database's clock.
+
+The pytest test (tests/faults/test_kill_soak.py) runs it at the sizes of the environment
+(CI's by default); ``python -m tests.faults.soak [--big] [--json PATH]`` runs it outside
+pytest on an embedded PostgreSQL of its own and prints the same report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from agent.certs import CertPaths, init_certs
+from agent.sim import Behaviour, SimulatedFleet
+from store.base import Store
+from store.embedded import EmbeddedPostgres
+from store.models import NodeStatus, ReleaseSpec, ReleaseStatus, task_id_for
+from store.postgres import open_loop_and_store
+from tests.e2e.harness import FAST
+from tests.faults.daemons import Daemon, DaemonGroup, daemon_env, open_daemons
+from tests.integration.conftest import TEST_SERVER_SETTINGS, run_sql, server_directory
+from tests.invariants import assert_release_invariants
+from tests.world import open_world
+
+TERMINAL_NODE = frozenset(status.value for status in NodeStatus if status.terminal)
+TERMINAL_RELEASE = frozenset(status.value for status in ReleaseStatus if status.terminal)
+CLAIM_MESSAGE = "claimed by "
+
+
+@attrs.frozen(kw_only=True)
+class SoakSizes:
+    """How big the soak is. Defaults are CI's; ``BIG`` is the long run."""
+
+    releases: int = 30
+    agents: int = 20
+    kills: int = 10
+    daemons: int = 3
+    scopes: int = 6
+    """Releases of one scope run one after another; scopes run side by side."""
+    max_releases: int = 3
+    """Per daemon. Survivors of a kill must have room for the dead daemon's releases:
+    (daemons - 1) * max_releases >= scopes, else a takeover waits for a free slot."""
+    lease_ttl_sec: float = 3.0
+    interval_sec: float = 0.5
+    apply_time: tuple[float, float] = (1.0, 4.0)
+    kill_gap_sec: tuple[float, float] = (1.0, 3.0)
+    """Seconds between one restart and the next kill, uniform."""
+    deadline_sec: float = 180.0
+    """From the creation of the releases; a release not terminal by then is lost."""
+    seed: int = attrs.field(factory=lambda: random.SystemRandom().randrange(1 << 32))
+
+    @property
+    def takeover_bound_sec(self) -> float:
+        """The promise: a dead daemon's releases are claimed again within this."""
+        return self.lease_ttl_sec + self.interval_sec + 1.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, big: bool = False) -> SoakSizes:
+        """``BIG`` or the CI sizes, each overridden by ``FLEETWAVE_SOAK_<NAME>``."""
+        base = BIG if big else cls()
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            text = environ.get(f"FLEETWAVE_SOAK_{field.name.upper()}")
+            if text is None:
+                continue
+            if isinstance(getattr(base, field.name), tuple):
+                low, _, high = text.partition("..")
+                values[field.name] = (float(low), float(high or low))
+            else:
+                values[field.name] = type(getattr(base, field.name))(text)
+        return attrs.evolve(base, **values)
+
+
+BIG = SoakSizes(releases=200, agents=200, kills=30, scopes=8, max_releases=4, deadline_sec=900)
+
+
+@attrs.frozen
+class Kill:
+    daemon_id: str
+    at: float
+    """Database clock (epoch seconds), read just before the signal."""
+    held: tuple[int, ...]
+    """Releases the killed daemon held when it died."""
+
+
+@attrs.frozen(kw_only=True)
+class SoakReport:
+    sizes: SoakSizes
+    seconds: float
+    kills: int
+    succeeded: int
+    failed: int
+    lost: int
+    """Not terminal by the deadline."""
+    releases_finished_twice: int
+    nodes_finished_twice: int
+    nodes_with_two_task_ids: int
+    nodes_redispatched_after_recorded: int
+    """Dispatched again although a dispatch of theirs was already recorded (the agent never
+    forgets a task here, so a resumed running node must be queried, not dispatched)."""
+    redispatches: int
+    """Repeated dispatches in all: a daemon killed between sending a dispatch and recording
+    it leaves a pending node, which the next owner dispatches again (the same taskId)."""
+    counter_mismatches: int
+    invariant_failures: tuple[str, ...]
+    """What tests/invariants.py found wrong, one line per release."""
+    takeovers: tuple[float, ...]
+    """Seconds from each kill to the next claim of each release the killed daemon held."""
+    error_lines: int
+    """Log lines of level error or above from every daemon incarnation."""
+
+    @property
+    def takeover_p50(self) -> float:
+        return percentile(self.takeovers, 0.50)
+
+    @property
+    def takeover_p99(self) -> float:
+        return percentile(self.takeovers, 0.99)
+
+    @property
+    def violations(self) -> int:
+        return (
+            self.lost
+            + self.releases_finished_twice
+            + self.nodes_finished_twice
+            + self.nodes_with_two_task_ids
+            + self.nodes_redispatched_after_recorded
+            + self.counter_mismatches
+            + len(self.invariant_failures)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sizes": attrs.asdict(self.sizes),
+            "seconds": round(self.seconds, 1),
+            "kills": self.kills,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "lost": self.lost,
+            "releases_finished_twice": self.releases_finished_twice,
+            "nodes_finished_twice": self.nodes_finished_twice,
+            "nodes_with_two_task_ids": self.nodes_with_two_task_ids,
+            "nodes_redispatched_after_recorded": self.nodes_redispatched_after_recorded,
+            "redispatches": self.redispatches,
+            "counter_mismatches": self.counter_mismatches,
+            "invariant_failures": list(self.invariant_failures),
+            "takeovers": len(self.takeovers),
+            "takeover_p50_sec": round(self.takeover_p50, 3),
+            "takeover_p99_sec": round(self.takeover_p99, 3),
+            "takeover_max_sec": round(max(self.takeovers, default=math.nan), 3),
+            "takeover_bound_sec": self.sizes.takeover_bound_sec,
+            "error_lines": self.error_lines,
+        }
+
+    def table(self) -> str:
+        s = self.sizes
+        rows = [
+            ("releases / agents / daemons", f"{s.releases} / {s.agents} / {s.daemons}"),
+            ("kills (SIGKILL, restarted)", f"{self.kills} of {s.kills}"),
+            ("lease TTL / claim interval", f"{s.lease_ttl_sec:g} s / {s.interval_sec:g} s"),
+            ("seed", str(s.seed)),
+            ("wall time", f"{self.seconds:.1f} s"),
+            ("succeeded / failed", f"{self.succeeded} / {self.failed}"),
+            ("lost (not terminal by the deadline)", str(self.lost)),
+            ("releases finished twice", str(self.releases_finished_twice)),
+            ("nodes finished twice", str(self.nodes_finished_twice)),
+            ("nodes dispatched under two taskIds", str(self.nodes_with_two_task_ids)),
+            ("nodes re-dispatched after recorded", str(self.nodes_redispatched_after_recorded)),
+            ("counters disagreeing with node rows", str(self.counter_mismatches)),
+            ("releases failing tests/invariants.py", str(len(self.invariant_failures))),
+            ("repeated dispatches (same taskId)", str(self.redispatches)),
+            ("takeovers measured", str(len(self.takeovers))),
+            ("takeover p50 / p99 / max", _takeover_text(self.takeovers)),
+            ("takeover bound (TTL + interval + 1 s)", f"{s.takeover_bound_sec:g} s"),
+            ("daemon log lines at error level", str(self.error_lines)),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _takeover_text(takeovers: Sequence[float]) -> str:
+    if not takeovers:
+        return "-"
+    p50, p99 = percentile(takeovers, 0.5), percentile(takeovers, 0.99)
+    return f"{p50:.2f} s / {p99:.2f} s / {max(takeovers):.2f} s"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest rank; NaN when there are no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+async def database_clock(database_url: str) -> float:
+    """The database's clock now, in epoch seconds (the clock of every lease and event)."""
+    return float(await run_sql(database_url, "SELECT extract(epoch FROM clock_timestamp())"))
+
+
+async def releases_held_by(database_url: str, daemon_id: str) -> tuple[int, ...]:
+    output = await run_sql(
+        database_url,
+        "SELECT id FROM release_tasks WHERE status = 'running' AND lease_owner = "
+        f"'{daemon_id}' ORDER BY id",
+    )
+    return tuple(int(line) for line in output.split())
+
+
+async def lease_owners(database_url: str) -> set[str]:
+    output = await run_sql(
+        database_url,
+        "SELECT DISTINCT lease_owner FROM release_tasks"
+        " WHERE status = 'running' AND lease_owner IS NOT NULL",
+    )
+    return set(output.split())
+
+
+def soak_env(sizes: SoakSizes, certs: CertPaths, database_url: str) -> dict[str, str]:
+    settings: dict[str, object] = {
+        **FAST,
+        "FLEETWAVE_LEASE_TTL_SEC": sizes.lease_ttl_sec,
+        "RELEASE_EXECUTOR_INTERVAL_SEC": sizes.interval_sec,
+        "FLEETWAVE_MAX_RELEASES": sizes.max_releases,
+    }
+    return daemon_env(certs, database_url, **settings)
+
+
+@attrs.define
+class _Soak:
+    sizes: SoakSizes
+    database_url: str
+    group: DaemonGroup
+    rng: random.Random
+    slots: list[Daemon] = attrs.field(factory=list)
+    incarnations: Counter[int] = attrs.field(factory=Counter)
+    kills: list[Kill] = attrs.field(factory=list)
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+    async def start(self, slot: int) -> Daemon:
+        self.incarnations[slot] += 1
+        return await self.group.start(f"soak-{slot}.{self.incarnations[slot]}")
+
+    async def kill_at_random(self) -> None:
+        for _ in range(self.sizes.kills):
+            with trio.move_on_after(self.rng.uniform(*self.sizes.kill_gap_sec)):
+                await self.done.wait()
+            if self.done.is_set():
+                return
+            owners = await lease_owners(self.database_url)
+            holding = [k for k, d in enumerate(self.slots) if d.daemon_id in owners]
+            slot = self.rng.choice(holding or range(len(self.slots)))
+            victim = self.slots[slot]
+            at = await database_clock(self.database_url)
+            await victim.kill()
+            held = await releases_held_by(self.database_url, victim.daemon_id)
+            self.kills.append(Kill(victim.daemon_id, at, held))
+            self.slots[slot] = await self.start(slot)
+
+
+async def run_soak(
+    sizes: SoakSizes, *, database_url: str, certs: CertPaths, directory: Path
+) -> SoakReport:
+    """Run the soak on an empty, reachable database; ``certs`` must cover ``sizes.agents``.
+    The fleet and the store live in this process; the daemons are child processes."""
+    async with (
+        open_loop_and_store(database_url, max_size=4) as store,
+        open_world(store, certs) as world,
+    ):
+        fleet = await world.serve_fleet(
+            sizes.agents, behaviour=Behaviour(apply_time=sizes.apply_time)
+        )
+        async with open_daemons(soak_env(sizes, certs, database_url), directory) as group:
+            soak = _Soak(sizes, database_url, group, random.Random(sizes.seed))
+            for slot in range(sizes.daemons):
+                soak.slots.append(await soak.start(slot))
+            started = trio.current_time()
+            release_ids = []
+            for k in range(sizes.releases):
+                spec = ReleaseSpec(reason=f"soak {k}", scope=f"lane-{k % sizes.scopes}")
+                release_ids.append((await store.create_release(spec)).release.id)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(soak.kill_at_random)
+                with trio.move_on_after(sizes.deadline_sec):
+                    await _wait_all_terminal(store, release_ids)
+                soak.done.set()
+            seconds = trio.current_time() - started
+            logs = [entry for daemon in group.daemons for entry in daemon.logs]
+        return await _report(sizes, store, fleet, release_ids, soak.kills, seconds, logs)
+
+
+async def _wait_all_terminal(store: Store, release_ids: Sequence[int]) -> None:
+    waiting = list(release_ids)
+    while waiting:
+        release = await store.get_release(waiting[0])
+        if release is not None and release.status.terminal:
+            waiting.pop(0)
+        else:
+            await trio.sleep(0.25)
+
+
+async def _report(
+    sizes: SoakSizes,
+    store: Store,
+    fleet: SimulatedFleet,
+    release_ids: Sequence[int],
+    kills: Sequence[Kill],
+    seconds: float,
+    logs: Sequence[Mapping[str, Any]],
+) -> SoakReport:
+    outcomes: Counter[str] = Counter()
+    finished_twice = nodes_twice = two_ids = after_recorded = redispatches = mismatches = 0
+    claims: dict[int, list[float]] = {}
+    invariant_failures = []
+    for release_id in release_ids:
+        try:
+            await assert_release_invariants(store, release_id, fleet)
+        except AssertionError as failure:
+            invariant_failures.append(f"release {release_id}: {failure}")
+        release = await store.get_release(release_id)
+        assert release is not None
+        outcomes[release.status.value if release.status.terminal else "lost"] += 1
+        nodes = await store.release_nodes(release_id)
+        statuses = Counter(node.status for node in nodes)
+        if (
+            release.success_nodes != statuses[NodeStatus.SUCCESS]
+            or release.failed_nodes != statuses[NodeStatus.FAILED]
+            or sum(statuses.values()) != release.total_nodes
+        ):
+            mismatches += 1
+        events = await store.release_events(release_id, limit=1_000_000)
+        release_ends = [e for e in events if e.node_id is None and e.to_status in TERMINAL_RELEASE]
+        finished_twice += len(release_ends) > 1
+        claim_times = [
+            e.created_at.timestamp()
+            for e in events
+            if e.node_id is None and (e.message or "").startswith(CLAIM_MESSAGE)
+        ]
+        claims[release_id] = claim_times
+        node_ends = Counter(e.node_id for e in events if e.node_id and e.to_status in TERMINAL_NODE)
+        nodes_twice += sum(count > 1 for count in node_ends.values())
+        first_running: dict[int, float] = {}
+        for e in events:
+            if e.node_id is not None and e.to_status == NodeStatus.RUNNING.value:
+                first_running.setdefault(e.node_id, e.created_at.timestamp())
+        for node in nodes:
+            task_id = task_id_for(node.main_ip, release.version)
+            ids = {t for t in fleet.task_ids(node.main_ip) if t.endswith(f"_{release.version}")}
+            two_ids += not ids <= {task_id}
+            count = fleet.dispatch_count(node.main_ip, task_id)
+            redispatches += max(0, count - 1)
+            # Each owner may dispatch a node it finds pending; once a dispatch is recorded
+            # (running), every later owner queries the agent first, which knows the task.
+            recorded_at = first_running.get(node.node_id, math.inf)
+            allowed = sum(at < recorded_at for at in claim_times)
+            after_recorded += count > max(1, allowed)
+
+    takeovers = []
+    for kill in kills:
+        for release_id in kill.held:
+            later = [at for at in claims[release_id] if at > kill.at]
+            if later:
+                takeovers.append(min(later) - kill.at)
+    errors = sum(entry.get("level") in ("error", "critical") for entry in logs)
+    return SoakReport(
+        sizes=sizes,
+        seconds=seconds,
+        kills=len(kills),
+        succeeded=outcomes[ReleaseStatus.SUCCESS.value],
+        failed=outcomes[ReleaseStatus.FAILED.value] + outcomes[ReleaseStatus.CANCELLED.value],
+        lost=outcomes["lost"],
+        releases_finished_twice=finished_twice,
+        nodes_finished_twice=nodes_twice,
+        nodes_with_two_task_ids=two_ids,
+        nodes_redispatched_after_recorded=after_recorded,
+        redispatches=redispatches,
+        counter_mismatches=mismatches,
+        invariant_failures=tuple(invariant_failures),
+        takeovers=tuple(takeovers),
+        error_lines=errors,
+    )
+
+
+def write_report(report: SoakReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+
+
+# --- outside pytest ---------------------------------------------------------------------------
+
+
+async def _main_async(sizes: SoakSizes, directory: Path) -> SoakReport:
+    certs = await trio.to_thread.run_sync(
+        lambda: init_certs(directory / "certs", agents=sizes.agents)
+    )
+    server = EmbeddedPostgres(directory / "pg", settings=TEST_SERVER_SETTINGS)
+    await server.start_async()
+    try:
+        url = server.create_database(f"soak_{uuid.uuid4().hex[:12]}")
+        return await run_soak(sizes, database_url=url, certs=certs, directory=directory)
+    finally:
+        await server.stop_async()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.faults.soak",
+        description="kill -9 soak: daemons killed at random moments; prints the report. "
+        "Sizes: CI's, or --big; each overridden by FLEETWAVE_SOAK_<NAME> (e.g. _RELEASES).",
+    )
+    parser.add_argument("--big", action="store_true", help="200 releases over 200 agents")
+    parser.add_argument("--json", type=Path, help="also write the report as JSON here")
+    args = parser.parse_args(argv)
+    sizes = SoakSizes.from_env(os.environ, big=args.big)
+    directory = server_directory()
+    try:
+        report = trio.run(_main_async, sizes, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    print(report.table())
+    if args.json is not None:
+        write_report(report, args.json)
+        print(f"report written to {args.json}")
+    return 0 if report.violations == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""kill -9 soak at the sizes of the environment (CI's by default; see tests/faults/soak.py).
+
+Daemons are ``fleetwave serve`` processes killed with SIGKILL at random moments and restarted;
+afterwards nothing is lost or done twice, counters match node rows, and every release a
+killed daemon held is claimed again within lease TTL + claim interval + 1 s.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.certs import CertPaths, init_certs
+from tests.faults.conftest import CERT_AGENTS
+from tests.faults.soak import SoakSizes, run_soak, write_report
+
+pytestmark = pytest.mark.postgres
+
+SIZES = SoakSizes.from_env(os.environ)
+
+
+@pytest.fixture
+def soak_certs(certs: CertPaths, tmp_path: Path) -> CertPaths:
+    if SIZES.agents <= CERT_AGENTS:
+        return certs
+    return init_certs(tmp_path / "certs", agents=SIZES.agents)
+
+
+async def test_daemons_killed_at_random_moments_lose_and_repeat_nothing(
+    database_url: str, soak_certs: CertPaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = await run_soak(SIZES, database_url=database_url, certs=soak_certs, directory=tmp_path)
+    path = Path(os.environ.get("FLEETWAVE_SOAK_REPORT", tmp_path / "soak-report.json"))
+    write_report(report, path)
+    with capsys.disabled():
+        print(f"\nkill -9 soak ({path})\n{report.table()}")
+
+    assert report.kills == SIZES.kills, "the releases ended before every kill was made"
+    assert report.lost == 0
+    assert report.releases_finished_twice == 0
+    assert report.nodes_finished_twice == 0
+    assert report.nodes_with_two_task_ids == 0
+    assert report.nodes_redispatched_after_recorded == 0
+    assert report.counter_mismatches == 0
+    assert report.invariant_failures == ()
+    assert report.succeeded == SIZES.releases
+    assert report.error_lines == 0
+    assert report.takeovers, "no killed daemon held a release"
+    assert report.takeover_p99 <= SIZES.takeover_bound_sec, report.takeovers
