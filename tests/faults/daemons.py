@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -71,8 +71,12 @@ class Daemon:
 
     async def wait_event(self, name: str, *, count: int = 1, limit: float = 30) -> None:
         """Until the daemon has logged ``name`` ``count`` times; fails after ``limit`` s."""
+        await self.wait_logged(lambda: len(self.events(name)) >= count, limit=limit)
+
+    async def wait_logged(self, check: Callable[[], bool], *, limit: float = 30) -> None:
+        """Until ``check()`` holds, asked whenever the daemon logs; fails after ``limit`` s."""
         with trio.fail_after(limit):
-            while len(self.events(name)) < count:
+            while not check():
                 assert self.alive, f"{self.daemon_id} exited: {self.stderr()[-2000:]}"
                 self._changed = trio.Event()
                 with trio.move_on_after(0.5):
