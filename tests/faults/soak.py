@@ -65,6 +65,11 @@ class SoakSizes:
     lease_ttl_sec: float = 3.0
     interval_sec: float = 0.5
     apply_time: tuple[float, float] = (1.0, 4.0)
+    poll_rate: float = 2000.0
+    """Status queries per second per daemon (FLEETWAVE_POLL_RATE): the in-process fleet is
+    one Python process, so a big fleet is polled at a pace it can answer."""
+    agent_timeout_sec: float = 2.0
+    node_deadline_sec: float = 20.0
     kill_gap_sec: tuple[float, float] = (1.0, 3.0)
     """Seconds between one restart and the next kill, uniform."""
     deadline_sec: float = 180.0
@@ -93,7 +98,18 @@ class SoakSizes:
         return attrs.evolve(base, **values)
 
 
-BIG = SoakSizes(releases=200, agents=200, kills=30, scopes=8, max_releases=4, deadline_sec=900)
+BIG = SoakSizes(
+    releases=200,
+    agents=200,
+    kills=30,
+    scopes=4,
+    max_releases=2,
+    poll_rate=150.0,
+    agent_timeout_sec=10.0,
+    node_deadline_sec=120.0,
+    kill_gap_sec=(3.0, 10.0),
+    deadline_sec=1200.0,
+)
 
 
 @attrs.frozen
@@ -244,6 +260,10 @@ def soak_env(sizes: SoakSizes, certs: CertPaths, database_url: str) -> dict[str,
         "FLEETWAVE_LEASE_TTL_SEC": sizes.lease_ttl_sec,
         "RELEASE_EXECUTOR_INTERVAL_SEC": sizes.interval_sec,
         "FLEETWAVE_MAX_RELEASES": sizes.max_releases,
+        "FLEETWAVE_POLL_RATE": sizes.poll_rate,
+        "FLEETWAVE_AGENT_CONNECT_TIMEOUT_SEC": sizes.agent_timeout_sec,
+        "FLEETWAVE_AGENT_REQUEST_TIMEOUT_SEC": sizes.agent_timeout_sec,
+        "FLEETWAVE_NODE_DEADLINE_SEC": sizes.node_deadline_sec,
     }
     return daemon_env(certs, database_url, **settings)
 
