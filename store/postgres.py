@@ -14,6 +14,7 @@ All times are the database's ``now()``. Connection failures surface as StoreUnav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -69,6 +70,7 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     Connection: TypeAlias = asyncpg.Connection[asyncpg.Record]
+    PooledConnection: TypeAlias = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
     Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
 
 
@@ -86,6 +88,9 @@ _UNAVAILABLE: Final = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InvalidCatalogNameError,  # the database does not exist (any more)
     asyncpg.InvalidAuthorizationSpecificationError,  # no such role, or not allowed in
+    # The driver lost track of the connection's protocol state, typically when the server
+    # ended the session mid-operation; that connection is discarded (_acquired).
+    asyncpg.InternalClientError,
 )
 
 
@@ -97,6 +102,28 @@ def _unavailable(error: BaseException) -> StoreUnavailable:
 def _is_closed_connection(error: asyncpg.InterfaceError) -> bool:
     text = str(error)
     return "connection is closed" in text or "connection was closed" in text
+
+
+# After these, a connection's protocol state is not trusted: it is closed, not pooled again.
+_UNTRUSTED: Final = (*_UNAVAILABLE, asyncpg.InterfaceError, asyncio.CancelledError)
+
+
+@asynccontextmanager
+async def _acquired(pool: Pool) -> AsyncIterator[PooledConnection]:
+    """Asyncio-flavored: a pooled connection, terminated rather than reused when an operation
+    on it failed in a way that may leave the driver and the server out of step.
+
+    asyncpg can hand back to its pool a connection whose server session ended mid-operation,
+    and every later user of it then fails with InternalClientError; terminating it makes the
+    pool open a fresh one instead."""
+    async with pool.acquire() as connection:
+        try:
+            yield connection
+        except _UNTRUSTED:
+            # A connection that closed itself is already back in the pool, detached.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                connection.terminate()
+            raise
 
 
 async def _translated(operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -400,7 +427,7 @@ class PostgresStore:
         outcome: Outcome | None,
         daemon_id: str | None,
     ) -> bool:
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with _acquired(self._pool) as connection, connection.transaction():
             fenced = await connection.fetchval(_FENCE, lease.release_id, lease.epoch)
             if fenced is None:
                 return False
@@ -498,7 +525,7 @@ class PostgresStore:
     async def _create_release_once(
         self, spec: ReleaseSpec, plan: tuple[int | str, ...]
     ) -> CreatedRelease:
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with _acquired(self._pool) as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
             rows = await connection.fetch(
                 "SELECT id FROM nodes WHERE enabled AND status = 'online' ORDER BY id"
@@ -562,7 +589,7 @@ class PostgresStore:
     async def _list_releases(
         self, status: str | None, offset: int, limit: int
     ) -> tuple[list[asyncpg.Record], int]:
-        async with self._pool.acquire() as connection, connection.transaction(readonly=True):
+        async with _acquired(self._pool) as connection, connection.transaction(readonly=True):
             total = await connection.fetchval(
                 "SELECT count(*) FROM release_tasks WHERE $1::text IS NULL OR status = $1",
                 status,
@@ -652,7 +679,7 @@ class PostgresStore:
 
     async def _create_token(self, name: str, token_hash: str) -> None:
         try:
-            async with self._pool.acquire() as connection:
+            async with _acquired(self._pool) as connection:
                 await connection.execute(
                     "INSERT INTO api_tokens (name, token_hash) VALUES ($1, $2)", name, token_hash
                 )
@@ -679,21 +706,21 @@ class PostgresStore:
         return False
 
     async def _ping(self) -> bool:
-        async with self._pool.acquire() as connection:
+        async with _acquired(self._pool) as connection:
             return await migrations.is_current(connection)
 
     # --- asyncio-flavored helpers ------------------------------------------------------------
 
     async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
-        async with self._pool.acquire() as connection:
+        async with _acquired(self._pool) as connection:
             return await connection.fetch(query, *args)
 
     async def _fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
-        async with self._pool.acquire() as connection:
+        async with _acquired(self._pool) as connection:
             return await connection.fetchrow(query, *args)
 
     async def _execute(self, query: str, *args: object) -> None:
-        async with self._pool.acquire() as connection:
+        async with _acquired(self._pool) as connection:
             await connection.execute(query, *args)
 
 
@@ -794,12 +821,27 @@ async def _open_pool(
     )
     try:
         if apply_migrations:
-            async with pool.acquire() as connection:
+            async with _acquired(pool) as connection:
                 await migrations.migrate(connection)
     except BaseException:
         pool.terminate()
         raise
     return pool
+
+
+def _driver_noise(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The asyncio loop's handler of errors no task awaited, which here come only from the
+    driver: a lost connection leaves a "Future exception was never retrieved" behind, for
+    instance, while the operation that used it has already failed as StoreUnavailable.
+
+    trio-asyncio's own handler re-raises such errors into the loop's nursery, which would end
+    the whole program for what is a failure already handled; they are logged instead."""
+    error = context.get("exception")
+    _log.warning(
+        "database driver background error",
+        message=context.get("message", ""),
+        error=None if error is None else f"{type(error).__name__}: {error}",
+    )
 
 
 @asynccontextmanager
@@ -821,6 +863,7 @@ async def open_postgres_store(
     loop = trio_asyncio.current_loop.get()
     if loop is None:
         raise RuntimeError("open_postgres_store() must run inside trio_asyncio.open_loop()")
+    loop.set_exception_handler(_driver_noise)
     pool: Pool = await trio_asyncio.aio_as_trio(_translated, loop=loop)(
         _open_pool, url, min_size, max_size, connect_timeout, apply_migrations
     )
