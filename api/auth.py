@@ -1,19 +1,22 @@
 """API tokens: created once, shown once, stored as a SHA-256 hash, presented as a Bearer token.
 
-The store is asked for the token by the SHA-256 of what was presented, never by the secret
-itself: whatever the timing of that lookup reveals is about the hash of the caller's own
-guess, which does not help to find a valid token. Nothing else compares token material.
+A presented token is checked in two steps. The store finds candidates by the first
+TOKEN_LOOKUP_CHARS hex characters of its SHA-256, an indexed lookup whose timing can only
+tell a caller about the hash of their own guess; then the whole hash is compared with every
+candidate by ``hmac.compare_digest``, in constant time, without stopping at a match.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 
 from starlette.requests import Request
 
 from api.envelope import ApiError, Code
 from store.base import Store
+from store.models import TOKEN_LOOKUP_CHARS, StoredToken
 
 TOKEN_BYTES = 32
 TOKEN_PREFIX = "fw_"
@@ -74,7 +77,17 @@ def presented_token(request: Request) -> str:
 async def authenticate(store: Store, request: Request) -> str:
     """The name of the token the request carries; ApiError 401 (1001 missing, 1002 wrong)."""
     digest = hash_token(presented_token(request))
-    name = await store.token_name(digest)
+    candidates = await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS])
+    name = matching_token(candidates, digest)
     if name is None:
         raise ApiError(401, Code.INVALID_TOKEN, "invalid token", headers=_CHALLENGE)
     return name
+
+
+def matching_token(candidates: list[StoredToken], digest: str) -> str | None:
+    """The name of the candidate whose hash is ``digest``, compared in constant time."""
+    found = None
+    for candidate in candidates:
+        if hmac.compare_digest(candidate.token_hash.encode(), digest.encode()):
+            found = candidate.name
+    return found

@@ -25,6 +25,7 @@ from store.models import (
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
+    StoredToken,
 )
 
 
@@ -135,8 +136,10 @@ class Store(Protocol):
         """Store a token's hash under a unique name; raises AlreadyExists."""
         ...
 
-    async def token_name(self, token_hash: str) -> str | None:
-        """The name of the token with this hash, or None."""
+    async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
+        """The tokens whose hash starts with ``prefix`` (TOKEN_LOOKUP_CHARS hex characters).
+
+        Usually none or one; the caller compares the whole hash in constant time."""
         ...
 
     # --- health ----------------------------------------------------------------------------

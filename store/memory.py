@@ -16,6 +16,7 @@ import trio
 
 from store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
 from store.models import (
+    TOKEN_LOOKUP_CHARS,
     Claim,
     CreatedRelease,
     Event,
@@ -29,6 +30,7 @@ from store.models import (
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
+    StoredToken,
     clip_error,
     node_ids_by_batch,
 )
@@ -463,9 +465,13 @@ class MemoryStore:
             raise AlreadyExists("a token with this value already exists")
         self._tokens[token_hash] = name
 
-    async def token_name(self, token_hash: str) -> str | None:
+    async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
         await self._available()
-        return self._tokens.get(token_hash)
+        return [
+            StoredToken(name, token_hash)
+            for token_hash, name in self._tokens.items()
+            if token_hash[:TOKEN_LOOKUP_CHARS] == prefix
+        ]
 
     async def ping(self) -> bool:
         await self._available()

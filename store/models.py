@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -284,3 +284,16 @@ def node_ids_by_batch(nodes: Sequence[ReleaseNode]) -> tuple[tuple[int, tuple[in
     for node in nodes:
         batches.setdefault(node.batch, []).append(node.node_id)
     return tuple((batch, tuple(ids)) for batch, ids in sorted(batches.items()))
+
+
+TOKEN_LOOKUP_CHARS: Final = 16
+"""Tokens are found by this many leading hex characters of their SHA-256 (indexed); the whole
+hash is then compared by the caller in constant time."""
+
+
+@attrs.frozen
+class StoredToken:
+    """An API token as stored: its name and the hex SHA-256 of the token."""
+
+    name: str
+    token_hash: str

@@ -35,6 +35,7 @@ from store.errors import (
     StoreUnavailable,
 )
 from store.models import (
+    TOKEN_LOOKUP_CHARS,
     Claim,
     CreatedRelease,
     Event,
@@ -47,6 +48,7 @@ from store.models import (
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
+    StoredToken,
     clip_error,
 )
 from store.plan import assign_batches, validate_plan
@@ -222,6 +224,12 @@ SET lease_expires_at = now() + make_interval(secs => $4)
 FROM unnest($2::bigint[], $3::bigint[]) AS l(id, epoch)
 WHERE t.id = l.id AND t.lease_epoch = l.epoch AND t.lease_owner = $1 AND t.status = 'running'
 RETURNING t.id
+"""
+
+# The expression is the one indexed by migration 0002 (api_tokens_hash_prefix_idx).
+_TOKENS_BY_HASH_PREFIX = f"""
+SELECT name, token_hash FROM api_tokens
+WHERE left(token_hash, {TOKEN_LOOKUP_CHARS}) = $1
 """
 
 # Expired a second ago, so any claimer takes it at once; the NOTIFY tells them to look now.
@@ -688,11 +696,9 @@ class PostgresStore:
                 raise AlreadyExists(f"a token named {name!r} already exists") from error
             raise AlreadyExists("a token with this value already exists") from error
 
-    async def token_name(self, token_hash: str) -> str | None:
-        record = await self._call(
-            self._fetchrow, "SELECT name FROM api_tokens WHERE token_hash = $1", token_hash
-        )
-        return None if record is None else str(record["name"])
+    async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
+        records = await self._call(self._fetch, _TOKENS_BY_HASH_PREFIX, prefix)
+        return [StoredToken(record["name"], record["token_hash"]) for record in records]
 
     # --- health ------------------------------------------------------------------------------
 

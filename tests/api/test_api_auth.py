@@ -9,9 +9,10 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.auth import create_token
+from api.auth import create_token, matching_token
 from store.errors import AlreadyExists, StoreUnavailable
 from store.memory import MemoryStore
+from store.models import TOKEN_LOOKUP_CHARS, StoredToken
 
 
 async def test_missing_token_is_401_1001(anonymous: httpx.AsyncClient) -> None:
@@ -94,8 +95,41 @@ async def test_create_token_stores_only_the_sha256_of_the_token(store: MemorySto
 
     assert token.startswith("fw_") and len(token) >= 40
     digest = hashlib.sha256(token.encode()).hexdigest()
-    assert await store.token_name(digest) == "ci"
-    assert await store.token_name(token) is None
+    assert await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS]) == [
+        StoredToken("ci", digest)
+    ]
+    assert await store.tokens_by_hash_prefix(token[:TOKEN_LOOKUP_CHARS]) == []
+
+
+async def test_a_token_whose_hash_shares_the_lookup_prefix_is_still_refused(
+    anonymous: httpx.AsyncClient, store: MemoryStore, token: str
+) -> None:
+    """Finding candidates by a prefix of the hash is only a lookup: the whole hash must match."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    forged = token + "-forged"
+    # Store a second token whose hash begins like the forged one's, but is not its hash.
+    forged_digest = hashlib.sha256(forged.encode()).hexdigest()
+    near_miss = forged_digest[:TOKEN_LOOKUP_CHARS] + digest[TOKEN_LOOKUP_CHARS:]
+    await store.create_token("near-miss", near_miss)
+
+    refused = await anonymous.get("/api/v1/nodes", headers={"Authorization": f"Bearer {forged}"})
+    accepted = await anonymous.get("/api/v1/nodes", headers={"Authorization": f"Bearer {token}"})
+
+    assert refused.status_code == 401 and refused.json()["code"] == 1002
+    assert accepted.status_code == 200
+
+
+def test_matching_token_compares_every_candidate_in_full() -> None:
+    digest = "ab" * 32
+    candidates = [
+        StoredToken("prefix-only", digest[:TOKEN_LOOKUP_CHARS] + "0" * 48),
+        StoredToken("exact", digest),
+        StoredToken("longer", digest + "00"),
+    ]
+
+    assert matching_token(candidates, digest) == "exact"
+    assert matching_token(candidates[:1], digest) is None
+    assert matching_token([], digest) is None
 
 
 async def test_create_token_twice_with_one_name_is_refused(store: MemoryStore) -> None:

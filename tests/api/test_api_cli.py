@@ -24,7 +24,15 @@ from api.client import ApiClient, ApiUnreachable, open_http
 from api.server import serve_api
 from config import load_settings
 from store.memory import MemoryStore
-from store.models import NodeChange, NodeStatus, Outcome, ReleaseSpec, ReleaseStatus
+from store.models import (
+    TOKEN_LOOKUP_CHARS,
+    NodeChange,
+    NodeStatus,
+    Outcome,
+    ReleaseSpec,
+    ReleaseStatus,
+    StoredToken,
+)
 from tests.api.conftest import add_nodes
 
 FLEETWAVE = Path(sys.executable).with_name("fleetwave")
@@ -354,6 +362,9 @@ async def test_token_create_prints_only_the_token_and_stores_its_hash(
     captured = capsys.readouterr()
     [token] = captured.out.splitlines()
     assert code == 0 and captured.out == token + "\n"
-    assert await store.token_name(hashlib.sha256(token.encode()).hexdigest()) == "ci"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS]) == [
+        StoredToken("ci", digest)
+    ]
     assert await cli._token_create(load_settings(environ={}), "ci") == 1
     assert "already exists" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from store.memory import MemoryStore
 from store.models import (
     DEFAULT_PLAN,
     ERROR_MSG_MAX,
+    TOKEN_LOOKUP_CHARS,
     Lease,
     Node,
     NodeChange,
@@ -23,6 +24,7 @@ from store.models import (
     Outcome,
     ReleaseSpec,
     ReleaseStatus,
+    StoredToken,
 )
 from store.postgres import PostgresStore, open_postgres_store
 from tests.integration.conftest import SeedRelease, run_sql
@@ -606,16 +608,24 @@ async def test_list_nodes_orders_by_id(store: Store) -> None:
 # --- tokens and health ---------------------------------------------------------------------------
 
 
-async def test_tokens_are_found_by_hash_and_unique(store: Store) -> None:
-    await store.create_token("ci", "hash-1")
+async def test_tokens_are_found_by_hash_prefix_and_unique(store: Store) -> None:
+    # Two hashes that share their lookup prefix, and one that does not.
+    first, twin, other = "ab" * 8 + "0" * 48, "ab" * 8 + "1" * 48, "cd" * 32
+    prefix = first[:TOKEN_LOOKUP_CHARS]
+    await store.create_token("ci", first)
+    await store.create_token("twin", twin)
 
-    assert await store.token_name("hash-1") == "ci"
-    assert await store.token_name("hash-2") is None
+    found = await store.tokens_by_hash_prefix(prefix)
+    assert sorted(found, key=lambda token: token.name) == [
+        StoredToken("ci", first),
+        StoredToken("twin", twin),
+    ]
+    assert await store.tokens_by_hash_prefix(other[:TOKEN_LOOKUP_CHARS]) == []
     with pytest.raises(AlreadyExists):
-        await store.create_token("ci", "hash-2")
+        await store.create_token("ci", other)
     with pytest.raises(AlreadyExists):
-        await store.create_token("ops", "hash-1")
-    assert await store.token_name("hash-2") is None
+        await store.create_token("ops", first)
+    assert await store.tokens_by_hash_prefix(other[:TOKEN_LOOKUP_CHARS]) == []
 
 
 async def test_ping_answers_true_when_healthy(store: Store) -> None:
