@@ -25,9 +25,15 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     processors: list[Any] = [structlog.contextvars.merge_contextvars, *stamp]
+    # Tracebacks are structured, without local variables: a frame's locals may hold a
+    # database password, a request's Authorization header or a token being checked.
     tracebacks: list[Any] = []
     if fmt == "json":
-        tracebacks.append(structlog.processors.dict_tracebacks)
+        tracebacks.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     processors.extend(tracebacks)
     processors.append(renderer)
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
@@ -37,17 +43,8 @@ def configure_logging(settings: Settings, *, stream: Any = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    # A library's traceback is rendered without local variables: those of a database
-    # driver may hold connection parameters.
-    foreign_tracebacks: list[Any] = []
-    if fmt == "json":
-        foreign_tracebacks.append(
-            structlog.processors.ExceptionRenderer(
-                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-            )
-        )
     _route_stdlib_logging(
-        out, level, [structlog.stdlib.add_logger_name, *stamp], foreign_tracebacks, renderer
+        out, level, [structlog.stdlib.add_logger_name, *stamp], tracebacks, renderer
     )
 
 

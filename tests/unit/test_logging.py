@@ -51,3 +51,25 @@ def test_log_level_setting_filters_lower_levels() -> None:
     log.info("quiet")
     log.error("loud")
     assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["loud"]
+
+
+def test_tracebacks_are_structured_and_never_show_local_variables() -> None:
+    out = io.StringIO()
+    configure_logging(load_settings(environ={}, log_format="json"), stream=out)
+    log = structlog.get_logger("fleetwave.test")
+
+    def connect(url: str) -> None:
+        password = url.rsplit(":", 1)[-1]
+        raise ConnectionError(f"refused ({len(password)} characters of password)")
+
+    try:
+        connect("postgresql://fleetwave:s3cret-Pa55")
+    except ConnectionError:
+        log.exception("database.connect_failed")
+
+    [line] = out.getvalue().splitlines()
+    record = json.loads(line)
+    [exception] = record["exception"]
+    assert exception["exc_type"] == "ConnectionError"
+    assert exception["frames"][-1]["name"] == "connect"
+    assert "s3cret-Pa55" not in line
