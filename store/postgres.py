@@ -844,7 +844,7 @@ def _driver_noise(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> N
     the whole program for what is a failure already handled; they are logged instead."""
     error = context.get("exception")
     _log.warning(
-        "database driver background error",
+        "store.driver_error",
         message=context.get("message", ""),
         error=None if error is None else f"{type(error).__name__}: {error}",
     )

@@ -16,6 +16,7 @@ import random
 import asyncpg
 import pytest
 import trio
+import trio_asyncio
 
 from store import postgres
 from store.errors import StoreUnavailable
@@ -136,3 +137,21 @@ async def test_ended_idle_sessions_fail_one_operation_each_then_the_pool_recover
         assert failed <= POOL_SIZE
         for _ in range(10):
             assert await store.ping() is True
+
+
+async def test_an_unawaited_driver_error_is_logged_and_the_daemon_goes_on(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncpg leaves "Future exception was never retrieved" behind when a connection is lost;
+    trio-asyncio's default handler would raise it into the loop and end the program."""
+    async with open_loop_and_store(database_url, max_size=POOL_SIZE) as store:
+        loop = trio_asyncio.current_loop.get()
+        loop.call_exception_handler(
+            {
+                "message": "Future exception was never retrieved",
+                "exception": ConnectionError("unexpected connection_lost() call"),
+            }
+        )
+        await trio.sleep(0.1)
+        assert await store.ping() is True
+        assert await store.list_nodes() == []
