@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
 import trio
 
 from agent.certs import CertPaths, mtls_env_lines
 from agent.protocol import agent_hosts
+from demo import wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
@@ -174,7 +174,7 @@ class Harness:
         daemon = Daemon(name, *await self._spawn(name, fleetwave("serve"), env))
         self.children.append(daemon)
         with trio.fail_after(READY_TIMEOUT):
-            daemon.api = await _wait_api_ready(daemon)
+            daemon.api = await wait_ready(daemon.process, daemon.log_path)
         return daemon
 
     async def agent_sim(
@@ -246,26 +246,6 @@ class Harness:
         return "\n\n".join(
             f"--- {child.name} ({child.log_path}) ---\n{child.tail()}" for child in self.children
         )
-
-
-async def _wait_api_ready(daemon: Daemon) -> str:
-    """The API base URL once /readyz answers 200. Unbounded: the caller sets the deadline."""
-    address: str | None = None
-    async with httpx.AsyncClient(timeout=2.0) as http:
-        while True:
-            assert daemon.alive, f"{daemon.name} exited:\n{daemon.tail()}"
-            if address is None:
-                listening = daemon.events("api.listening")
-                address = listening[0]["address"] if listening else None
-            if address is not None:
-                try:
-                    response = await http.get(f"http://{address}/readyz")
-                except httpx.TransportError:
-                    pass
-                else:
-                    if response.status_code == 200:
-                        return f"http://{address}"
-            await trio.sleep(0.1)
 
 
 async def _wait_listening(fleet: Fleet) -> None:
