@@ -77,7 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="agent K accepts connections and never answers",
     )
-    sim.add_argument("--port", type=_positive_int, default=8443)
+    sim.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help="port every agent listens on (default: the agent_port setting, 8443 unless changed)",
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument(
         "--register",
@@ -222,7 +227,12 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     add.add_argument("name")
     add.add_argument("ip", metavar="IP")
-    add.add_argument("--port", type=_port, default=8443, help="agent port (default 8443)")
+    add.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help="agent port (default: the daemon's agent_port setting, 8443 unless changed)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -323,7 +333,7 @@ async def _serve(settings: Settings) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(
                 partial(serve_api, shutdown_trigger=api_stopping.wait),
-                create_app(store),
+                create_app(store, default_agent_port=settings.agent_port),
                 settings.api_bind,
             )
             await nursery.start(supervisor.run)
@@ -373,8 +383,9 @@ async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
 
     from agent.sim import Behaviour, SimulatedFleet
 
+    port = settings.agent_port if args.port is None else args.port
     fleet = SimulatedFleet(
-        args.count, behaviour=Behaviour(apply_time=args.apply_time), seed=args.seed, port=args.port
+        args.count, behaviour=Behaviour(apply_time=args.apply_time), seed=args.seed, port=port
     )
     for index in args.fail:
         fleet.set_behaviour(index, Behaviour(apply_time=args.apply_time, fail="simulated failure"))
@@ -386,11 +397,11 @@ async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
 
         async with open_store(settings) as store:
             for host in fleet.hosts:
-                await store.upsert_node(f"sim-{host}", host, args.port)
+                await store.upsert_node(f"sim-{host}", host, port)
         log.info("agent_sim.registered", count=args.count)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.serve, args.certs)
-        log.info("agent_sim.listening", count=args.count, first=fleet.hosts[0], port=args.port)
+        log.info("agent_sim.listening", count=args.count, first=fleet.hosts[0], port=port)
         await _stop_on_signal(nursery.cancel_scope.cancel)
 
 

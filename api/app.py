@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.auth import authenticate
 from api.envelope import ApiError, Code, error_response, ok
 from api.schemas import (
+    DEFAULT_AGENT_PORT,
     MAX_BODY_BYTES,
     event_item,
     node_item,
@@ -93,6 +94,7 @@ def _not_found(release_id: int) -> ApiError:
 @attrs.frozen
 class _Handlers:
     store: Store
+    default_agent_port: int
 
     def guarded(self, handler: Handler) -> Handler:
         async def with_token(request: Request) -> Response:
@@ -159,7 +161,7 @@ class _Handlers:
         return ok({"items": [node_item(node) for node in nodes], "total": len(nodes)})
 
     async def register_node(self, request: Request) -> Response:
-        node = parse_node_registration(await read_json(request))
+        node = parse_node_registration(await read_json(request), self.default_agent_port)
         registered = await self.store.upsert_node(
             node.name, node.main_ip, node.agent_port, enabled=node.enabled, status=node.status
         )
@@ -273,9 +275,12 @@ def _route(path: str, **by_method: Handler) -> Route:
     return Route(path, dispatch, methods=list(by_method))
 
 
-def create_app(store: Store) -> Starlette:
-    """The API over ``store``: every route but the health checks needs a Bearer token."""
-    api = _Handlers(store)
+def create_app(store: Store, *, default_agent_port: int = DEFAULT_AGENT_PORT) -> Starlette:
+    """The API over ``store``: every route but the health checks needs a Bearer token.
+
+    A node registered without ``agentPort`` gets ``default_agent_port`` (the daemon's
+    ``agent_port`` setting)."""
+    api = _Handlers(store, default_agent_port)
     guarded = api.guarded
     routes = [
         _route("/healthz", GET=api.healthz),

@@ -110,9 +110,9 @@ class ApiClient:
     async def list_nodes(self) -> Any:
         return await self.call("GET", "/api/v1/nodes")
 
-    async def add_node(self, name: str, main_ip: str, agent_port: int) -> Any:
-        return await self.call(
-            "POST",
-            "/api/v1/nodes",
-            body={"name": name, "mainIp": main_ip, "agentPort": agent_port},
-        )
+    async def add_node(self, name: str, main_ip: str, agent_port: int | None = None) -> Any:
+        """Register a node; without ``agent_port`` the daemon's default port is used."""
+        body: dict[str, Any] = {"name": name, "mainIp": main_ip}
+        if agent_port is not None:
+            body["agentPort"] = agent_port
+        return await self.call("POST", "/api/v1/nodes", body=body)

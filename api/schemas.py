@@ -202,7 +202,9 @@ class NodeRegistration:
 NODE_FIELDS = ("name", "mainIp", "agentPort", "enabled", "status")
 
 
-def parse_node_registration(document: object) -> NodeRegistration:
+def parse_node_registration(
+    document: object, default_port: int = DEFAULT_AGENT_PORT
+) -> NodeRegistration:
     fields = _Fields.of(document, NODE_FIELDS)
     name = fields.text("name", required=True, empty=False, max_length=NAME_MAX)
     raw_ip = fields.text("mainIp", required=True, empty=False)
@@ -217,7 +219,7 @@ def parse_node_registration(document: object) -> NodeRegistration:
     return NodeRegistration(
         name=name,
         main_ip=main_ip,
-        agent_port=DEFAULT_AGENT_PORT if port is None else port,
+        agent_port=default_port if port is None else port,
         enabled=True if enabled is None else enabled,
         status=NodeHealth.ONLINE if status is None else status,
     )

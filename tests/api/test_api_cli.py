@@ -198,6 +198,13 @@ async def test_nodes_add_then_list(served: Served, store: MemoryStore) -> None:
     assert json.loads(out)["items"][0]["mainIp"] == "10.1.2.3"
 
 
+async def test_nodes_add_without_a_port_leaves_it_to_the_daemon(served: Served) -> None:
+    code, out, _ = await served.run("nodes", "add", "edge-8", "10.1.2.4")
+
+    assert code == 0
+    assert out == "node 1 edge-8 at 10.1.2.4:8443 (online, enabled)\n"
+
+
 async def test_nodes_add_bad_ip_is_refused_with_the_field(served: Served) -> None:
     code, _, err = await served.run("nodes", "add", "edge-7", "10.1.2")
 

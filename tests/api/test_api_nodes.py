@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from api.app import create_app
 from store.memory import MemoryStore
 from store.models import NodeHealth
 from tests.api.conftest import add_nodes
@@ -34,6 +35,23 @@ async def test_register_node_with_defaults(client: httpx.AsyncClient, store: Mem
     assert (data["enabled"], data["status"]) == (True, "online")
     [node] = await store.list_nodes()
     assert node.id == data["id"]
+
+
+async def test_register_node_without_a_port_gets_the_daemons_agent_port(
+    store: MemoryStore, token: str
+) -> None:
+    app = create_app(store, default_agent_port=9443)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://api.test",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as client:
+        response = await client.post("/api/v1/nodes", json={"name": "e", "mainIp": "10.0.0.1"})
+
+    assert response.status_code == 200
+    assert response.json()["data"]["agentPort"] == 9443
+    [node] = await store.list_nodes()
+    assert node.agent_port == 9443
 
 
 async def test_register_node_again_updates_it_by_name(
