@@ -36,7 +36,11 @@ async def open_store(settings: Settings) -> AsyncIterator[PostgresStore]:
             url = embedded.url
             log.info("store.embedded", data_dir=str(embedded.data_dir), owned=embedded.owned)
         try:
-            async with open_postgres_store(url, max_size=POOL_SIZE) as store:
+            # A daemon stopped inside a transaction must not keep its rows locked past its
+            # leases: the server ends such a session after one lease TTL.
+            async with open_postgres_store(
+                url, max_size=POOL_SIZE, idle_in_transaction_timeout=settings.lease_ttl_sec
+            ) as store:
                 yield store
         finally:
             if embedded is not None and embedded.owned:

@@ -819,11 +819,20 @@ class _Listener:
 
 
 async def _open_pool(
-    url: str, min_size: int, max_size: int, connect_timeout: float, apply_migrations: bool
+    url: str,
+    min_size: int,
+    max_size: int,
+    connect_timeout: float,
+    apply_migrations: bool,
+    server_settings: dict[str, str],
 ) -> Pool:
     """Asyncio-flavored: connect, and migrate the schema when asked."""
     pool: Pool = await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, timeout=connect_timeout
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=connect_timeout,
+        server_settings=server_settings,
     )
     try:
         if apply_migrations:
@@ -858,6 +867,7 @@ async def open_postgres_store(
     max_size: int = 10,
     connect_timeout: float = 10.0,
     apply_migrations: bool = True,
+    idle_in_transaction_timeout: float | None = None,
 ) -> AsyncIterator[PostgresStore]:
     """Trio-flavored: open a PostgresStore on ``url`` and close its pool on exit.
 
@@ -865,13 +875,21 @@ async def open_postgres_store(
     from any task of the same Trio run while the block is open. Applies pending migrations
     unless ``apply_migrations`` is False. Raises StoreUnavailable when the database cannot be
     reached.
+
+    With ``idle_in_transaction_timeout`` (seconds), the server ends any session of this store
+    that sits that long inside a transaction: a process stopped mid-transaction (SIGSTOP, a
+    frozen VM) then releases its row locks, and other daemons can take its releases over.
     """
+    server_settings = {}
+    if idle_in_transaction_timeout is not None:
+        milliseconds = max(1, round(idle_in_transaction_timeout * 1000))
+        server_settings["idle_in_transaction_session_timeout"] = f"{milliseconds}ms"
     loop = trio_asyncio.current_loop.get()
     if loop is None:
         raise RuntimeError("open_postgres_store() must run inside trio_asyncio.open_loop()")
     loop.set_exception_handler(_driver_noise)
     pool: Pool = await trio_asyncio.aio_as_trio(_translated, loop=loop)(
-        _open_pool, url, min_size, max_size, connect_timeout, apply_migrations
+        _open_pool, url, min_size, max_size, connect_timeout, apply_migrations, server_settings
     )
     try:
         yield PostgresStore(pool, loop, url, connect_timeout=connect_timeout)

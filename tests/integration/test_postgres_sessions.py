@@ -10,6 +10,7 @@ at a chosen one, and check that the store reports the loss and recovers.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 
@@ -155,3 +156,42 @@ async def test_an_unawaited_driver_error_is_logged_and_the_daemon_goes_on(
         await trio.sleep(0.1)
         assert await store.ping() is True
         assert await store.list_nodes() == []
+
+
+async def test_a_daemon_stalled_inside_a_transaction_does_not_block_takeover(
+    database_url: str,
+) -> None:
+    """A stopped process keeps its session open, and with it every row lock of its open
+    transaction: claims skip locked rows, so without a limit on idle transactions nobody
+    could take over its releases until it woke up."""
+    ttl, stall = 0.5, 8.0
+    async with (
+        open_loop_and_store(database_url, idle_in_transaction_timeout=1.0) as stalled,
+        open_loop_and_store(database_url) as other,
+    ):
+        await stalled.upsert_node("edge-1", "127.0.0.2", 8443)
+        created = await stalled.create_release(ReleaseSpec(reason="stall"))
+        [claim] = await stalled.claim("daemon-a", 1, ttl)
+
+        async def lock_then_stall() -> None:
+            # What a write looks like to the server when its process stops mid-transaction.
+            async with postgres._acquired(stalled._pool) as connection, connection.transaction():
+                await connection.execute(
+                    "SELECT 1 FROM release_tasks WHERE id = $1 FOR UPDATE", created.release.id
+                )
+                await asyncio.sleep(stall)
+
+        async def stall_then_report(task_status: trio.TaskStatus[None]) -> None:
+            task_status.started()
+            with pytest.raises(StoreUnavailable):
+                await stalled._call(lock_then_stall)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stall_then_report)
+            with trio.fail_after(stall / 2):
+                while not (claims := await other.claim("daemon-b", 1, 30.0)):  # noqa: ASYNC110
+                    await trio.sleep(0.1)  # the state is in the database
+            nursery.cancel_scope.cancel()
+
+        assert [c.release.id for c in claims] == [created.release.id]
+        assert claims[0].lease.epoch == claim.lease.epoch + 1
