@@ -56,14 +56,15 @@ class NodeActor:
     def task_id(self) -> str:
         return task_id_for(self.node.main_ip, self.version)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self) -> None:
+        # The outbox is entered first, before any checkpoint: however early the batch is
+        # cancelled, this clone is closed and the ReleaseActor sees the channel end.
         with (
             self.outbox,
             structlog.contextvars.bound_contextvars(
                 node_id=self.node.node_id, batch=self.node.batch
             ),
         ):
-            task_status.started()
             async with self.limiter:
                 outcome: Succeeded | Failed | None = None
                 try:

@@ -31,6 +31,8 @@ from store.models import (
 
 log = structlog.get_logger("fleetwave.release")
 
+# NodeActors spawned between two checkpoints of the spawner.
+SPAWN_GROUP = 64
 RECONCILE_PARALLEL = 64
 STORE_RETRY_INITIAL = 0.5
 STORE_RETRY_MAX = 5.0
@@ -169,7 +171,7 @@ class ReleaseActor:
         pacing: PollShare,
     ) -> None:
         async with send:
-            for node in todo:
+            for spawned, node in enumerate(todo, 1):
                 actor = NodeActor(
                     node=node,
                     version=self.claim.release.version,
@@ -180,7 +182,12 @@ class ReleaseActor:
                     pacer=pacing,
                     rng=random.Random(node.id),
                 )
-                await nursery.start(actor.run)
+                # start_soon, not start: start waits a scheduling round per actor. The actor
+                # owns its outbox clone from its first statement, so nothing can leak.
+                nursery.start_soon(actor.run)
+                if spawned % SPAWN_GROUP == 0:
+                    # Let the started ones dispatch while the rest of a large batch is spawned.
+                    await trio.lowlevel.checkpoint()
 
     async def _collect(
         self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope
