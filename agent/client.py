@@ -40,6 +40,8 @@ MAX_ANSWER_BYTES = 1 << 20
 USER_AGENT = "fleetwave"
 
 _REQUEST_HEADERS = {"user-agent": USER_AGENT, "accept": "application/json"}
+"""No Accept-Encoding: answers are read as sent, a few hundred bytes."""
+
 # Agent URLs parsed lately: a node is asked for its task's state at the same URL again and
 # again, and httpx parses and validates a URL string in full each time it is given one (a
 # tenth of the daemon's CPU in a 10,000-node release). One entry is about 1 KiB.
@@ -49,7 +51,6 @@ _URL_CACHE_SIZE = 16384
 @functools.lru_cache(maxsize=_URL_CACHE_SIZE)
 def _parsed_url(url: str) -> httpx.URL:
     return httpx.URL(url)
-"""No Accept-Encoding: answers are read as sent, a few hundred bytes."""
 
 
 def _transport_of(http: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
