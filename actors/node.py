@@ -17,6 +17,9 @@ from store.models import NodeStatus, ReleaseNode, task_id_for
 
 log = structlog.get_logger("fleetwave.node")
 
+# A node taken over past its deadline still gets this long for one look at its agent.
+RESUME_GRACE_SEC = 10.0
+
 
 class _Finished(Exception):
     """Internal: the node reached its outcome while dispatching or polling."""
@@ -44,6 +47,9 @@ class NodeActor:
     limiter: trio.CapacityLimiter
     pacer: PollShare
     rng: random.Random = attrs.field(factory=random.Random)
+    spent: float = 0.0
+    """Seconds of the node deadline already used under an earlier owner of the release: the
+    deadline runs from the node's first dispatch, whichever daemon watches it."""
     _last_error: str | None = None
     _dispatches: int = 0
     _since: float = 0.0
@@ -67,8 +73,13 @@ class NodeActor:
         ):
             async with self.limiter:
                 outcome: Succeeded | Failed | None = None
+                budget = self.timing.deadline - self.spent
+                if self.spent:
+                    # Its deadline may have passed while no daemon watched: ask once anyway,
+                    # the agent may have finished meanwhile.
+                    budget = max(budget, min(RESUME_GRACE_SEC, self.timing.deadline))
                 try:
-                    with trio.move_on_after(self.timing.deadline):
+                    with trio.move_on_after(budget):
                         outcome = await self._drive()
                 finally:
                     self.pacer.finished()
@@ -83,7 +94,7 @@ class NodeActor:
                 await self.outbox.send(outcome)
 
     async def _drive(self) -> Succeeded | Failed:
-        self._since = trio.current_time()
+        self._since = trio.current_time() - self.spent
         try:
             if self.node.status is NodeStatus.RUNNING:
                 await self._resume()

@@ -6,6 +6,7 @@ import contextlib
 import math
 import random
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 import attrs
 import structlog
@@ -61,6 +62,16 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+def _deadline_spent(nodes: Sequence[ReleaseNode], claimed_at: datetime) -> dict[int, float]:
+    """Per running node of a release taken over, the seconds since its first dispatch (both
+    times by the database's clock): that much of its deadline is gone."""
+    return {
+        node.id: max(0.0, (claimed_at - node.started_at).total_seconds())
+        for node in nodes
+        if node.status is NodeStatus.RUNNING and node.started_at is not None
+    }
+
+
 @attrs.frozen(kw_only=True)
 class ReleaseConfig:
     """What a ReleaseActor needs besides its claim: taken from Settings by the supervisor."""
@@ -93,6 +104,7 @@ class ReleaseActor:
     _nodes: dict[int, ReleaseNode] = attrs.field(factory=dict)
     _changes: dict[int, NodeChange] = attrs.field(factory=dict)
     _dispatched: set[int] = attrs.field(factory=set)
+    _spent: dict[int, float] = attrs.field(factory=dict)
     _failures: int = 0
     _error: str | None = None
     _flush_at: float = math.inf
@@ -109,6 +121,7 @@ class ReleaseActor:
             task_status.started()
             nodes = await self.store.release_nodes(release.id)
             self._nodes = {node.id: node for node in nodes}
+            self._spent = _deadline_spent(nodes, self.claim.claimed_at)
             self._failures = sum(node.status is NodeStatus.FAILED for node in nodes)
             resumed = any(node.status is not NodeStatus.PENDING for node in nodes)
             log.info(
@@ -181,6 +194,7 @@ class ReleaseActor:
                     limiter=limiter,
                     pacer=pacing,
                     rng=random.Random(node.id),
+                    spent=self._spent.get(node.id, 0.0),
                 )
                 # start_soon, not start: start waits a scheduling round per actor. The actor
                 # owns its outbox clone from its first statement, so nothing can leak.

@@ -208,6 +208,11 @@ class Claim:
     release: Release
     lease: Lease
 
+    @property
+    def claimed_at(self) -> datetime:
+        """When the claim was made, by the database's clock (a claim stamps updated_at)."""
+        return self.release.updated_at
+
 
 @attrs.frozen
 class NodeChange:

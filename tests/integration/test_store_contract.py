@@ -189,6 +189,8 @@ async def test_claim_sets_running_lease_and_audit_event(store: Store) -> None:
         ("pending", "running"),
     ]
     assert events[-1].message == "claimed by daemon-a (epoch 1)"
+    # The claim's own time, by the store's clock: what node deadlines are measured against.
+    assert (release.lease_expires_at - claim.claimed_at).total_seconds() == TTL
 
 
 async def test_claim_respects_the_limit_in_version_order(store: Store) -> None:

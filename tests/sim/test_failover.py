@@ -77,6 +77,58 @@ async def test_dead_supervisor_is_replaced_and_the_release_completes(
     assert trio.current_time() - crashed_at < 30 + 5 + 45
 
 
+async def test_the_node_deadline_runs_from_the_first_dispatch_across_a_takeover(
+    make_sim: Callable[..., Sim],
+    autojump_clock: MockClock,
+) -> None:
+    # An agent that accepts the task and never finishes it.
+    sim = make_sim(1, behaviour=Behaviour(apply_time=(5000, 5000)), flush_interval_sec=0)
+    await sim.register()
+    first = await sim.start_daemon("sim-a")
+    release_id = await sim.create()
+    await sim.wait_for(lambda: sim.fleet.task_ids(sim.fleet.hosts[0]))
+    await trio.sleep(400)
+
+    first.crash()
+    second = await sim.start_daemon("sim-b")
+    release = await sim.wait_terminal(release_id)
+
+    assert second.claimed == 1
+    (node,) = await sim.store.release_nodes(release_id)
+    assert node.status is NodeStatus.FAILED
+    assert "within 600s" in (node.error_msg or "")
+    assert node.started_at is not None and node.finished_at is not None
+    # 600 s after the first dispatch, not 600 s after the second daemon took it over (~430 s
+    # in): the first daemon's watch counts.
+    assert 600 <= (node.finished_at - node.started_at).total_seconds() <= 601
+    assert sim.fleet.dispatch_count(node.main_ip, node.task_id or "") == 1
+    assert release.status is ReleaseStatus.FAILED
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+
+
+async def test_a_node_taken_over_after_its_deadline_is_asked_once_before_it_fails(
+    make_sim: Callable[..., Sim],
+    autojump_clock: MockClock,
+) -> None:
+    """No daemon watched while the deadline passed: the agent may have finished meanwhile."""
+    # Each answer takes a second, as over a network: the look is not instantaneous.
+    behaviour = Behaviour(apply_time=(650, 650), delay=1.0)
+    sim = make_sim(1, behaviour=behaviour, flush_interval_sec=0)
+    await sim.register()
+    first = await sim.start_daemon("sim-a")
+    release_id = await sim.create()
+    await sim.wait_for(lambda: sim.fleet.task_ids(sim.fleet.hosts[0]))
+    await trio.sleep(100)
+    first.crash()
+    await trio.sleep(600)  # no daemon at all, and the agent finishes at 650 s
+
+    await sim.start_daemon("sim-b")
+    release = await sim.wait_terminal(release_id)
+
+    assert release.status is ReleaseStatus.SUCCESS
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+
+
 async def test_stopping_a_supervisor_hands_its_release_to_another_at_once(
     make_sim: Callable[..., Sim],
     autojump_clock: MockClock,
