@@ -19,8 +19,10 @@ import pytest
 import trio
 import trio_asyncio
 
+from config import load_settings
 from store import postgres
 from store.errors import StoreUnavailable
+from store.factory import open_store
 from store.models import NodeChange, NodeStatus, ReleaseSpec
 from store.postgres import PostgresStore, open_loop_and_store
 from tests.integration.conftest import run_sql
@@ -195,3 +197,14 @@ async def test_a_daemon_stalled_inside_a_transaction_does_not_block_takeover(
 
         assert [c.release.id for c in claims] == [created.release.id]
         assert claims[0].lease.epoch == claim.lease.epoch + 1
+
+
+async def test_a_daemons_sessions_end_idle_transactions_after_one_lease_ttl(
+    database_url: str,
+) -> None:
+    """What the daemon opens (store.factory) carries the limit the test above relies on."""
+    settings = load_settings(environ={}, database_url=database_url, lease_ttl_sec=7)
+    async with open_store(settings) as store:
+        record = await store._call(store._fetchrow, "SHOW idle_in_transaction_session_timeout")
+
+    assert record is not None and record[0] == "7s"
