@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 
 import cli
 from api import commands
+from api.app import create_app
 from api.client import ApiClient, ApiUnreachable, open_http
 from api.server import serve_api
 from config import load_settings
@@ -198,11 +199,20 @@ async def test_nodes_add_then_list(served: Served, store: MemoryStore) -> None:
     assert json.loads(out)["items"][0]["mainIp"] == "10.1.2.3"
 
 
-async def test_nodes_add_without_a_port_leaves_it_to_the_daemon(served: Served) -> None:
-    code, out, _ = await served.run("nodes", "add", "edge-8", "10.1.2.4")
+async def test_nodes_add_without_a_port_leaves_it_to_the_daemon(
+    store: MemoryStore, token: str
+) -> None:
+    # A daemon whose agent_port setting is 9443: the CLI must not send a port of its own.
+    app = create_app(store, default_agent_port=9443)
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve_api, app, "127.0.0.1:0")
+        code, out, _ = await Served(f"http://{address}", token).run(
+            "nodes", "add", "edge-8", "10.1.2.4"
+        )
+        nursery.cancel_scope.cancel()
 
     assert code == 0
-    assert out == "node 1 edge-8 at 10.1.2.4:8443 (online, enabled)\n"
+    assert out == "node 1 edge-8 at 10.1.2.4:9443 (online, enabled)\n"
 
 
 async def test_nodes_add_bad_ip_is_refused_with_the_field(served: Served) -> None:
