@@ -77,19 +77,25 @@ async def test_dead_supervisor_is_replaced_and_the_release_completes(
     assert trio.current_time() - crashed_at < 30 + 5 + 45
 
 
+async def dispatch_then_crash(sim: Sim, watched: float) -> int:
+    """A one-node release whose daemon dispatches, watches ``watched`` seconds and dies."""
+    await sim.register()
+    first = await sim.start_daemon("sim-a")
+    release_id = await sim.create()
+    await sim.wait_for(lambda: sim.fleet.task_ids(sim.fleet.hosts[0]))
+    await trio.sleep(watched)
+    first.crash()
+    return release_id
+
+
 async def test_the_node_deadline_runs_from_the_first_dispatch_across_a_takeover(
     make_sim: Callable[..., Sim],
     autojump_clock: MockClock,
 ) -> None:
     # An agent that accepts the task and never finishes it.
     sim = make_sim(1, behaviour=Behaviour(apply_time=(5000, 5000)), flush_interval_sec=0)
-    await sim.register()
-    first = await sim.start_daemon("sim-a")
-    release_id = await sim.create()
-    await sim.wait_for(lambda: sim.fleet.task_ids(sim.fleet.hosts[0]))
-    await trio.sleep(400)
+    release_id = await dispatch_then_crash(sim, watched=400)
 
-    first.crash()
     second = await sim.start_daemon("sim-b")
     release = await sim.wait_terminal(release_id)
 
@@ -114,12 +120,7 @@ async def test_a_node_taken_over_after_its_deadline_is_asked_once_before_it_fail
     # Each answer takes a second, as over a network: the look is not instantaneous.
     behaviour = Behaviour(apply_time=(650, 650), delay=1.0)
     sim = make_sim(1, behaviour=behaviour, flush_interval_sec=0)
-    await sim.register()
-    first = await sim.start_daemon("sim-a")
-    release_id = await sim.create()
-    await sim.wait_for(lambda: sim.fleet.task_ids(sim.fleet.hosts[0]))
-    await trio.sleep(100)
-    first.crash()
+    release_id = await dispatch_then_crash(sim, watched=100)
     await trio.sleep(600)  # no daemon at all, and the agent finishes at 650 s
 
     await sim.start_daemon("sim-b")
