@@ -46,12 +46,19 @@ class LeaseLost(Exception):
 @contextlib.contextmanager
 def _unwrapped(*kinds: type[Exception]) -> Iterator[None]:
     """Re-raise a nursery's group of one of ``kinds`` as that exception, so the supervisor
-    can tell an operational stop (lost lease, database away) from a defect."""
+    can tell an operational stop (lost lease, database away) from a defect.
+
+    The group may also hold Cancelled from a scope further out, cancelled at the same moment
+    (the lease keeper finds the lease lost while a write is refused by the fence). Those are
+    dropped with it: cancellation is level-triggered, so that scope raises Cancelled again at
+    the next checkpoint inside it."""
     try:
         yield
     except BaseExceptionGroup as group:
         for kind in kinds:
             matched, rest = group.split(kind)
+            if rest is not None:
+                _, rest = rest.split(trio.Cancelled)
             if matched is not None and rest is None:
                 raise _first_leaf(matched) from group
         raise
