@@ -8,7 +8,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# setuptools warns at every editable install that a folder named like the package could
+	# shadow it; the checkout's folders are the package, so the warning says nothing here.
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[test]'
+	mkdir -p $(VENV)/src && ln -sfn "$(CURDIR)" $(VENV)/src/fleetwave
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -38,18 +38,18 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from agent.certs import init_certs
-from agent.client import AgentClient, build_http_client
-from agent.errors import AgentError
-from agent.protocol import AgentAddress, agent_hosts
-from agent.sim import Behaviour, SimulatedFleet
-from config import Settings
-from config.logging import configure_logging
-from store.embedded import EmbeddedPostgres, free_port, open_embedded_postgres
-from store.factory import open_store
-from store.models import ReleaseSpec, ReleaseStatus, task_id_for
-from store.postgres import PostgresStore
-from supervisor import Supervisor
+from fleetwave.agent.certs import init_certs
+from fleetwave.agent.client import AgentClient, build_http_client
+from fleetwave.agent.errors import AgentError
+from fleetwave.agent.protocol import AgentAddress, agent_hosts
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.config import Settings
+from fleetwave.config.logging import configure_logging
+from fleetwave.store.embedded import EmbeddedPostgres, free_port, open_embedded_postgres
+from fleetwave.store.factory import open_store
+from fleetwave.store.models import ReleaseSpec, ReleaseStatus, task_id_for
+from fleetwave.store.postgres import PostgresStore
+from fleetwave.supervisor import Supervisor
 
 SCENARIOS = ("a", "b", "c", "d")
 PICKUP_SPACING = 1.0
@@ -708,7 +708,7 @@ async def _run_served(
     command = [
         sys.executable,
         "-m",
-        "cli",
+        "fleetwave",
         "agent-sim",
         "--count",
         str(sc.total_nodes),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import signal
 import sys
@@ -12,10 +13,10 @@ from pathlib import Path
 
 import trio
 
-from config import Settings, SettingsError, load_settings
-from config.logging import configure_logging
-from store.embedded import EmbeddedPostgresError
-from store.errors import StoreError
+from fleetwave.config import Settings, SettingsError, load_settings
+from fleetwave.config.logging import configure_logging
+from fleetwave.store.embedded import EmbeddedPostgresError
+from fleetwave.store.errors import StoreError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -46,10 +47,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's, in the wheel's metadata)."""
+    return importlib.metadata.version("fleetwave")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetwave", description="Release executor for CDN control planes."
     )
+    parser.add_argument("--version", action="version", version=f"fleetwave {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("serve", help="run the daemon: claim releases and drive them")
@@ -167,7 +174,7 @@ def _port(text: str) -> int:
 
 
 def _plan(text: str) -> list[int | str]:
-    from api.commands import parse_plan
+    from fleetwave.api.commands import parse_plan
 
     return parse_plan(text)
 
@@ -292,13 +299,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         case "bench":
             return _bench(args, settings)
         case "demo":
-            from demo import MAX_AGENTS, DemoOptions, run_demo
+            from fleetwave.demo import MAX_AGENTS, DemoOptions, run_demo
 
             if args.agents > MAX_AGENTS:
                 raise UsageError(f"--agents {args.agents}: at most {MAX_AGENTS}")
             return run_demo(DemoOptions(args.agents, args.keep_running, args.data_dir))
         case "token":
-            from api.auth import check_token_name
+            from fleetwave.api.auth import check_token_name
 
             try:
                 name = check_token_name(args.name)
@@ -315,11 +322,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> None:
-    from agent.client import AgentClient, build_http_client
-    from api.app import create_app
-    from api.server import serve_api
-    from store.factory import open_store
-    from supervisor import Supervisor
+    from fleetwave.agent.client import AgentClient, build_http_client
+    from fleetwave.api.app import create_app
+    from fleetwave.api.server import serve_api
+    from fleetwave.store.factory import open_store
+    from fleetwave.supervisor import Supervisor
 
     async with open_store(settings) as store, build_http_client(settings) as http:
         agents = AgentClient(http, request_timeout=settings.agent_request_timeout_sec)
@@ -349,9 +356,9 @@ async def _stop_on_signal(stop: object) -> None:
 
 
 async def _token_create(settings: Settings, name: str) -> int:
-    from api.auth import create_token
-    from store.errors import AlreadyExists
-    from store.factory import open_store
+    from fleetwave.api.auth import create_token
+    from fleetwave.store.errors import AlreadyExists
+    from fleetwave.store.factory import open_store
 
     try:
         async with open_store(settings) as store:
@@ -364,15 +371,15 @@ async def _token_create(settings: Settings, name: str) -> int:
 
 
 async def _api_command(args: argparse.Namespace) -> int:
-    from api.client import ApiClient, open_http
-    from api.commands import run
+    from fleetwave.api.client import ApiClient, open_http
+    from fleetwave.api.commands import run
 
     async with open_http(args.api, args.token) as http:
         return await run(args, ApiClient(http), sys.stdout, sys.stderr)
 
 
 async def _migrate(settings: Settings) -> None:
-    from store.factory import open_store
+    from fleetwave.store.factory import open_store
 
     async with open_store(settings):
         pass
@@ -381,7 +388,7 @@ async def _migrate(settings: Settings) -> None:
 async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
     import structlog
 
-    from agent.sim import Behaviour, SimulatedFleet
+    from fleetwave.agent.sim import Behaviour, SimulatedFleet
 
     port = settings.agent_port if args.port is None else args.port
     fleet = SimulatedFleet(
@@ -393,7 +400,7 @@ async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
         fleet.set_behaviour(index, Behaviour(hang=True))
     log = structlog.get_logger("fleetwave.agent_sim")
     if args.register:
-        from store.factory import open_store
+        from fleetwave.store.factory import open_store
 
         async with open_store(settings) as store:
             for host in fleet.hosts:
@@ -406,7 +413,7 @@ async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
-    import bench
+    from fleetwave import bench
 
     try:
         scenario = bench.scenario(
@@ -420,7 +427,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _certs_init(args: argparse.Namespace) -> int:
-    from agent.certs import init_certs, mtls_env_lines
+    from fleetwave.agent.certs import init_certs, mtls_env_lines
 
     paths = init_certs(args.directory, agents=args.agents)
     for line in mtls_env_lines(paths):

@@ -34,11 +34,11 @@ import attrs
 import httpx
 import trio
 
-from agent.certs import CertPaths, init_certs, mtls_env_lines
-from agent.sim import Behaviour, SimulatedFleet
-from api import render
-from api.client import ApiClient, ClientError, open_http
-from store.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from fleetwave.agent.certs import CertPaths, init_certs, mtls_env_lines
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.api import render
+from fleetwave.api.client import ApiClient, ClientError, open_http
+from fleetwave.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 DEFAULT_DIR: Final = Path(".fleetwave/demo")
 DEFAULT_AGENTS: Final = 20
@@ -312,7 +312,7 @@ async def _watch(client: ApiClient, release_id: int, say: _Say) -> Any:
 
 def cli_command(*args: str) -> list[str]:
     """``fleetwave ARGS`` run by this interpreter."""
-    return [sys.executable, "-m", "cli", *args]
+    return [sys.executable, "-m", "fleetwave", *args]
 
 
 def _child_env(certs: CertPaths, database_url: str) -> dict[str, str]:

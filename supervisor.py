@@ -12,13 +12,13 @@ import attrs
 import structlog
 import trio
 
-from actors.release import LeaseLost, ReleaseActor, ReleaseConfig
-from actors.timing import NodeTiming, PollPacer
-from agent.client import AgentClient
-from config import Settings
-from store.base import Store
-from store.errors import StoreUnavailable
-from store.models import Claim, Lease
+from fleetwave.actors.release import LeaseLost, ReleaseActor, ReleaseConfig
+from fleetwave.actors.timing import NodeTiming, PollPacer
+from fleetwave.agent.client import AgentClient
+from fleetwave.config import Settings
+from fleetwave.store.base import Store
+from fleetwave.store.errors import StoreUnavailable
+from fleetwave.store.models import Claim, Lease
 
 log = structlog.get_logger("fleetwave.supervisor")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from agent.errors import FailureKind
+from fleetwave.agent.errors import FailureKind
 
 
 @attrs.frozen

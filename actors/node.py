@@ -8,12 +8,12 @@ import attrs
 import structlog
 import trio
 
-from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
-from actors.timing import NodeTiming, PollShare, jittered, retry_delay
-from agent.client import AgentClient
-from agent.errors import AgentError, FailureKind
-from agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
-from store.models import NodeStatus, ReleaseNode, task_id_for
+from fleetwave.actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
+from fleetwave.actors.timing import NodeTiming, PollShare, jittered, retry_delay
+from fleetwave.agent.client import AgentClient
+from fleetwave.agent.errors import AgentError, FailureKind
+from fleetwave.agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
+from fleetwave.store.models import NodeStatus, ReleaseNode, task_id_for
 
 log = structlog.get_logger("fleetwave.node")
 

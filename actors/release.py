@@ -12,15 +12,15 @@ import attrs
 import structlog
 import trio
 
-from actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
-from actors.node import NodeActor
-from actors.timing import NodeTiming, PollPacer, PollShare
-from agent.client import AgentClient
-from agent.errors import AgentError
-from agent.protocol import AgentAddress, TaskStatus
-from store.base import Store
-from store.errors import StoreUnavailable
-from store.models import (
+from fleetwave.actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
+from fleetwave.actors.node import NodeActor
+from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare
+from fleetwave.agent.client import AgentClient
+from fleetwave.agent.errors import AgentError
+from fleetwave.agent.protocol import AgentAddress, TaskStatus
+from fleetwave.store.base import Store
+from fleetwave.store.errors import StoreUnavailable
+from fleetwave.store.models import (
     Claim,
     NodeChange,
     NodeStatus,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from config import Settings
+from fleetwave.config import Settings
 
 
 @attrs.frozen(kw_only=True)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.protocol import agent_hosts
+from fleetwave.agent.protocol import agent_hosts
 
 VALIDITY = datetime.timedelta(days=825)
 CLOCK_SKEW = datetime.timedelta(hours=1)

@@ -20,8 +20,8 @@ import attrs
 import httpx
 import trio
 
-from agent.errors import AgentError
-from agent.protocol import (
+from fleetwave.agent.errors import AgentError
+from fleetwave.agent.protocol import (
     DISPATCH_PATH,
     TASKS_PATH,
     AgentAddress,
@@ -32,7 +32,7 @@ from agent.protocol import (
     PayloadError,
     TaskState,
 )
-from config import Settings, SettingsError
+from fleetwave.config import Settings, SettingsError
 
 MAX_ANSWER_BYTES = 1 << 20
 """An agent's answer is a few hundred bytes; anything past this is not the protocol."""

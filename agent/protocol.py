@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from store.models import APPLY_CONFIG
+from fleetwave.store.models import APPLY_CONFIG
 
 DISPATCH_PATH = "/tasks/dispatch"
 TASKS_PATH = "/tasks/"

@@ -33,7 +33,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from agent.protocol import (
+from fleetwave.agent.protocol import (
     CODE_INTERNAL,
     CODE_NOT_FOUND,
     CODE_OK,

@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import authenticate
-from api.envelope import ApiError, Code, error_response, ok
-from api.schemas import (
+from fleetwave.api.auth import authenticate
+from fleetwave.api.envelope import ApiError, Code, error_response, ok
+from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
     MAX_BODY_BYTES,
     event_item,
@@ -38,8 +38,8 @@ from api.schemas import (
     release_batches,
     release_item,
 )
-from store.base import Store
-from store.errors import (
+from fleetwave.store.base import Store
+from fleetwave.store.errors import (
     AlreadyExists,
     Conflict,
     InvalidInput,

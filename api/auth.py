@@ -14,9 +14,9 @@ import secrets
 
 from starlette.requests import Request
 
-from api.envelope import ApiError, Code
-from store.base import Store
-from store.models import TOKEN_LOOKUP_CHARS, StoredToken
+from fleetwave.api.envelope import ApiError, Code
+from fleetwave.store.base import Store
+from fleetwave.store.models import TOKEN_LOOKUP_CHARS, StoredToken
 
 TOKEN_BYTES = 32
 TOKEN_PREFIX = "fw_"

@@ -13,8 +13,8 @@ from typing import Any, TextIO
 
 import trio
 
-from api import render
-from api.client import ApiClient, ApiUnreachable, ClientError
+from fleetwave.api import render
+from fleetwave.api.client import ApiClient, ApiUnreachable, ClientError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

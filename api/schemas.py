@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import attrs
 
-from api.envelope import ApiError, Code
-from store.errors import InvalidInput
-from store.models import (
+from fleetwave.api.envelope import ApiError, Code
+from fleetwave.store.errors import InvalidInput
+from fleetwave.store.models import (
     Event,
     Node,
     NodeHealth,
@@ -25,7 +25,7 @@ from store.models import (
     ReleaseSpec,
     ReleaseStatus,
 )
-from store.plan import validate_plan
+from fleetwave.store.plan import validate_plan
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ID = 2**63 - 1

@@ -1,5 +1,5 @@
 """Settings: defaults < TOML file (FLEETWAVE_CONFIG) < environment."""
 
-from config.settings import Settings, SettingsError, load_settings
+from fleetwave.config.settings import Settings, SettingsError, load_settings
 
 __all__ = ["Settings", "SettingsError", "load_settings"]

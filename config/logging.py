@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from config.settings import Settings
+from fleetwave.config.settings import Settings
 
 
 def configure_logging(settings: Settings, *, stream: Any = None) -> None:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import trio
 
-from store.models import (
+from fleetwave.store.models import (
     Claim,
     CreatedRelease,
     Event,

@@ -9,9 +9,9 @@ import structlog
 import trio
 import trio_asyncio
 
-from config import Settings
-from store.embedded import EmbeddedPostgres
-from store.postgres import PostgresStore, open_postgres_store
+from fleetwave.config import Settings
+from fleetwave.store.embedded import EmbeddedPostgres
+from fleetwave.store.postgres import PostgresStore, open_postgres_store
 
 log = structlog.get_logger("fleetwave.store")
 

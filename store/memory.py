@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import trio
 
-from store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
-from store.models import (
+from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
+from fleetwave.store.models import (
     TOKEN_LOOKUP_CHARS,
     Claim,
     CreatedRelease,
@@ -34,7 +34,7 @@ from store.models import (
     clip_error,
     node_ids_by_batch,
 )
-from store.plan import assign_batches, validate_plan
+from fleetwave.store.plan import assign_batches, validate_plan
 
 
 @attrs.define

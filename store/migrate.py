@@ -44,7 +44,7 @@ class Migration:
 def load_migrations() -> tuple[Migration, ...]:
     """Every migration shipped with the package, in version order."""
     found: list[Migration] = []
-    for entry in resources.files("store").joinpath("migrations").iterdir():
+    for entry in resources.files("fleetwave.store.migrations").iterdir():
         match = _FILE_NAME.match(entry.name)
         if match is None:
             continue

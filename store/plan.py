@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from store.errors import InvalidInput
-from store.models import PlanStep
+from fleetwave.store.errors import InvalidInput
+from fleetwave.store.models import PlanStep
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 MAX_PLAN_STEPS = 1000

@@ -25,8 +25,8 @@ import structlog
 import trio
 import trio_asyncio
 
-from store import migrate as migrations
-from store.errors import (
+from fleetwave.store import migrate as migrations
+from fleetwave.store.errors import (
     AlreadyExists,
     Conflict,
     InvalidInput,
@@ -34,7 +34,7 @@ from store.errors import (
     StoreError,
     StoreUnavailable,
 )
-from store.models import (
+from fleetwave.store.models import (
     TOKEN_LOOKUP_CHARS,
     Claim,
     CreatedRelease,
@@ -51,7 +51,7 @@ from store.models import (
     StoredToken,
     clip_error,
 )
-from store.plan import assign_batches, validate_plan
+from fleetwave.store.plan import assign_batches, validate_plan
 
 NOTIFY_CHANNEL: Final = "fleetwave_release"
 # Serialises version allocation between concurrent create_release transactions.

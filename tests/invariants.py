@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from agent.sim import SimulatedFleet
-from store.base import Store
-from store.models import NodeStatus, task_id_for
+from fleetwave.agent.sim import SimulatedFleet
+from fleetwave.store.base import Store
+from fleetwave.store.models import NodeStatus, task_id_for
 
 TERMINAL_NODE = {s.value for s in NodeStatus if s.terminal}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from store.base import Store
-from store.models import Release
+from fleetwave.store.base import Store
+from fleetwave.store.models import Release
 
 
 async def wait_terminal(store: Store, release_id: int, *, limit: float, step: float) -> Release:

@@ -14,13 +14,13 @@ from pathlib import Path
 import attrs
 import trio
 
-from agent.certs import CertPaths
-from agent.client import AgentClient, build_http_client
-from agent.sim import Behaviour, SimulatedFleet
-from config import Settings, load_settings
-from store.base import Store
-from store.models import Release
-from supervisor import Supervisor
+from fleetwave.agent.certs import CertPaths
+from fleetwave.agent.client import AgentClient, build_http_client
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.config import Settings, load_settings
+from fleetwave.store.base import Store
+from fleetwave.store.models import Release
+from fleetwave.supervisor import Supervisor
 from tests.waiting import wait_terminal
 
 FAST: dict[str, object] = {

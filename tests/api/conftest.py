@@ -8,10 +8,10 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from api.app import create_app
-from api.auth import create_token
-from store.memory import MemoryStore
-from store.models import Node, NodeHealth
+from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import Node, NodeHealth
 
 
 @pytest.fixture

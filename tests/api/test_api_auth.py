@@ -8,11 +8,11 @@ import attrs
 import httpx
 import pytest
 
-from api.app import create_app
-from api.auth import create_token, matching_token
-from store.errors import AlreadyExists, StoreUnavailable
-from store.memory import MemoryStore
-from store.models import TOKEN_LOOKUP_CHARS, StoredToken
+from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token, matching_token
+from fleetwave.store.errors import AlreadyExists, StoreUnavailable
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import TOKEN_LOOKUP_CHARS, StoredToken
 
 
 async def test_missing_token_is_401_1001(anonymous: httpx.AsyncClient) -> None:

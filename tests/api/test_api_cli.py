@@ -18,14 +18,14 @@ import pytest
 import trio
 from starlette.applications import Starlette
 
-import cli
-from api import commands
-from api.app import create_app
-from api.client import ApiClient, ApiUnreachable, open_http
-from api.server import serve_api
-from config import load_settings
-from store.memory import MemoryStore
-from store.models import (
+from fleetwave import cli
+from fleetwave.api import commands
+from fleetwave.api.app import create_app
+from fleetwave.api.client import ApiClient, ApiUnreachable, open_http
+from fleetwave.api.server import serve_api
+from fleetwave.config import load_settings
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import (
     TOKEN_LOOKUP_CHARS,
     NodeChange,
     NodeStatus,
@@ -370,9 +370,9 @@ async def test_token_create_prints_only_the_token_and_stores_its_hash(
     async def open_store(settings: object) -> AsyncIterator[MemoryStore]:
         yield store
 
-    factory = types.ModuleType("store.factory")
+    factory = types.ModuleType("fleetwave.store.factory")
     factory.open_store = open_store  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "store.factory", factory)
+    monkeypatch.setitem(sys.modules, "fleetwave.store.factory", factory)
 
     code = await cli._token_create(load_settings(environ={}), "ci")
 

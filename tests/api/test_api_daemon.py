@@ -16,11 +16,11 @@ import pytest
 import structlog
 import trio
 
-import cli
-from agent.certs import init_certs
-from api.auth import create_token
-from config import load_settings
-from store.memory import MemoryStore
+from fleetwave import cli
+from fleetwave.agent.certs import init_certs
+from fleetwave.api.auth import create_token
+from fleetwave.config import load_settings
+from fleetwave.store.memory import MemoryStore
 
 
 async def wait_logged(logs: list[dict[str, Any]], event: str) -> dict[str, Any]:
@@ -43,9 +43,9 @@ async def test_serve_answers_on_the_api_and_exits_cleanly_on_a_signal(
     async def open_store(settings: object) -> AsyncIterator[MemoryStore]:
         yield store
 
-    factory = types.ModuleType("store.factory")
+    factory = types.ModuleType("fleetwave.store.factory")
     factory.open_store = open_store  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "store.factory", factory)
+    monkeypatch.setitem(sys.modules, "fleetwave.store.factory", factory)
     paths = init_certs(tmp_path / "certs", agents=1)
     settings = load_settings(
         environ={},

@@ -6,11 +6,11 @@ import attrs
 import httpx
 import structlog
 
-from api.app import create_app
-from api.auth import create_token
-from store.errors import StoreUnavailable
-from store.memory import MemoryStore
-from store.models import Node
+from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token
+from fleetwave.store.errors import StoreUnavailable
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import Node
 
 
 async def test_unknown_route_is_404_in_the_envelope(anonymous: httpx.AsyncClient) -> None:

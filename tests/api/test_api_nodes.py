@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from api.app import create_app
-from store.memory import MemoryStore
-from store.models import NodeHealth
+from fleetwave.api.app import create_app
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import NodeHealth
 from tests.api.conftest import add_nodes
 
 NODE_ITEM_FIELDS = {"id", "name", "mainIp", "agentPort", "enabled", "status", "lastSeenAt"}

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from store.memory import MemoryStore
-from store.models import NodeChange, NodeStatus, Outcome, ReleaseStatus
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import NodeChange, NodeStatus, Outcome, ReleaseStatus
 from tests.api.conftest import add_nodes
 
 RELEASE_ITEM_FIELDS = {

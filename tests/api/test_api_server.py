@@ -8,7 +8,7 @@ import httpx
 import trio
 from starlette.applications import Starlette
 
-from api.server import serve_api
+from fleetwave.api.server import serve_api
 
 
 async def test_serve_api_reports_the_bound_port_answers_and_cancels_cleanly(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from agent.certs import CertPaths, init_certs
+from fleetwave.agent.certs import CertPaths, init_certs
 from tests.e2e.harness import Harness
 from tests.integration.conftest import database_url, postgres_server, run_sql
 

@@ -23,9 +23,9 @@ from typing import Any
 import attrs
 import trio
 
-from agent.certs import CertPaths, mtls_env_lines
-from agent.protocol import agent_hosts
-from demo import wait_ready
+from fleetwave.agent.certs import CertPaths, mtls_env_lines
+from fleetwave.agent.protocol import agent_hosts
+from fleetwave.demo import wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 _KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH")
@@ -52,7 +52,7 @@ FAST: Mapping[str, str] = {
 
 def fleetwave(*args: str) -> list[str]:
     """The ``fleetwave`` command line, run by this interpreter from the repository."""
-    return [sys.executable, "-m", "cli", *args]
+    return [sys.executable, "-m", "fleetwave", *args]
 
 
 def free_agent_port(count: int, first_host: str = "127.0.0.2") -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from store.embedded import EmbeddedPostgres
+from fleetwave.store.embedded import EmbeddedPostgres
 from tests.e2e.harness import REPO, fleetwave
 from tests.integration.conftest import server_directory
 

@@ -7,7 +7,7 @@ import re
 
 import attrs
 
-from config.settings import Settings
+from fleetwave.config.settings import Settings
 from tests.e2e.harness import REPO
 
 ROW = re.compile(r"^\| `(?P<name>[a-z_]+)` \| `(?P<env>[A-Z_]+)` \| (?P<default>[^|]+) \|")

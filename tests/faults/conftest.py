@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.certs import CertPaths, init_certs
+from fleetwave.agent.certs import CertPaths, init_certs
 from tests.integration.conftest import database_url, pg_store, postgres_server
 from tests.sim.conftest import make_sim
 

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 import trio
 
-from agent.certs import CertPaths, mtls_env_lines
+from fleetwave.agent.certs import CertPaths, mtls_env_lines
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main(sys.argv[1:]))", "serve"]

@@ -32,12 +32,12 @@ from typing import Any
 import attrs
 import trio
 
-from agent.certs import CertPaths, init_certs
-from agent.sim import Behaviour, SimulatedFleet
-from store.base import Store
-from store.embedded import EmbeddedPostgres
-from store.models import NodeStatus, ReleaseSpec, ReleaseStatus, task_id_for
-from store.postgres import open_loop_and_store
+from fleetwave.agent.certs import CertPaths, init_certs
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.store.base import Store
+from fleetwave.store.embedded import EmbeddedPostgres
+from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus, task_id_for
+from fleetwave.store.postgres import open_loop_and_store
 from tests.e2e.harness import FAST
 from tests.faults.daemons import Daemon, DaemonGroup, daemon_env, open_daemons
 from tests.integration.conftest import TEST_SERVER_SETTINGS, run_sql, server_directory

@@ -17,10 +17,10 @@ import structlog
 import trio
 from structlog.typing import EventDict
 
-from agent.certs import CertPaths
-from agent.sim import Behaviour, SimulatedFleet
-from store.models import NodeStatus, ReleaseNode, ReleaseSpec, ReleaseStatus, task_id_for
-from store.postgres import PostgresStore
+from fleetwave.agent.certs import CertPaths
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.store.models import NodeStatus, ReleaseNode, ReleaseSpec, ReleaseStatus, task_id_for
+from fleetwave.store.postgres import PostgresStore
 from tests.invariants import assert_release_invariants
 from tests.world import World, open_world
 

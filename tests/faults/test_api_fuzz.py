@@ -30,12 +30,12 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
-from api.auth import create_token
-from store.base import Store
-from store.memory import MemoryStore
-from store.models import NodeHealth, ReleaseSpec, ReleaseStatus
-from store.postgres import open_loop_and_store
+from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token
+from fleetwave.store.base import Store
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import NodeHealth, ReleaseSpec, ReleaseStatus
+from fleetwave.store.postgres import open_loop_and_store
 from tests.integration.conftest import run_sql
 
 FUZZ_REQUESTS = int(os.environ.get("FLEETWAVE_FUZZ_REQUESTS", "2400"))

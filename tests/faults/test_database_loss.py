@@ -20,13 +20,13 @@ import attrs
 import pytest
 import trio
 
-from agent.certs import CertPaths
-from agent.sim import Behaviour
-from store.embedded import EmbeddedPostgres, free_port
-from store.errors import StoreUnavailable
-from store.memory import MemoryStore
-from store.models import NodeStatus, Release, ReleaseSpec, ReleaseStatus, task_id_for
-from store.postgres import PostgresStore, open_loop_and_store
+from fleetwave.agent.certs import CertPaths
+from fleetwave.agent.sim import Behaviour
+from fleetwave.store.embedded import EmbeddedPostgres, free_port
+from fleetwave.store.errors import StoreUnavailable
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import NodeStatus, Release, ReleaseSpec, ReleaseStatus, task_id_for
+from fleetwave.store.postgres import PostgresStore, open_loop_and_store
 from tests.faults.daemons import daemon_env, start_daemon
 from tests.integration.conftest import TEST_SERVER_SETTINGS, server_directory
 from tests.invariants import assert_release_invariants

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.certs import CertPaths, init_certs
+from fleetwave.agent.certs import CertPaths, init_certs
 from tests.faults.conftest import CERT_AGENTS
 from tests.faults.soak import SoakSizes, run_soak, write_report
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import trio
 
-from agent.certs import CertPaths
-from agent.sim import Behaviour
-from store.models import Event, NodeStatus, ReleaseNode, ReleaseSpec, ReleaseStatus
-from store.postgres import PostgresStore, open_loop_and_store
+from fleetwave.agent.certs import CertPaths
+from fleetwave.agent.sim import Behaviour
+from fleetwave.store.models import Event, NodeStatus, ReleaseNode, ReleaseSpec, ReleaseStatus
+from fleetwave.store.postgres import PostgresStore, open_loop_and_store
 from tests.e2e.harness import FAST
 from tests.faults.daemons import Daemon, daemon_env, open_daemons
 from tests.faults.soak import CLAIM_MESSAGE, database_clock, releases_held_by

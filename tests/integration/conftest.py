@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from store.base import Store
-from store.embedded import POSTGRES_BIN_PATH, EmbeddedPostgres
-from store.memory import MemoryStore
-from store.postgres import PostgresStore, open_loop_and_store
+from fleetwave.store.base import Store
+from fleetwave.store.embedded import POSTGRES_BIN_PATH, EmbeddedPostgres
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.postgres import PostgresStore, open_loop_and_store
 
 # Durability is pointless for test data; these make commits and CREATE DATABASE cheap.
 TEST_SERVER_SETTINGS = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from api.app import create_app
-from api.auth import create_token
-from store.postgres import PostgresStore
+from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token
+from fleetwave.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
 

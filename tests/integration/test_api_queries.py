@@ -10,10 +10,10 @@ import httpx
 import pytest
 import trio_asyncio
 
-from api.app import create_app
-from api.auth import create_token
-from store.models import ReleaseSpec
-from store.postgres import PostgresStore
+from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token
+from fleetwave.store.models import ReleaseSpec
+from fleetwave.store.postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
 

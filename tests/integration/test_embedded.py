@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from store.embedded import EmbeddedPostgres, free_port
-from store.errors import StoreUnavailable
-from store.models import ReleaseSpec
-from store.postgres import open_loop_and_store
+from fleetwave.store.embedded import EmbeddedPostgres, free_port
+from fleetwave.store.errors import StoreUnavailable
+from fleetwave.store.models import ReleaseSpec
+from fleetwave.store.postgres import open_loop_and_store
 from tests.integration.conftest import TEST_SERVER_SETTINGS, run_sql, server_directory
 
 pytestmark = pytest.mark.postgres

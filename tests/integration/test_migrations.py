@@ -6,8 +6,8 @@ import pytest
 import trio
 import trio_asyncio
 
-from store.migrate import LATEST_VERSION, MIGRATIONS
-from store.postgres import migrate_database, open_postgres_store
+from fleetwave.store.migrate import LATEST_VERSION, MIGRATIONS
+from fleetwave.store.postgres import migrate_database, open_postgres_store
 from tests.integration.conftest import run_sql
 
 pytestmark = pytest.mark.postgres

@@ -11,13 +11,13 @@ import httpx
 import pytest
 import trio
 
-from agent.certs import CertPaths, init_certs, mtls_env_lines
-from agent.client import AgentClient, AgentPoolTransport, build_http_client
-from agent.errors import AgentError, FailureKind
-from agent.protocol import AgentAddress, DispatchRequest, TaskStatus
-from agent.sim import Behaviour, SimulatedFleet
-from config import load_settings
-from store.models import task_id_for
+from fleetwave.agent.certs import CertPaths, init_certs, mtls_env_lines
+from fleetwave.agent.client import AgentClient, AgentPoolTransport, build_http_client
+from fleetwave.agent.errors import AgentError, FailureKind
+from fleetwave.agent.protocol import AgentAddress, DispatchRequest, TaskStatus
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.config import load_settings
+from fleetwave.store.models import task_id_for
 
 BOUND = 15.0
 """No test here may take longer, whatever breaks."""

@@ -19,12 +19,12 @@ import pytest
 import trio
 import trio_asyncio
 
-from config import load_settings
-from store import postgres
-from store.errors import StoreUnavailable
-from store.factory import open_store
-from store.models import NodeChange, NodeStatus, ReleaseSpec
-from store.postgres import PostgresStore, open_loop_and_store
+from fleetwave.config import load_settings
+from fleetwave.store import postgres
+from fleetwave.store.errors import StoreUnavailable
+from fleetwave.store.factory import open_store
+from fleetwave.store.models import NodeChange, NodeStatus, ReleaseSpec
+from fleetwave.store.postgres import PostgresStore, open_loop_and_store
 from tests.integration.conftest import run_sql
 
 pytestmark = pytest.mark.postgres

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.certs import CertPaths, init_certs
-from agent.sim import Behaviour
-from store.models import NodeStatus, ReleaseSpec, ReleaseStatus
-from store.postgres import PostgresStore
+from fleetwave.agent.certs import CertPaths, init_certs
+from fleetwave.agent.sim import Behaviour
+from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus
+from fleetwave.store.postgres import PostgresStore
 from tests.integration.conftest import run_sql
 from tests.invariants import assert_release_invariants
 from tests.world import World, open_world

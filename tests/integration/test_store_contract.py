@@ -8,11 +8,11 @@ import pytest
 import trio
 import trio_asyncio
 
-from store.base import Store
-from store.embedded import EmbeddedPostgres
-from store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
-from store.memory import MemoryStore
-from store.models import (
+from fleetwave.store.base import Store
+from fleetwave.store.embedded import EmbeddedPostgres
+from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import (
     DEFAULT_PLAN,
     ERROR_MSG_MAX,
     TOKEN_LOOKUP_CHARS,
@@ -26,7 +26,7 @@ from store.models import (
     ReleaseStatus,
     StoredToken,
 )
-from store.postgres import PostgresStore, open_postgres_store
+from fleetwave.store.postgres import PostgresStore, open_postgres_store
 from tests.integration.conftest import SeedRelease, run_sql
 
 pytestmark = pytest.mark.postgres

@@ -9,12 +9,12 @@ import httpx
 import pytest
 import trio
 
-from agent.client import AgentClient
-from agent.sim import Behaviour, SimulatedFleet
-from config import Settings, load_settings
-from store.memory import MemoryStore
-from store.models import Node, Release, ReleaseSpec
-from supervisor import Supervisor
+from fleetwave.agent.client import AgentClient
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.config import Settings, load_settings
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import Node, Release, ReleaseSpec
+from fleetwave.supervisor import Supervisor
 from tests.waiting import wait_terminal
 
 

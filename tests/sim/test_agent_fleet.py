@@ -11,12 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from agent.client import AgentClient, build_http_client
-from agent.errors import AgentError, FailureKind
-from agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
-from agent.sim import Behaviour, SimulatedFleet
-from config import load_settings
-from store.models import task_id_for
+from fleetwave.agent.client import AgentClient, build_http_client
+from fleetwave.agent.errors import AgentError, FailureKind
+from fleetwave.agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.config import load_settings
+from fleetwave.store.models import task_id_for
 
 REQUEST_TIMEOUT = 60.0
 

@@ -9,9 +9,9 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors.release import LeaseLost, ReleaseActor, ReleaseConfig
-from agent.sim import Behaviour
-from store.models import NodeStatus, ReleaseStatus, task_id_for
+from fleetwave.actors.release import LeaseLost, ReleaseActor, ReleaseConfig
+from fleetwave.agent.sim import Behaviour
+from fleetwave.store.models import NodeStatus, ReleaseStatus, task_id_for
 from tests.invariants import assert_release_invariants
 from tests.sim.conftest import Sim
 

@@ -8,11 +8,11 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.client import AgentClient
-from agent.sim import Behaviour, SimulatedFleet
-from store.memory import MemoryStore
-from store.models import NodeStatus, ReleaseSpec, ReleaseStatus
-from supervisor import Supervisor
+from fleetwave.agent.client import AgentClient
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus
+from fleetwave.supervisor import Supervisor
 from tests.invariants import assert_release_invariants
 from tests.sim.conftest import sim_settings
 

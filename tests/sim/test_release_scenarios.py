@@ -7,8 +7,8 @@ from collections.abc import Callable
 import trio
 from trio.testing import MockClock
 
-from agent.sim import Behaviour
-from store.models import NodeStatus, ReleaseSpec, ReleaseStatus, task_id_for
+from fleetwave.agent.sim import Behaviour
+from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus, task_id_for
 from tests.invariants import assert_release_invariants
 from tests.sim.conftest import Sim
 

@@ -11,9 +11,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from agent.certs import CertPaths, init_certs, mtls_env_lines
-from agent.client import client_ssl_context
-from config import SettingsError, load_settings
+from fleetwave.agent.certs import CertPaths, init_certs, mtls_env_lines
+from fleetwave.agent.client import client_ssl_context
+from fleetwave.config import SettingsError, load_settings
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import ssl
 import httpx
 import pytest
 
-from agent.client import AgentClient, RequestTrace, classify_transport_error
-from agent.errors import AgentError, FailureKind
-from agent.protocol import AgentAddress, DispatchRequest
+from fleetwave.agent.client import AgentClient, RequestTrace, classify_transport_error
+from fleetwave.agent.errors import AgentError, FailureKind
+from fleetwave.agent.protocol import AgentAddress, DispatchRequest
 
 AGENT = AgentAddress("127.0.0.3", 8443)
 TIMEOUTS = httpx.Timeout(60.0, connect=15.0)

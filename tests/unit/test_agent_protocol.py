@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.protocol import (
+from fleetwave.agent.protocol import (
     AgentAddress,
     DispatchAck,
     DispatchRequest,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.render import table, watch_view
+from fleetwave.api.render import table, watch_view
 
 
 def test_table_aligns_columns_and_shows_missing_values_as_dash() -> None:

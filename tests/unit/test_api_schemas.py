@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from api.commands import parse_plan
-from api.envelope import ApiError, Code
-from api.schemas import (
+from fleetwave.api.commands import parse_plan
+from fleetwave.api.envelope import ApiError, Code
+from fleetwave.api.schemas import (
     parse_id,
     parse_json,
     parse_node_registration,
@@ -17,7 +17,7 @@ from api.schemas import (
     parse_release_spec,
     timestamp,
 )
-from store.models import DEFAULT_PLAN, ReleaseStatus
+from fleetwave.store.models import DEFAULT_PLAN, ReleaseStatus
 
 
 def test_release_spec_defaults_to_the_original_plan() -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import bench
-from bench import ReleaseTimes, Sample
-from config import load_settings
+from fleetwave import bench
+from fleetwave.bench import ReleaseTimes, Sample
+from fleetwave.config import load_settings
 
 
 def test_ideal_time_sums_the_slowest_node_of_each_batch() -> None:

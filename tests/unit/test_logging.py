@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from config import load_settings
-from config.logging import configure_logging
+from fleetwave.config import load_settings
+from fleetwave.config.logging import configure_logging
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from store.errors import InvalidInput
-from store.plan import assign_batches, split, validate_plan
+from fleetwave.store.errors import InvalidInput
+from fleetwave.store.plan import assign_batches, split, validate_plan
 
 
 @pytest.mark.parametrize(

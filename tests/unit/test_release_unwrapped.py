@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors.release import LeaseLost, _unwrapped
-from store.errors import StoreUnavailable
+from fleetwave.actors.release import LeaseLost, _unwrapped
+from fleetwave.store.errors import StoreUnavailable
 
 
 async def test_a_lone_lease_loss_comes_out_plain() -> None:

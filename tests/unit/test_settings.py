@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from config import SettingsError, load_settings
+from fleetwave.config import SettingsError, load_settings
 
 
 def test_defaults_match_the_original_system() -> None:
@@ -94,7 +94,7 @@ def test_mtls_is_required_with_readable_files(tmp_path: Path) -> None:
 def fleetwave(command: str, cwd: Path, **environ: str) -> subprocess.CompletedProcess[str]:
     """Run the command line in a bare environment, as a fresh shell would."""
     return subprocess.run(
-        [sys.executable, "-m", "cli", command],
+        [sys.executable, "-m", "fleetwave", command],
         env={"PATH": "/usr/bin:/bin", **environ},
         capture_output=True,
         text=True,

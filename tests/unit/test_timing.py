@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from actors.timing import NodeTiming, PollPacer, jittered, retry_delay
+from fleetwave.actors.timing import NodeTiming, PollPacer, jittered, retry_delay
 
 
 def test_retry_backoff_doubles_and_is_capped() -> None:

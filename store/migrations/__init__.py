@@ -1,0 +1,1 @@
+"""The SQL migrations, applied in the order of their numbers (fleetwave.store.migrate)."""
