@@ -133,7 +133,16 @@ class _Handlers:
         )
 
     async def show_release(self, request: Request) -> Response:
-        release_id = parse_id(request.path_params["id"])
+        return await self._release_detail(parse_id(request.path_params["id"]))
+
+    async def show_release_by_query(self, request: Request) -> Response:
+        """``GET /api/v1/releases/detail?id=N``, the original's later form of the detail."""
+        text = request.query_params.get("id")
+        if not text:
+            raise ApiError(400, Code.PARAM_MISSING, "id: is required (?id=N)")
+        return await self._release_detail(parse_id(text))
+
+    async def _release_detail(self, release_id: int) -> Response:
         release = await self.store.get_release(release_id)
         if release is None:
             raise _not_found(release_id)
@@ -290,6 +299,8 @@ def create_app(store: Store, *, default_agent_port: int = DEFAULT_AGENT_PORT) ->
             GET=guarded(api.list_releases),
             POST=guarded(api.create_release),
         ),
+        # Before "/api/v1/releases/{id}", which would take "detail" for an id.
+        _route("/api/v1/releases/detail", GET=guarded(api.show_release_by_query)),
         _route("/api/v1/releases/{id}", GET=guarded(api.show_release)),
         _route("/api/v1/releases/{id}/events", GET=guarded(api.release_events)),
         _route("/api/v1/nodes", GET=guarded(api.list_nodes), POST=guarded(api.register_node)),

@@ -95,7 +95,7 @@ def release_detail(data: Mapping[str, Any]) -> str:
             node["status"],
             _when(node["startedAt"]),
             _when(node["finishedAt"]),
-            node["errorMsg"],
+            node["errorMsg"] or None,
         )
         for batch in data["batches"]
         for node in batch["nodes"]

@@ -167,12 +167,16 @@ class _Fields:
 
 
 RELEASE_FIELDS = ("target", "reason", "plan", "maxParallel", "maxFailures", "scope")
+TARGETS = ("cdn",)
+"""What a release can apply to: the original knows only ``cdn``, and refuses anything else
+(a typo must not release to the whole fleet)."""
 
 
 def parse_release_spec(document: object) -> ReleaseSpec:
     fields = _Fields.of(document, RELEASE_FIELDS)
-    target = fields.text("target", required=True, empty=False, max_length=NAME_MAX)
-    reason = fields.text("reason", required=True)
+    target = _target(fields)
+    # Optional, as in the original (its clients send {"target": "cdn"} alone).
+    reason = fields.text("reason") or ""
     plan = fields.values.get("plan")
     try:
         steps = validate_plan(plan) if plan is not None else None
@@ -181,13 +185,24 @@ def parse_release_spec(document: object) -> ReleaseSpec:
     max_parallel = fields.integer("maxParallel", minimum=1, maximum=2**31 - 1, nullable=True)
     max_failures = fields.integer("maxFailures", minimum=0, maximum=2**31 - 1)
     scope = fields.text("scope", empty=False, max_length=NAME_MAX)
-    assert target is not None and reason is not None
     spec = ReleaseSpec(target=target, reason=reason, max_parallel=max_parallel, scope=scope)
     if steps is not None:
         spec = attrs.evolve(spec, plan=steps)
     if max_failures is not None:
         spec = attrs.evolve(spec, max_failures=max_failures)
     return spec
+
+
+def _target(fields: _Fields) -> str:
+    """The release's target: missing or unknown is 400 / 2002, as the original answers."""
+    choices = ", ".join(f'"{target}"' for target in TARGETS)
+    if not fields.has("target"):
+        raise invalid("target", f"is required (one of {choices})")
+    value = fields.values["target"]
+    if value not in TARGETS:
+        raise invalid("target", f"must be one of {choices}, got {_kind(value)} {_shown(value)}")
+    assert isinstance(value, str)
+    return value
 
 
 @attrs.frozen
@@ -254,19 +269,28 @@ def parse_id(text: str, field: str = "id") -> int:
     return value
 
 
-def _query_int(
-    query: Mapping[str, str], name: str, default: int, minimum: int, maximum: int
-) -> int:
+def _query_integer(query: Mapping[str, str], name: str, default: int) -> int:
+    """An integer parameter of any length: beyond a bigint it counts as just past one (Python
+    refuses to convert very long digit strings)."""
     text = query.get(name)
     if text is None or text == "":
         return default
     stripped = text.strip()
-    digits = stripped[1:] if stripped.startswith("-") else stripped
+    negative = stripped.startswith("-")
+    digits = stripped[1:] if negative else stripped
     if not digits.isascii() or not digits.isdigit():
         raise invalid(name, f"must be an integer, got {_shown(text)}")
-    value = int(stripped)
+    value = int(digits) if len(digits) <= 19 else MAX_ID + 1
+    return -value if negative else value
+
+
+def _query_int(
+    query: Mapping[str, str], name: str, default: int, minimum: int, maximum: int
+) -> int:
+    value = _query_integer(query, name, default)
     if not minimum <= value <= maximum:
-        raise invalid(name, f"must be between {minimum} and {maximum}, got {value}")
+        shown = value if abs(value) <= MAX_ID else "a number beyond 64 bits"
+        raise invalid(name, f"must be between {minimum} and {maximum}, got {shown}")
     return value
 
 
@@ -290,9 +314,13 @@ def parse_release_query(query: Mapping[str, str]) -> Page:
         except ValueError:
             choices = ", ".join(status.value for status in ReleaseStatus)
             raise invalid("status", f"must be one of {choices}, got {_shown(raw_status)}") from None
-    # The largest page keeps offsets inside a bigint.
-    page = _query_int(query, "page", 1, 1, MAX_ID // PAGE_SIZE_MAX)
-    page_size = _query_int(query, "pageSize", PAGE_SIZE_DEFAULT, 1, PAGE_SIZE_MAX)
+    # As in the original, out-of-range numbers are clamped, never an error: page <= 0 is 1,
+    # pageSize <= 0 is the default and above the maximum is the maximum. The largest page
+    # keeps offsets inside a bigint. A value that is not an integer stays an error.
+    page = _query_integer(query, "page", 1)
+    page = min(max(page, 1), MAX_ID // PAGE_SIZE_MAX)
+    page_size = _query_integer(query, "pageSize", PAGE_SIZE_DEFAULT)
+    page_size = PAGE_SIZE_DEFAULT if page_size <= 0 else min(page_size, PAGE_SIZE_MAX)
     return Page(status=status, page=page, page_size=page_size)
 
 
@@ -355,7 +383,8 @@ def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:
                 "nodeId": node.node_id,
                 "nodeName": node.node_name,
                 "status": node.status.value,
-                "errorMsg": node.error_msg,
+                # The original's clients expect "" (never null) when there is no error.
+                "errorMsg": node.error_msg or "",
                 "startedAt": timestamp(node.started_at),
                 "finishedAt": timestamp(node.finished_at),
             }

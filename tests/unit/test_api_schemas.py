@@ -37,15 +37,15 @@ def test_release_spec_normalizes_percentages() -> None:
     assert spec.plan == (1, "25%", "100%")
 
 
-def test_missing_field_is_code_2001_and_unknown_field_2003() -> None:
+def test_missing_target_is_code_2002_and_unknown_field_2003() -> None:
     with pytest.raises(ApiError) as missing:
         parse_release_spec({"reason": "r"})
     with pytest.raises(ApiError) as unknown:
         parse_release_spec({"target": "cdn", "reason": "r", "max_parallel": 1})
 
     assert (missing.value.code, missing.value.message) == (
-        Code.PARAM_MISSING,
-        "target: is required",
+        Code.PARAM_INVALID,
+        'target: is required (one of "cdn")',
     )
     assert unknown.value.code == Code.PARAM_ILLEGAL
     assert unknown.value.message.startswith("max_parallel: unknown field (allowed: target,")
