@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fleetwave.config import Settings, SettingsError, load_settings
 from fleetwave.config.logging import configure_logging
 from fleetwave.store.embedded import EmbeddedPostgresError
 from fleetwave.store.errors import StoreError
+from fleetwave.store.models import Role
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -179,6 +181,15 @@ def _plan(text: str) -> list[int | str]:
     return parse_plan(text)
 
 
+def _expiry(text: str) -> timedelta:
+    from fleetwave.api.auth import parse_expiry
+
+    try:
+        return parse_expiry(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     token = commands.add_parser("token", help="API tokens")
     token_actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -186,6 +197,24 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "create", help="create an API token and print it once (only its hash is stored)"
     )
     token_create.add_argument("name", help="who or what the token is for")
+    token_create.add_argument(
+        "--role",
+        required=True,
+        choices=[role.value for role in Role],
+        help="viewer: reads; operator: also releases and their verbs; admin: also nodes, "
+        "tokens, webhooks",
+    )
+    token_create.add_argument(
+        "--expires", type=_expiry, metavar="DURATION", help="e.g. 90m, 12h, 30d, 8w (never)"
+    )
+    token_list = token_actions.add_parser(
+        "list", help="every token: role, creation, expiry and last use (never the token)"
+    )
+    token_list.add_argument("--json", action="store_true", help="print the tokens as JSON")
+    token_revoke = token_actions.add_parser(
+        "revoke", help="delete a token: every request with it is refused from then on"
+    )
+    token_revoke.add_argument("token", metavar="NAME|ID", help="the token's name or id")
 
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
@@ -305,15 +334,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 raise UsageError(f"--agents {args.agents}: at most {MAX_AGENTS}")
             return run_demo(DemoOptions(args.agents, args.keep_running, args.data_dir))
         case "token":
-            from fleetwave.api.auth import check_token_name
-
-            try:
-                name = check_token_name(args.name)
-            except ValueError as error:
-                raise UsageError(str(error)) from None
-            # stdout carries the token alone; logs go to stderr.
+            # stdout carries the command's answer alone (the token, once); logs go to stderr.
             configure_logging(settings, stream=sys.stderr)
-            return trio.run(_token_create, settings, name)
+            return _token(args, settings)
         case "release" | "nodes":
             if not args.token:
                 raise UsageError("no API token: set FLEETWAVE_TOKEN or pass --token")
@@ -325,6 +348,7 @@ async def _serve(settings: Settings) -> None:
     from fleetwave.agent.client import AgentClient, build_http_client
     from fleetwave.api.app import create_app
     from fleetwave.api.server import serve_api
+    from fleetwave.api.token_use import TokenUse
     from fleetwave.store.factory import open_store
     from fleetwave.supervisor import Supervisor
 
@@ -337,14 +361,19 @@ async def _serve(settings: Settings) -> None:
             supervisor.stop()
             api_stopping.set()
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                partial(serve_api, shutdown_trigger=api_stopping.wait),
-                create_app(store, default_agent_port=settings.agent_port),
-                settings.api_bind,
-            )
-            await nursery.start(supervisor.run)
-            await _stop_on_signal(stop)
+        token_use = TokenUse(store)
+        async with trio.open_nursery() as writing_uses:
+            await writing_uses.start(token_use.run)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(serve_api, shutdown_trigger=api_stopping.wait),
+                    create_app(store, default_agent_port=settings.agent_port, token_use=token_use),
+                    settings.api_bind,
+                )
+                await nursery.start(supervisor.run)
+                await _stop_on_signal(stop)
+            # The API has stopped: the last uses are written as the writer is cancelled.
+            writing_uses.cancel_scope.cancel()
 
 
 async def _stop_on_signal(stop: object) -> None:
@@ -355,18 +384,76 @@ async def _stop_on_signal(stop: object) -> None:
             return
 
 
-async def _token_create(settings: Settings, name: str) -> int:
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    match args.action:
+        case "create":
+            from fleetwave.api.auth import check_token_name
+
+            try:
+                name = check_token_name(args.name)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            return trio.run(_token_create, settings, name, Role(args.role), args.expires)
+        case "list":
+            return trio.run(_token_list, settings, args.json)
+        case "revoke":
+            key: int | str = int(args.token) if args.token.isdigit() else args.token
+            return trio.run(_token_revoke, settings, key)
+    raise UsageError(f"unknown token action {args.action!r}")  # pragma: no cover
+
+
+async def _token_create(
+    settings: Settings, name: str, role: Role, expires_in: timedelta | None
+) -> int:
+    import structlog
+
     from fleetwave.api.auth import create_token
     from fleetwave.store.errors import AlreadyExists
     from fleetwave.store.factory import open_store
 
     try:
         async with open_store(settings) as store:
-            token = await create_token(store, name)
+            token = await create_token(store, name, role=role, expires_in=expires_in)
     except AlreadyExists as error:
         print(f"fleetwave: {error}", file=sys.stderr)
         return 1
+    structlog.get_logger("fleetwave.cli").info(
+        "token.created", token_name=name, token_role=role.value, expires_in=str(expires_in)
+    )
     print(token)
+    return 0
+
+
+async def _token_list(settings: Settings, as_json: bool) -> int:
+    import json
+
+    from fleetwave.api.render import token_list
+    from fleetwave.api.schemas import token_item
+    from fleetwave.store.factory import open_store
+
+    async with open_store(settings) as store:
+        tokens = await store.list_tokens()
+    data = {"items": [token_item(token) for token in tokens], "total": len(tokens)}
+    print(json.dumps(data, indent=2) if as_json else token_list(data))
+    return 0
+
+
+async def _token_revoke(settings: Settings, key: int | str) -> int:
+    import structlog
+
+    from fleetwave.store.errors import NotFound
+    from fleetwave.store.factory import open_store
+
+    try:
+        async with open_store(settings) as store:
+            token = await store.revoke_token(key)
+    except NotFound as error:
+        print(f"fleetwave: {error}", file=sys.stderr)
+        return 1
+    structlog.get_logger("fleetwave.cli").info(
+        "token.revoked", token_id=token.id, token_name=token.name, token_role=token.role.value
+    )
+    print(f"revoked token {token.name} (id {token.id}, {token.role})")
     return 0
 
 

@@ -208,7 +208,7 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
             async with _daemon(env, base / "serve.log") as api:
                 say(f"- daemon: `fleetwave serve`, API on {api}, log {base / 'serve.log'}")
                 token = await _create_token(env, base / "token.log")
-                say("- API token created with `fleetwave token create demo`")
+                say("- API token created with `fleetwave token create demo --role admin`")
                 async with open_http(api, token) as http:
                     client = ApiClient(http)
                     result.code = await _releases(client, fleet, say)
@@ -456,7 +456,7 @@ def tail(path: Path, lines: int) -> str:
 async def _create_token(env: Mapping[str, str], log_path: Path) -> str:
     with log_path.open("wb") as log, trio.move_on_after(TOKEN_TIMEOUT) as waited:
         result = await trio.run_process(
-            cli_command("token", "create", "demo"),
+            cli_command("token", "create", "demo", "--role", "admin"),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             capture_stdout=True,

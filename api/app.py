@@ -8,7 +8,6 @@ becomes a 500 / 5001 envelope with no internals, logged with its traceback.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import attrs
 import structlog
@@ -18,10 +17,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetwave.api.auth import authenticate
+from fleetwave.api.access import (
+    Access,
+    admin,
+    operator,
+    public,
+    undeclared_routes,
+    viewer,
+)
 from fleetwave.api.envelope import ApiError, Code, error_response, ok
 from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
@@ -37,7 +42,9 @@ from fleetwave.api.schemas import (
     parse_release_spec,
     release_batches,
     release_item,
+    token_item,
 )
+from fleetwave.api.token_use import TokenUse
 from fleetwave.store.base import Store
 from fleetwave.store.errors import (
     AlreadyExists,
@@ -52,8 +59,8 @@ log = structlog.get_logger("fleetwave.api")
 
 READY_TIMEOUT = 5.0
 """A readiness probe answers within this, database or not."""
-
-Handler = Callable[[Request], Awaitable[Response]]
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Every other method may change state, so each such request gets an ``api.audit`` line."""
 
 
 def _from_store(error: StoreError) -> ApiError:
@@ -96,16 +103,11 @@ class _Handlers:
     store: Store
     default_agent_port: int
 
-    def guarded(self, handler: Handler) -> Handler:
-        async def with_token(request: Request) -> Response:
-            request.state.token_name = await authenticate(self.store, request)
-            return await handler(request)
-
-        return with_token
-
     async def create_release(self, request: Request) -> Response:
         spec = parse_release_spec(await read_json(request))
-        created = await self.store.create_release(spec)
+        created = await self.store.create_release(
+            attrs.evolve(spec, requested_by=request.state.actor)
+        )
         return ok(
             {
                 "releaseId": created.release.id,
@@ -181,6 +183,21 @@ class _Handlers:
         patch = parse_node_patch(await read_json(request))
         node = await self.store.update_node(node_id, status=patch.status, enabled=patch.enabled)
         return ok(node_item(node))
+
+    async def list_tokens(self, request: Request) -> Response:
+        tokens = await self.store.list_tokens()
+        return ok({"items": [token_item(token) for token in tokens], "total": len(tokens)})
+
+    async def revoke_token(self, request: Request) -> Response:
+        token = await self.store.revoke_token(parse_id(request.path_params["id"]))
+        log.info(
+            "api.token_revoked",
+            token_id=token.id,
+            revoked_token=token.name,
+            token_name=request.state.token_name,
+            token_role=request.state.token_role,
+        )
+        return ok(token_item(token))
 
     async def healthz(self, request: Request) -> Response:
         return ok({"status": "alive"})
@@ -263,49 +280,55 @@ class RequestLog:
                 )
         finally:
             state = scope.get("state") or {}
+            token = {"token_name": state.get("token_name"), "token_role": state.get("token_role")}
             log.info(
                 "api.request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                token_name=state.get("token_name"),
+                **token,
             )
+            if scope["method"] not in _READ_METHODS:
+                log.info(
+                    "api.audit", method=scope["method"], path=scope["path"], status=status, **token
+                )
 
 
-def _route(path: str, **by_method: Handler) -> Route:
-    """One route per path, so a wrong method gets a 405 listing every allowed one."""
-    if "GET" in by_method:
-        by_method["HEAD"] = by_method["GET"]
-
-    async def dispatch(request: Request) -> Response:
-        return await by_method[request.method](request)
-
-    return Route(path, dispatch, methods=list(by_method))
-
-
-def create_app(store: Store, *, default_agent_port: int = DEFAULT_AGENT_PORT) -> Starlette:
-    """The API over ``store``: every route but the health checks needs a Bearer token.
+def create_app(
+    store: Store,
+    *,
+    default_agent_port: int = DEFAULT_AGENT_PORT,
+    token_use: TokenUse | None = None,
+) -> Starlette:
+    """The API over ``store``: every route but the health checks needs a Bearer token whose
+    role is at least the one declared beside the route (api/access.py).
 
     A node registered without ``agentPort`` gets ``default_agent_port`` (the daemon's
-    ``agent_port`` setting)."""
+    ``agent_port`` setting). Token uses are noted in ``token_use``, which the daemon runs to
+    write them."""
     api = _Handlers(store, default_agent_port)
-    guarded = api.guarded
+    route = Access(store, token_use or TokenUse(store)).route
     routes = [
-        _route("/healthz", GET=api.healthz),
-        _route("/readyz", GET=api.readyz),
-        _route(
+        route("/healthz", GET=public(api.healthz)),
+        route("/readyz", GET=public(api.readyz)),
+        route(
             "/api/v1/releases",
-            GET=guarded(api.list_releases),
-            POST=guarded(api.create_release),
+            GET=viewer(api.list_releases),
+            POST=operator(api.create_release),
         ),
         # Before "/api/v1/releases/{id}", which would take "detail" for an id.
-        _route("/api/v1/releases/detail", GET=guarded(api.show_release_by_query)),
-        _route("/api/v1/releases/{id}", GET=guarded(api.show_release)),
-        _route("/api/v1/releases/{id}/events", GET=guarded(api.release_events)),
-        _route("/api/v1/nodes", GET=guarded(api.list_nodes), POST=guarded(api.register_node)),
-        _route("/api/v1/nodes/{id}", PATCH=guarded(api.update_node)),
+        route("/api/v1/releases/detail", GET=viewer(api.show_release_by_query)),
+        route("/api/v1/releases/{id}", GET=viewer(api.show_release)),
+        route("/api/v1/releases/{id}/events", GET=viewer(api.release_events)),
+        route("/api/v1/nodes", GET=viewer(api.list_nodes), POST=admin(api.register_node)),
+        route("/api/v1/nodes/{id}", PATCH=admin(api.update_node)),
+        route("/api/v1/tokens", GET=admin(api.list_tokens)),
+        route("/api/v1/tokens/{id}", DELETE=admin(api.revoke_token)),
     ]
+    undeclared = undeclared_routes(routes)
+    if undeclared:
+        raise RuntimeError(f"routes without a declared role: {', '.join(undeclared)}")
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestLog)],

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from datetime import timedelta
 
 from starlette.requests import Request
 
 from fleetwave.api.envelope import ApiError, Code
 from fleetwave.store.base import Store
-from fleetwave.store.models import TOKEN_LOOKUP_CHARS, StoredToken
+from fleetwave.store.models import TOKEN_LOOKUP_CHARS, Role, StoredToken, TokenInfo
 
 TOKEN_BYTES = 32
 TOKEN_PREFIX = "fw_"
@@ -24,6 +26,9 @@ TOKEN_PREFIX = "fw_"
 "-", which a command line would take for an option."""
 TOKEN_NAME_MAX = 64
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fleetwave"'}
+_EXPIRY = re.compile(r"(\d{1,6})([mhdw])")
+_EXPIRY_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+MAX_EXPIRY = timedelta(days=3650)
 
 
 def hash_token(token: str) -> str:
@@ -39,17 +44,37 @@ def check_token_name(name: str) -> str:
         raise ValueError(f"a token name must be at most {TOKEN_NAME_MAX} characters")
     if not cleaned.isprintable():
         raise ValueError("a token name must be printable text")
+    if cleaned.isdigit():
+        raise ValueError("a token name must not be all digits (those are token ids)")
     return cleaned
 
 
-async def create_token(store: Store, name: str) -> str:
-    """Make a new token named ``name``, store its hash, and return the token itself.
+def parse_expiry(text: str) -> timedelta:
+    """``30d`` -> 30 days (``m`` minutes, ``h`` hours, ``d`` days, ``w`` weeks); ValueError
+    says what is wrong."""
+    match = _EXPIRY.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"expected a duration such as 90m, 12h, 30d or 8w, got {text!r}")
+    count, unit = int(match.group(1)), match.group(2)
+    expiry = timedelta(**{_EXPIRY_UNITS[unit]: count})
+    if count == 0 or expiry > MAX_EXPIRY:
+        raise ValueError(f"expected a duration from 1m to {MAX_EXPIRY.days}d, got {text!r}")
+    return expiry
+
+
+async def create_token(
+    store: Store, name: str, *, role: Role = Role.ADMIN, expires_in: timedelta | None = None
+) -> str:
+    """Make a new token named ``name`` with ``role``, store its hash, and return the token
+    itself.
 
     The token is returned exactly once; only its hash is kept. Raises AlreadyExists when the
     name is taken.
     """
     token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
-    await store.create_token(check_token_name(name), hash_token(token))
+    await store.create_token(
+        check_token_name(name), hash_token(token), role=role, expires_in=expires_in
+    )
     return token
 
 
@@ -74,20 +99,29 @@ def presented_token(request: Request) -> str:
     return token.strip()
 
 
-async def authenticate(store: Store, request: Request) -> str:
-    """The name of the token the request carries; ApiError 401 (1001 missing, 1002 wrong)."""
+async def authenticate(store: Store, request: Request) -> TokenInfo:
+    """The token the request carries; ApiError 401 (1001 missing, 1002 wrong or expired)."""
     digest = hash_token(presented_token(request))
     candidates = await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS])
-    name = matching_token(candidates, digest)
-    if name is None:
+    found = matching_token(candidates, digest)
+    if found is None:
         raise ApiError(401, Code.INVALID_TOKEN, "invalid token", headers=_CHALLENGE)
-    return name
+    if found.expired:
+        expired_at = found.info.expires_at
+        when = "" if expired_at is None else f" at {expired_at.isoformat(timespec='seconds')}"
+        raise ApiError(
+            401,
+            Code.INVALID_TOKEN,
+            f"token expired{when}: ask an admin for a new one",
+            headers=_CHALLENGE,
+        )
+    return found.info
 
 
-def matching_token(candidates: list[StoredToken], digest: str) -> str | None:
-    """The name of the candidate whose hash is ``digest``, compared in constant time."""
+def matching_token(candidates: list[StoredToken], digest: str) -> StoredToken | None:
+    """The candidate whose hash is ``digest``, compared in constant time."""
     found = None
     for candidate in candidates:
         if hmac.compare_digest(candidate.token_hash.encode(), digest.encode()):
-            found = candidate.name
+            found = candidate
     return found

@@ -153,3 +153,18 @@ def node_added(data: Mapping[str, Any]) -> str:
         f"node {data['id']} {data['name']} at {data['mainIp']}:{data['agentPort']} "
         f"({data['status']}, {'enabled' if data['enabled'] else 'disabled'})"
     )
+
+
+def token_list(data: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            item["id"],
+            item["name"],
+            item["role"],
+            _when(item["createdAt"]),
+            _when(item["expiresAt"]) if item["expiresAt"] else "never",
+            _when(item["lastUsedAt"]) if item["lastUsedAt"] else "never",
+        )
+        for item in data["items"]
+    ]
+    return table(("ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED"), rows)

@@ -24,6 +24,7 @@ from fleetwave.store.models import (
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
+    TokenInfo,
 )
 from fleetwave.store.plan import validate_plan
 
@@ -414,5 +415,19 @@ def event_item(event: Event) -> dict[str, object]:
         "toStatus": event.to_status,
         "message": event.message,
         "daemonId": event.daemon_id,
+        "actor": None
+        if event.actor is None
+        else {"tokenName": event.actor.token_name, "role": event.actor.role.value},
         "createdAt": timestamp(event.created_at),
+    }
+
+
+def token_item(token: TokenInfo) -> dict[str, object]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "role": token.role.value,
+        "createdAt": timestamp(token.created_at),
+        "expiresAt": timestamp(token.expires_at),
+        "lastUsedAt": timestamp(token.last_used_at),
     }

@@ -8,6 +8,7 @@ Times (created_at, lease expiry, ...) come from the store's clock, never the cal
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Protocol
 
 import trio
@@ -25,7 +26,9 @@ from fleetwave.store.models import (
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
+    Role,
     StoredToken,
+    TokenInfo,
 )
 
 
@@ -132,14 +135,35 @@ class Store(Protocol):
 
     # --- API tokens --------------------------------------------------------------------------
 
-    async def create_token(self, name: str, token_hash: str) -> None:
-        """Store a token's hash under a unique name; raises AlreadyExists."""
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        *,
+        role: Role = Role.ADMIN,
+        expires_in: timedelta | None = None,
+    ) -> TokenInfo:
+        """Store a token's hash under a unique name with its role, expiring ``expires_in``
+        from now (the store's clock) or never; raises AlreadyExists."""
         ...
 
     async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
         """The tokens whose hash starts with ``prefix`` (TOKEN_LOOKUP_CHARS hex characters).
 
         Usually none or one; the caller compares the whole hash in constant time."""
+        ...
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        """Every token, by id."""
+        ...
+
+    async def revoke_token(self, key: int | str) -> TokenInfo:
+        """Delete the token with id ``key`` (an int) or name ``key`` (a str) and return what it
+        was; raises NotFound. A revoked token is unknown from then on."""
+        ...
+
+    async def touch_tokens(self, token_ids: Sequence[int]) -> None:
+        """Set last_used_at to now for these tokens, in one statement (ids gone are ignored)."""
         ...
 
     # --- health ----------------------------------------------------------------------------

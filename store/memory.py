@@ -17,6 +17,7 @@ import trio
 from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
 from fleetwave.store.models import (
     TOKEN_LOOKUP_CHARS,
+    Actor,
     Claim,
     CreatedRelease,
     Event,
@@ -30,7 +31,9 @@ from fleetwave.store.models import (
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
+    Role,
     StoredToken,
+    TokenInfo,
     clip_error,
     node_ids_by_batch,
 )
@@ -81,6 +84,12 @@ class _NodeRow:
 
 
 @attrs.define
+class _TokenRow:
+    info: TokenInfo
+    token_hash: str
+
+
+@attrs.define
 class MemoryStore:
     """In-memory Store. Setting ``unavailable`` makes every operation raise StoreUnavailable,
     as a database that went away would."""
@@ -89,9 +98,10 @@ class MemoryStore:
     _releases: dict[int, _ReleaseRow] = attrs.field(factory=dict)
     _release_nodes: dict[int, list[_NodeRow]] = attrs.field(factory=dict)
     _events: list[Event] = attrs.field(factory=list)
-    _tokens: dict[str, str] = attrs.field(factory=dict)
+    _tokens: dict[int, _TokenRow] = attrs.field(factory=dict)
     _wakers: list[Callable[[], None]] = attrs.field(factory=list)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
+    _token_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _base: datetime | None = None
     unavailable: bool = False
     record_calls: int = 0
@@ -307,7 +317,7 @@ class MemoryStore:
             max_failures=spec.max_failures,
             reason=spec.reason,
         )
-        self._event(row.id, None, None, None, row.status, "created", None)
+        self._event(row.id, None, None, None, row.status, "created", None, actor=spec.requested_by)
         for wake in list(self._wakers):
             wake()
         nodes = await self.release_nodes(row.id)
@@ -457,21 +467,64 @@ class MemoryStore:
 
     # --- tokens and health ----------------------------------------------------------------
 
-    async def create_token(self, name: str, token_hash: str) -> None:
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        *,
+        role: Role = Role.ADMIN,
+        expires_in: timedelta | None = None,
+    ) -> TokenInfo:
         await self._available()
-        if name in self._tokens.values():
+        if any(row.info.name == name for row in self._tokens.values()):
             raise AlreadyExists(f"a token named {name!r} already exists")
-        if token_hash in self._tokens:
+        if any(row.token_hash == token_hash for row in self._tokens.values()):
             raise AlreadyExists("a token with this value already exists")
-        self._tokens[token_hash] = name
+        now = self.now()
+        info = TokenInfo(
+            id=next(self._token_ids),
+            name=name,
+            role=Role(role),
+            created_at=now,
+            expires_at=None if expires_in is None else now + expires_in,
+            last_used_at=None,
+        )
+        self._tokens[info.id] = _TokenRow(info, token_hash)
+        return info
 
     async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
         await self._available()
+        now = self.now()
         return [
-            StoredToken(name, token_hash)
-            for token_hash, name in self._tokens.items()
-            if token_hash[:TOKEN_LOOKUP_CHARS] == prefix
+            StoredToken(
+                row.info,
+                row.token_hash,
+                expired=row.info.expires_at is not None and row.info.expires_at <= now,
+            )
+            for row in self._tokens.values()
+            if row.token_hash[:TOKEN_LOOKUP_CHARS] == prefix
         ]
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        await self._available()
+        return [self._tokens[token_id].info for token_id in sorted(self._tokens)]
+
+    async def revoke_token(self, key: int | str) -> TokenInfo:
+        await self._available()
+        for token_id, row in self._tokens.items():
+            if (token_id == key) if isinstance(key, int) else (row.info.name == key):
+                del self._tokens[token_id]
+                return row.info
+        what = f"id {key}" if isinstance(key, int) else f"named {key!r}"
+        raise NotFound(f"no token {what}")
+
+    async def touch_tokens(self, token_ids: Sequence[int]) -> None:
+        await self._available()
+        now = self.now()
+        for token_id in token_ids:
+            row = self._tokens.get(token_id)
+            if row is not None:
+                row.info = attrs.evolve(row.info, last_used_at=now)
 
     async def ping(self) -> bool:
         await self._available()
@@ -488,6 +541,8 @@ class MemoryStore:
         to_status: str,
         message: str | None,
         daemon_id: str | None,
+        *,
+        actor: Actor | None = None,
     ) -> None:
         self._events.append(
             Event(
@@ -500,6 +555,7 @@ class MemoryStore:
                 message=message,
                 daemon_id=daemon_id,
                 created_at=self.now(),
+                actor=actor,
             )
         )
 

@@ -100,5 +100,10 @@ async def schema_version(connection: Executor) -> int:
 
 
 async def is_current(connection: Executor) -> bool:
-    """True when every shipped migration is applied. Asyncio-flavored."""
-    return await schema_version(connection) >= LATEST_VERSION
+    """True when every shipped migration is applied (a lower number shipped after a higher
+    one was applied counts as missing). Asyncio-flavored."""
+    if await schema_version(connection) == 0:
+        return not MIGRATIONS
+    rows = await connection.fetch("SELECT version FROM schema_migrations")
+    applied = {row["version"] for row in rows}
+    return all(migration.version in applied for migration in MIGRATIONS)

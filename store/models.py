@@ -246,6 +246,8 @@ class ReleaseSpec:
     max_failures: int = 0
     scope: str | None = None
     type: str = APPLY_CONFIG
+    requested_by: Actor | None = None
+    """The API token that asked, recorded on the release's "created" event."""
 
 
 @attrs.frozen
@@ -268,9 +270,14 @@ class Event:
     message: str | None
     daemon_id: str | None
     created_at: datetime
+    actor: Actor | None = None
+    """The API token that asked for this transition, when one did."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Event:
+        actor = None
+        if record.get("actor_token") is not None and record.get("actor_role") in set(Role):
+            actor = Actor(record["actor_token"], Role(record["actor_role"]))
         return cls(
             id=record["id"],
             release_id=record["release_task_id"],
@@ -281,6 +288,7 @@ class Event:
             message=record["message"],
             daemon_id=record["daemon_id"],
             created_at=record["created_at"],
+            actor=actor,
         )
 
 
@@ -296,9 +304,54 @@ TOKEN_LOOKUP_CHARS: Final = 16
 hash is then compared by the caller in constant time."""
 
 
+class Role(enum.StrEnum):
+    """What an API token may do; each role may do everything the roles before it may."""
+
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        order = list(Role)
+        return order.index(self) >= order.index(needed)
+
+
+@attrs.frozen
+class TokenInfo:
+    """An API token as listed: everything but its hash. Times are the store's."""
+
+    id: int
+    name: str
+    role: Role
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TokenInfo:
+        return cls(
+            id=record["id"],
+            name=record["name"],
+            role=Role(record["role"]),
+            created_at=record["created_at"],
+            expires_at=record["expires_at"],
+            last_used_at=record["last_used_at"],
+        )
+
+
 @attrs.frozen
 class StoredToken:
-    """An API token as stored: its name and the hex SHA-256 of the token."""
+    """An API token as looked up: its listing, the hex SHA-256 of the token, and whether it
+    had expired at the store's clock when it was read."""
 
-    name: str
+    info: TokenInfo
     token_hash: str
+    expired: bool
+
+
+@attrs.frozen
+class Actor:
+    """Who asked for a change through the API: the token's name and role (never the token)."""
+
+    token_name: str
+    role: Role

@@ -18,6 +18,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeAlias, TypeVar, cast
 
 import asyncpg
@@ -48,7 +49,9 @@ from fleetwave.store.models import (
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
+    Role,
     StoredToken,
+    TokenInfo,
     clip_error,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
@@ -227,8 +230,11 @@ RETURNING t.id
 """
 
 # The expression is the one indexed by migration 0002 (api_tokens_hash_prefix_idx).
+_TOKEN_COLUMNS = "id, name, role, created_at, expires_at, last_used_at"
+
 _TOKENS_BY_HASH_PREFIX = f"""
-SELECT name, token_hash FROM api_tokens
+SELECT {_TOKEN_COLUMNS}, token_hash, coalesce(expires_at <= now(), false) AS expired
+FROM api_tokens
 WHERE left(token_hash, {TOKEN_LOOKUP_CHARS}) = $1
 """
 
@@ -350,8 +356,9 @@ ORDER BY u.ord
 
 _ANNOUNCE_RELEASE = """
 WITH event AS (
-    INSERT INTO release_events (release_task_id, from_status, to_status, message)
-    VALUES ($1, NULL, 'pending', $2)
+    INSERT INTO release_events
+        (release_task_id, from_status, to_status, message, actor_token, actor_role)
+    VALUES ($1, NULL, 'pending', $2, $4, $5)
 )
 SELECT pg_notify($3, $1::text)
 """
@@ -569,7 +576,15 @@ class PostgresStore:
             message = f"created: version {version}, {len(node_ids)} nodes in {len(batches)} batches"
             if spec.reason:
                 message += f"; reason: {spec.reason}"
-            await connection.execute(_ANNOUNCE_RELEASE, release_id, message, NOTIFY_CHANNEL)
+            actor = spec.requested_by
+            await connection.execute(
+                _ANNOUNCE_RELEASE,
+                release_id,
+                message,
+                NOTIFY_CHANNEL,
+                None if actor is None else actor.token_name,
+                None if actor is None else actor.role.value,
+            )
             record = await connection.fetchrow(_release_select() + " WHERE r.id = $1", release_id)
             assert record is not None
         return CreatedRelease(
@@ -682,23 +697,70 @@ class PostgresStore:
 
     # --- API tokens --------------------------------------------------------------------------
 
-    async def create_token(self, name: str, token_hash: str) -> None:
-        await self._call(self._create_token, name, token_hash)
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        *,
+        role: Role = Role.ADMIN,
+        expires_in: timedelta | None = None,
+    ) -> TokenInfo:
+        return await self._call(self._create_token, name, token_hash, Role(role), expires_in)
 
-    async def _create_token(self, name: str, token_hash: str) -> None:
+    async def _create_token(
+        self, name: str, token_hash: str, role: Role, expires_in: timedelta | None
+    ) -> TokenInfo:
         try:
             async with _acquired(self._pool) as connection:
-                await connection.execute(
-                    "INSERT INTO api_tokens (name, token_hash) VALUES ($1, $2)", name, token_hash
+                record = await connection.fetchrow(
+                    "INSERT INTO api_tokens (name, token_hash, role, expires_at)"
+                    " VALUES ($1, $2, $3, now() + $4::interval)"
+                    f" RETURNING {_TOKEN_COLUMNS}",
+                    name,
+                    token_hash,
+                    role.value,
+                    expires_in,
                 )
         except asyncpg.UniqueViolationError as error:
             if error.constraint_name == "api_tokens_name_key":
                 raise AlreadyExists(f"a token named {name!r} already exists") from error
             raise AlreadyExists("a token with this value already exists") from error
+        assert record is not None
+        return TokenInfo.from_record(_row(record))
 
     async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
         records = await self._call(self._fetch, _TOKENS_BY_HASH_PREFIX, prefix)
-        return [StoredToken(record["name"], record["token_hash"]) for record in records]
+        return [
+            StoredToken(
+                TokenInfo.from_record(_row(record)), record["token_hash"], record["expired"]
+            )
+            for record in records
+        ]
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        records = await self._call(
+            self._fetch, f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY id"
+        )
+        return [TokenInfo.from_record(_row(record)) for record in records]
+
+    async def revoke_token(self, key: int | str) -> TokenInfo:
+        column = "id" if isinstance(key, int) else "name"
+        record = await self._call(
+            self._fetchrow,
+            f"DELETE FROM api_tokens WHERE {column} = $1 RETURNING {_TOKEN_COLUMNS}",
+            key,
+        )
+        if record is None:
+            what = f"id {key}" if isinstance(key, int) else f"named {key!r}"
+            raise NotFound(f"no token {what}")
+        return TokenInfo.from_record(_row(record))
+
+    async def touch_tokens(self, token_ids: Sequence[int]) -> None:
+        await self._call(
+            self._execute,
+            "UPDATE api_tokens SET last_used_at = now() WHERE id = ANY($1::bigint[])",
+            list(token_ids),
+        )
 
     # --- health ------------------------------------------------------------------------------
 

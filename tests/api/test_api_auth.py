@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 
 import attrs
 import httpx
@@ -12,7 +13,7 @@ from fleetwave.api.app import create_app
 from fleetwave.api.auth import create_token, matching_token
 from fleetwave.store.errors import AlreadyExists, StoreUnavailable
 from fleetwave.store.memory import MemoryStore
-from fleetwave.store.models import TOKEN_LOOKUP_CHARS, StoredToken
+from fleetwave.store.models import TOKEN_LOOKUP_CHARS, Role, StoredToken, TokenInfo
 
 
 async def test_missing_token_is_401_1001(anonymous: httpx.AsyncClient) -> None:
@@ -95,9 +96,8 @@ async def test_create_token_stores_only_the_sha256_of_the_token(store: MemorySto
 
     assert token.startswith("fw_") and len(token) >= 40
     digest = hashlib.sha256(token.encode()).hexdigest()
-    assert await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS]) == [
-        StoredToken("ci", digest)
-    ]
+    [stored] = await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS])
+    assert (stored.info.name, stored.token_hash, stored.expired) == ("ci", digest, False)
     assert await store.tokens_by_hash_prefix(token[:TOKEN_LOOKUP_CHARS]) == []
 
 
@@ -121,13 +121,18 @@ async def test_a_token_whose_hash_shares_the_lookup_prefix_is_still_refused(
 
 def test_matching_token_compares_every_candidate_in_full() -> None:
     digest = "ab" * 32
+
+    def stored(name: str, token_hash: str) -> StoredToken:
+        info = TokenInfo(1, name, Role.VIEWER, datetime.now(UTC), None, None)
+        return StoredToken(info, token_hash, expired=False)
+
     candidates = [
-        StoredToken("prefix-only", digest[:TOKEN_LOOKUP_CHARS] + "0" * 48),
-        StoredToken("exact", digest),
-        StoredToken("longer", digest + "00"),
+        stored("prefix-only", digest[:TOKEN_LOOKUP_CHARS] + "0" * 48),
+        stored("exact", digest),
+        stored("longer", digest + "00"),
     ]
 
-    assert matching_token(candidates, digest) == "exact"
+    assert matching_token(candidates, digest) == candidates[1]
     assert matching_token(candidates[:1], digest) is None
     assert matching_token([], digest) is None
 

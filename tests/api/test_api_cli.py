@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import io
 import json
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import attrs
 import pytest
+import structlog.testing
 import trio
 from starlette.applications import Starlette
 
 from fleetwave import cli
 from fleetwave.api import commands
 from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token
 from fleetwave.api.client import ApiClient, ApiUnreachable, open_http
 from fleetwave.api.server import serve_api
 from fleetwave.config import load_settings
@@ -32,7 +35,7 @@ from fleetwave.store.models import (
     Outcome,
     ReleaseSpec,
     ReleaseStatus,
-    StoredToken,
+    Role,
 )
 from tests.api.conftest import add_nodes
 
@@ -361,9 +364,9 @@ async def test_program_says_when_the_api_is_unreachable() -> None:
 # --- token create -------------------------------------------------------------------------
 
 
-async def test_token_create_prints_only_the_token_and_stores_its_hash(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def cli_store(monkeypatch: pytest.MonkeyPatch) -> MemoryStore:
+    """The store the token commands open, in place of the database they are configured for."""
     store = MemoryStore()
 
     @contextlib.asynccontextmanager
@@ -373,15 +376,95 @@ async def test_token_create_prints_only_the_token_and_stores_its_hash(
     factory = types.ModuleType("fleetwave.store.factory")
     factory.open_store = open_store  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fleetwave.store.factory", factory)
+    return store
 
-    code = await cli._token_create(load_settings(environ={}), "ci")
+
+async def test_token_create_prints_only_the_token_and_stores_its_hash(
+    cli_store: MemoryStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = cli_store
+    with structlog.testing.capture_logs() as logs:
+        code = await cli._token_create(load_settings(environ={}), "ci", Role.OPERATOR, None)
 
     captured = capsys.readouterr()
     [token] = captured.out.splitlines()
     assert code == 0 and captured.out == token + "\n"
+    [created] = [entry for entry in logs if entry["event"] == "token.created"]
+    assert (created["token_name"], created["token_role"]) == ("ci", "operator")
+    assert token not in repr(logs)
     digest = hashlib.sha256(token.encode()).hexdigest()
-    assert await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS]) == [
-        StoredToken("ci", digest)
-    ]
-    assert await cli._token_create(load_settings(environ={}), "ci") == 1
+    [stored] = await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS])
+    assert (stored.info.name, stored.info.role, stored.token_hash) == ("ci", "operator", digest)
+    assert await cli._token_create(load_settings(environ={}), "ci", Role.ADMIN, None) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+# --- token list and revoke ---------------------------------------------------------------
+
+
+async def test_token_list_shows_role_creation_expiry_and_last_use(
+    cli_store: MemoryStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await create_token(cli_store, "root")
+    secret = await create_token(
+        cli_store, "dash", role=Role.VIEWER, expires_in=datetime.timedelta(days=30)
+    )
+    await cli_store.touch_tokens([1])
+
+    assert await cli._token_list(load_settings(environ={}), False) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST", "USED"]
+    root, dash = (line.split() for line in lines[1:])
+    assert root[:3] == ["1", "root", "admin"] and root[5] == "never" and root[-1] != "never"
+    assert dash[:3] == ["2", "dash", "viewer"] and dash[5] != "never" and dash[-1] == "never"
+    assert secret not in "\n".join(lines)
+
+
+async def test_token_list_json_has_the_api_fields(
+    cli_store: MemoryStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await create_token(cli_store, "root", role=Role.OPERATOR)
+
+    assert await cli._token_list(load_settings(environ={}), True) == 0
+
+    data = json.loads(capsys.readouterr().out)
+    assert data["total"] == 1
+    assert data["items"][0]["name"] == "root" and data["items"][0]["role"] == "operator"
+    assert "tokenHash" not in data["items"][0]
+
+
+@pytest.mark.parametrize("key", [1, "old"])
+async def test_token_revoke_by_id_or_name(
+    cli_store: MemoryStore, capsys: pytest.CaptureFixture[str], key: int | str
+) -> None:
+    await create_token(cli_store, "old", role=Role.VIEWER)
+
+    with structlog.testing.capture_logs() as logs:
+        assert await cli._token_revoke(load_settings(environ={}), key) == 0
+
+    assert capsys.readouterr().out == "revoked token old (id 1, viewer)\n"
+    assert [(e["event"], e["token_name"], e["token_role"]) for e in logs] == [
+        ("token.revoked", "old", "viewer")
+    ]
+    assert await cli_store.list_tokens() == []
+    assert await cli._token_revoke(load_settings(environ={}), key) == 1
+    assert "no token" in capsys.readouterr().err
+
+
+def test_token_create_needs_a_role_and_a_valid_expiry() -> None:
+    parser = cli.build_parser()
+    parsed = parser.parse_args(["token", "create", "ci", "--role", "viewer", "--expires", "2w"])
+    assert (parsed.role, parsed.expires) == ("viewer", datetime.timedelta(weeks=2))
+    for argv in (
+        ["token", "create", "ci"],
+        ["token", "create", "ci", "--role", "root"],
+        ["token", "create", "ci", "--role", "admin", "--expires", "forever"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2
+
+
+def test_token_names_that_are_all_digits_are_refused_as_ids() -> None:
+    assert cli.main(["token", "create", "42", "--role", "admin"]) == 2

@@ -314,8 +314,15 @@ async def test_release_events_are_the_audit_trail_after_an_id(
         "toStatus",
         "message",
         "daemonId",
+        "actor",
         "createdAt",
     }
+    # The creation names the token that asked (conftest's admin token "tests"); the claim, a
+    # daemon's doing, names none.
+    assert [e["actor"] for e in everything["items"]] == [
+        {"tokenName": "tests", "role": "admin"},
+        None,
+    ]
     assert everything["nextAfterId"] == everything["items"][-1]["id"]
     assert [e["toStatus"] for e in rest["items"]] == ["running"]
     assert rest["items"][0]["daemonId"] == "daemon-a"

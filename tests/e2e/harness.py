@@ -230,8 +230,8 @@ class Harness:
             )
         return result.stdout.decode()
 
-    async def token(self, name: str = "e2e") -> str:
-        return (await self.command("token", "create", name)).strip()
+    async def token(self, name: str = "e2e", role: str = "admin") -> str:
+        return (await self.command("token", "create", name, "--role", role)).strip()
 
     async def stop_all(self) -> None:
         """Stop every child, the last started first (daemons before the agents they call)."""

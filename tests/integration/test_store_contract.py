@@ -4,6 +4,8 @@ lost databases) use ``pg_store``."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import trio
 import trio_asyncio
@@ -16,6 +18,7 @@ from fleetwave.store.models import (
     DEFAULT_PLAN,
     ERROR_MSG_MAX,
     TOKEN_LOOKUP_CHARS,
+    Actor,
     Lease,
     Node,
     NodeChange,
@@ -24,7 +27,7 @@ from fleetwave.store.models import (
     Outcome,
     ReleaseSpec,
     ReleaseStatus,
-    StoredToken,
+    Role,
 )
 from fleetwave.store.postgres import PostgresStore, open_postgres_store
 from tests.integration.conftest import SeedRelease, run_sql
@@ -618,9 +621,9 @@ async def test_tokens_are_found_by_hash_prefix_and_unique(store: Store) -> None:
     await store.create_token("twin", twin)
 
     found = await store.tokens_by_hash_prefix(prefix)
-    assert sorted(found, key=lambda token: token.name) == [
-        StoredToken("ci", first),
-        StoredToken("twin", twin),
+    assert sorted((token.info.name, token.token_hash) for token in found) == [
+        ("ci", first),
+        ("twin", twin),
     ]
     assert await store.tokens_by_hash_prefix(other[:TOKEN_LOOKUP_CHARS]) == []
     with pytest.raises(AlreadyExists):
@@ -725,3 +728,76 @@ async def test_opening_an_unreachable_database_raises_unavailable() -> None:
 async def test_memory_store_is_a_store() -> None:
     store: Store = MemoryStore()
     assert await store.ping() is True
+
+
+# --- token roles, expiry, listing, revocation and last use ------------------------------------
+
+
+async def test_a_token_keeps_its_role_and_expiry_and_lists_without_its_hash(store: Store) -> None:
+    admin = await store.create_token("root", "a" * 64)
+    viewer = await store.create_token(
+        "dash", "b" * 64, role=Role.VIEWER, expires_in=timedelta(days=30)
+    )
+
+    listed = await store.list_tokens()
+
+    assert listed == [admin, viewer]
+    assert (admin.role, admin.expires_at) == (Role.ADMIN, None)
+    assert viewer.role is Role.VIEWER and viewer.expires_at is not None
+    assert timedelta(days=30) - timedelta(seconds=5) < viewer.expires_at - viewer.created_at
+    assert viewer.expires_at - viewer.created_at <= timedelta(days=30) + timedelta(seconds=5)
+    assert viewer.last_used_at is None
+    [found] = await store.tokens_by_hash_prefix("b" * TOKEN_LOOKUP_CHARS)
+    assert (found.info, found.token_hash, found.expired) == (viewer, "b" * 64, False)
+
+
+async def test_a_token_past_its_expiry_is_found_expired(store: Store) -> None:
+    await store.create_token("brief", "c" * 64, expires_in=timedelta(milliseconds=20))
+    await trio.sleep(0.1)
+
+    [found] = await store.tokens_by_hash_prefix("c" * TOKEN_LOOKUP_CHARS)
+
+    assert found.expired is True
+
+
+async def test_revoke_token_by_id_or_name_deletes_it(store: Store) -> None:
+    first = await store.create_token("first", "d" * 64)
+    second = await store.create_token("second", "e" * 64, role=Role.OPERATOR)
+
+    assert await store.revoke_token(first.id) == first
+    assert await store.revoke_token("second") == second
+
+    assert await store.list_tokens() == []
+    assert await store.tokens_by_hash_prefix("d" * TOKEN_LOOKUP_CHARS) == []
+    with pytest.raises(NotFound, match="no token id"):
+        await store.revoke_token(first.id)
+    with pytest.raises(NotFound, match="no token named 'second'"):
+        await store.revoke_token("second")
+    # The name is free again.
+    await store.create_token("second", "f" * 64)
+
+
+async def test_touch_tokens_stamps_last_use_of_those_tokens_only(store: Store) -> None:
+    used = await store.create_token("used", "1" * 64)
+    unused = await store.create_token("unused", "2" * 64)
+
+    await store.touch_tokens([used.id, 424242])
+
+    by_name = {token.name: token for token in await store.list_tokens()}
+    assert by_name["used"].last_used_at is not None
+    assert by_name["used"].last_used_at >= used.created_at
+    assert by_name["unused"].last_used_at is None
+    assert unused.id in {token.id for token in by_name.values()}
+
+
+async def test_a_release_created_for_a_token_names_it_on_its_created_event(store: Store) -> None:
+    await add_nodes(store, 1)
+    actor = Actor("deployer", Role.OPERATOR)
+
+    created = await store.create_release(ReleaseSpec(reason="r", requested_by=actor))
+    anonymous = await store.create_release(ReleaseSpec(reason="r", scope="other"))
+
+    [event] = await store.release_events(created.release.id)
+    assert event.actor == actor
+    [other] = await store.release_events(anonymous.release.id)
+    assert other.actor is None
