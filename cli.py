@@ -254,15 +254,38 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "watch", parents=[client], help="follow a release until it ends (exit 0 on success)"
     )
     watch.add_argument("release_id", type=_positive_int, metavar="ID")
+    events = release_actions.add_parser(
+        "events", parents=[client], help="a release's audit trail: every transition, oldest first"
+    )
+    events.add_argument("release_id", type=_positive_int, metavar="ID")
+    _add_nodes_commands(commands, client)
 
-    nodes = commands.add_parser("nodes", help="list and register edge nodes")
+
+def _add_nodes_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser
+) -> None:
+    nodes = commands.add_parser("nodes", help="list, show, register and take nodes in or out")
     nodes_actions = nodes.add_subparsers(dest="action", required=True, metavar="ACTION")
     nodes_actions.add_parser("list", parents=[client], help="list nodes")
+    show = nodes_actions.add_parser(
+        "show", parents=[client], help="a node and its part in its latest releases"
+    )
+    show.add_argument("node", metavar="NAME", help="node name (or id)")
+    for action, help_text in (
+        ("enable", "let new releases include the nodes (and take them out of maintenance)"),
+        ("disable", "leave the nodes out of new releases"),
+        ("maintenance", "mark the nodes in maintenance: new releases leave them out"),
+    ):
+        changing = nodes_actions.add_parser(action, parents=[client], help=help_text)
+        changing.add_argument("nodes", nargs="+", metavar="NAME", help="node names (or ids)")
     add = nodes_actions.add_parser(
-        "add", parents=[client], help="register a node (or update it by name)"
+        "add", parents=[client], help="register a node (--update to change an existing one)"
     )
     add.add_argument("name")
     add.add_argument("ip", metavar="IP")
+    add.add_argument(
+        "--update", action="store_true", help="replace the address of a node of that name"
+    )
     add.add_argument(
         "--port",
         type=_port,
@@ -313,8 +336,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             trio.run(_serve, settings)
             return 0
         case "migrate":
-            configure_logging(settings)
-            trio.run(_migrate, settings)
+            # stdout says what was applied; logs go to stderr.
+            configure_logging(settings, stream=sys.stderr)
+            print(trio.run(_migrate, settings))
             return 0
         case "agent-sim":
             configure_logging(settings)
@@ -465,11 +489,22 @@ async def _api_command(args: argparse.Namespace) -> int:
         return await run(args, ApiClient(http), sys.stdout, sys.stderr)
 
 
-async def _migrate(settings: Settings) -> None:
-    from fleetwave.store.factory import open_store
+async def _migrate(settings: Settings) -> str:
+    """Apply what the database lacks; say what that was and where the schema is now."""
+    import trio_asyncio
 
-    async with open_store(settings):
-        pass
+    from fleetwave.store.factory import database_url
+    from fleetwave.store.migrate import MIGRATIONS
+    from fleetwave.store.postgres import migrate_and_report
+
+    async with trio_asyncio.open_loop(), database_url(settings) as url:
+        applied, schema = await migrate_and_report(url)
+    if not applied:
+        return f"nothing to apply; schema at {schema}"
+    names = {
+        migration.version: f"{migration.version:04d}_{migration.name}" for migration in MIGRATIONS
+    }
+    return f"applied {', '.join(names[version] for version in applied)}; schema at {schema}"
 
 
 async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ becomes a 500 / 5001 envelope with no internals, logged with its traceback.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import attrs
 import structlog
@@ -32,9 +33,11 @@ from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
     MAX_BODY_BYTES,
     event_item,
+    node_detail,
     node_item,
     parse_events_query,
     parse_id,
+    parse_if_exists,
     parse_json,
     parse_node_patch,
     parse_node_registration,
@@ -54,6 +57,7 @@ from fleetwave.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from fleetwave.store.models import Release, ReleaseStatus, Wait
 
 log = structlog.get_logger("fleetwave.api")
 
@@ -61,6 +65,8 @@ READY_TIMEOUT = 5.0
 """A readiness probe answers within this, database or not."""
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Every other method may change state, so each such request gets an ``api.audit`` line."""
+NODE_RUNS_SHOWN = 20
+"""A node's detail shows its part in this many of its latest releases."""
 
 
 def _from_store(error: StoreError) -> ApiError:
@@ -125,9 +131,10 @@ class _Handlers:
         releases, total = await self.store.list_releases(
             status=page.status, offset=page.offset, limit=page.page_size
         )
+        waits = await self._waits(releases)
         return ok(
             {
-                "items": [release_item(release) for release in releases],
+                "items": [release_item(release, waits.get(release.id)) for release in releases],
                 "total": total,
                 "page": page.page,
                 "pageSize": page.page_size,
@@ -149,7 +156,13 @@ class _Handlers:
         if release is None:
             raise _not_found(release_id)
         nodes = await self.store.release_nodes(release_id)
-        return ok({"release": release_item(release), "batches": release_batches(nodes)})
+        wait = (await self._waits([release])).get(release_id)
+        return ok({"release": release_item(release, wait), "batches": release_batches(nodes)})
+
+    async def _waits(self, releases: Sequence[Release]) -> dict[int, Wait]:
+        """What the pending ones among ``releases`` wait for (no query when none is)."""
+        pending = [release.id for release in releases if release.status is ReleaseStatus.PENDING]
+        return await self.store.waits(pending) if pending else {}
 
     async def release_events(self, request: Request) -> Response:
         release_id = parse_id(request.path_params["id"])
@@ -172,11 +185,24 @@ class _Handlers:
         return ok({"items": [node_item(node) for node in nodes], "total": len(nodes)})
 
     async def register_node(self, request: Request) -> Response:
+        replace = parse_if_exists(request.query_params)
         node = parse_node_registration(await read_json(request), self.default_agent_port)
         registered = await self.store.upsert_node(
-            node.name, node.main_ip, node.agent_port, enabled=node.enabled, status=node.status
+            node.name,
+            node.main_ip,
+            node.agent_port,
+            enabled=node.enabled,
+            status=node.status,
+            replace=replace,
         )
         return ok(node_item(registered))
+
+    async def show_node(self, request: Request) -> Response:
+        node_id = parse_id(request.path_params["id"])
+        node = await self.store.get_node(node_id)
+        if node is None:
+            raise ApiError(404, Code.NOT_FOUND, f"node {node_id} not found")
+        return ok(node_detail(node, await self.store.node_runs(node_id, limit=NODE_RUNS_SHOWN)))
 
     async def update_node(self, request: Request) -> Response:
         node_id = parse_id(request.path_params["id"])
@@ -322,7 +348,7 @@ def create_app(
         route("/api/v1/releases/{id}", GET=viewer(api.show_release)),
         route("/api/v1/releases/{id}/events", GET=viewer(api.release_events)),
         route("/api/v1/nodes", GET=viewer(api.list_nodes), POST=admin(api.register_node)),
-        route("/api/v1/nodes/{id}", PATCH=admin(api.update_node)),
+        route("/api/v1/nodes/{id}", GET=viewer(api.show_node), PATCH=admin(api.update_node)),
         route("/api/v1/tokens", GET=admin(api.list_tokens)),
         route("/api/v1/tokens/{id}", DELETE=admin(api.revoke_token)),
     ]

@@ -110,9 +110,19 @@ class ApiClient:
     async def list_nodes(self) -> Any:
         return await self.call("GET", "/api/v1/nodes")
 
-    async def add_node(self, name: str, main_ip: str, agent_port: int | None = None) -> Any:
-        """Register a node; without ``agent_port`` the daemon's default port is used."""
+    async def add_node(
+        self, name: str, main_ip: str, agent_port: int | None = None, *, update: bool = True
+    ) -> Any:
+        """Register a node; without ``agent_port`` the daemon's default port is used. Without
+        ``update`` an existing node of that name is refused (ApiFailure, code 3002)."""
         body: dict[str, Any] = {"name": name, "mainIp": main_ip}
         if agent_port is not None:
             body["agentPort"] = agent_port
-        return await self.call("POST", "/api/v1/nodes", body=body)
+        params = None if update else {"ifExists": "refuse"}
+        return await self.call("POST", "/api/v1/nodes", body=body, params=params)
+
+    async def node(self, node_id: int) -> Any:
+        return await self.call("GET", f"/api/v1/nodes/{node_id}")
+
+    async def update_node(self, node_id: int, changes: Mapping[str, object]) -> Any:
+        return await self.call("PATCH", f"/api/v1/nodes/{node_id}", body=changes)

@@ -1,8 +1,9 @@
-"""The API's commands of ``fleetwave``: release create|list|show|watch, nodes list|add.
+"""The API's commands of ``fleetwave``: release create|list|show|watch|events, nodes
+list|show|add|enable|disable|maintenance.
 
 Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
 Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
-succeed.
+succeed; 2 a node named on the command line does not exist (nothing was changed).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from typing import Any, TextIO
 import trio
 
 from fleetwave.api import render
-from fleetwave.api.client import ApiClient, ApiUnreachable, ClientError
+from fleetwave.api.client import ApiClient, ApiFailure, ApiUnreachable, ClientError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
+ALREADY_EXISTS = 3002
 WATCH_INTERVAL = 1.0
 WATCH_PATIENCE = 30.0
 """How long ``watch`` keeps trying while the API is unreachable (a daemon restart)."""
@@ -60,11 +63,21 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
                 )
             case ("nodes", "list"):
                 _emit(await client.list_nodes(), render.node_list, args.json, out)
+            case ("release", "events"):
+                data = await release_events(client, args.release_id)
+                _emit(data, render.events, args.json, out)
+            case ("nodes", "show"):
+                [node] = await find_nodes(client, [args.node])
+                _emit(await client.node(node["id"]), render.node_detail, args.json, out)
             case ("nodes", "add"):
-                data = await client.add_node(args.name, args.ip, args.port)
-                _emit(data, render.node_added, args.json, out)
+                return await nodes_add(client, args, out, err)
+            case ("nodes", "enable" | "disable" | "maintenance"):
+                return await nodes_set(client, args, out, err)
             case other:  # pragma: no cover - argparse only lets known commands through
                 raise AssertionError(f"unknown command {other}")
+    except UnknownNodes as error:
+        err.write(f"fleetwave: {error}\n")
+        return EXIT_USAGE
     except ClientError as error:
         err.write(f"fleetwave: {error}\n")
         return EXIT_FAILED
@@ -76,6 +89,88 @@ def _emit(data: Any, text: Any, as_json: bool, out: TextIO) -> None:
         _print_json(data, out)
     else:
         out.write(text(data) + "\n")
+
+
+class UnknownNodes(Exception):
+    """Names given on the command line that no node has."""
+
+
+async def find_nodes(client: ApiClient, names: list[str]) -> list[Any]:
+    """The nodes named (by name, or else by id), in the order given, each once; raises
+    UnknownNodes naming every one that does not exist."""
+    items = (await client.list_nodes())["items"]
+    by_name = {item["name"]: item for item in items}
+    by_id = {str(item["id"]): item for item in items}
+    found: dict[int, Any] = {}
+    unknown = []
+    for name in names:
+        node = by_name.get(name) or by_id.get(name)
+        if node is None:
+            unknown.append(name)
+        else:
+            found.setdefault(node["id"], node)
+    if unknown:
+        listed = ", ".join(unknown)
+        raise UnknownNodes(f"no node named {listed} (fleetwave nodes list shows them)")
+    return list(found.values())
+
+
+def _changes(action: str, node: Any) -> dict[str, object]:
+    match action:
+        case "enable":
+            # Back in service: out of maintenance too (an offline node stays offline).
+            if node["status"] == "maintenance":
+                return {"enabled": True, "status": "online"}
+            return {"enabled": True}
+        case "disable":
+            return {"enabled": False}
+    return {"status": "maintenance"}
+
+
+async def nodes_set(client: ApiClient, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """enable|disable|maintenance NAME...: every name is checked before anything changes."""
+    try:
+        nodes = await find_nodes(client, args.nodes)
+    except UnknownNodes as error:
+        raise UnknownNodes(f"{error}; nothing changed") from None
+    changed = []
+    for index, node in enumerate(nodes):
+        try:
+            data = await client.update_node(node["id"], _changes(args.action, node))
+        except ClientError:
+            rest = ", ".join(other["name"] for other in nodes[index:])
+            err.write(f"fleetwave: not changed: {rest}\n")
+            raise
+        changed.append(data)
+        if not args.json:
+            out.write(render.node_changed(data) + "\n")
+    if args.json:
+        _print_json({"items": changed}, out)
+    return EXIT_OK
+
+
+async def nodes_add(client: ApiClient, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        data = await client.add_node(args.name, args.ip, args.port, update=args.update)
+    except ApiFailure as error:
+        if error.code != ALREADY_EXISTS:
+            raise
+        err.write(f"fleetwave: {error}; nothing changed (--update replaces it)\n")
+        return EXIT_FAILED
+    _emit(data, render.node_added, args.json, out)
+    return EXIT_OK
+
+
+async def release_events(client: ApiClient, release_id: int) -> dict[str, list[Any]]:
+    """Every event of the release, oldest first, page after page (``{"items": [...]}``)."""
+    items: list[Any] = []
+    after_id = 0
+    while True:
+        page = await client.release_events(release_id, after_id=after_id)
+        if not page["items"]:
+            return {"items": items}
+        items.extend(page["items"])
+        after_id = page["nextAfterId"]
 
 
 async def release_create(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:

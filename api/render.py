@@ -79,6 +79,8 @@ def _summary(release: Mapping[str, Any]) -> list[str]:
         f"created {_when(release['createdAt'])}  started {_when(release['startedAt'])}  "
         f"finished {_when(release['finishedAt'])}",
     ]
+    if release.get("waitingFor"):
+        lines.append(f"waiting: {release['waitingFor']['reason']}")
     if release.get("reason"):
         lines.append(f"reason: {release['reason']}")
     if release.get("error"):
@@ -168,3 +170,49 @@ def token_list(data: Mapping[str, Any]) -> str:
         for item in data["items"]
     ]
     return table(("ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED"), rows)
+
+
+def node_detail(data: Mapping[str, Any]) -> str:
+    summary = (
+        f"node {data['id']} {data['name']} at {data['mainIp']}:{data['agentPort']}  "
+        f"status {data['status']}  {'enabled' if data['enabled'] else 'disabled'}  "
+        f"last seen {_when(data['lastSeenAt'])}"
+    )
+    rows = [
+        (
+            run["releaseId"],
+            run["version"],
+            run["batch"],
+            run["status"],
+            _when(run["startedAt"]),
+            _when(run["finishedAt"]),
+            run["errorMsg"] or None,
+        )
+        for run in data["releases"]
+    ]
+    if not rows:
+        return f"{summary}\nin no release yet"
+    headers = ("RELEASE", "VERSION", "BATCH", "STATUS", "STARTED", "FINISHED", "ERROR")
+    return f"{summary}\nlatest releases:\n{table(headers, rows)}"
+
+
+def node_changed(data: Mapping[str, Any]) -> str:
+    return (
+        f"node {data['id']} {data['name']}: {'enabled' if data['enabled'] else 'disabled'}, "
+        f"{data['status']}"
+    )
+
+
+def events(data: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            item["id"],
+            _when(item["createdAt"]),
+            item["batch"],
+            item["nodeId"],
+            f"{item['fromStatus'] or '-'} -> {item['toStatus']}",
+            item["message"],
+        )
+        for item in data["items"]
+    ]
+    return table(("EVENT", "TIME", "BATCH", "NODE", "TRANSITION", "MESSAGE"), rows)

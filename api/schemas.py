@@ -20,11 +20,13 @@ from fleetwave.store.models import (
     Event,
     Node,
     NodeHealth,
+    NodeRun,
     Release,
     ReleaseNode,
     ReleaseSpec,
     ReleaseStatus,
     TokenInfo,
+    Wait,
 )
 from fleetwave.store.plan import validate_plan
 
@@ -350,7 +352,9 @@ def timestamp(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def release_item(release: Release) -> dict[str, object]:
+def release_item(release: Release, wait: Wait | None = None) -> dict[str, object]:
+    """A release as the list and the detail show it; ``wait`` says what a pending one waits
+    for (``waitingFor``, null otherwise)."""
     return {
         "id": release.id,
         "type": release.type,
@@ -373,7 +377,12 @@ def release_item(release: Release) -> dict[str, object]:
         "updatedAt": timestamp(release.updated_at),
         "startedAt": timestamp(release.started_at),
         "finishedAt": timestamp(release.finished_at),
+        "waitingFor": None if wait is None else wait_item(wait),
     }
+
+
+def wait_item(wait: Wait) -> dict[str, object]:
+    return {"releaseId": wait.ahead_id, "scope": wait.scope, "reason": wait.describe()}
 
 
 def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:
@@ -403,6 +412,33 @@ def node_item(node: Node) -> dict[str, object]:
         "status": node.status.value,
         "lastSeenAt": timestamp(node.last_seen_at),
     }
+
+
+def node_detail(node: Node, runs: Sequence[NodeRun]) -> dict[str, object]:
+    return {
+        **node_item(node),
+        "releases": [
+            {
+                "releaseId": run.release_id,
+                "version": run.version,
+                "batch": run.batch,
+                "status": run.status.value,
+                "errorMsg": run.error_msg or "",
+                "startedAt": timestamp(run.started_at),
+                "finishedAt": timestamp(run.finished_at),
+            }
+            for run in runs
+        ],
+    }
+
+
+def parse_if_exists(query: Mapping[str, str]) -> bool:
+    """``ifExists`` of a node registration: ``update`` (default) or ``refuse``; True when an
+    existing node of that name may be replaced."""
+    value = query.get("ifExists") or "update"
+    if value not in ("update", "refuse"):
+        raise invalid("ifExists", f"must be update or refuse, got {_shown(value)}")
+    return value == "update"
 
 
 def event_item(event: Event) -> dict[str, object]:

@@ -21,6 +21,7 @@ from fleetwave.store.models import (
     Node,
     NodeChange,
     NodeHealth,
+    NodeRun,
     Outcome,
     Release,
     ReleaseNode,
@@ -29,6 +30,7 @@ from fleetwave.store.models import (
     Role,
     StoredToken,
     TokenInfo,
+    Wait,
 )
 
 
@@ -123,14 +125,29 @@ class Store(Protocol):
         *,
         enabled: bool = True,
         status: NodeHealth = NodeHealth.ONLINE,
+        replace: bool = True,
     ) -> Node:
-        """Register a node by name, or update its address, enabled flag and status."""
+        """Register a node by name, or update its address, enabled flag and status.
+
+        With ``replace`` False an existing node of that name is left as it is: AlreadyExists.
+        """
         ...
 
     async def update_node(
         self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
     ) -> Node:
         """Change a node's status or enabled flag; raises NotFound."""
+        ...
+
+    async def get_node(self, node_id: int) -> Node | None: ...
+
+    async def node_runs(self, node_id: int, *, limit: int = 10) -> list[NodeRun]:
+        """The node's part in its latest ``limit`` releases, newest release first."""
+        ...
+
+    async def waits(self, release_ids: Sequence[int]) -> dict[int, Wait]:
+        """What each of the given releases that is pending waits for, in one query (ids of
+        releases that are not pending, or do not exist, are left out)."""
         ...
 
     # --- API tokens --------------------------------------------------------------------------

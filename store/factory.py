@@ -27,22 +27,31 @@ async def open_store(settings: Settings) -> AsyncIterator[PostgresStore]:
     running one from that directory reused) and stopped again on exit if this process
     started it.
     """
-    async with trio_asyncio.open_loop():
-        embedded: EmbeddedPostgres | None = None
-        url = settings.database_url
-        if url is None:
-            embedded = EmbeddedPostgres(settings.data_dir)
-            await embedded.start_async()
-            url = embedded.url
-            log.info("store.embedded", data_dir=str(embedded.data_dir), owned=embedded.owned)
-        try:
-            # A daemon stopped inside a transaction must not keep its rows locked past its
-            # leases: the server ends such a session after one lease TTL.
-            async with open_postgres_store(
-                url, max_size=POOL_SIZE, idle_in_transaction_timeout=settings.lease_ttl_sec
-            ) as store:
-                yield store
-        finally:
-            if embedded is not None and embedded.owned:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(embedded.close)
+    # A daemon stopped inside a transaction must not keep its rows locked past its leases:
+    # the server ends such a session after one lease TTL.
+    async with (
+        trio_asyncio.open_loop(),
+        database_url(settings) as url,
+        open_postgres_store(
+            url, max_size=POOL_SIZE, idle_in_transaction_timeout=settings.lease_ttl_sec
+        ) as store,
+    ):
+        yield store
+
+
+@asynccontextmanager
+async def database_url(settings: Settings) -> AsyncIterator[str]:
+    """Trio-flavored, inside ``trio_asyncio.open_loop()``: the configured database's URL, or
+    that of the embedded server (started for the block if it was not running)."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    embedded = EmbeddedPostgres(settings.data_dir)
+    await embedded.start_async()
+    log.info("store.embedded", data_dir=str(embedded.data_dir), owned=embedded.owned)
+    try:
+        yield embedded.url
+    finally:
+        if embedded.owned:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(embedded.close)

@@ -25,6 +25,7 @@ from fleetwave.store.models import (
     Node,
     NodeChange,
     NodeHealth,
+    NodeRun,
     NodeStatus,
     Outcome,
     Release,
@@ -34,6 +35,7 @@ from fleetwave.store.models import (
     Role,
     StoredToken,
     TokenInfo,
+    Wait,
     clip_error,
     node_ids_by_batch,
 )
@@ -435,9 +437,12 @@ class MemoryStore:
         *,
         enabled: bool = True,
         status: NodeHealth = NodeHealth.ONLINE,
+        replace: bool = True,
     ) -> Node:
         await self._available()
         existing = next((n for n in self._nodes.values() if n.name == name), None)
+        if existing is not None and not replace:
+            raise AlreadyExists(f"node {name!r} already exists")
         node_id = existing.id if existing is not None else self._next_id()
         node = Node(
             id=node_id,
@@ -464,6 +469,65 @@ class MemoryStore:
             node = attrs.evolve(node, enabled=enabled)
         self._nodes[node_id] = node
         return node
+
+    async def get_node(self, node_id: int) -> Node | None:
+        await self._available()
+        return self._nodes.get(node_id)
+
+    async def node_runs(self, node_id: int, *, limit: int = 10) -> list[NodeRun]:
+        await self._available()
+        runs = [
+            NodeRun(
+                release_id=row.release_id,
+                version=self._releases[row.release_id].version,
+                batch=row.batch,
+                status=row.status,
+                error_msg=row.error_msg,
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+            )
+            for rows in self._release_nodes.values()
+            for row in rows
+            if row.node_id == node_id
+        ]
+        runs.sort(key=lambda run: run.release_id, reverse=True)
+        return runs[: max(limit, 0)]
+
+    async def waits(self, release_ids: Sequence[int]) -> dict[int, Wait]:
+        await self._available()
+        waits = {}
+        for release_id in release_ids:
+            row = self._releases.get(release_id)
+            if row is None or row.status is not ReleaseStatus.PENDING:
+                continue
+            scope = row.effective_scope
+            same_scope = [
+                other
+                for other in self._releases.values()
+                if other.effective_scope == scope and other.id != row.id
+            ]
+            active = [
+                other
+                for other in same_scope
+                if other.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
+            ]
+            older = [
+                other
+                for other in same_scope
+                if other.status is ReleaseStatus.PENDING and other.version < row.version
+            ]
+            ahead = (
+                min(active, key=lambda other: other.version)
+                if active
+                else max(older, key=lambda other: other.version, default=None)
+            )
+            waits[release_id] = Wait(
+                release_id=release_id,
+                scope=scope,
+                ahead_id=None if ahead is None else ahead.id,
+                ahead_status=None if ahead is None else ahead.status,
+            )
+        return waits
 
     # --- tokens and health ----------------------------------------------------------------
 

@@ -355,3 +355,55 @@ class Actor:
 
     token_name: str
     role: Role
+
+
+@attrs.frozen
+class Wait:
+    """What a pending release waits for: releases of one scope run one at a time, in version
+    order, so it comes after the scope's active release, or else the next older pending one.
+    ``ahead_id`` None: nothing is ahead of it; the next claim takes it."""
+
+    release_id: int
+    scope: str
+    ahead_id: int | None
+    ahead_status: ReleaseStatus | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Wait:
+        status = record["ahead_status"]
+        return cls(
+            release_id=record["id"],
+            scope=record["scope"],
+            ahead_id=record["ahead_id"],
+            ahead_status=None if status is None else ReleaseStatus(status),
+        )
+
+    def describe(self) -> str:
+        if self.ahead_id is None or self.ahead_status is None:
+            return f"first in scope {self.scope}: waits for a daemon to claim it"
+        return f"behind release {self.ahead_id} of scope {self.scope} ({self.ahead_status})"
+
+
+@attrs.frozen
+class NodeRun:
+    """One release a node took part in, as its release_task_nodes row records it."""
+
+    release_id: int
+    version: int
+    batch: int
+    status: NodeStatus
+    error_msg: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> NodeRun:
+        return cls(
+            release_id=record["release_task_id"],
+            version=record["version"],
+            batch=record["batch"],
+            status=NodeStatus(record["status"]),
+            error_msg=record["error_msg"],
+            started_at=record["started_at"],
+            finished_at=record["finished_at"],
+        )

@@ -44,6 +44,7 @@ from fleetwave.store.models import (
     Node,
     NodeChange,
     NodeHealth,
+    NodeRun,
     Outcome,
     Release,
     ReleaseNode,
@@ -52,6 +53,7 @@ from fleetwave.store.models import (
     Role,
     StoredToken,
     TokenInfo,
+    Wait,
     clip_error,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
@@ -375,6 +377,33 @@ ORDER BY n.batch, n.id
 _NODE_COLUMNS = "id, name, main_ip, agent_port, enabled, status, last_seen_at"
 
 
+_NODE_RUNS = """
+SELECT n.release_task_id, r.version, n.batch, n.status, n.error_msg, n.started_at, n.finished_at
+FROM release_task_nodes n
+JOIN release_tasks r ON r.id = n.release_task_id
+WHERE n.node_id = $1
+ORDER BY n.release_task_id DESC
+LIMIT $2
+"""
+
+# The claim's rule seen from a pending release: the active release of its scope, else the
+# closest older pending one (the claim takes the oldest pending release of an idle scope).
+_WAITS = """
+SELECT r.id, coalesce(r.scope, r.target) AS scope, a.id AS ahead_id, a.status AS ahead_status
+FROM release_tasks r
+LEFT JOIN LATERAL (
+    SELECT o.id, o.status
+    FROM release_tasks o
+    WHERE coalesce(o.scope, o.target) = coalesce(r.scope, r.target)
+      AND o.id <> r.id
+      AND (o.status IN ('running', 'paused') OR (o.status = 'pending' AND o.version < r.version))
+    ORDER BY o.status = 'pending', CASE WHEN o.status = 'pending' THEN -o.version ELSE o.version END
+    LIMIT 1
+) a ON true
+WHERE r.id = ANY($1::bigint[]) AND r.status = 'pending'
+"""
+
+
 # --- the store -----------------------------------------------------------------------------
 
 
@@ -657,6 +686,7 @@ class PostgresStore:
         *,
         enabled: bool = True,
         status: NodeHealth = NodeHealth.ONLINE,
+        replace: bool = True,
     ) -> Node:
         if not name:
             raise InvalidInput("node name must not be empty")
@@ -670,14 +700,16 @@ class PostgresStore:
             " VALUES ($1, $2, $3, $4, $5)"
             " ON CONFLICT (name) DO UPDATE SET main_ip = EXCLUDED.main_ip,"
             " agent_port = EXCLUDED.agent_port, enabled = EXCLUDED.enabled,"
-            f" status = EXCLUDED.status, updated_at = now() RETURNING {_NODE_COLUMNS}",
+            f" status = EXCLUDED.status, updated_at = now() WHERE $6 RETURNING {_NODE_COLUMNS}",
             name,
             main_ip,
             agent_port,
             enabled,
             NodeHealth(status).value,
+            replace,
         )
-        assert record is not None
+        if record is None:
+            raise AlreadyExists(f"node {name!r} already exists")
         return Node.from_record(_row(record))
 
     async def update_node(
@@ -694,6 +726,20 @@ class PostgresStore:
         if record is None:
             raise NotFound(f"node {node_id} does not exist")
         return Node.from_record(_row(record))
+
+    async def get_node(self, node_id: int) -> Node | None:
+        record = await self._call(
+            self._fetchrow, f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = $1", node_id
+        )
+        return None if record is None else Node.from_record(_row(record))
+
+    async def node_runs(self, node_id: int, *, limit: int = 10) -> list[NodeRun]:
+        records = await self._call(self._fetch, _NODE_RUNS, node_id, max(limit, 0))
+        return [NodeRun.from_record(_row(record)) for record in records]
+
+    async def waits(self, release_ids: Sequence[int]) -> dict[int, Wait]:
+        records = await self._call(self._fetch, _WAITS, list(release_ids))
+        return {record["id"]: Wait.from_record(_row(record)) for record in records}
 
     # --- API tokens --------------------------------------------------------------------------
 
@@ -970,18 +1016,26 @@ async def open_loop_and_store(url: str, **options: Any) -> AsyncIterator[Postgre
         yield store
 
 
-async def _migrate_url(url: str, connect_timeout: float) -> list[int]:
+async def _migrate_and_report(url: str, connect_timeout: float) -> tuple[list[int], int]:
     connection: Connection = await asyncpg.connect(url, timeout=connect_timeout)
     try:
-        return await migrations.migrate(connection)
+        applied = await migrations.migrate(connection)
+        return applied, await migrations.schema_version(connection)
     finally:
         await connection.close()
+
+
+async def migrate_and_report(url: str, *, connect_timeout: float = 10.0) -> tuple[list[int], int]:
+    """Trio-flavored: apply pending migrations to the database at ``url``; return their
+    versions and the schema version after them. Inside ``trio_asyncio.open_loop()``."""
+    result: tuple[list[int], int] = await trio_asyncio.aio_as_trio(_translated)(
+        _migrate_and_report, url, connect_timeout
+    )
+    return result
 
 
 async def migrate_database(url: str, *, connect_timeout: float = 10.0) -> list[int]:
     """Trio-flavored: apply pending migrations to the database at ``url``; return their
     versions (empty when it was current). Must run inside ``trio_asyncio.open_loop()``."""
-    versions: list[int] = await trio_asyncio.aio_as_trio(_translated)(
-        _migrate_url, url, connect_timeout
-    )
-    return versions
+    applied, _ = await migrate_and_report(url, connect_timeout=connect_timeout)
+    return applied

@@ -14,11 +14,9 @@ import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import pytest
 import structlog.testing
 import trio
-from starlette.applications import Starlette
 
 from fleetwave import cli
 from fleetwave.api import commands
@@ -37,31 +35,9 @@ from fleetwave.store.models import (
     ReleaseStatus,
     Role,
 )
-from tests.api.conftest import add_nodes
+from tests.api.conftest import Served, add_nodes
 
 FLEETWAVE = Path(sys.executable).with_name("fleetwave")
-
-
-@attrs.frozen
-class Served:
-    url: str
-    token: str
-
-    async def run(self, *argv: str) -> tuple[int, str, str]:
-        """Run one client command in-process; (exit code, stdout, stderr)."""
-        args = cli.build_parser().parse_args([*argv, f"--api={self.url}", f"--token={self.token}"])
-        out, err = io.StringIO(), io.StringIO()
-        async with open_http(self.url, self.token) as http:
-            code = await commands.run(args, ApiClient(http), out, err)
-        return code, out.getvalue(), err.getvalue()
-
-
-@pytest.fixture
-async def served(app: Starlette, token: str) -> AsyncIterator[Served]:
-    async with trio.open_nursery() as nursery:
-        address = await nursery.start(serve_api, app, "127.0.0.1:0")
-        yield Served(f"http://{address}", token)
-        nursery.cancel_scope.cancel()
 
 
 async def finish(store: MemoryStore, outcome: ReleaseStatus) -> None:

@@ -33,6 +33,7 @@ RELEASE_ITEM_FIELDS = {
     "maxParallel",
     "maxFailures",
     "plan",
+    "waitingFor",
 }
 NODE_FIELDS = {"nodeId", "nodeName", "status", "errorMsg", "startedAt", "finishedAt"}
 

@@ -60,6 +60,9 @@ async def _queries(store: PostgresStore, count: QueryCount, token: str, path: st
         base_url="http://api.test",
         headers={"Authorization": f"Bearer {token}"},
     ) as client:
+        # The driver looks up parameter types (bigint[]) once per connection and caches
+        # them: the count is that of a warm connection, as in a running daemon.
+        await client.get(path)
         count.statements.clear()
         response = await client.get(path)
     assert response.status_code == 200, response.text
@@ -85,6 +88,7 @@ async def test_release_list_and_detail_use_a_fixed_number_of_queries(
     list_large = await _queries(store, count, token, "/api/v1/releases")
     detail_large = await _queries(store, count, token, f"/api/v1/releases/{large.release.id}")
 
-    # Token lookup, count, page; token lookup, release, its nodes.
-    assert list_small == list_large == 3
-    assert detail_small == detail_large == 3
+    # Token lookup, count, page, what the pending ones wait for; token lookup, release, its
+    # nodes, what it waits for (pending).
+    assert list_small == list_large == 4
+    assert detail_small == detail_large == 4

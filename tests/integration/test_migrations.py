@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import trio
 import trio_asyncio
@@ -131,3 +135,50 @@ async def test_seed_columns_alone_make_a_valid_release(database_url: str) -> Non
     )
 
     assert row.strip() == "t|t|0||0|8443|t|online|0"
+
+
+def _migrate_command(database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleetwave", "migrate"],
+        env={"PATH": "/usr/bin:/bin", "FLEETWAVE_DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+async def test_the_migrate_command_says_what_it_applied_then_that_nothing_was_to_do(
+    database_url: str, tmp_path: Path
+) -> None:
+    first = await trio.to_thread.run_sync(_migrate_command, database_url, tmp_path)
+    again = await trio.to_thread.run_sync(_migrate_command, database_url, tmp_path)
+
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in MIGRATIONS)
+    assert (first.returncode, first.stdout) == (
+        0,
+        f"applied {names}; schema at {LATEST_VERSION}\n",
+    ), first.stderr
+    assert (again.returncode, again.stdout) == (
+        0,
+        f"nothing to apply; schema at {LATEST_VERSION}\n",
+    )
+
+
+async def test_the_migrate_command_applies_only_what_is_missing(
+    database_url: str, tmp_path: Path
+) -> None:
+    first = MIGRATIONS[0]
+    await run_sql(
+        database_url,
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now());"
+        + first.sql
+        + f"; INSERT INTO schema_migrations (version, name) VALUES (1, '{first.name}')",
+    )
+
+    result = await trio.to_thread.run_sync(_migrate_command, database_url, tmp_path)
+
+    rest = ", ".join(f"{m.version:04d}_{m.name}" for m in MIGRATIONS[1:])
+    assert result.stdout == f"applied {rest}; schema at {LATEST_VERSION}\n", result.stderr

@@ -28,6 +28,7 @@ from fleetwave.store.models import (
     ReleaseSpec,
     ReleaseStatus,
     Role,
+    Wait,
 )
 from fleetwave.store.postgres import PostgresStore, open_postgres_store
 from tests.integration.conftest import SeedRelease, run_sql
@@ -572,6 +573,39 @@ async def test_release_events_page_after_an_id(store: Store) -> None:
     assert await store.release_events(created.release.id, limit=1) == [everything[0]]
 
 
+async def test_waits_name_the_active_release_then_the_next_older_pending_one(
+    store: Store,
+) -> None:
+    await add_nodes(store, 2)
+    first = (await store.create_release(ReleaseSpec(scope="eu"))).release
+    second = (await store.create_release(ReleaseSpec(scope="eu"))).release
+    third = (await store.create_release(ReleaseSpec(scope="eu"))).release
+    other = (await store.create_release(ReleaseSpec(scope="us"))).release
+    before_claim = await store.waits([first.id, second.id, other.id])
+    await store.claim("daemon-a", 1, TTL)  # first, the oldest
+
+    waits = await store.waits([first.id, second.id, third.id, other.id, 424242])
+
+    assert before_claim[first.id] == Wait(first.id, "eu", None, None)
+    assert before_claim[second.id] == Wait(second.id, "eu", first.id, ReleaseStatus.PENDING)
+    assert set(waits) == {second.id, third.id, other.id}
+    assert waits[second.id] == Wait(second.id, "eu", first.id, ReleaseStatus.RUNNING)
+    assert waits[third.id] == Wait(third.id, "eu", first.id, ReleaseStatus.RUNNING)
+    assert waits[other.id] == Wait(other.id, "us", None, None)
+    assert waits[second.id].describe() == f"behind release {first.id} of scope eu (running)"
+    assert await store.waits([]) == {}
+
+
+async def test_a_release_without_scope_waits_in_its_targets_scope(store: Store) -> None:
+    await add_nodes(store, 1)
+    first = (await store.create_release(ReleaseSpec())).release
+    second = (await store.create_release(ReleaseSpec())).release
+
+    waits = await store.waits([second.id])
+
+    assert waits == {second.id: Wait(second.id, "cdn", first.id, ReleaseStatus.PENDING)}
+
+
 # --- nodes -------------------------------------------------------------------------------------
 
 
@@ -602,6 +636,55 @@ async def test_update_node_changes_only_what_is_given(store: Store) -> None:
     assert (disabled.status, disabled.enabled) == (NodeHealth.OFFLINE, False)
     with pytest.raises(NotFound):
         await store.update_node(424242, enabled=True)
+
+
+async def test_upsert_node_without_replace_refuses_an_existing_name(store: Store) -> None:
+    first = await store.upsert_node("edge-a", "127.0.0.2", 8443, replace=False)
+
+    with pytest.raises(AlreadyExists, match="edge-a"):
+        await store.upsert_node("edge-a", "127.0.0.9", 9443, replace=False)
+
+    assert await store.list_nodes() == [first]
+
+
+async def test_get_node_by_id(store: Store) -> None:
+    node = await store.upsert_node("edge-a", "127.0.0.2", 8443)
+
+    assert await store.get_node(node.id) == node
+    assert await store.get_node(424242) is None
+
+
+async def test_node_runs_are_the_nodes_latest_releases_newest_first(store: Store) -> None:
+    nodes = await add_nodes(store, 2)
+    first = (await store.create_release(ReleaseSpec())).release
+    lease = await claim_one(store)
+    [canary, _] = await store.release_nodes(first.id)
+    await store.record(
+        lease,
+        [NodeChange(canary.id, NodeStatus.FAILED, error_msg="boom", started=True, finished=True)],
+        Outcome(ReleaseStatus.FAILED),
+    )
+    second = (await store.create_release(ReleaseSpec())).release
+    third = (await store.create_release(ReleaseSpec())).release
+
+    runs = await store.node_runs(nodes[0].id)
+    latest = await store.node_runs(nodes[0].id, limit=1)
+
+    assert [(run.release_id, run.version, run.batch) for run in runs] == [
+        (third.id, third.version, 1),
+        (second.id, second.version, 1),
+        (first.id, first.version, 1),
+    ]
+    assert (runs[2].status, runs[2].error_msg) == (NodeStatus.FAILED, "boom")
+    assert runs[2].started_at is not None and runs[2].finished_at is not None
+    assert (runs[0].status, runs[0].started_at) == (NodeStatus.PENDING, None)
+    assert latest == runs[:1]
+    assert [run.status for run in await store.node_runs(nodes[1].id)] == [
+        NodeStatus.PENDING,
+        NodeStatus.PENDING,
+        NodeStatus.SKIPPED,
+    ]
+    assert await store.node_runs(424242) == []
 
 
 async def test_list_nodes_orders_by_id(store: Store) -> None:
