@@ -169,10 +169,26 @@ def _non_negative_int(text: str) -> int:
 
 
 def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value}")
-    return value
+    from fleetwave.store.address import InvalidAddress, check_agent_port
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    try:
+        return check_agent_port(value)
+    except InvalidAddress as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _agent_host(text: str) -> str:
+    """The node address check the API and the actors use too."""
+    from fleetwave.store.address import InvalidAddress, check_agent_host
+
+    try:
+        return check_agent_host(text)
+    except InvalidAddress as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _plan(text: str) -> list[int | str]:
@@ -282,7 +298,7 @@ def _add_nodes_commands(
         "add", parents=[client], help="register a node (--update to change an existing one)"
     )
     add.add_argument("name")
-    add.add_argument("ip", metavar="IP")
+    add.add_argument("ip", metavar="IP", type=_agent_host)
     add.add_argument(
         "--update", action="store_true", help="replace the address of a node of that name"
     )

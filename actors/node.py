@@ -11,8 +11,9 @@ import trio
 from fleetwave.actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
 from fleetwave.actors.timing import NodeTiming, PollShare, jittered, retry_delay
 from fleetwave.agent.client import AgentClient
-from fleetwave.agent.errors import AgentError, FailureKind
+from fleetwave.agent.errors import AgentError, FailureKind, quote_remote
 from fleetwave.agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
+from fleetwave.store.address import InvalidAddress
 from fleetwave.store.models import NodeStatus, ReleaseNode, task_id_for
 
 log = structlog.get_logger("fleetwave.node")
@@ -54,9 +55,13 @@ class NodeActor:
     _dispatches: int = 0
     _since: float = 0.0
 
+    _address: AgentAddress | None = None
+
     @property
     def address(self) -> AgentAddress:
-        return AgentAddress(self.node.main_ip, self.node.agent_port)
+        """The row's own address, checked in ``run`` before anything is sent."""
+        assert self._address is not None, "address read before run() checked it"
+        return self._address
 
     @property
     def task_id(self) -> str:
@@ -71,6 +76,14 @@ class NodeActor:
                 node_id=self.node.node_id, batch=self.node.batch
             ),
         ):
+            try:
+                self._address = AgentAddress(self.node.main_ip, self.node.agent_port)
+            except InvalidAddress as error:
+                # A row another program wrote: this node fails, nothing is dialled.
+                self.pacer.finished()
+                reason = f"invalid agent address: {error}"
+                await self.outbox.send(Failed(self.node.id, reason, FailureKind.INVALID_ADDRESS))
+                return
             async with self.limiter:
                 outcome: Succeeded | Failed | None = None
                 budget = self.timing.deadline - self.spent
@@ -180,8 +193,7 @@ class NodeActor:
             raise _Finished(
                 Failed(
                     self.node.id,
-                    f"agent {self.address} reported failure: "
-                    f"{state.last_error or 'no lastError given'}",
+                    f"agent {self.address} reported failure: {last_error(state)}",
                     FailureKind.TASK_FAILED,
                 )
             )
@@ -189,3 +201,8 @@ class NodeActor:
     def _note(self, error: AgentError) -> None:
         self._last_error = str(error)
         log.info("node.agent_error", kind=str(error.kind), error=str(error))
+
+
+def last_error(state: TaskState) -> str:
+    """The agent's lastError of a failed task, quoted, for error_msg and logs."""
+    return quote_remote(state.last_error) if state.last_error else "no lastError given"

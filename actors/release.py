@@ -13,11 +13,13 @@ import structlog
 import trio
 
 from fleetwave.actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
-from fleetwave.actors.node import NodeActor
+from fleetwave.actors.node import NodeActor, last_error
 from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError
 from fleetwave.agent.protocol import AgentAddress, TaskStatus
+from fleetwave.config.quoting import quoted
+from fleetwave.store.address import InvalidAddress, check_agent_host
 from fleetwave.store.base import Store
 from fleetwave.store.errors import StoreUnavailable
 from fleetwave.store.models import (
@@ -62,6 +64,14 @@ def _unwrapped(*kinds: type[Exception]) -> Iterator[None]:
             if matched is not None and rest is None:
                 raise _first_leaf(matched) from group
         raise
+
+
+def _ip_of(node: ReleaseNode) -> str:
+    """The node's address for a message: as checked, or quoted when the row's is not one."""
+    try:
+        return check_agent_host(node.main_ip)
+    except InvalidAddress:
+        return quoted(str(node.main_ip), 60)
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -258,7 +268,7 @@ class ReleaseActor:
                 )
                 self._failures += 1
                 if self._tolerance_exceeded and self._error is None:
-                    self._error = f"node {node.node_name} ({node.main_ip}) failed: {reason}"
+                    self._error = f"node {node.node_name} ({_ip_of(node)}) failed: {reason}"
                     batch_scope.cancel(reason=self._error)
 
     async def _change(self, change: NodeChange, **context: str) -> None:
@@ -354,7 +364,16 @@ class ReleaseActor:
     async def _true_outcome(self, node: ReleaseNode) -> NodeChange:
         task_id = task_id_for(node.main_ip, self.claim.release.version)
         try:
-            state = await self.agents.query(AgentAddress(node.main_ip, node.agent_port), task_id)
+            address = AgentAddress(node.main_ip, node.agent_port)
+        except InvalidAddress as error:
+            return NodeChange(
+                node.id,
+                NodeStatus.CANCELLED,
+                error_msg=f"release stopped; outcome unknown: invalid agent address: {error}",
+                finished=True,
+            )
+        try:
+            state = await self.agents.query(address, task_id)
         except AgentError as error:
             return NodeChange(
                 node.id,
@@ -377,7 +396,7 @@ class ReleaseActor:
             return NodeChange(
                 node.id,
                 NodeStatus.FAILED,
-                error_msg=f"agent reported failure: {state.last_error or 'no lastError given'}",
+                error_msg=f"agent reported failure: {last_error(state)}",
                 task_id=task_id,
                 finished=True,
             )

@@ -11,8 +11,10 @@ import collections
 import contextlib
 import errno
 import functools
+import itertools
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import quote
 
@@ -20,7 +22,7 @@ import attrs
 import httpx
 import trio
 
-from fleetwave.agent.errors import AgentError
+from fleetwave.agent.errors import AgentError, quote_remote
 from fleetwave.agent.protocol import (
     DISPATCH_PATH,
     TASKS_PATH,
@@ -131,10 +133,13 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
 
     httpcore's single pool rescans every connection for every request (quadratic in the
     number of open connections), which collapses with thousands of agents. Here each agent
-    has its own pool of at most PER_AGENT_CONNECTIONS (one kept idle); ``max_connections``
-    bounds the requests in flight across all agents, and the pools of the least recently
-    used idle agents are closed once more than ``max_connections`` agents have one, so open
-    sockets stay below about twice ``max_connections``.
+    has its own pool of at most PER_AGENT_CONNECTIONS (one kept idle). ``max_connections``
+    bounds the requests in flight across all agents: a request is sent only by a task that
+    holds one of that many slots (``slot()``, which AgentClient takes before its request
+    timeout starts, so a wait for a local slot is never mistaken for a slow agent; other
+    callers get one for the life of their response). Once
+    more than ``max_connections`` agents have a pool, the pools of the least recently used
+    idle agents are closed, so open sockets stay below about twice ``max_connections``.
     """
 
     def __init__(
@@ -148,9 +153,22 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._max_pools = max_connections
         self._slots = trio.Semaphore(max_connections)
+        self._holders: set[trio.lowlevel.Task] = set()
         self._pools: collections.OrderedDict[tuple[str, str, int | None], _AgentPool] = (
             collections.OrderedDict()
         )
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the ``max_connections`` request slots (waiting for one is local:
+        nothing has been sent yet)."""
+        task = trio.lowlevel.current_task()
+        async with self._slots:
+            self._holders.add(task)
+            try:
+                yield
+            finally:
+                self._holders.discard(task)
 
     def _pool(self, url: httpx.URL) -> _AgentPool:
         key = (url.scheme, url.host, url.port)
@@ -172,21 +190,21 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
             self._pools.move_to_end(key)
         return pool
 
-    async def _evict_idle(self) -> None:
+    def _take_idle_surplus(self) -> list[_AgentPool]:
+        """Remove the least recently used idle pools beyond the limit, all at once and
+        without a checkpoint: other tasks may evict (and await) at the same time, and each
+        pool is then closed by the one task that removed it."""
         surplus = len(self._pools) - self._max_pools
         if surplus <= 0:
-            return
-        for key in list(self._pools):
-            if surplus <= 0:
-                break
-            pool = self._pools[key]
-            if pool.active == 0:
-                del self._pools[key]
-                surplus -= 1
-                with trio.move_on_after(1, shield=True):
-                    await pool.transport.aclose()
+            return []
+        idle = list(itertools.islice((k for k, p in self._pools.items() if p.active == 0), surplus))
+        return [self._pools.pop(key) for key in idle]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # A caller outside slot() (a plain client.get) holds a slot until its body is closed.
+        own_slot = trio.lowlevel.current_task() not in self._holders
+        if own_slot:
+            await self._slots.acquire()
         pool = self._pool(request.url)
         pool.active += 1
         released = False
@@ -196,15 +214,15 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
             if not released:
                 released = True
                 pool.active -= 1
-                self._slots.release()
+                if own_slot:
+                    self._slots.release()
 
         try:
-            await self._slots.acquire()
-        except BaseException:
-            pool.active -= 1
-            raise
-        try:
-            await self._evict_idle()
+            evicted = self._take_idle_surplus()
+            if evicted:
+                with trio.move_on_after(1, shield=True):
+                    for old in evicted:
+                        await old.transport.aclose()
             response = await pool.transport.handle_async_request(request)
         except BaseException:
             release()
@@ -217,6 +235,11 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
             extensions=response.extensions,
         )
 
+    @property
+    def pools(self) -> int:
+        """Agents with a pool (open or idle connections) now."""
+        return len(self._pools)
+
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), collections.OrderedDict()
         for pool in pools:
@@ -224,7 +247,7 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
 
 
 class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives its request slot back when closed."""
+    """A response body that marks its pool idle (and frees its slot) when closed."""
 
     def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
         self._inner = inner
@@ -267,7 +290,8 @@ class AgentClient:
             raise AgentError.bad_payload(address, str(error)) from None
         if ack.task_id != request.task_id:
             raise AgentError.bad_payload(
-                address, f"answered for task {ack.task_id}, dispatched {request.task_id}"
+                address,
+                f"answered for task {quote_remote(ack.task_id)}, dispatched {request.task_id}",
             )
         return ack
 
@@ -283,7 +307,7 @@ class AgentClient:
             raise AgentError.bad_payload(address, str(error)) from None
         if state.task_id != task_id:
             raise AgentError.bad_payload(
-                address, f"answered for task {state.task_id}, asked for {task_id}"
+                address, f"answered for task {quote_remote(state.task_id)}, asked for {task_id}"
             )
         return state
 
@@ -299,13 +323,24 @@ class AgentClient:
             json=json_body,
             extensions={"timeout": self.http.timeout.as_dict(), "trace": trace.event},
         )
+        transport = _transport_of(self.http)
+        async with _request_slot(transport):
+            return await self._send(address, transport, request, trace)
+
+    async def _send(
+        self,
+        address: AgentAddress,
+        transport: httpx.AsyncBaseTransport,
+        request: httpx.Request,
+        trace: RequestTrace,
+    ) -> tuple[int, bytes]:
         try:
             with trio.fail_after(self.request_timeout):
                 # Straight to the client's transport (its connection pool): the protocol uses
                 # none of the client's cookie, auth, redirect or hook layers, and they cost
                 # twice what the call itself does (measured 97 µs against 33 µs a request
                 # through the in-process fleet).
-                response = await _transport_of(self.http).handle_async_request(request)
+                response = await transport.handle_async_request(request)
                 try:
                     content = bytearray()
                     assert isinstance(response.stream, httpx.AsyncByteStream)
@@ -342,6 +377,14 @@ class AgentClient:
         if not answer.ok:
             raise AgentError.rejected(address, what, answer.code, answer.message)
         return answer.data
+
+
+def _request_slot(transport: httpx.AsyncBaseTransport) -> AbstractAsyncContextManager[None]:
+    """The pool's request slot, taken before the request timeout starts; other transports
+    (the in-process fleet) have no cap."""
+    if isinstance(transport, AgentPoolTransport):
+        return transport.slot()
+    return contextlib.nullcontext()
 
 
 @attrs.define
@@ -394,12 +437,20 @@ def classify_transport_error(
         )
     if isinstance(error, httpx.ConnectTimeout):
         return AgentError.unreachable(address, f"no connection within {_limit(timeout.connect)}")
+    if isinstance(error, httpx.PoolTimeout):
+        # Every connection to this agent was busy: nothing was sent.
+        return AgentError.unreachable(
+            address, f"no free connection to it within {_limit(timeout.pool)} (nothing sent)"
+        )
     if isinstance(error, httpx.TimeoutException):
-        limit = timeout.pool if isinstance(error, httpx.PoolTimeout) else timeout.read
-        return AgentError.timeout(address, limit)
+        return AgentError.timeout(address, timeout.read)
     if isinstance(error, httpx.ConnectError):
         return AgentError.unreachable(address, _os_reason(error))
     if isinstance(error, httpx.NetworkError | httpx.RemoteProtocolError):
+        if trace.answer_started:
+            return AgentError.unreachable(
+                address, f"connection lost in the middle of its answer ({_plain(error)})"
+            )
         return AgentError.unreachable(address, f"connection lost: {_os_reason(error)}")
     return AgentError.unreachable(address, _os_reason(error))
 
@@ -435,14 +486,26 @@ _OS_REASONS = {
 }
 
 
-def _os_reason(error: BaseException) -> str:
+def _errno_reason(error: BaseException) -> str | None:
     for link in _chain(error):
         if isinstance(link, OSError) and link.errno is not None:
             return _OS_REASONS.get(link.errno) or (link.strerror or str(link)).lower()
+    return None
+
+
+def _os_reason(error: BaseException) -> str:
+    reason = _errno_reason(error)
+    if reason is not None:
+        return reason
     if isinstance(error, httpx.RemoteProtocolError):
         return "the agent closed the connection without answering"
     text = str(error).strip()
     return text or type(error).__name__
+
+
+def _plain(error: BaseException) -> str:
+    """The OS's reason, else the library's words (h11 names what broke in the answer)."""
+    return _errno_reason(error) or str(error).strip() or type(error).__name__
 
 
 def _tls_reason(error: ssl.SSLError) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 
+from fleetwave.config.quoting import quoted
+
 
 class FailureKind(enum.StrEnum):
     UNREACHABLE = "unreachable"
@@ -29,15 +31,14 @@ class FailureKind(enum.StrEnum):
     """The node deadline passed before the task reached a terminal status."""
     UNKNOWN_TASK = "unknown_task"
     """The agent does not know a task it was given (it restarted and forgot it)."""
+    INVALID_ADDRESS = "invalid_address"
+    """The node's row holds no address an agent can be dialled at; nothing was sent."""
 
 
-_MAX_QUOTED = 200
-
-
-def quote_remote(text: object) -> str:
-    """Text that came from an agent, made safe for one log line and the error_msg column."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= _MAX_QUOTED else flat[: _MAX_QUOTED - 1] + "…"
+def quote_remote(text: str) -> str:
+    """Text that came from an agent, made safe for one log line and the error_msg column:
+    clipped, quoted, non-printable characters escaped."""
+    return quoted(text)
 
 
 def _seconds(value: float | None) -> str:

@@ -17,11 +17,14 @@ from __future__ import annotations
 import enum
 import ipaddress
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
+from fleetwave.config.quoting import quoted
+from fleetwave.store.address import check_agent_host, check_agent_port
 from fleetwave.store.models import APPLY_CONFIG
 
 DISPATCH_PATH = "/tasks/dispatch"
@@ -32,6 +35,9 @@ CODE_PARAMETER_MISSING = 2001
 CODE_PARAMETER_INVALID = 2002
 CODE_NOT_FOUND = 3001
 CODE_INTERNAL = 5001
+CODE_MIN = -(2**63)
+CODE_MAX = 2**63 - 1
+"""Envelope codes are small; one outside a bigint is not the protocol's."""
 
 
 class PayloadError(ValueError):
@@ -58,22 +64,17 @@ class TaskStatus(enum.StrEnum):
             raise PayloadError(f"unknown task status {_show(value)}") from None
 
 
-def _valid_port(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not 1 <= value <= 65535:
-        raise ValueError(f"port must be 1..65535, got {value!r}")
-
-
-def _valid_host(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not value or value != value.strip() or "/" in value:
-        raise ValueError(f"host must be an IP address or a name, got {value!r}")
-
-
 @attrs.frozen
 class AgentAddress:
-    """Where one edge node's agent listens."""
+    """Where one edge node's agent listens: an IP literal (canonical text) and a port.
 
-    host: str = attrs.field(validator=_valid_host)
-    port: int = attrs.field(validator=_valid_port)
+    Built only through the shared check (store/address.py), so the URL made from it names
+    exactly this address: no name to resolve, no port or path smuggled into the host.
+    Raises ``InvalidAddress`` (a ``ValueError``) saying what is wrong.
+    """
+
+    host: str = attrs.field(converter=check_agent_host)
+    port: int = attrs.field(converter=check_agent_port)
 
     @property
     def _netloc(self) -> str:
@@ -216,6 +217,8 @@ class Envelope:
         code = _required(body, "code")
         if not isinstance(code, int) or isinstance(code, bool):
             raise PayloadError(f"code must be a whole number, got {_show(code)}")
+        if not CODE_MIN <= code <= CODE_MAX:
+            raise PayloadError(f"code must fit in 64 bits, got {_show(code)}")
         message = body.get("message", "")
         if message is None:
             message = ""
@@ -225,11 +228,22 @@ class Envelope:
 
     @classmethod
     def decode(cls, content: bytes) -> Envelope:
-        """Parse an answer body. Raises ``InvalidJSON`` or ``PayloadError``."""
+        """Parse an answer body. Raises ``InvalidJSON`` or ``PayloadError``, whatever the bytes:
+        nesting deeper than the parser's stack, integers past Python's digit limit, NaN and
+        Infinity (not JSON numbers) included."""
         try:
-            data = json.loads(content)
+            data = json.loads(content, parse_constant=_no_constant)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InvalidJSON(f"not JSON: {error}") from None
+        except RecursionError:
+            raise InvalidJSON("not JSON this daemon reads: nested too deeply") from None
+        except _NotANumber as error:
+            raise PayloadError(str(error)) from None
+        except ValueError:
+            # int() refuses numbers of more digits than sys.get_int_max_str_digits().
+            raise PayloadError(
+                f"a number of more than {sys.get_int_max_str_digits()} digits"
+            ) from None
         return cls.from_json(data)
 
 
@@ -244,9 +258,36 @@ def envelope(code: int, message: str, data: object = None) -> dict[str, Any]:
 # --- field readers: each raises PayloadError naming the field ---
 
 
+class _NotANumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> object:
+    raise _NotANumber(f"{name} is not a JSON number")
+
+
+_SHOWN = 60
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+
+
 def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:59] + "…"
+    """A value from outside, in a few words: containers by size (repr of a deep one would
+    recurse as deep), text quoted and escaped, long numbers by their length."""
+    match value:
+        case dict():
+            return f"an object of {len(value)} member(s)"
+        case list():
+            return f"a list of {len(value)} item(s)"
+        case str():
+            return quoted(value, _SHOWN)
+        case bool() | None | float():
+            return repr(value)
+        case int() if abs(value) >= 10**_SHOWN:
+            return f"a number of more than {_SHOWN} digits"
+    return _clip(repr(value))
 
 
 def _object(data: object, what: str) -> Mapping[str, Any]:

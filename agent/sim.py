@@ -10,7 +10,8 @@ the address the request reached (``scope["server"]``). It runs in two forms:
   mutual TLS (hypercorn, trio worker), one listening socket per agent.
 
 Trio-flavored. Each agent's behaviour (apply time, failure, hang, refusal, HTTP errors,
-garbage, unknown status, delay) is set per agent and may change while the fleet runs.
+garbage, any raw answer, unknown status, delay, answers dripped byte by byte or cut short)
+is set per agent and may change while the fleet runs.
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ class Behaviour:
     """Queries answer a status word outside the protocol."""
     delay: float = attrs.field(default=0.0, validator=_valid_delay)
     """Seconds before every answer."""
+    body: bytes | None = None
+    """Every request is answered 200 with exactly these bytes (any JSON or none at all); a
+    dispatch so answered creates no task."""
+    drip: float = attrs.field(default=0.0, validator=_valid_delay)
+    """Seconds between the bytes of every answer: the body arrives one byte at a time."""
+    reset: bool = False
+    """Every answer stops half way through its body and the connection is closed."""
 
 
 @attrs.define
@@ -315,7 +323,12 @@ class SimulatedFleet:
                 problem = str(error)
             if dispatch is not None:
                 agent.dispatches[dispatch.task_id] += 1
-                if behaviour.http_status is None and not behaviour.garbage and not behaviour.hang:
+                if (
+                    behaviour.http_status is None
+                    and not behaviour.garbage
+                    and not behaviour.hang
+                    and behaviour.body is None
+                ):
                     self._create(agent, dispatch)
 
         if behaviour.hang:
@@ -325,43 +338,50 @@ class SimulatedFleet:
             await trio.sleep(behaviour.delay)
         # The agent may have changed (a restart, a new behaviour) during the delay.
         behaviour = agent.behaviour
+        answer = partial(self._answer, send, shape=behaviour)
+        answer_raw = partial(self._answer_raw, send, shape=behaviour)
 
         if behaviour.http_status is not None:
             status = behaviour.http_status
             code = CODE_INTERNAL if status >= 500 else CODE_PARAMETER_INVALID
-            await self._answer(send, status, envelope(code, f"simulated failure (HTTP {status})"))
+            await answer(status, envelope(code, f"simulated failure (HTTP {status})"))
+        elif behaviour.body is not None:
+            await answer_raw(200, behaviour.body)
         elif behaviour.garbage:
-            await self._answer_raw(send, 200, GARBAGE)
+            await answer_raw(200, GARBAGE)
         elif path == DISPATCH_PATH:
             if method != "POST":
-                await self._answer(send, 405, envelope(CODE_PARAMETER_INVALID, "use POST"))
+                await answer(405, envelope(CODE_PARAMETER_INVALID, "use POST"))
             elif dispatch is None:
-                await self._answer(
-                    send, 400, envelope(CODE_PARAMETER_INVALID, problem or "invalid request")
-                )
+                await answer(400, envelope(CODE_PARAMETER_INVALID, problem or "invalid request"))
             else:
                 task = agent.tasks.get(dispatch.task_id) or self._create(agent, dispatch)
                 ack = DispatchAck(task_id=dispatch.task_id, status=self._state(task).status)
-                await self._answer(send, 200, envelope(CODE_OK, "accepted", ack.to_json()))
+                await answer(200, envelope(CODE_OK, "accepted", ack.to_json()))
         elif path.startswith(TASKS_PATH) and len(path) > len(TASKS_PATH):
             task_id = path[len(TASKS_PATH) :]
             known = agent.tasks.get(task_id)
             if method != "GET":
-                await self._answer(send, 405, envelope(CODE_PARAMETER_INVALID, "use GET"))
+                await answer(405, envelope(CODE_PARAMETER_INVALID, "use GET"))
             elif known is None:
-                await self._answer(send, 404, envelope(CODE_NOT_FOUND, f"task {task_id} not found"))
+                await answer(404, envelope(CODE_NOT_FOUND, f"task {task_id} not found"))
             else:
                 data = self._state(known).to_json()
                 if behaviour.unknown_status:
                     data["status"] = UNKNOWN_STATUS_WORD
-                await self._answer(send, 200, envelope(CODE_OK, "ok", data))
+                await answer(200, envelope(CODE_OK, "ok", data))
         else:
-            await self._answer(send, 404, envelope(CODE_NOT_FOUND, f"no endpoint {path}"))
+            await answer(404, envelope(CODE_NOT_FOUND, f"no endpoint {path}"))
 
-    async def _answer(self, send: Send, status: int, body: dict[str, Any]) -> None:
-        await self._answer_raw(send, status, json.dumps(body).encode())
+    async def _answer(
+        self, send: Send, status: int, body: dict[str, Any], *, shape: Behaviour | None = None
+    ) -> None:
+        await self._answer_raw(send, status, json.dumps(body).encode(), shape=shape)
 
-    async def _answer_raw(self, send: Send, status: int, content: bytes) -> None:
+    async def _answer_raw(
+        self, send: Send, status: int, content: bytes, *, shape: Behaviour | None = None
+    ) -> None:
+        """Answer ``content``, shaped (dripped, cut short) as ``shape`` says."""
         self.requests += 1
         await send(
             {
@@ -373,6 +393,23 @@ class SimulatedFleet:
                 ],
             }
         )
+        if shape is not None and shape.reset:
+            # Half the body, then the app returns: the server closes the connection with
+            # the answer incomplete.
+            half = content[: len(content) // 2]
+            await send({"type": "http.response.body", "body": half, "more_body": True})
+            return
+        if shape is not None and shape.drip:
+            for offset in range(len(content)):
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": content[offset : offset + 1],
+                        "more_body": True,
+                    }
+                )
+                await trio.sleep(shape.drip)
+            content = b""
         await send({"type": "http.response.body", "body": content, "more_body": False})
 
     # --- the two forms ---

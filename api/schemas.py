@@ -7,7 +7,6 @@ with ISO-8601 UTC timestamps.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from datetime import UTC, datetime
 import attrs
 
 from fleetwave.api.envelope import ApiError, Code
+from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import (
     Event,
@@ -225,13 +225,18 @@ def parse_node_registration(
 ) -> NodeRegistration:
     fields = _Fields.of(document, NODE_FIELDS)
     name = fields.text("name", required=True, empty=False, max_length=NAME_MAX)
-    raw_ip = fields.text("mainIp", required=True, empty=False)
-    assert name is not None and raw_ip is not None
+    assert name is not None
+    # The check every node address passes (the CLI's and the actors' too).
     try:
-        main_ip = str(ipaddress.ip_address(raw_ip.strip()))
-    except ValueError:
-        raise invalid("mainIp", f"must be an IPv4 or IPv6 address, got {_shown(raw_ip)}") from None
-    port = fields.integer("agentPort", minimum=1, maximum=65535)
+        main_ip = check_agent_host(fields.required("mainIp"))
+    except InvalidAddress as error:
+        raise invalid("mainIp", str(error)) from None
+    port: int | None = None
+    if fields.has("agentPort"):
+        try:
+            port = check_agent_port(fields.values["agentPort"])
+        except InvalidAddress as error:
+            raise invalid("agentPort", str(error)) from None
     enabled = fields.boolean("enabled")
     status = fields.health("status")
     return NodeRegistration(

@@ -194,11 +194,27 @@ async def test_nodes_add_without_a_port_leaves_it_to_the_daemon(
     assert out == "node 1 edge-8 at 10.1.2.4:9443 (online, enabled)\n"
 
 
-async def test_nodes_add_bad_ip_is_refused_with_the_field(served: Served) -> None:
-    code, _, err = await served.run("nodes", "add", "edge-7", "10.1.2")
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["10.1.2"], "argument IP: address '10.1.2' is not an IPv4 or IPv6 address"),
+        ([" 10.1.2.3"], "argument IP: address ' 10.1.2.3' has spaces in it"),
+        (["10.1.2.3:8443"], "is not an IPv4 or IPv6 address (brackets or a port?"),
+        (["edge.example"], "(a host name? names are not resolved)"),
+        (["10.1.2.3", "--port", "0"], "argument --port: port must be from 1 to 65535, got 0"),
+        (["10.1.2.3", "--port", "70000"], "port must be from 1 to 65535, got 70000"),
+    ],
+)
+async def test_nodes_add_bad_address_exits_2_before_any_request(
+    served: Served, argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        await served.run("nodes", "add", "edge-7", *argv)
 
-    assert code == 1
-    assert err.startswith('fleetwave: mainIp: must be an IPv4 or IPv6 address, got "10.1.2"')
+    assert exited.value.code == 2
+    assert words in capsys.readouterr().err
+    code, out, _ = await served.run("nodes", "list", "--json")
+    assert (code, json.loads(out)["total"]) == (0, 0)
 
 
 class _Screen(io.StringIO):

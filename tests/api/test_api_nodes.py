@@ -9,6 +9,7 @@ from fleetwave.api.app import create_app
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import NodeHealth
 from tests.api.conftest import add_nodes
+from tests.hostile import HOSTILE_ADDRESSES, hostile_row
 
 NODE_ITEM_FIELDS = {"id", "name", "mainIp", "agentPort", "enabled", "status", "lastSeenAt"}
 
@@ -100,6 +101,23 @@ async def test_register_node_rejects_bad_input_naming_the_field(
 
     assert response.status_code == 400
     assert response.json()["message"].startswith(f"{field}: ")
+    assert await store.list_nodes() == []
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_ADDRESSES))
+async def test_register_node_refuses_every_hostile_address_with_the_shared_check(
+    client: httpx.AsyncClient, store: MemoryStore, name: str
+) -> None:
+    main_ip, port, words = hostile_row(name, "10.0.0.9")
+    response = await client.post(
+        "/api/v1/nodes", json={"name": "edge-9", "mainIp": main_ip, "agentPort": port}
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == 2002
+    message = response.json()["message"]
+    assert message.startswith("agentPort: " if words.startswith("port") else "mainIp: "), message
+    assert words in message
     assert await store.list_nodes() == []
 
 

@@ -139,10 +139,10 @@ async def test_a_failing_canary_fails_the_release_and_batch_two_is_skipped(
     assert seen[-1] == "failed", seen
     summary = detail["release"]
     assert (summary["successNodes"], summary["failedNodes"], summary["skippedNodes"]) == (0, 1, 2)
-    assert "reported failure: simulated failure" in summary["error"]
+    assert "reported failure: 'simulated failure'" in summary["error"]
     [canary] = detail["batches"][0]["nodes"]
     assert canary["status"] == "failed"
-    assert "reported failure: simulated failure" in canary["errorMsg"]
+    assert "reported failure: 'simulated failure'" in canary["errorMsg"]
     assert [n["status"] for n in detail["batches"][1]["nodes"]] == ["skipped", "skipped"]
 
     release = await sql(

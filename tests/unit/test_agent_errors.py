@@ -51,13 +51,13 @@ def test_messages_name_the_agent_in_plain_words() -> None:
     assert str(AgentError.http_status(AGENT, 500)) == "agent 127.0.0.3:8443 answered HTTP 500"
     assert str(AgentError.invalid_json(AGENT)) == "agent 127.0.0.3:8443 sent invalid JSON"
     assert str(AgentError.rejected(AGENT, "the task", 7, "busy")) == (
-        "agent 127.0.0.3:8443 rejected the task: code 7: busy"
+        "agent 127.0.0.3:8443 rejected the task: code 7: 'busy'"
     )
     assert str(AgentError.tls(AGENT, "certificate verify failed")) == (
         "TLS handshake with agent 127.0.0.3:8443 failed: certificate verify failed"
     )
     assert str(AgentError.task_failed(AGENT, "t1", "disk full")) == (
-        "agent 127.0.0.3:8443 reported task t1 failed: disk full"
+        "agent 127.0.0.3:8443 reported task t1 failed: 'disk full'"
     )
 
 
@@ -65,7 +65,7 @@ def test_error_keeps_kind_message_and_status() -> None:
     error = AgentError.http_status(AGENT, 502, "bad gateway")
     assert error.kind is FailureKind.HTTP_STATUS
     assert error.status == 502
-    assert error.message == str(error) == "agent 127.0.0.3:8443 answered HTTP 502: bad gateway"
+    assert error.message == str(error) == "agent 127.0.0.3:8443 answered HTTP 502: 'bad gateway'"
 
 
 def test_text_from_the_agent_is_flattened_and_clipped() -> None:
@@ -153,14 +153,14 @@ async def test_nonzero_code_is_rejected_with_the_agents_message() -> None:
     error = await _dispatch_answered(200, b'{"code": 7, "message": "disk busy", "data": null}')
     assert error.kind is FailureKind.REJECTED
     assert str(error) == (
-        "agent 127.0.0.3:8443 rejected the task apply_config_127.0.0.3_4: code 7: disk busy"
+        "agent 127.0.0.3:8443 rejected the task apply_config_127.0.0.3_4: code 7: 'disk busy'"
     )
 
 
 async def test_http_error_carries_status_and_envelope_message() -> None:
     error = await _dispatch_answered(503, b'{"code": 5001, "message": "draining", "data": null}')
     assert (error.kind, error.status, error.transient) == (FailureKind.HTTP_STATUS, 503, True)
-    assert str(error) == "agent 127.0.0.3:8443 answered HTTP 503: draining"
+    assert str(error) == "agent 127.0.0.3:8443 answered HTTP 503: 'draining'"
 
 
 async def test_ack_for_another_task_is_a_bad_payload() -> None:
@@ -168,7 +168,7 @@ async def test_ack_for_another_task_is_a_bad_payload() -> None:
         200, b'{"code": 0, "message": "ok", "data": {"taskId": "other", "status": "pending"}}'
     )
     assert error.kind is FailureKind.BAD_PAYLOAD
-    assert "answered for task other" in str(error)
+    assert "answered for task 'other'" in str(error)
 
 
 async def test_missing_data_is_a_bad_payload() -> None:
