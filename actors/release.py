@@ -364,21 +364,15 @@ class ReleaseActor:
     async def _true_outcome(self, node: ReleaseNode) -> NodeChange:
         task_id = task_id_for(node.main_ip, self.claim.release.version)
         try:
-            address = AgentAddress(node.main_ip, node.agent_port)
-        except InvalidAddress as error:
-            return NodeChange(
-                node.id,
-                NodeStatus.CANCELLED,
-                error_msg=f"release stopped; outcome unknown: invalid agent address: {error}",
-                finished=True,
+            state = await self.agents.query(AgentAddress(node.main_ip, node.agent_port), task_id)
+        except (AgentError, InvalidAddress) as error:
+            unknown = (
+                f"invalid agent address: {error}" if isinstance(error, InvalidAddress) else error
             )
-        try:
-            state = await self.agents.query(address, task_id)
-        except AgentError as error:
             return NodeChange(
                 node.id,
                 NodeStatus.CANCELLED,
-                error_msg=f"release stopped; outcome unknown: {error}",
+                error_msg=f"release stopped; outcome unknown: {unknown}",
                 finished=True,
             )
         if state is None:
