@@ -499,13 +499,18 @@ def _os_reason(error: BaseException) -> str:
         return reason
     if isinstance(error, httpx.RemoteProtocolError):
         return "the agent closed the connection without answering"
-    text = str(error).strip()
-    return text or type(error).__name__
+    return _library_words(error)
 
 
 def _plain(error: BaseException) -> str:
     """The OS's reason, else the library's words (h11 names what broke in the answer)."""
-    return _errno_reason(error) or str(error).strip() or type(error).__name__
+    return _errno_reason(error) or _library_words(error)
+
+
+def _library_words(error: BaseException) -> str:
+    """httpcore's and h11's text, which may carry the agent's bytes: clipped and quoted."""
+    text = str(error).strip()
+    return quote_remote(text) if text else type(error).__name__
 
 
 def _tls_reason(error: ssl.SSLError) -> str:

@@ -48,6 +48,7 @@ from fleetwave.api.schemas import (
     token_item,
 )
 from fleetwave.api.token_use import TokenUse
+from fleetwave.config.quoting import loggable, quoted
 from fleetwave.store.base import Store
 from fleetwave.store.errors import (
     AlreadyExists,
@@ -253,7 +254,7 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
     error = _from_store(exc)
     if error.status >= 500:
-        log.warning("api.store_error", error=str(exc), kind=type(exc).__name__)
+        log.warning("api.store_error", error=quoted(str(exc)), kind=type(exc).__name__)
     return error_response(error)
 
 
@@ -298,7 +299,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_noting_status)
         except Exception:
-            log.exception("api.unhandled_error", method=scope["method"], path=scope["path"])
+            log.exception("api.unhandled_error", **_request_line(scope))
             if status == 0:
                 status = 500
                 await error_response(ApiError(500, Code.INTERNAL, "internal error"))(
@@ -309,16 +310,18 @@ class RequestLog:
             token = {"token_name": state.get("token_name"), "token_role": state.get("token_role")}
             log.info(
                 "api.request",
-                method=scope["method"],
-                path=scope["path"],
+                **_request_line(scope),
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 **token,
             )
             if scope["method"] not in _READ_METHODS:
-                log.info(
-                    "api.audit", method=scope["method"], path=scope["path"], status=status, **token
-                )
+                log.info("api.audit", **_request_line(scope), status=status, **token)
+
+
+def _request_line(scope: Scope) -> dict[str, str]:
+    """The caller's method and path for a log line: clipped, and quoted when odd."""
+    return {"method": loggable(scope["method"], 20), "path": loggable(scope["path"])}
 
 
 def create_app(

@@ -19,3 +19,12 @@ def quoted(text: str, limit: int = QUOTED_MAX) -> str:
     characters, NUL, lone surrogates): the result is always valid UTF-8 text without NUL, so
     PostgreSQL stores it and a log line shows where the outside text begins and ends."""
     return repr(clipped(text, limit))
+
+
+def loggable(text: str, limit: int = QUOTED_MAX) -> str:
+    """A log field from outside (a request path, a method): as it is when it is short,
+    printable and without spaces or quotes, else ``quoted`` (clipped, quoted, escaped), so
+    a hostile value can neither break a log line nor pass for a plain one."""
+    if len(text) <= limit and text.isprintable() and not any(c in text for c in " '\"\\"):
+        return text
+    return quoted(text, limit)

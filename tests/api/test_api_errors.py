@@ -91,3 +91,18 @@ async def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_redirect(
     response = await client.get("/api/v1/releases/")
     assert response.status_code == 404
     assert response.json()["code"] == 3001
+
+
+async def test_a_hostile_request_path_is_clipped_and_quoted_in_the_log(
+    client: httpx.AsyncClient,
+) -> None:
+    path = "/api/v1/nodes/%0A%7B%22event%22%3A%22forged%22%7D%00" + "x" * 5000
+    with structlog.testing.capture_logs() as logs:
+        response = await client.get(path)
+
+    assert response.status_code in (400, 404)
+    [line] = [entry for entry in logs if entry["event"] == "api.request"]
+    assert line["path"].startswith('\'/api/v1/nodes/ {"event":"forged"}\\x00xxx')
+    assert line["path"].endswith("…'")
+    assert len(line["path"]) < 250
+    assert line["path"].isprintable()

@@ -4,15 +4,20 @@ client, the real agent app, no sockets)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
+import structlog
 import trio
 from hypothesis import HealthCheck, given, settings
+from trio.testing import MockClock
 
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError, FailureKind
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from tests.agent_answers import POISONS, TASK_ID, answer_bodies, call_both, check_outcome
+from tests.sim.conftest import Sim
 
 
 async def _outcomes(body: bytes) -> list[object]:
@@ -46,3 +51,24 @@ async def test_deep_nesting_and_long_numbers_are_named_in_the_reason() -> None:
         "agent 127.0.0.2:8443 sent an invalid answer: a number of more than 4300 digits"
     )
     assert str(nan) == "agent 127.0.0.2:8443 sent an invalid answer: NaN is not a JSON number"
+
+
+async def test_an_agents_last_error_is_clipped_and_quoted_in_logs_and_error_msg(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    hostile = 'bad\n{"event": "forged"}\x00\ud800' + "z" * 5000
+    sim = make_sim(1, behaviour=Behaviour(apply_time=(2, 2), fail=hostile))
+    await sim.register()
+    await sim.start_daemon()
+    with structlog.testing.capture_logs() as logs:
+        release = await sim.wait_terminal(await sim.create())
+
+    [node] = await sim.store.release_nodes(release.id)
+    assert node.error_msg is not None
+    assert node.error_msg.startswith(
+        'agent 127.0.0.2:8443 reported failure: \'bad {"event": "forged"}\\x00\\ud800zzz'
+    )
+    node.error_msg.encode("utf-8")
+    [failed] = [e for e in logs if e["event"] == "node.transition" and e["status"] == "failed"]
+    assert failed["error"].isprintable() and len(failed["error"]) < 400
+    assert release.error is not None and "\n" not in release.error
