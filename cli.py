@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from fleetwave.config import Settings, SettingsError, load_settings
+from fleetwave.config.api_tls import ApiTls, api_tls
 from fleetwave.config.logging import configure_logging
 from fleetwave.store.embedded import EmbeddedPostgresError
 from fleetwave.store.errors import StoreError
@@ -101,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     certs = commands.add_parser("certs", help="development certificates")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
-    init = certs_commands.add_parser("init", help="write a dev CA, control and agent certificates")
+    init = certs_commands.add_parser(
+        "init", help="write a dev CA, control, agent and API server certificates"
+    )
     init.add_argument("directory", type=Path)
     init.add_argument(
         "--agents",
@@ -243,6 +246,18 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         default=os.environ.get("FLEETWAVE_TOKEN"),
         help="API token (FLEETWAVE_TOKEN)",
     )
+    for option, env, text in (
+        (
+            "--ca",
+            "FLEETWAVE_API_CA",
+            "CA certificate that signed the API's (default: the system's)",
+        ),
+        ("--cert", "FLEETWAVE_API_CLIENT_CERT", "client certificate, for an API that asks for one"),
+        ("--key", "FLEETWAVE_API_CLIENT_KEY", "the client certificate's key"),
+    ):
+        client.add_argument(
+            option, default=os.environ.get(env), metavar="FILE", help=f"{text} ({env})"
+        )
     client.add_argument("--json", action="store_true", help="print the API's data as JSON")
 
     release = commands.add_parser("release", help="create, list, show and watch releases")
@@ -348,8 +363,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "serve":
             settings.require_mtls()
+            tls = api_tls(settings)
             configure_logging(settings)
-            trio.run(_serve, settings)
+            trio.run(_serve, settings, tls)
             return 0
         case "migrate":
             # stdout says what was applied; logs go to stderr.
@@ -380,11 +396,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         case "release" | "nodes":
             if not args.token:
                 raise UsageError("no API token: set FLEETWAVE_TOKEN or pass --token")
+            if (args.cert is None) != (args.key is None):
+                raise UsageError(
+                    "a client certificate needs its key: give both --cert and --key "
+                    "(FLEETWAVE_API_CLIENT_CERT, FLEETWAVE_API_CLIENT_KEY)"
+                )
             return trio.run(_api_command, args)
     raise UsageError(f"unknown command {args.command!r}")  # pragma: no cover
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, tls: ApiTls | None) -> None:
     from fleetwave.agent.client import AgentClient, build_http_client
     from fleetwave.api.app import create_app
     from fleetwave.api.server import serve_api
@@ -406,7 +427,7 @@ async def _serve(settings: Settings) -> None:
             await writing_uses.start(token_use.run)
             async with trio.open_nursery() as nursery:
                 await nursery.start(
-                    partial(serve_api, shutdown_trigger=api_stopping.wait),
+                    partial(serve_api, shutdown_trigger=api_stopping.wait, tls=tls),
                     create_app(store, default_agent_port=settings.agent_port, token_use=token_use),
                     settings.api_bind,
                 )
@@ -498,10 +519,15 @@ async def _token_revoke(settings: Settings, key: int | str) -> int:
 
 
 async def _api_command(args: argparse.Namespace) -> int:
-    from fleetwave.api.client import ApiClient, open_http
+    from fleetwave.api.client import ApiClient, ClientError, ClientTls, open_http
     from fleetwave.api.commands import run
 
-    async with open_http(args.api, args.token) as http:
+    try:
+        http = open_http(args.api, args.token, tls=ClientTls(args.ca, args.cert, args.key))
+    except ClientError as error:
+        print(f"fleetwave: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    async with http:
         return await run(args, ApiClient(http), sys.stdout, sys.stderr)
 
 
@@ -565,10 +591,10 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _certs_init(args: argparse.Namespace) -> int:
-    from fleetwave.agent.certs import init_certs, mtls_env_lines
+    from fleetwave.agent.certs import api_env_lines, init_certs, mtls_env_lines
 
     paths = init_certs(args.directory, agents=args.agents)
-    for line in mtls_env_lines(paths):
+    for line in [*mtls_env_lines(paths), *api_env_lines(paths)]:
         print(line)
     return 0
 

@@ -3,7 +3,8 @@
 One embedded PostgreSQL server (started once, from ``DIR/pg``; a fresh ``fleetwave_demo``
 database each run), a private CA and certificates (``DIR/certs``), a simulated fleet of
 edge agents serving HTTPS with mutual TLS on 127.0.0.2, 127.0.0.3, ... (in this process), and
-the daemon as a child process (``fleetwave serve``, API on a free loopback port, logs in
+the daemon as a child process (``fleetwave serve``, API over HTTPS on a free loopback port
+with the certificate ``DIR/certs/api.crt`` of the same private CA, logs in
 ``DIR/serve.log``). Then two releases through the API, shown live:
 
 1. every agent applies the config: the release succeeds;
@@ -34,10 +35,10 @@ import attrs
 import httpx
 import trio
 
-from fleetwave.agent.certs import CertPaths, init_certs, mtls_env_lines
+from fleetwave.agent.certs import CertPaths, api_env_lines, init_certs, mtls_env_lines
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from fleetwave.api import render
-from fleetwave.api.client import ApiClient, ClientError, open_http
+from fleetwave.api.client import ApiClient, ClientError, ClientTls, open_http
 from fleetwave.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 DEFAULT_DIR: Final = Path(".fleetwave/demo")
@@ -195,7 +196,7 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
     async with _database(base / "pg") as (server, url):
         say(f"  PostgreSQL on 127.0.0.1:{server.actual_port}, database {DATABASE} (fresh)")
         certs = init_certs(base / "certs", agents=options.agents)
-        say(f"- certificates: private CA, control and agent certificates in {certs.directory}")
+        say(f"- certificates: private CA, control, agent and API certificates in {certs.directory}")
         fleet = SimulatedFleet(options.agents, behaviour=Behaviour(apply_time=APPLY_TIME), port=0)
         async with trio.open_nursery() as services:
             await services.start(fleet.serve, certs.directory)
@@ -205,11 +206,11 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                 f"{first.host}:{first.port} ... {last.host}:{last.port}"
             )
             env = _child_env(certs, url)
-            async with _daemon(env, base / "serve.log") as api:
+            async with _daemon(env, base / "serve.log", _client_tls(certs)) as api:
                 say(f"- daemon: `fleetwave serve`, API on {api}, log {base / 'serve.log'}")
                 token = await _create_token(env, base / "token.log")
                 say("- API token created with `fleetwave token create demo --role admin`")
-                async with open_http(api, token) as http:
+                async with open_http(api, token, tls=_client_tls(certs)) as http:
                     client = ApiClient(http)
                     result.code = await _releases(client, fleet, say)
                     say("")
@@ -219,7 +220,10 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                     if options.keep_running:
                         say("")
                         say("Everything keeps running; in another terminal:")
-                        say(f"  export FLEETWAVE_API={api} FLEETWAVE_TOKEN={token}")
+                        say(
+                            f"  export FLEETWAVE_API={api} FLEETWAVE_API_CA={certs.ca_cert} "
+                            f"FLEETWAVE_TOKEN={token}"
+                        )
                         say("  fleetwave release list; fleetwave release show 2")
                         say("Ctrl-C stops the daemon, the fleet and the database.")
                         await trio.sleep_forever()
@@ -315,10 +319,16 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "fleetwave", *args]
 
 
+def _client_tls(certs: CertPaths) -> ClientTls:
+    """How the demo's client verifies the daemon's API: by the demo's private CA."""
+    return ClientTls(ca=str(certs.ca_cert))
+
+
 def _child_env(certs: CertPaths, database_url: str) -> dict[str, str]:
-    """This environment without any fleetwave setting of its own, plus the demo's."""
+    """This environment without any fleetwave setting of its own, plus the demo's (the API
+    served over HTTPS with the demo's API certificate)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_FOREIGN_SETTINGS)}
-    for line in mtls_env_lines(certs):
+    for line in [*mtls_env_lines(certs), *api_env_lines(certs)]:
         name, _, value = line.partition("=")
         env[name] = value
     env.update(DAEMON_TIMING)
@@ -392,11 +402,11 @@ async def stop_process(process: trio.Process, grace: float) -> int:
 
 
 @asynccontextmanager
-async def _daemon(env: Mapping[str, str], log_path: Path) -> AsyncIterator[str]:
+async def _daemon(env: Mapping[str, str], log_path: Path, tls: ClientTls) -> AsyncIterator[str]:
     """``fleetwave serve``, ready (its /readyz answers 200); yields the API base URL."""
     async with _child(cli_command("serve"), env, log_path) as process:
         with trio.move_on_after(DAEMON_READY_TIMEOUT) as waited:
-            api = await wait_ready(process, log_path)
+            api = await wait_ready(process, log_path, tls=tls)
         if waited.cancelled_caught:
             raise DemoError(
                 f"the daemon was not ready within {DAEMON_READY_TIMEOUT:g}s\n"
@@ -405,27 +415,29 @@ async def _daemon(env: Mapping[str, str], log_path: Path) -> AsyncIterator[str]:
         yield api
 
 
-async def wait_ready(process: trio.Process, log_path: Path) -> str:
-    """The API base URL of a daemon logging JSON to ``log_path``, once /readyz answers 200.
+async def wait_ready(process: trio.Process, log_path: Path, *, tls: ClientTls | None = None) -> str:
+    """The API base URL (``http://`` or ``https://``, as the daemon logged it) of a daemon
+    logging JSON to ``log_path``, once /readyz answers 200; ``tls`` verifies an HTTPS API.
     Unbounded: the caller sets the deadline."""
-    address: str | None = None
-    async with httpx.AsyncClient(timeout=2.0) as http:
+    url: str | None = None
+    verify = (tls or ClientTls()).context()
+    async with httpx.AsyncClient(timeout=2.0, verify=verify) as http:
         while True:
             if process.poll() is not None:
                 raise DemoError(
                     f"the daemon exited with status {process.returncode}\n"
                     + tail(log_path, LOG_TAIL_LINES)
                 )
-            if address is None:
-                address = logged_value(log_path, "api.listening", "address")
-            if address is not None:
+            if url is None:
+                url = logged_value(log_path, "api.listening", "url")
+            if url is not None:
                 try:
-                    response = await http.get(f"http://{address}/readyz")
+                    response = await http.get(f"{url}/readyz")
                 except httpx.TransportError:
                     pass
                 else:
                     if response.status_code == 200:
-                        return f"http://{address}"
+                        return url
             await trio.sleep(0.1)
 
 

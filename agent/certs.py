@@ -1,10 +1,12 @@
 """A private CA and the certificates of the simulated fleet and the control plane.
 
 ``init_certs`` writes, into one directory: ``ca.crt``/``ca.key`` (the CA), ``control.crt``/
-``control.key`` (the control plane's client certificate, clientAuth) and ``agent.crt``/
+``control.key`` (the control plane's client certificate, clientAuth), ``agent.crt``/
 ``agent.key`` (one server certificate, serverAuth, valid for 127.0.0.1, ``localhost`` and every
-simulated agent address). Keys are EC P-256, PEM, mode 0600. A second ``init_certs`` into
-another directory makes an unrelated CA, which tests use as the foreign one.
+simulated agent address) and ``api.crt``/``api.key`` (the API's server certificate, serverAuth,
+valid for 127.0.0.1 and ``localhost``). Keys are EC P-256, PEM, mode 0600. A second
+``init_certs`` into another directory makes an unrelated CA, which tests use as the foreign
+one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class CertPaths:
     control_key: Path
     agent_cert: Path
     agent_key: Path
+    api_cert: Path
+    api_key: Path
 
     @classmethod
     def in_directory(cls, directory: Path) -> CertPaths:
@@ -48,6 +52,8 @@ class CertPaths:
             control_key=base / "control.key",
             agent_cert=base / "agent.crt",
             agent_key=base / "agent.key",
+            api_cert=base / "api.crt",
+            api_key=base / "api.key",
         )
 
 
@@ -109,12 +115,23 @@ def init_certs(directory: Path, *, agents: int = 254, first_host: str = "127.0.0
         names=names,
     )
 
+    api_key, api_cert = _leaf(
+        ca_cert,
+        ca_key,
+        now,
+        common_name="fleetwave-api",
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        names=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+    )
+
     _write_cert(paths.ca_cert, ca_cert)
     _write_key(paths.ca_key, ca_key)
     _write_cert(paths.control_cert, control_cert)
     _write_key(paths.control_key, control_key)
     _write_cert(paths.agent_cert, agent_cert)
     _write_key(paths.agent_key, agent_key)
+    _write_cert(paths.api_cert, api_cert)
+    _write_key(paths.api_key, api_key)
     return paths
 
 
@@ -125,6 +142,16 @@ def mtls_env_lines(paths: CertPaths) -> list[str]:
         f"CONTROL_CERT={paths.control_cert.absolute()}",
         f"CONTROL_KEY={paths.control_key.absolute()}",
         f"CONTROL_CA={paths.ca_cert.absolute()}",
+    ]
+
+
+def api_env_lines(paths: CertPaths) -> list[str]:
+    """The environment of a daemon serving its API over HTTPS with these certificates, and
+    of a client verifying it."""
+    return [
+        f"FLEETWAVE_API_TLS_CERT={paths.api_cert.absolute()}",
+        f"FLEETWAVE_API_TLS_KEY={paths.api_key.absolute()}",
+        f"FLEETWAVE_API_CA={paths.ca_cert.absolute()}",
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,24 +36,89 @@ class ApiUnreachable(ClientError):
         self.base_url = base_url
 
 
+@attrs.frozen
+class ClientTls:
+    """How the client verifies the API over HTTPS: the CA that signed the API's certificate
+    (None: the system's CAs) and a client certificate and key to present (for an API that
+    asks for one)."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """An SSL context (TLS 1.2+); ClientError naming the file that cannot be loaded."""
+        try:
+            context = ssl.create_default_context(cafile=self.ca)
+        except (OSError, ssl.SSLError) as error:
+            raise ClientError(
+                f"cannot load the API's CA {self.ca} (FLEETWAVE_API_CA): {error}"
+            ) from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert is not None:
+            try:
+                context.load_cert_chain(self.cert, self.key)
+            except (OSError, ssl.SSLError) as error:
+                raise ClientError(
+                    f"cannot load the client certificate {self.cert} with its key "
+                    f"(FLEETWAVE_API_CLIENT_CERT, FLEETWAVE_API_CLIENT_KEY): {error}"
+                ) from None
+        return context
+
+
 def open_http(
-    base_url: str, token: str, *, transport: httpx.AsyncBaseTransport | None = None
+    base_url: str,
+    token: str,
+    *,
+    tls: ClientTls | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url,
         headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
         timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+        verify=(tls or ClientTls()).context(),
         transport=transport,
     )
 
 
-def _reason(error: httpx.TransportError) -> str:
+def _tls_error(error: BaseException) -> ssl.SSLError | None:
+    """The SSL error behind a transport error (the trio backend wraps it twice), if any."""
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None or isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _reason(error: httpx.TransportError, scheme: str) -> str:
+    text = str(error)
+    tls = _tls_error(error)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the API's certificate is not trusted ({tls.verify_message}); "
+            "set FLEETWAVE_API_CA (or --ca) to the CA that signed it"
+        )
+    if tls is not None:
+        return (
+            f"TLS handshake failed: {tls.reason or tls}; an API that asks for a client "
+            "certificate needs --cert and --key (FLEETWAVE_API_CLIENT_CERT, _KEY)"
+        )
     match error:
         case httpx.ConnectError():
             return "connection refused or host unknown"
         case httpx.TimeoutException():
             return "timed out"
-    return str(error) or type(error).__name__
+        case httpx.RemoteProtocolError() if scheme == "https":
+            # TLS 1.3: a server refusing the client certificate closes after the handshake.
+            return (
+                f"the server closed the connection ({text}); if it asks for a client "
+                "certificate, give --cert and --key (FLEETWAVE_API_CLIENT_CERT, _KEY)"
+            )
+        case httpx.RemoteProtocolError():
+            return f"the server closed the connection ({text}); is it HTTPS (an https:// URL)?"
+    return text or type(error).__name__
 
 
 @attrs.frozen
@@ -71,7 +137,9 @@ class ApiClient:
         try:
             response = await self.http.request(method, path, json=body, params=params)
         except httpx.TransportError as error:
-            raise ApiUnreachable(str(self.http.base_url), _reason(error)) from None
+            raise ApiUnreachable(
+                str(self.http.base_url), _reason(error, self.http.base_url.scheme)
+            ) from None
         try:
             document = response.json()
         except ValueError:

@@ -150,6 +150,10 @@ class Settings:
 
     # API and logs.
     api_bind: str = _field("127.0.0.1:8080", _bind)
+    api_tls_cert: str | None = _field(None, _optional_text)
+    api_tls_key: str | None = _field(None, _optional_text)
+    api_client_ca: str | None = _field(None, _optional_text)
+    api_insecure: bool = _field(False, _bool)
     log_format: str = _field("auto", _choice("auto", "json", "console"))
     log_level: str = _field("info", _choice("debug", "info", "warning", "error"))
 

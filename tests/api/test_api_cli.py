@@ -460,3 +460,24 @@ def test_token_create_needs_a_role_and_a_valid_expiry() -> None:
 
 def test_token_names_that_are_all_digits_are_refused_as_ids() -> None:
     assert cli.main(["token", "create", "42", "--role", "admin"]) == 2
+
+
+# --- HTTPS options ------------------------------------------------------------------------
+
+
+def test_a_client_certificate_without_its_key_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["nodes", "list", "--token", "t", "--cert", "client.crt"]) == 2
+    assert "give both --cert and --key" in capsys.readouterr().err
+
+
+def test_a_ca_file_that_cannot_be_loaded_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.crt"
+    code = cli.main(["nodes", "list", "--token", "t", "--ca", str(missing)])
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert line.startswith(f"fleetwave: cannot load the API's CA {missing} (FLEETWAVE_API_CA)")

@@ -58,7 +58,7 @@ async def test_serve_answers_on_the_api_and_exits_cleanly_on_a_signal(
 
     with structlog.testing.capture_logs() as logs, trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cli._serve, settings)
+            nursery.start_soon(cli._serve, settings, None)
             await wait_logged(logs, "supervisor.started")
             address = (await wait_logged(logs, "api.listening"))["address"]
             async with httpx.AsyncClient(base_url=f"http://{address}") as client:

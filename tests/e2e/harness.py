@@ -25,6 +25,7 @@ import trio
 
 from fleetwave.agent.certs import CertPaths, mtls_env_lines
 from fleetwave.agent.protocol import agent_hosts
+from fleetwave.api.client import ClientTls
 from fleetwave.demo import wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,14 +168,14 @@ class Harness:
             )
         return process, log_path
 
-    async def serve(self, name: str, **settings: str) -> Daemon:
+    async def serve(self, name: str, *, tls: ClientTls | None = None, **settings: str) -> Daemon:
         """``fleetwave serve`` as daemon ``name`` with FAST timing and ``settings``; returns
-        once its /readyz answers 200."""
+        once its /readyz answers 200 (verified with ``tls``, for an HTTPS API)."""
         env = self.env({**FAST, "FLEETWAVE_DAEMON_ID": name, **settings})
         daemon = Daemon(name, *await self._spawn(name, fleetwave("serve"), env))
         self.children.append(daemon)
         with trio.fail_after(READY_TIMEOUT):
-            daemon.api = await wait_ready(daemon.process, daemon.log_path)
+            daemon.api = await wait_ready(daemon.process, daemon.log_path, tls=tls)
         return daemon
 
     async def agent_sim(
@@ -210,25 +211,32 @@ class Harness:
             await _wait_listening(fleet)
         return fleet
 
-    async def command(self, *args: str) -> str:
-        """A one-shot ``fleetwave`` command on the test's database; its stdout. Fails the
-        test with the command's stderr when it exits non-zero."""
-        with trio.fail_after(COMMAND_TIMEOUT):
-            result = await trio.run_process(
-                fleetwave(*args),
-                env=self.env(),
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
+    async def command(self, *args: str, env: Mapping[str, str] | None = None) -> str:
+        """A one-shot ``fleetwave`` command on the test's database (``env`` added to its
+        environment); its stdout. Fails the test with the command's stderr when it exits
+        non-zero."""
+        result = await self.run(*args, env=env)
         if result.returncode != 0:
             raise AssertionError(
                 f"fleetwave {' '.join(args)} exited {result.returncode}: "
                 f"{result.stderr.decode(errors='replace')[-2000:]}"
             )
         return result.stdout.decode()
+
+    async def run(
+        self, *args: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A one-shot ``fleetwave`` command, whatever its exit status."""
+        with trio.fail_after(COMMAND_TIMEOUT):
+            return await trio.run_process(
+                fleetwave(*args),
+                env=self.env(env),
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
 
     async def token(self, name: str = "e2e", role: str = "admin") -> str:
         return (await self.command("token", "create", name, "--role", role)).strip()

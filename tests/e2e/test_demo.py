@@ -4,6 +4,7 @@ releases end as it says, and it exits 0 leaving nothing running."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -84,5 +85,14 @@ async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
     assert "release 1 (version 1): success  success 20/20, failed 0, skipped 0" in text, text
     assert "release 2 (version 2): failed   success 0/20, failed 1, skipped 19" in text, text
     assert "token: fw_" in text
+    # The API was served over HTTPS with the demo's API certificate, and used so.
+    assert "API:   https://127.0.0.1:" in text, text
+    listening = [
+        json.loads(line)
+        for line in (demo_dir / "serve.log").read_text().splitlines()
+        if '"api.listening"' in line
+    ]
+    assert [entry["url"].split(":")[0] for entry in listening] == ["https"]
+    assert (demo_dir / "certs" / "api.crt").is_file()
     assert processes_using(demo_dir) == []
     assert not EmbeddedPostgres(demo_dir / "pg").running

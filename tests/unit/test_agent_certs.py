@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fleetwave.agent.certs import CertPaths, init_certs, mtls_env_lines
+from fleetwave.agent.certs import CertPaths, api_env_lines, init_certs, mtls_env_lines
 from fleetwave.agent.client import client_ssl_context
 from fleetwave.config import SettingsError, load_settings
 
@@ -25,13 +25,22 @@ def _load(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
 
 
-def test_all_six_files_are_written(certs: CertPaths) -> None:
+def test_all_eight_files_are_written(certs: CertPaths) -> None:
     names = {p.name for p in certs.directory.iterdir()}
-    assert names == {"ca.crt", "ca.key", "control.crt", "control.key", "agent.crt", "agent.key"}
+    assert names == {
+        "ca.crt",
+        "ca.key",
+        "control.crt",
+        "control.key",
+        "agent.crt",
+        "agent.key",
+        "api.crt",
+        "api.key",
+    }
 
 
 def test_keys_are_readable_by_the_owner_only(certs: CertPaths) -> None:
-    for key in (certs.ca_key, certs.control_key, certs.agent_key):
+    for key in (certs.ca_key, certs.control_key, certs.agent_key, certs.api_key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
@@ -56,10 +65,31 @@ def test_usages_are_server_for_the_agent_and_client_for_the_control_plane(
     assert ca.ca
 
 
-def test_ca_signs_both_leaf_certificates(certs: CertPaths) -> None:
+def test_ca_signs_every_leaf_certificate(certs: CertPaths) -> None:
     ca = _load(certs.ca_cert)
     _load(certs.agent_cert).verify_directly_issued_by(ca)
     _load(certs.control_cert).verify_directly_issued_by(ca)
+    _load(certs.api_cert).verify_directly_issued_by(ca)
+
+
+def test_api_certificate_is_a_server_certificate_for_127_0_0_1_and_localhost(
+    certs: CertPaths,
+) -> None:
+    api = _load(certs.api_cert)
+    sans = api.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    usage = api.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_api_env_lines_name_the_api_certificate_key_and_ca(certs: CertPaths) -> None:
+    environ = dict(line.split("=", 1) for line in api_env_lines(certs))
+    assert environ == {
+        "FLEETWAVE_API_TLS_CERT": str(certs.api_cert),
+        "FLEETWAVE_API_TLS_KEY": str(certs.api_key),
+        "FLEETWAVE_API_CA": str(certs.ca_cert),
+    }
 
 
 def test_a_second_directory_gets_an_unrelated_ca(certs: CertPaths, tmp_path: Path) -> None:
