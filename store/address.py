@@ -67,6 +67,8 @@ def check_agent_address(host: object, port: object) -> tuple[str, int]:
 
 
 def _hint(value: str) -> str:
+    if "/" in value or "@" in value:
+        return " (a URL? give the address alone)"
     if value.startswith("[") or (value.count(":") == 1 and "." in value):
         return " (brackets or a port? give the address alone)"
     if ":" not in value and any(c.isalpha() for c in value):
