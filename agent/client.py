@@ -430,10 +430,13 @@ def classify_transport_error(
         and not trace.answer_started
         and isinstance(error, httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError)
     ):
+        # Also what an agent too busy to read our request in time does (its idle timeout
+        # runs from the handshake): retried, and reported as a refusal if it stays so.
         return AgentError.tls(
             address,
-            "the agent refused our client certificate (CONTROL_CERT): "
-            "it closed the connection right after the handshake",
+            "the agent refused our client certificate (CONTROL_CERT) or dropped the "
+            "connection: it closed the connection right after the handshake",
+            retry=True,
         )
     if isinstance(error, httpx.ConnectTimeout):
         return AgentError.unreachable(address, f"no connection within {_limit(timeout.connect)}")

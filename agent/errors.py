@@ -48,11 +48,19 @@ def _seconds(value: float | None) -> str:
 class AgentError(Exception):
     """One failed agent call. ``str()`` is the operator-facing message."""
 
-    def __init__(self, kind: FailureKind, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
+        self._retry = retry
 
     def __str__(self) -> str:
         return self.message
@@ -63,6 +71,8 @@ class AgentError(Exception):
     @property
     def transient(self) -> bool:
         """Whether repeating the same call later may succeed (dispatch is idempotent)."""
+        if self._retry is not None:
+            return self._retry
         if self.kind in (FailureKind.UNREACHABLE, FailureKind.TIMEOUT):
             return True
         if self.kind is FailureKind.HTTP_STATUS and self.status is not None:
@@ -80,8 +90,10 @@ class AgentError(Exception):
         return cls(FailureKind.TIMEOUT, f"agent {agent} did not answer within {_seconds(seconds)}")
 
     @classmethod
-    def tls(cls, agent: object, reason: str) -> AgentError:
-        return cls(FailureKind.TLS, f"TLS handshake with agent {agent} failed: {reason}")
+    def tls(cls, agent: object, reason: str, *, retry: bool = False) -> AgentError:
+        return cls(
+            FailureKind.TLS, f"TLS handshake with agent {agent} failed: {reason}", retry=retry
+        )
 
     @classmethod
     def http_status(cls, agent: object, status: int, detail: str | None = None) -> AgentError:

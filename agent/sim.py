@@ -61,6 +61,7 @@ PENDING_FRACTION = 0.1
 
 UNKNOWN_STATUS_WORD = "exploded"
 MAX_BODY_BYTES = 1 << 20
+AGENT_KEEP_ALIVE_SEC = 75.0
 GARBAGE = b'{"code": 0, "message": "ok", "data": {"taskId": '
 
 
@@ -475,6 +476,11 @@ class _AgentServerConfig(HypercornConfig):
         self.loglevel = "WARNING"
         self.accesslog = None
         self.graceful_timeout = 1.0
+        # Hypercorn closes a connection idle for this long, counted from the TLS handshake
+        # too; its default of 5 s equals the daemon's keep-alive and, with thousands of
+        # agents in this one process, is shorter than a busy moment between handshake and
+        # request. Edge web servers keep connections longer (nginx: 75 s).
+        self.keep_alive_timeout = AGENT_KEEP_ALIVE_SEC
 
     def create_ssl_context(self) -> ssl.SSLContext:
         # Hypercorn's default context also trusts the system's CAs for client certificates;

@@ -199,6 +199,9 @@ async def test_broken_write_after_a_fresh_handshake_means_our_certificate_was_re
     error = classify_transport_error(AGENT, httpx.ReadError(""), TIMEOUTS, trace=trace)
     assert error.kind is FailureKind.TLS
     assert "refused our client certificate" in str(error)
+    # A busy agent's idle timeout looks the same: retried before it is taken as a refusal.
+    assert error.transient
+    assert not AgentError.tls(AGENT, "certificate verify failed").transient
 
 
 async def test_broken_reused_connection_is_unreachable_not_tls() -> None:
