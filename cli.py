@@ -151,7 +151,7 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         choices=["a", "b", "c", "d"],
         required=True,
         help="a: 10,000 in-process agents; b: 1,000 agents over mTLS in another process; "
-        "c: 100 releases of 100 nodes in 100 scopes; d: pick-up latency over 50 releases",
+        "c: 100 releases of 100 disjoint nodes at once; d: pick-up latency over 50 releases",
     )
     bench.add_argument("--nodes", type=_positive_int, help="nodes per release")
     bench.add_argument("--releases", type=_positive_int, help="releases (scenarios c and d)")
@@ -207,6 +207,18 @@ def _expiry(text: str) -> timedelta:
         return parse_expiry(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _selector(text: str) -> dict[str, str]:
+    from fleetwave.api.commands import parse_selector
+
+    return parse_selector(text)
+
+
+def _label_change(text: str) -> tuple[str, str | None]:
+    from fleetwave.api.commands import parse_label_change
+
+    return parse_label_change(text)
 
 
 def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -272,7 +284,32 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create.add_argument(
         "--max-failures", type=_non_negative_int, help="failed nodes tolerated (default 0)"
     )
-    create.add_argument("--scope", help="releases of one scope run one at a time (target)")
+    create.add_argument(
+        "--scope",
+        help="releases naming the same scope run one at a time, even over different nodes",
+    )
+    chosen = create.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--node-id",
+        type=_positive_int,
+        action="append",
+        dest="node_ids",
+        metavar="ID",
+        help="only this node (repeat for more); default: every enabled, online node",
+    )
+    chosen.add_argument(
+        "--node",
+        action="append",
+        dest="node_names",
+        metavar="NAME",
+        help="only the node of this name (repeat for more)",
+    )
+    chosen.add_argument(
+        "--selector",
+        type=_selector,
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="the enabled, online nodes carrying all these labels",
+    )
     listing = release_actions.add_parser("list", parents=[client], help="list releases")
     listing.add_argument(
         "--status", choices=["pending", "running", "paused", "success", "failed", "cancelled"]
@@ -322,6 +359,15 @@ def _add_nodes_commands(
         type=_port,
         default=None,
         help="agent port (default: the daemon's agent_port setting, 8443 unless changed)",
+    )
+    label = nodes_actions.add_parser(
+        "label",
+        parents=[client],
+        help="set (KEY=VALUE) or remove (KEY-) labels of a node",
+    )
+    label.add_argument("name", help="the node's name")
+    label.add_argument(
+        "changes", type=_label_change, nargs="+", metavar="KEY=VALUE|KEY-", help="label changes"
     )
 
 

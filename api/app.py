@@ -45,6 +45,7 @@ from fleetwave.api.schemas import (
     parse_release_spec,
     release_batches,
     release_item,
+    selection_item,
     token_item,
 )
 from fleetwave.api.token_use import TokenUse
@@ -124,6 +125,7 @@ class _Handlers:
                     {"batch": batch, "nodeIds": list(node_ids)}
                     for batch, node_ids in created.batches
                 ],
+                "selection": selection_item(created.release),
             }
         )
 
@@ -208,7 +210,9 @@ class _Handlers:
     async def update_node(self, request: Request) -> Response:
         node_id = parse_id(request.path_params["id"])
         patch = parse_node_patch(await read_json(request))
-        node = await self.store.update_node(node_id, status=patch.status, enabled=patch.enabled)
+        node = await self.store.update_node(
+            node_id, status=patch.status, enabled=patch.enabled, labels=patch.labels
+        )
         return ok(node_item(node))
 
     async def list_tokens(self, request: Request) -> Response:

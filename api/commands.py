@@ -1,5 +1,5 @@
 """The API's commands of ``fleetwave``: release create|list|show|watch|events, nodes
-list|show|add|enable|disable|maintenance.
+list|show|add|enable|disable|maintenance|label.
 
 Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
 Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
@@ -39,6 +39,27 @@ def parse_plan(text: str) -> list[int | str]:
     return steps
 
 
+def parse_selector(text: str) -> dict[str, str]:
+    """``region=eu,pop=fra1`` -> ``{"region": "eu", "pop": "fra1"}``; the API checks them."""
+    labels: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or not key or not value:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE], got {text!r}")
+        labels[key] = value
+    return labels
+
+
+def parse_label_change(text: str) -> tuple[str, str | None]:
+    """``region=eu`` sets a label, ``region-`` removes it (as ``kubectl label`` does)."""
+    key, sep, value = text.partition("=")
+    if sep and key and value:
+        return key, value
+    if not sep and len(text) > 1 and text.endswith("-"):
+        return text[:-1], None
+    raise argparse.ArgumentTypeError(f"expected KEY=VALUE or KEY-, got {text!r}")
+
+
 def _print_json(data: object, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
@@ -73,6 +94,10 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
                 return await nodes_add(client, args, out, err)
             case ("nodes", "enable" | "disable" | "maintenance"):
                 return await nodes_set(client, args, out, err)
+            case ("nodes", "label"):
+                [node] = await find_nodes(client, [args.name])
+                data = await client.update_node(node["id"], {"labels": dict(args.changes)})
+                _emit(data, render.node_labelled, args.json, out)
             case other:  # pragma: no cover - argparse only lets known commands through
                 raise AssertionError(f"unknown command {other}")
     except UnknownNodes as error:
@@ -183,6 +208,12 @@ async def release_create(client: ApiClient, args: argparse.Namespace, out: TextI
         spec["maxFailures"] = args.max_failures
     if args.scope is not None:
         spec["scope"] = args.scope
+    if args.node_ids:
+        spec["nodeIds"] = args.node_ids
+    if args.node_names:
+        spec["nodeNames"] = args.node_names
+    if args.selector:
+        spec["selector"] = args.selector
     data = await client.create_release(spec)
     _emit(data, render.created, args.json, out)
     return EXIT_OK

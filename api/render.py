@@ -40,10 +40,24 @@ def created(data: Mapping[str, Any]) -> str:
     batches = ", ".join(
         f"batch {batch['batch']}: {len(batch['nodeIds'])}" for batch in data["batches"]
     )
+    selection = data.get("selection")
+    chosen = "" if selection is None else f" selected by {_selection(selection)}"
     return (
         f"release {data['releaseId']} (version {data['version']}) created over "
-        f"{data['totalNodes']} nodes; {batches}"
+        f"{data['totalNodes']} nodes{chosen}; {batches}"
     )
+
+
+def _selection(selection: Mapping[str, Any]) -> str:
+    if "selector" in selection:
+        return "selector " + _labels(selection["selector"])
+    if "nodeNames" in selection:
+        return "name: " + ", ".join(selection["nodeNames"])
+    return "id: " + ", ".join(str(node_id) for node_id in selection.get("nodeIds", []))
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or "-"
 
 
 def release_list(data: Mapping[str, Any]) -> str:
@@ -144,10 +158,12 @@ def node_list(data: Mapping[str, Any]) -> str:
             item["enabled"],
             item["status"],
             _when(item["lastSeenAt"]),
+            _labels(item.get("labels") or {}),
         )
         for item in data["items"]
     ]
-    return table(("ID", "NAME", "MAIN IP", "PORT", "ENABLED", "STATUS", "LAST SEEN"), rows)
+    headers = ("ID", "NAME", "MAIN IP", "PORT", "ENABLED", "STATUS", "LAST SEEN", "LABELS")
+    return table(headers, rows)
 
 
 def node_added(data: Mapping[str, Any]) -> str:
@@ -216,3 +232,7 @@ def events(data: Mapping[str, Any]) -> str:
         for item in data["items"]
     ]
     return table(("EVENT", "TIME", "BATCH", "NODE", "TRANSITION", "MESSAGE"), rows)
+
+
+def node_labelled(data: Mapping[str, Any]) -> str:
+    return f"node {data['id']} {data['name']}: labels {_labels(data.get('labels') or {})}"

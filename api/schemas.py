@@ -29,6 +29,7 @@ from fleetwave.store.models import (
     Wait,
 )
 from fleetwave.store.plan import validate_plan
+from fleetwave.store.selection import NodeSelection, check_label_changes
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ID = 2**63 - 1
@@ -169,10 +170,45 @@ class _Fields:
         return NodeHealth(value)
 
 
-RELEASE_FIELDS = ("target", "reason", "plan", "maxParallel", "maxFailures", "scope")
+RELEASE_FIELDS = (
+    "target",
+    "reason",
+    "plan",
+    "maxParallel",
+    "maxFailures",
+    "scope",
+    "nodeIds",
+    "nodeNames",
+    "selector",
+)
+SELECTION_FIELDS = ("nodeIds", "nodeNames", "selector")
 TARGETS = ("cdn",)
 """What a release can apply to: the original knows only ``cdn``, and refuses anything else
 (a typo must not release to the whole fleet)."""
+
+
+def parse_selection(fields: _Fields) -> NodeSelection | None:
+    """At most one of nodeIds, nodeNames and selector; none: every enabled, online node."""
+    given = [name for name in SELECTION_FIELDS if fields.values.get(name) is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        raise invalid(", ".join(given), "give only one of nodeIds, nodeNames or selector")
+    [name] = given
+    value = fields.values[name]
+    try:
+        if name == "selector":
+            if not isinstance(value, dict) or not value:
+                raise invalid(name, f"must be a non-empty object of labels, got {_shown(value)}")
+            return NodeSelection.by_selector(value)
+        if not isinstance(value, list) or not value:
+            raise invalid(name, f"must be a non-empty list, got {_shown(value)}")
+        if name == "nodeIds":
+            return NodeSelection.by_ids(value)
+        return NodeSelection.by_names(value)
+    except InvalidInput as error:
+        message = str(error)
+        raise invalid(name, message.removeprefix(f"{name}: ")) from None
 
 
 def parse_release_spec(document: object) -> ReleaseSpec:
@@ -188,7 +224,10 @@ def parse_release_spec(document: object) -> ReleaseSpec:
     max_parallel = fields.integer("maxParallel", minimum=1, maximum=2**31 - 1, nullable=True)
     max_failures = fields.integer("maxFailures", minimum=0, maximum=2**31 - 1)
     scope = fields.text("scope", empty=False, max_length=NAME_MAX)
-    spec = ReleaseSpec(target=target, reason=reason, max_parallel=max_parallel, scope=scope)
+    selection = parse_selection(fields)
+    spec = ReleaseSpec(
+        target=target, reason=reason, max_parallel=max_parallel, scope=scope, selection=selection
+    )
     if steps is not None:
         spec = attrs.evolve(spec, plan=steps)
     if max_failures is not None:
@@ -252,16 +291,30 @@ def parse_node_registration(
 class NodePatch:
     status: NodeHealth | None
     enabled: bool | None
+    labels: dict[str, str | None] | None = None
+    """Merged into the node's labels: a value sets a label, null removes it."""
 
 
-NODE_PATCH_FIELDS = ("status", "enabled")
+NODE_PATCH_FIELDS = ("status", "enabled", "labels")
 
 
 def parse_node_patch(document: object) -> NodePatch:
     fields = _Fields.of(document, NODE_PATCH_FIELDS)
-    patch = NodePatch(status=fields.health("status"), enabled=fields.boolean("enabled"))
-    if patch.status is None and patch.enabled is None:
-        raise invalid("body", "nothing to change: give status and/or enabled", Code.PARAM_MISSING)
+    labels = fields.values.get("labels")
+    if labels is not None:
+        if not isinstance(labels, dict):
+            raise invalid("labels", f"must be an object of labels, got {_kind(labels)}")
+        try:
+            labels = check_label_changes(labels)
+        except InvalidInput as error:
+            raise invalid("labels", str(error)) from None
+    patch = NodePatch(
+        status=fields.health("status"), enabled=fields.boolean("enabled"), labels=labels
+    )
+    if patch.status is None and patch.enabled is None and patch.labels is None:
+        raise invalid(
+            "body", "nothing to change: give status, enabled and/or labels", Code.PARAM_MISSING
+        )
     return patch
 
 
@@ -383,7 +436,13 @@ def release_item(release: Release, wait: Wait | None = None) -> dict[str, object
         "startedAt": timestamp(release.started_at),
         "finishedAt": timestamp(release.finished_at),
         "waitingFor": None if wait is None else wait_item(wait),
+        "selection": selection_item(release),
     }
+
+
+def selection_item(release: Release) -> dict[str, object] | None:
+    """How the release's nodes were chosen; null: every enabled, online node at creation."""
+    return None if release.selection is None else release.selection.to_json()
 
 
 def wait_item(wait: Wait) -> dict[str, object]:
@@ -416,6 +475,7 @@ def node_item(node: Node) -> dict[str, object]:
         "enabled": node.enabled,
         "status": node.status.value,
         "lastSeenAt": timestamp(node.last_seen_at),
+        "labels": dict(node.labels),
     }
 
 

@@ -7,7 +7,7 @@ Times (created_at, lease expiry, ...) come from the store's clock, never the cal
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Protocol
 
@@ -40,10 +40,11 @@ class Store(Protocol):
     async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
         """Claim up to ``limit`` releases for ``owner`` with a lease of ``ttl`` seconds.
 
-        Claimable: a pending release that is the oldest (lowest version) pending one of its
-        scope while no release of that scope is running or paused; or a running release whose
-        lease expired (or has none). Each claim sets status running, lease_owner, lease_epoch+1
-        and the expiry. Returned in version order.
+        Claimable: a pending release none of whose nodes belongs to a running or paused
+        release or to an older (lower version) pending one, and, when it names a scope, with
+        no release of that scope running, paused or pending before it; or a running release
+        whose lease expired (or has none). Each claim sets status running, lease_owner,
+        lease_epoch+1 and the expiry. Returned in version order.
         """
         ...
 
@@ -88,10 +89,13 @@ class Store(Protocol):
     # --- releases --------------------------------------------------------------------------
 
     async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
-        """Create a release over enabled, online nodes (ordered by id), split by spec.plan.
+        """Create a release over the nodes of spec.selection (ordered by id), split by
+        spec.plan. Without a selection: every enabled, online node; with a label selector: the
+        enabled, online nodes carrying all its labels; with ids or names: exactly those nodes,
+        each of which must exist (else InvalidInput) and be enabled and online (else Conflict).
 
         Version = previous maximum + 1, race-safe. One transaction. Raises Conflict("no online
-        nodes") when there are none, InvalidInput for a bad plan or tolerance.
+        nodes ...") when nothing is selected, InvalidInput for a bad plan or tolerance.
         """
         ...
 
@@ -134,9 +138,17 @@ class Store(Protocol):
         ...
 
     async def update_node(
-        self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
+        self,
+        node_id: int,
+        *,
+        status: NodeHealth | None = None,
+        enabled: bool | None = None,
+        labels: Mapping[str, str | None] | None = None,
     ) -> Node:
-        """Change a node's status or enabled flag; raises NotFound."""
+        """Change a node's status, enabled flag or labels, in one write; raises NotFound.
+
+        ``labels`` is merged into the node's labels: a value sets a label, None removes it.
+        Raises InvalidInput for a malformed key or value, or beyond MAX_LABELS labels."""
         ...
 
     async def get_node(self, node_id: int) -> Node | None: ...

@@ -8,7 +8,7 @@ awaits while changing state), which is what a PostgreSQL transaction gives the r
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -40,6 +40,13 @@ from fleetwave.store.models import (
     node_ids_by_batch,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
+from fleetwave.store.selection import (
+    NodeSelection,
+    check_label_changes,
+    check_named,
+    labels_value,
+    merge_labels,
+)
 
 
 @attrs.define
@@ -65,6 +72,7 @@ class _ReleaseRow:
     lease_expires_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    selection: NodeSelection | None = None
 
     @property
     def effective_scope(self) -> str:
@@ -128,16 +136,6 @@ class MemoryStore:
     async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
         await self._available()
         now = self.now()
-        busy_scopes = {
-            row.effective_scope
-            for row in self._releases.values()
-            if row.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
-        }
-        oldest_pending: dict[str, int] = {}
-        for row in self._releases.values():
-            if row.status is ReleaseStatus.PENDING:
-                scope = row.effective_scope
-                oldest_pending[scope] = min(oldest_pending.get(scope, row.version), row.version)
         claimable = [
             row
             for row in self._releases.values()
@@ -145,11 +143,7 @@ class MemoryStore:
                 row.status is ReleaseStatus.RUNNING
                 and (row.lease_expires_at is None or row.lease_expires_at < now)
             )
-            or (
-                row.status is ReleaseStatus.PENDING
-                and row.effective_scope not in busy_scopes
-                and oldest_pending[row.effective_scope] == row.version
-            )
+            or (row.status is ReleaseStatus.PENDING and not self._blocked(row))
         ]
         claimable.sort(key=lambda row: row.version)
         claims = []
@@ -172,6 +166,22 @@ class MemoryStore:
             )
             claims.append(Claim(self._release(row), Lease(row.id, row.lease_epoch)))
         return claims
+
+    def _blocked(self, pending: _ReleaseRow) -> bool:
+        """A release running, paused or pending before ``pending`` shares a node with it, or
+        names the same scope."""
+        mine = {node.node_id for node in self._release_nodes[pending.id]}
+        for other in self._releases.values():
+            if other.id == pending.id or not (
+                other.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
+                or (other.status is ReleaseStatus.PENDING and other.version < pending.version)
+            ):
+                continue
+            if pending.scope is not None and other.scope == pending.scope:
+                return True
+            if any(node.node_id in mine for node in self._release_nodes[other.id]):
+                return True
+        return False
 
     async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
         await self._available()
@@ -299,13 +309,7 @@ class MemoryStore:
             raise InvalidInput("maxFailures must be at least 0")
         if spec.max_parallel is not None and spec.max_parallel < 1:
             raise InvalidInput("maxParallel must be at least 1")
-        online = sorted(
-            node.id
-            for node in self._nodes.values()
-            if node.enabled and node.status is NodeHealth.ONLINE
-        )
-        if not online:
-            raise Conflict("no online nodes")
+        online = self._select_nodes(spec.selection)
         version = max((row.version for row in self._releases.values()), default=0) + 1
         row = self._insert(
             version,
@@ -318,12 +322,45 @@ class MemoryStore:
             max_parallel=spec.max_parallel,
             max_failures=spec.max_failures,
             reason=spec.reason,
+            selection=spec.selection,
         )
         self._event(row.id, None, None, None, row.status, "created", None, actor=spec.requested_by)
         for wake in list(self._wakers):
             wake()
         nodes = await self.release_nodes(row.id)
         return CreatedRelease(self._release(row), node_ids_by_batch(nodes))
+
+    def _select_nodes(self, selection: NodeSelection | None) -> list[int]:
+        def usable(node: Node) -> bool:
+            return node.enabled and node.status is NodeHealth.ONLINE
+
+        nodes = sorted(self._nodes.values(), key=lambda node: node.id)
+        if selection is None:
+            chosen = [node.id for node in nodes if usable(node)]
+        elif selection.selector is not None:
+            chosen = [
+                node.id for node in nodes if usable(node) and selection.matches_labels(node.labels)
+            ]
+        else:
+            by_key: dict[object, Node]
+            if selection.node_ids is not None:
+                field, wanted = "nodeIds", list[object](selection.node_ids)
+                by_key = {node.id: node for node in nodes}
+            else:
+                assert selection.node_names is not None
+                field, wanted = "nodeNames", list[object](selection.node_names)
+                by_key = {node.name: node for node in nodes}
+            found = {
+                key: (by_key[key].name, by_key[key].enabled, str(by_key[key].status))
+                for key in wanted
+                if key in by_key
+            }
+            check_named(wanted, found, field)
+            chosen = sorted(by_key[key].id for key in wanted)
+        if not chosen:
+            detail = "" if selection is None else f" matching {selection.describe()}"
+            raise Conflict(f"no online nodes{detail}")
+        return chosen
 
     def insert_seed_release(
         self, version: int, batches: Sequence[Sequence[int]], *, status: str = "pending"
@@ -347,6 +384,7 @@ class MemoryStore:
         max_parallel: int | None = None,
         max_failures: int = 0,
         reason: str = "",
+        selection: NodeSelection | None = None,
     ) -> _ReleaseRow:
         """One release row and its node rows; ``placed`` is (node id, batch) in order."""
         now = self.now()
@@ -364,6 +402,7 @@ class MemoryStore:
             reason=reason,
             created_at=now,
             updated_at=now,
+            selection=selection,
         )
         self._releases[row.id] = row
         self._release_nodes[row.id] = [
@@ -452,17 +491,27 @@ class MemoryStore:
             enabled=enabled,
             status=status,
             last_seen_at=existing.last_seen_at if existing else None,
+            labels=existing.labels if existing else (),
         )
         self._nodes[node_id] = node
         return node
 
     async def update_node(
-        self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
+        self,
+        node_id: int,
+        *,
+        status: NodeHealth | None = None,
+        enabled: bool | None = None,
+        labels: Mapping[str, str | None] | None = None,
     ) -> Node:
+        changes = None if labels is None else check_label_changes(labels)
         await self._available()
         node = self._nodes.get(node_id)
         if node is None:
             raise NotFound(f"node {node_id} not found")
+        if changes is not None:
+            merged = merge_labels(dict(node.labels), changes)
+            node = attrs.evolve(node, labels=labels_value(merged))
         if status is not None:
             node = attrs.evolve(node, status=status)
         if enabled is not None:
@@ -635,7 +684,7 @@ class MemoryStore:
             id=row.id,
             type=row.type,
             target=row.target,
-            scope=row.effective_scope,
+            scope=row.scope,
             version=row.version,
             status=row.status,
             total_nodes=row.total_nodes,
@@ -656,4 +705,5 @@ class MemoryStore:
             updated_at=row.updated_at,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            selection=row.selection,
         )

@@ -9,6 +9,8 @@ from typing import Any, Final
 
 import attrs
 
+from fleetwave.store.selection import Labels, NodeSelection, labels_from_column
+
 APPLY_CONFIG = "apply_config"
 ERROR_MSG_MAX = 255
 
@@ -74,6 +76,8 @@ class Node:
     enabled: bool
     status: NodeHealth
     last_seen_at: datetime | None = None
+    labels: Labels = ()
+    """(key, value) pairs sorted by key."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Node:
@@ -85,6 +89,7 @@ class Node:
             enabled=record["enabled"],
             status=NodeHealth(record["status"]),
             last_seen_at=record["last_seen_at"],
+            labels=labels_from_column(record["labels"]),
         )
 
 
@@ -93,7 +98,8 @@ class Release:
     id: int
     type: str
     target: str
-    scope: str
+    scope: str | None
+    """The explicit scope (releases naming one run one at a time), or None."""
     version: int
     status: ReleaseStatus
     total_nodes: int
@@ -114,6 +120,8 @@ class Release:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    selection: NodeSelection | None = None
+    """How its nodes were chosen; None: every enabled, online node at creation."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Release:
@@ -142,6 +150,7 @@ class Release:
             updated_at=record["updated_at"],
             started_at=record["started_at"],
             finished_at=record["finished_at"],
+            selection=NodeSelection.from_column(record["selection"]),
         )
 
 
@@ -248,6 +257,8 @@ class ReleaseSpec:
     type: str = APPLY_CONFIG
     requested_by: Actor | None = None
     """The API token that asked, recorded on the release's "created" event."""
+    selection: NodeSelection | None = None
+    """None: every enabled, online node."""
 
 
 @attrs.frozen

@@ -57,6 +57,12 @@ from fleetwave.store.models import (
     clip_error,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
+from fleetwave.store.selection import (
+    NodeSelection,
+    check_label_changes,
+    check_named,
+    merge_labels,
+)
 
 NOTIFY_CHANNEL: Final = "fleetwave_release"
 # Serialises version allocation between concurrent create_release transactions.
@@ -153,14 +159,14 @@ async def _translated(operation: Callable[P, Awaitable[T]], *args: P.args, **kwa
 
 # A Release row: the stored columns plus counts and the current batch, computed per release.
 _RELEASE_SELECT = """
-SELECT r.id, r.type, r.target, coalesce(r.scope, r.target) AS scope, r.version, r.status,
+SELECT r.id, r.type, r.target, r.scope, r.version, r.status,
        r.total_nodes, r.success_nodes, r.failed_nodes,
        coalesce(c.skipped_nodes, 0)::int AS skipped_nodes,
        coalesce(c.cancelled_nodes, 0)::int AS cancelled_nodes,
        coalesce(c.current_batch, 0) AS current_batch,
        r.plan, r.max_parallel, r.max_failures, r.reason, r.error,
        r.lease_owner, r.lease_epoch, r.lease_expires_at,
-       r.created_at, r.updated_at, r.started_at, r.finished_at
+       r.created_at, r.updated_at, r.started_at, r.finished_at, r.selection
 FROM {source} r
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE n.status = 'skipped') AS skipped_nodes,
@@ -177,8 +183,11 @@ def _release_select(source: str = "release_tasks") -> str:
     return _RELEASE_SELECT.format(source=source)
 
 
-# Claimable: pending, the oldest pending of its scope, no release of the scope active; or
-# running with an expired (or no) lease. Rows another claimer holds are skipped, not waited
+# Claimable: a pending release none of whose nodes belongs to an active release (running,
+# paused) or to an older pending one, and, when it names a scope, no release of that scope
+# active or pending before it; or a running release with an expired (or no) lease. Older
+# pending releases block newer ones, so overlapping releases start in version order even
+# when one statement claims several. Rows another claimer holds are skipped, not waited
 # for. The previous status is read under the row lock, for the audit trail.
 _CLAIM = f"""
 WITH candidates AS (
@@ -189,10 +198,19 @@ WITH candidates AS (
         AND NOT EXISTS (
             SELECT 1
             FROM release_tasks o
-            WHERE coalesce(o.scope, o.target) = coalesce(r.scope, r.target)
-              AND o.id <> r.id
+            WHERE o.id <> r.id
               AND (o.status IN ('running', 'paused')
                    OR (o.status = 'pending' AND o.version < r.version))
+              AND (
+                  o.scope = r.scope
+                  OR EXISTS (
+                      SELECT 1
+                      FROM release_task_nodes theirs
+                      JOIN release_task_nodes mine
+                        ON mine.release_task_id = r.id AND mine.node_id = theirs.node_id
+                      WHERE theirs.release_task_id = o.id
+                  )
+              )
         )
     ) OR (
         r.status = 'running'
@@ -344,10 +362,12 @@ WHERE $2::text IS NOT NULL
 _INSERT_RELEASE = """
 INSERT INTO release_tasks
     (type, target, version, status, total_nodes, scope, plan, max_parallel, max_failures,
-     reason)
-VALUES ($1, $2, $3, 'pending', $4, $5, $6::jsonb, $7, $8, $9)
+     reason, selection)
+VALUES ($1, $2, $3, 'pending', $4, $5, $6::jsonb, $7, $8, $9, $10::jsonb)
 RETURNING id
 """
+
+_ONLINE = "enabled AND status = 'online'"
 
 _INSERT_RELEASE_NODES = """
 INSERT INTO release_task_nodes (release_task_id, node_id, batch)
@@ -374,7 +394,7 @@ WHERE n.release_task_id = $1
 ORDER BY n.batch, n.id
 """
 
-_NODE_COLUMNS = "id, name, main_ip, agent_port, enabled, status, last_seen_at"
+_NODE_COLUMNS = "id, name, main_ip, agent_port, enabled, status, last_seen_at, labels"
 
 
 _NODE_RUNS = """
@@ -571,12 +591,7 @@ class PostgresStore:
     ) -> CreatedRelease:
         async with _acquired(self._pool) as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
-            rows = await connection.fetch(
-                "SELECT id FROM nodes WHERE enabled AND status = 'online' ORDER BY id"
-            )
-            node_ids = [row["id"] for row in rows]
-            if not node_ids:
-                raise Conflict("no online nodes")
+            node_ids = await _select_nodes(connection, spec.selection)
             assigned = assign_batches(plan, node_ids)
             version = await connection.fetchval(
                 "SELECT coalesce(max(version), 0) + 1 FROM release_tasks"
@@ -592,6 +607,7 @@ class PostgresStore:
                 spec.max_parallel,
                 spec.max_failures,
                 spec.reason,
+                None if spec.selection is None else json.dumps(spec.selection.to_json()),
             )
             await connection.execute(
                 _INSERT_RELEASE_NODES,
@@ -713,19 +729,50 @@ class PostgresStore:
         return Node.from_record(_row(record))
 
     async def update_node(
-        self, node_id: int, *, status: NodeHealth | None = None, enabled: bool | None = None
+        self,
+        node_id: int,
+        *,
+        status: NodeHealth | None = None,
+        enabled: bool | None = None,
+        labels: Mapping[str, str | None] | None = None,
     ) -> Node:
+        changes = None if labels is None else check_label_changes(labels)
         record = await self._call(
-            self._fetchrow,
-            "UPDATE nodes SET status = coalesce($2, status), enabled = coalesce($3, enabled),"
-            f" updated_at = now() WHERE id = $1 RETURNING {_NODE_COLUMNS}",
+            self._update_node,
             node_id,
             None if status is None else NodeHealth(status).value,
             enabled,
+            changes,
         )
         if record is None:
             raise NotFound(f"node {node_id} does not exist")
         return Node.from_record(_row(record))
+
+    async def _update_node(
+        self,
+        node_id: int,
+        status: str | None,
+        enabled: bool | None,
+        changes: dict[str, str | None] | None,
+    ) -> asyncpg.Record | None:
+        async with _acquired(self._pool) as connection, connection.transaction():
+            labels = None
+            if changes is not None:
+                current = await connection.fetchval(
+                    "SELECT labels FROM nodes WHERE id = $1 FOR UPDATE", node_id
+                )
+                if current is None:
+                    return None
+                labels = json.dumps(merge_labels(json.loads(current), changes))
+            return await connection.fetchrow(
+                "UPDATE nodes SET status = coalesce($2, status), enabled = coalesce($3, enabled),"
+                " labels = coalesce($4::jsonb, labels), updated_at = now()"
+                f" WHERE id = $1 RETURNING {_NODE_COLUMNS}",
+                node_id,
+                status,
+                enabled,
+                labels,
+            )
 
     async def get_node(self, node_id: int) -> Node | None:
         record = await self._call(
@@ -836,6 +883,33 @@ class PostgresStore:
     async def _execute(self, query: str, *args: object) -> None:
         async with _acquired(self._pool) as connection:
             await connection.execute(query, *args)
+
+
+async def _select_nodes(connection: PooledConnection, selection: NodeSelection | None) -> list[int]:
+    """Asyncio-flavored: the ids, in id order, of the nodes a release is created over."""
+    if selection is None:
+        rows = await connection.fetch(f"SELECT id FROM nodes WHERE {_ONLINE} ORDER BY id")
+    elif selection.selector is not None:
+        rows = await connection.fetch(
+            f"SELECT id FROM nodes WHERE {_ONLINE} AND labels @> $1::jsonb ORDER BY id",
+            json.dumps(dict(selection.selector)),
+        )
+    else:
+        wanted: list[object]
+        if selection.node_ids is not None:
+            field, column, wanted = "nodeIds", "id", list(selection.node_ids)
+            query = "SELECT id, name, enabled, status FROM nodes WHERE id = ANY($1::bigint[])"
+        else:
+            assert selection.node_names is not None
+            field, column, wanted = "nodeNames", "name", list(selection.node_names)
+            query = "SELECT id, name, enabled, status FROM nodes WHERE name = ANY($1::text[])"
+        rows = await connection.fetch(query + " ORDER BY id", wanted)
+        found = {row[column]: (row["name"], row["enabled"], row["status"]) for row in rows}
+        check_named(wanted, found, field)
+    if not rows:
+        detail = "" if selection is None else f" matching {selection.describe()}"
+        raise Conflict(f"no online nodes{detail}")
+    return [row["id"] for row in rows]
 
 
 def _change_arrays(changes: Sequence[NodeChange]) -> tuple[list[Any], ...]:

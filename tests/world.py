@@ -7,7 +7,7 @@ started on demand. Everything stops when the block ends.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,7 +19,8 @@ from fleetwave.agent.client import AgentClient, build_http_client
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from fleetwave.config import Settings, load_settings
 from fleetwave.store.base import Store
-from fleetwave.store.models import Release
+from fleetwave.store.models import Node, Release
+from fleetwave.store.selection import NodeSelection
 from fleetwave.supervisor import Supervisor
 from tests.waiting import wait_terminal
 
@@ -37,6 +38,14 @@ FAST: dict[str, object] = {
     "log_format": "json",
 }
 """Timing for tests on real sockets: quick polls and retries, short deadlines."""
+
+
+def lanes(nodes: Sequence[Node], count: int) -> list[NodeSelection]:
+    """``count`` disjoint selections dealing ``nodes`` out in turn. Releases of one lane share
+    nodes and run one after another; lanes run side by side."""
+    if len(nodes) < count:
+        raise ValueError(f"{count} lanes need at least {count} nodes, got {len(nodes)}")
+    return [NodeSelection.by_ids([node.id for node in nodes[k::count]]) for k in range(count)]
 
 
 def daemon_settings(certs: CertPaths, daemon_id: str = "it-a", **overrides: object) -> Settings:

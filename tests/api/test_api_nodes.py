@@ -11,7 +11,16 @@ from fleetwave.store.models import NodeHealth
 from tests.api.conftest import add_nodes
 from tests.hostile import HOSTILE_ADDRESSES, hostile_row
 
-NODE_ITEM_FIELDS = {"id", "name", "mainIp", "agentPort", "enabled", "status", "lastSeenAt"}
+NODE_ITEM_FIELDS = {
+    "id",
+    "name",
+    "mainIp",
+    "agentPort",
+    "enabled",
+    "status",
+    "lastSeenAt",
+    "labels",
+}
 
 
 async def test_list_nodes_in_id_order(client: httpx.AsyncClient, store: MemoryStore) -> None:

@@ -34,6 +34,7 @@ RELEASE_ITEM_FIELDS = {
     "maxFailures",
     "plan",
     "waitingFor",
+    "selection",
 }
 NODE_FIELDS = {"nodeId", "nodeName", "status", "errorMsg", "startedAt", "finishedAt"}
 
@@ -62,7 +63,8 @@ async def test_create_release_answers_id_version_and_batches(
     body = response.json()
     assert body["code"] == 0 and body["message"] == "success"
     data = body["data"]
-    assert set(data) == {"releaseId", "version", "totalNodes", "batches"}
+    assert set(data) == {"releaseId", "version", "totalNodes", "batches", "selection"}
+    assert data["selection"] is None
     assert data["version"] == 1
     assert data["totalNodes"] == 3
     assert data["batches"] == [

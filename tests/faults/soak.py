@@ -42,7 +42,7 @@ from tests.e2e.harness import FAST
 from tests.faults.daemons import Daemon, DaemonGroup, daemon_env, open_daemons
 from tests.integration.conftest import TEST_SERVER_SETTINGS, run_sql, server_directory
 from tests.invariants import assert_release_invariants
-from tests.world import open_world
+from tests.world import lanes, open_world
 
 TERMINAL_NODE = frozenset(status.value for status in NodeStatus if status.terminal)
 TERMINAL_RELEASE = frozenset(status.value for status in ReleaseStatus if status.terminal)
@@ -58,7 +58,8 @@ class SoakSizes:
     kills: int = 10
     daemons: int = 3
     scopes: int = 6
-    """Releases of one scope run one after another; scopes run side by side."""
+    """Lanes: the agents are dealt out into this many disjoint node sets. Releases of one
+    lane share nodes and run one after another; lanes run side by side."""
     max_releases: int = 3
     """Per daemon. Survivors of a kill must have room for the dead daemon's releases:
     (daemons - 1) * max_releases >= scopes, else a takeover waits for a free slot."""
@@ -318,8 +319,9 @@ async def run_soak(
                 soak.slots.append(await soak.start(slot))
             started = trio.current_time()
             release_ids = []
+            selections = lanes(await store.list_nodes(), sizes.scopes)
             for k in range(sizes.releases):
-                spec = ReleaseSpec(reason=f"soak {k}", scope=f"lane-{k % sizes.scopes}")
+                spec = ReleaseSpec(reason=f"soak {k}", selection=selections[k % sizes.scopes])
                 release_ids.append((await store.create_release(spec)).release.id)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(soak.kill_at_random)

@@ -31,7 +31,7 @@ from tests.faults.daemons import daemon_env, start_daemon
 from tests.integration.conftest import TEST_SERVER_SETTINGS, server_directory
 from tests.invariants import assert_release_invariants
 from tests.sim.conftest import Sim
-from tests.world import open_world
+from tests.world import lanes, open_world
 
 pytestmark = pytest.mark.postgres
 
@@ -162,8 +162,12 @@ async def test_database_restart_while_releases_run_every_release_completes(
             for k in range(1, DB_DAEMONS + 1)
         ]
         release_ids = []
+        # Two lanes of releases, and nodes of its own for the release created after the outage.
+        *lane_selections, after = lanes(await store.list_nodes(), 3)
         for k in range(DB_RELEASES):
-            spec = ReleaseSpec(reason=f"restart {k}", plan=(1, "50%"), scope=f"lane-{k % 2}")
+            spec = ReleaseSpec(
+                reason=f"restart {k}", plan=(1, "50%"), selection=lane_selections[k % 2]
+            )
             release_ids.append((await store.create_release(spec)).release.id)
 
         # Restart once releases are under way: claimed, with nodes applying and recorded.
@@ -179,7 +183,7 @@ async def test_database_restart_while_releases_run_every_release_completes(
             await daemon.wait_event("release notifications restored", limit=60)
         # The LISTEN connection is back: a new release starts long before the poll interval.
         created = await patiently(
-            lambda: store.create_release(ReleaseSpec(reason="after", scope="after-restart"))
+            lambda: store.create_release(ReleaseSpec(reason="after", selection=after))
         )
         release_ids.append(created.release.id)
 

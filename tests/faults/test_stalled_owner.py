@@ -24,12 +24,12 @@ from tests.e2e.harness import FAST
 from tests.faults.daemons import Daemon, daemon_env, open_daemons
 from tests.faults.soak import CLAIM_MESSAGE, database_clock, releases_held_by
 from tests.invariants import assert_release_invariants
-from tests.world import open_world
+from tests.world import lanes, open_world
 
 pytestmark = pytest.mark.postgres
 
 STALL_RELEASES = int(os.environ.get("FLEETWAVE_FAULTS_STALL_RELEASES", "3"))
-"""Releases the stalled daemon holds, each in a scope of its own."""
+"""Releases the stalled daemon holds, each over nodes of its own."""
 STALL_AGENTS = int(os.environ.get("FLEETWAVE_FAULTS_STALL_AGENTS", "8"))
 LEASE_TTL = 3.0
 INTERVAL = 0.5
@@ -86,8 +86,8 @@ async def test_a_stalled_owner_woken_after_takeover_changes_nothing(
         fleet = await world.serve_fleet(STALL_AGENTS, behaviour=Behaviour(apply_time=(2.0, 4.0)))
         stalled = await daemons.start("stall-a", FLEETWAVE_FLUSH_INTERVAL_SEC=STALLED_FLUSH)
         release_ids = [
-            (await store.create_release(ReleaseSpec(reason="stall", scope=f"stall-{k}"))).release.id
-            for k in range(STALL_RELEASES)
+            (await store.create_release(ReleaseSpec(reason="stall", selection=lane))).release.id
+            for lane in lanes(await store.list_nodes(), STALL_RELEASES)
         ]
         await stalled.wait_event("release.claimed", count=STALL_RELEASES)
         survivor = await daemons.start("stall-b")

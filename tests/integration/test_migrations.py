@@ -182,3 +182,19 @@ async def test_the_migrate_command_applies_only_what_is_missing(
 
     rest = ", ".join(f"{m.version:04d}_{m.name}" for m in MIGRATIONS[1:])
     assert result.stdout == f"applied {rest}; schema at {LATEST_VERSION}\n", result.stderr
+
+
+async def test_labels_written_by_another_program_are_checked(database_url: str) -> None:
+    async with trio_asyncio.open_loop():
+        await migrate_database(database_url)
+    await run_sql(
+        database_url,
+        "INSERT INTO nodes (name, main_ip) VALUES ('edge-1', '127.0.0.2');"
+        ' UPDATE nodes SET labels = \'{"region": "eu"}\'',
+    )
+    assert (await run_sql(database_url, "SELECT labels->>'region' FROM nodes")).strip() == "eu"
+
+    for bad in ("'{\"tier\": 1}'", "'[\"eu\"]'"):
+        with pytest.raises(subprocess.CalledProcessError):
+            await run_sql(database_url, f"UPDATE nodes SET labels = {bad}")
+    assert (await run_sql(database_url, "SELECT labels FROM nodes")).strip() == '{"region": "eu"}'

@@ -31,6 +31,7 @@ from fleetwave.store.models import (
     Wait,
 )
 from fleetwave.store.postgres import PostgresStore, open_postgres_store
+from fleetwave.store.selection import MAX_LABELS, NodeSelection
 from tests.integration.conftest import SeedRelease, run_sql
 
 pytestmark = pytest.mark.postgres
@@ -43,6 +44,11 @@ async def add_nodes(store: Store, count: int, *, prefix: str = "edge") -> list[N
         await store.upsert_node(f"{prefix}-{index}", f"127.0.0.{index + 1}", 8443)
         for index in range(1, count + 1)
     ]
+
+
+def on(*nodes: Node) -> NodeSelection:
+    """A selection of exactly these nodes."""
+    return NodeSelection.by_ids([node.id for node in nodes])
 
 
 async def claim_one(store: Store, owner: str = "daemon-a", ttl: float = TTL) -> Lease:
@@ -68,7 +74,7 @@ async def test_create_release_puts_one_canary_then_the_rest(store: Store) -> Non
     assert (release.skipped_nodes, release.cancelled_nodes) == (0, 0)
     assert release.current_batch == 1
     assert release.plan == DEFAULT_PLAN
-    assert release.scope == "cdn"
+    assert (release.scope, release.selection) == (None, None)
     assert release.reason == "rollout"
     assert release.lease_owner is None and release.lease_epoch == 0
     rows = await store.release_nodes(release.id)
@@ -164,14 +170,15 @@ async def test_concurrent_creations_get_distinct_versions(store: Store) -> None:
 
 
 async def test_claim_takes_the_oldest_pending_release_of_each_scope(store: Store) -> None:
-    await add_nodes(store, 2)
-    first = (await store.create_release(ReleaseSpec())).release
-    await store.create_release(ReleaseSpec())
-    other_scope = (await store.create_release(ReleaseSpec(scope="dns"))).release
+    nodes = await add_nodes(store, 3)
+    first = (await store.create_release(ReleaseSpec(scope="cdn", selection=on(nodes[0])))).release
+    await store.create_release(ReleaseSpec(scope="cdn", selection=on(nodes[1])))
+    other_scope = await store.create_release(ReleaseSpec(scope="dns", selection=on(nodes[2])))
 
     claims = await store.claim("daemon-a", 10, TTL)
 
-    assert [claim.release.id for claim in claims] == [first.id, other_scope.id]
+    # The second "cdn" release waits for its scope although its node is free.
+    assert [claim.release.id for claim in claims] == [first.id, other_scope.release.id]
     assert await store.claim("daemon-b", 10, TTL) == []
 
 
@@ -198,11 +205,8 @@ async def test_claim_sets_running_lease_and_audit_event(store: Store) -> None:
 
 
 async def test_claim_respects_the_limit_in_version_order(store: Store) -> None:
-    await add_nodes(store, 1)
-    ids = [
-        (await store.create_release(ReleaseSpec(scope=f"s{index}"))).release.id
-        for index in range(4)
-    ]
+    nodes = await add_nodes(store, 4)
+    ids = [(await store.create_release(ReleaseSpec(selection=on(n)))).release.id for n in nodes]
 
     first = await store.claim("daemon-a", 3, TTL)
     rest = await store.claim("daemon-a", 3, TTL)
@@ -266,9 +270,8 @@ async def test_hand_back_of_someone_elses_lease_changes_nothing(store: Store) ->
 
 
 async def test_heartbeat_returns_only_the_leases_still_held(store: Store) -> None:
-    await add_nodes(store, 1)
-    for scope in ("a", "b", "c"):
-        await store.create_release(ReleaseSpec(scope=scope))
+    for node in await add_nodes(store, 3):
+        await store.create_release(ReleaseSpec(selection=on(node)))
     mine = [claim.lease for claim in await store.claim("daemon-a", 2, TTL)]
     theirs = await claim_one(store, "daemon-b")
     stale = Lease(mine[1].release_id, mine[1].epoch - 1)
@@ -480,9 +483,9 @@ async def test_record_success_leaves_no_node_open(store: Store) -> None:
 
 
 async def test_record_ignores_rows_of_other_releases(store: Store) -> None:
-    await add_nodes(store, 1)
-    first = await store.create_release(ReleaseSpec(scope="a"))
-    other = await store.create_release(ReleaseSpec(scope="b"))
+    nodes = await add_nodes(store, 2)
+    first = await store.create_release(ReleaseSpec(selection=on(nodes[0])))
+    other = await store.create_release(ReleaseSpec(selection=on(nodes[1])))
     leases = {claim.release.id: claim.lease for claim in await store.claim("d", 5, TTL)}
     [foreign] = await store.release_nodes(other.release.id)
 
@@ -504,7 +507,7 @@ async def test_release_with_original_columns_only_is_claimed_and_run(
     [claim] = await store.claim("daemon-a", 5, TTL)
 
     assert claim.release.id == release_id
-    assert (claim.release.version, claim.release.scope) == (7, "cdn")
+    assert (claim.release.version, claim.release.scope, claim.release.selection) == (7, None, None)
     assert claim.release.plan == DEFAULT_PLAN
     assert (claim.release.max_parallel, claim.release.max_failures) == (None, 0)
     rows = await store.release_nodes(release_id)
@@ -693,6 +696,229 @@ async def test_list_nodes_orders_by_id(store: Store) -> None:
     assert [node.id for node in await store.list_nodes()] == sorted(node.id for node in nodes)
 
 
+# --- labels and node selection -------------------------------------------------------------------
+
+
+async def test_labels_are_merged_and_removed_with_none(store: Store) -> None:
+    [node] = await add_nodes(store, 1)
+    assert node.labels == ()
+
+    labelled = await store.update_node(node.id, labels={"region": "eu", "pop": "fra1"})
+    assert labelled.labels == (("pop", "fra1"), ("region", "eu"))
+    changed = await store.update_node(node.id, labels={"pop": "ams1", "region": None})
+
+    assert changed.labels == (("pop", "ams1"),)
+    assert (await store.list_nodes())[0].labels == (("pop", "ams1"),)
+    # Re-registering a node by name keeps its labels.
+    again = await store.upsert_node(node.name, "127.0.0.9", 8443)
+    assert again.labels == (("pop", "ams1"),)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [{"": "x"}, {"region": ""}, {"bad key": "x"}, {"region": "e u"}, {"region": 1}],
+    ids=["empty-key", "empty-value", "space-in-key", "space-in-value", "number"],
+)
+async def test_bad_labels_are_rejected_and_change_nothing(
+    store: Store, labels: dict[str, object]
+) -> None:
+    [node] = await add_nodes(store, 1)
+    await store.update_node(node.id, labels={"region": "eu"})
+
+    with pytest.raises(InvalidInput, match="label"):
+        await store.update_node(node.id, labels=labels, enabled=False)  # type: ignore[arg-type]
+
+    [after] = await store.list_nodes()
+    assert (after.labels, after.enabled) == ((("region", "eu"),), True)
+
+
+async def test_labels_beyond_the_limit_are_rejected(store: Store) -> None:
+    [node] = await add_nodes(store, 1)
+    await store.update_node(node.id, labels={f"k{i}": "v" for i in range(MAX_LABELS)})
+
+    with pytest.raises(InvalidInput, match=f"at most {MAX_LABELS}"):
+        await store.update_node(node.id, labels={"one-more": "v"})
+
+
+async def test_labelling_an_unknown_node_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await store.update_node(424242, labels={"region": "eu"})
+
+
+async def test_a_selector_takes_the_enabled_online_nodes_carrying_all_its_labels(
+    store: Store,
+) -> None:
+    nodes = await add_nodes(store, 5)
+    for node, labels in zip(
+        nodes,
+        [
+            {"region": "eu", "pop": "fra1"},
+            {"region": "eu", "pop": "ams1"},
+            {"region": "us", "pop": "fra1"},
+            {"region": "eu", "pop": "fra1"},
+            {"region": "eu", "pop": "fra1"},
+        ],
+        strict=True,
+    ):
+        await store.update_node(node.id, labels=labels)
+    await store.update_node(nodes[4].id, status=NodeHealth.OFFLINE)
+    selection = NodeSelection.by_selector({"region": "eu", "pop": "fra1"})
+
+    created = await store.create_release(ReleaseSpec(selection=selection))
+
+    assert created.batches == ((1, (nodes[0].id,)), (2, (nodes[3].id,)))
+    assert created.release.selection == selection
+    release = await store.get_release(created.release.id)
+    assert release is not None and release.selection == selection
+
+
+async def test_nodes_selected_by_id_or_name_are_exactly_those(store: Store) -> None:
+    nodes = await add_nodes(store, 4)
+
+    by_ids = await store.create_release(
+        ReleaseSpec(selection=NodeSelection.by_ids([nodes[3].id, nodes[1].id]))
+    )
+    by_names = await store.create_release(
+        ReleaseSpec(selection=NodeSelection.by_names([nodes[2].name]))
+    )
+
+    assert by_ids.batches == ((1, (nodes[1].id,)), (2, (nodes[3].id,)))
+    assert by_names.batches == ((1, (nodes[2].id,)),)
+    assert by_names.release.selection == NodeSelection(node_names=(nodes[2].name,))
+
+
+async def test_an_unknown_node_in_a_selection_is_invalid_and_writes_nothing(store: Store) -> None:
+    nodes = await add_nodes(store, 2)
+
+    with pytest.raises(InvalidInput, match=r"nodeIds: no such node.*424242"):
+        await store.create_release(
+            ReleaseSpec(selection=NodeSelection.by_ids([nodes[0].id, 424242]))
+        )
+    with pytest.raises(InvalidInput, match=r"nodeNames: no such node.*edge-9"):
+        await store.create_release(ReleaseSpec(selection=NodeSelection.by_names(["edge-9"])))
+
+    assert await store.list_releases() == ([], 0)
+
+
+async def test_a_named_node_that_is_not_online_is_a_conflict(store: Store) -> None:
+    nodes = await add_nodes(store, 3)
+    await store.update_node(nodes[1].id, enabled=False)
+    await store.update_node(nodes[2].id, status=NodeHealth.MAINTENANCE)
+
+    with pytest.raises(Conflict, match=r"no online nodes.*edge-2 \(disabled\), edge-3 \(maint"):
+        await store.create_release(
+            ReleaseSpec(selection=NodeSelection.by_ids([n.id for n in nodes]))
+        )
+
+    assert await store.list_releases() == ([], 0)
+
+
+async def test_a_selector_matching_no_online_node_is_no_online_nodes(store: Store) -> None:
+    [node] = await add_nodes(store, 1)
+    await store.update_node(node.id, labels={"region": "eu"})
+
+    with pytest.raises(Conflict, match="no online nodes matching selector region=us"):
+        await store.create_release(
+            ReleaseSpec(selection=NodeSelection.by_selector({"region": "us"}))
+        )
+
+    assert await store.list_releases() == ([], 0)
+
+
+async def test_releases_sharing_a_node_run_one_after_the_other_in_version_order(
+    store: Store,
+) -> None:
+    nodes = await add_nodes(store, 5)
+    # Three releases in three scopes over the same five nodes.
+    ids = [
+        (await store.create_release(ReleaseSpec(scope=scope))).release.id
+        for scope in ("eu", "us", "asia")
+    ]
+
+    [first] = await store.claim("daemon-a", 10, TTL)
+    assert first.release.id == ids[0]
+    assert await store.claim("daemon-b", 10, TTL) == []
+    assert await store.record(first.lease, [], Outcome(ReleaseStatus.SUCCESS)) is True
+
+    [second] = await store.claim("daemon-b", 10, TTL)
+    assert second.release.id == ids[1]
+    assert await store.claim("daemon-a", 10, TTL) == []
+    assert await store.record(second.lease, [], Outcome(ReleaseStatus.FAILED)) is True
+
+    [third] = await store.claim("daemon-a", 10, TTL)
+    assert third.release.id == ids[2]
+    assert third.release.total_nodes == len(nodes)
+
+
+async def test_one_shared_node_is_enough_to_wait(store: Store) -> None:
+    nodes = await add_nodes(store, 3)
+    first = await store.create_release(ReleaseSpec(selection=on(nodes[0], nodes[1])))
+    await store.create_release(ReleaseSpec(selection=on(nodes[1], nodes[2])))
+
+    [claim] = await store.claim("daemon-a", 10, TTL)
+
+    assert claim.release.id == first.release.id
+    assert await store.claim("daemon-a", 10, TTL) == []
+
+
+async def test_disjoint_releases_are_claimed_at_once(store: Store) -> None:
+    nodes = await add_nodes(store, 4)
+    first = await store.create_release(ReleaseSpec(selection=on(nodes[0], nodes[1])))
+    second = await store.create_release(ReleaseSpec(selection=on(nodes[2], nodes[3])))
+
+    claims = await store.claim("daemon-a", 10, TTL)
+
+    assert [c.release.id for c in claims] == [first.release.id, second.release.id]
+
+
+async def test_an_older_pending_release_blocks_a_newer_one_over_its_nodes(store: Store) -> None:
+    # Release 1 holds node A; release 2 (A, B) waits behind it; release 3 (B) is newer than
+    # the waiting release 2 and shares B with it, so it waits too: version order per node.
+    nodes = await add_nodes(store, 3)
+    await store.create_release(ReleaseSpec(selection=on(nodes[0])))
+    lease = await claim_one(store)
+    second = await store.create_release(ReleaseSpec(selection=on(nodes[0], nodes[1])))
+    third = await store.create_release(ReleaseSpec(selection=on(nodes[1])))
+    free = await store.create_release(ReleaseSpec(selection=on(nodes[2])))
+
+    assert [c.release.id for c in await store.claim("daemon-a", 10, TTL)] == [free.release.id]
+
+    await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS))
+    assert [c.release.id for c in await store.claim("daemon-a", 10, TTL)] == [second.release.id]
+    assert third.release.id not in [c.release.id for c in await store.claim("daemon-a", 10, TTL)]
+
+
+async def test_a_paused_release_keeps_its_nodes(
+    store: Store, store_database_url: str | None
+) -> None:
+    nodes = await add_nodes(store, 1)
+    paused = await store.create_release(ReleaseSpec(selection=on(*nodes)))
+    await store.create_release(ReleaseSpec(selection=on(*nodes)))
+    await claim_one(store)
+    if isinstance(store, MemoryStore):
+        store._releases[paused.release.id].status = ReleaseStatus.PAUSED
+    else:
+        assert store_database_url is not None
+        await run_sql(
+            store_database_url,
+            f"UPDATE release_tasks SET status = 'paused' WHERE id = {paused.release.id}",
+        )
+
+    assert await store.claim("daemon-a", 10, TTL) == []
+
+
+async def test_a_release_taken_over_is_claimed_whatever_waits_on_its_nodes(store: Store) -> None:
+    nodes = await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec(selection=on(*nodes)))
+    await store.create_release(ReleaseSpec(selection=on(*nodes)))
+    old = await claim_one(store, "daemon-a", ttl=0.2)
+
+    await trio.sleep(0.5)
+    [claim] = await store.claim("daemon-b", 10, TTL)
+
+    assert claim.lease == Lease(old.release_id, old.epoch + 1)
+
+
 # --- tokens and health ---------------------------------------------------------------------------
 
 
@@ -736,9 +962,8 @@ async def test_listen_releases_wakes_on_creation(store: Store) -> None:
 
 
 async def test_concurrent_claimers_never_share_a_release(pg_store: PostgresStore) -> None:
-    await add_nodes(pg_store, 1)
-    for index in range(12):
-        await pg_store.create_release(ReleaseSpec(scope=f"s{index}"))
+    for node in await add_nodes(pg_store, 12):
+        await pg_store.create_release(ReleaseSpec(selection=on(node)))
     claimed: list[tuple[str, int]] = []
 
     async def claimer(owner: str) -> None:
@@ -756,9 +981,9 @@ async def test_concurrent_claimers_never_share_a_release(pg_store: PostgresStore
 async def test_claim_skips_a_release_locked_by_another_transaction(
     pg_store: PostgresStore, database_url: str
 ) -> None:
-    await add_nodes(pg_store, 1)
-    locked = (await pg_store.create_release(ReleaseSpec(scope="a"))).release
-    free = (await pg_store.create_release(ReleaseSpec(scope="b"))).release
+    nodes = await add_nodes(pg_store, 2)
+    locked = (await pg_store.create_release(ReleaseSpec(selection=on(nodes[0])))).release
+    free = (await pg_store.create_release(ReleaseSpec(selection=on(nodes[1])))).release
 
     async def hold_lock(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # psql keeps the row locked for a second inside an open transaction.

@@ -12,6 +12,7 @@ from trio.testing import MockClock
 from fleetwave.actors.release import LeaseLost, ReleaseActor, ReleaseConfig
 from fleetwave.agent.sim import Behaviour
 from fleetwave.store.models import NodeStatus, ReleaseStatus, task_id_for
+from fleetwave.store.selection import NodeSelection
 from tests.invariants import assert_release_invariants
 from tests.sim.conftest import Sim
 
@@ -19,9 +20,11 @@ from tests.sim.conftest import Sim
 async def test_two_supervisors_never_run_one_release_twice(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
-    sim = make_sim(4, behaviour=Behaviour(apply_time=(1, 5)))
-    await sim.register()
-    release_ids = [await sim.create(scope=f"scope-{k % 3}") for k in range(9)]
+    sim = make_sim(6, behaviour=Behaviour(apply_time=(1, 5)))
+    nodes = await sim.register()
+    # Three lanes of two nodes each: a lane's releases wait for each other, lanes run at once.
+    lanes = [NodeSelection.by_ids([n.id for n in nodes[k::3]]) for k in range(3)]
+    release_ids = [await sim.create(selection=lanes[k % 3]) for k in range(9)]
     daemons = [
         await sim.start_daemon("sim-a", max_releases=2),
         await sim.start_daemon("sim-b", max_releases=2),
@@ -33,7 +36,8 @@ async def test_two_supervisors_never_run_one_release_twice(
     assert sum(d.claimed for d in daemons) == len(release_ids)  # each claimed exactly once
     assert all(d.claimed > 0 for d in daemons)  # and the work was shared
     for release in releases:
-        for host in sim.fleet.hosts:
+        for node in await sim.store.release_nodes(release.id):
+            host = node.main_ip
             assert sim.fleet.dispatch_count(host, task_id_for(host, release.version)) == 1
         await assert_release_invariants(sim.store, release.id, sim.fleet)
 

@@ -9,6 +9,7 @@ from trio.testing import MockClock
 
 from fleetwave.agent.sim import Behaviour
 from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus, task_id_for
+from fleetwave.store.selection import NodeSelection
 from tests.invariants import assert_release_invariants
 from tests.sim.conftest import Sim
 
@@ -184,24 +185,24 @@ async def test_tolerated_failures_do_not_stop_the_release(
     await assert_release_invariants(sim.store, release_id, sim.fleet)
 
 
-async def test_releases_of_one_scope_run_one_at_a_time_in_version_order(
+async def test_releases_naming_one_scope_run_one_at_a_time_even_on_other_nodes(
     make_sim: Callable[..., Sim],
     autojump_clock: MockClock,
 ) -> None:
-    sim = make_sim(2)
-    await sim.register()
-    first = await sim.create()
-    second = await sim.create()
-    other_scope = await sim.create(scope="edge-eu")
+    sim = make_sim(3)
+    nodes = await sim.register()
+    first = await sim.create(scope="edge-eu", selection=NodeSelection.by_ids([nodes[0].id]))
+    second = await sim.create(scope="edge-eu", selection=NodeSelection.by_ids([nodes[1].id]))
+    unscoped = await sim.create(selection=NodeSelection.by_ids([nodes[2].id]))
     await sim.start_daemon()
 
-    releases = [await sim.wait_terminal(r) for r in (first, second, other_scope)]
+    releases = [await sim.wait_terminal(r) for r in (first, second, unscoped)]
 
     assert all(r.status is ReleaseStatus.SUCCESS for r in releases)
     one, two, other = releases
     assert one.finished_at is not None and two.started_at is not None
     assert one.finished_at <= two.started_at  # same scope: strictly after
-    assert other.started_at is not None and other.started_at < one.finished_at  # other scope
+    assert other.started_at is not None and other.started_at < one.finished_at  # no scope
 
 
 async def test_writes_are_coalesced_not_one_per_node(
