@@ -14,7 +14,7 @@ import trio
 
 from fleetwave.actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
 from fleetwave.actors.node import NodeActor, last_error
-from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare
+from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare, jittered
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError
 from fleetwave.agent.protocol import AgentAddress, TaskStatus
@@ -97,6 +97,8 @@ class ReleaseConfig:
     max_parallel: int = 1000
     flush_interval: float = 0.2
     reconcile_timeout: float = 10.0
+    """When a batch stops, a dispatched node is followed until its deadline, and at least this
+    long when its deadline is already spent."""
     store_patience: float = 30.0
     node: NodeTiming = attrs.field(factory=NodeTiming)
     pacer: PollPacer = attrs.field(factory=PollPacer)
@@ -122,6 +124,8 @@ class ReleaseActor:
     _changes: dict[int, NodeChange] = attrs.field(factory=dict)
     _dispatched: set[int] = attrs.field(factory=set)
     _spent: dict[int, float] = attrs.field(factory=dict)
+    _dispatched_at: dict[int, float] = attrs.field(factory=dict)
+    """trio time of each node's first dispatch (taken-over nodes: by its started_at)."""
     _failures: int = 0
     _error: str | None = None
     _flush_at: float = math.inf
@@ -139,6 +143,8 @@ class ReleaseActor:
             nodes = await self.store.release_nodes(release.id)
             self._nodes = {node.id: node for node in nodes}
             self._spent = _deadline_spent(nodes, self.claim.claimed_at)
+            now = trio.current_time()
+            self._dispatched_at = {row: now - spent for row, spent in self._spent.items()}
             self._failures = sum(node.status is NodeStatus.FAILED for node in nodes)
             resumed = any(node.status is not NodeStatus.PENDING for node in nodes)
             log.info(
@@ -156,6 +162,11 @@ class ReleaseActor:
                     continue
                 with structlog.contextvars.bound_contextvars(batch=batch):
                     await self._run_batch(members, limiter)
+            if self._tolerance_exceeded:
+                # Taken over while a stopped batch was being followed: follow it on.
+                await self._reconcile(
+                    [node for node in self._nodes.values() if node.status is NodeStatus.RUNNING]
+                )
             await self._finish()
 
     @property
@@ -252,6 +263,7 @@ class ReleaseActor:
         match message:
             case Dispatching(row_id=row_id):
                 self._dispatched.add(row_id)
+                self._dispatched_at.setdefault(row_id, trio.current_time())
             case Dispatched(row_id=row_id, task_id=task_id, attempts=attempts):
                 await self._change(
                     NodeChange(
@@ -327,7 +339,11 @@ class ReleaseActor:
                 delay = min(delay * 2, STORE_RETRY_MAX)
 
     async def _reconcile(self, members: Sequence[ReleaseNode]) -> None:
-        """Ask the agents of dispatched, unfinished nodes what really happened."""
+        """Follow the dispatched, unfinished nodes of a stopped batch to their true outcome.
+
+        Each is asked until its agent reports the task finished or the node's deadline
+        (from its first dispatch) passes, and for at least ``reconcile_timeout``: an agent
+        that finishes after the batch stopped is recorded as what it did, not as unknown."""
         open_nodes = [
             self._nodes[node.id]
             for node in members
@@ -337,35 +353,67 @@ class ReleaseActor:
         if not open_nodes:
             return
         limiter = trio.CapacityLimiter(RECONCILE_PARALLEL)
-        found: dict[int, NodeChange] = {}
+        stopped_at = trio.current_time()
+        log.info("batch.reconciling", nodes=len(open_nodes))
+        with self.config.pacer.share(len(open_nodes)) as pacing:
 
-        async def ask(node: ReleaseNode) -> None:
-            async with limiter:
-                found[node.id] = await self._true_outcome(node)
+            async def follow(node: ReleaseNode) -> None:
+                try:
+                    await self._follow(node, limiter, pacing, stopped_at)
+                finally:
+                    pacing.finished()
 
-        with trio.move_on_after(self.config.reconcile_timeout):
             async with trio.open_nursery() as nursery:
                 for node in open_nodes:
-                    nursery.start_soon(ask, node)
-        for node in open_nodes:
-            change = found.get(node.id)
-            if change is None:
-                change = NodeChange(
-                    node.id,
-                    NodeStatus.CANCELLED,
-                    error_msg="release stopped; agent did not answer in time, outcome unknown",
-                    finished=True,
-                )
-            if change.status is not NodeStatus.PENDING:
-                await self._change(change)
+                    nursery.start_soon(follow, node)
         log.info("batch.reconciled", nodes=len(open_nodes))
         await self._flush()
 
+    async def _follow(
+        self,
+        node: ReleaseNode,
+        limiter: trio.CapacityLimiter,
+        pacing: PollShare,
+        stopped_at: float,
+    ) -> None:
+        timing = self.config.node
+        dispatched_at = self._dispatched_at.get(node.id, stopped_at)
+        give_up_at = max(
+            dispatched_at + timing.deadline, stopped_at + self.config.reconcile_timeout
+        )
+        rng = random.Random(node.id)
+        change: NodeChange | None = None
+        with trio.move_on_at(give_up_at):
+            while True:
+                async with limiter:
+                    change = await self._true_outcome(node)
+                if change.status is not NodeStatus.RUNNING:
+                    break
+                age = trio.current_time() - dispatched_at
+                await trio.sleep(jittered(pacing.interval(age, timing), timing, rng))
+        if change is None or change.status is NodeStatus.RUNNING:
+            detail = "" if change is None else f": {change.error_msg}"
+            change = NodeChange(
+                node.id,
+                NodeStatus.CANCELLED,
+                error_msg=f"release stopped; no outcome from the agent by the node deadline"
+                f" ({timing.deadline:g}s){detail}",
+                finished=True,
+            )
+        if change.status is not NodeStatus.PENDING:
+            await self._change(change)
+            if trio.current_time() >= self._flush_at:
+                await self._flush()  # a long follow is recorded as it goes, one tick at a time
+
     async def _true_outcome(self, node: ReleaseNode) -> NodeChange:
+        """What the agent says of the node's task now. RUNNING: ask again later (the agent is
+        still applying, or could not be asked); PENDING: the task never reached it."""
         task_id = task_id_for(node.main_ip, self.claim.release.version)
         try:
             state = await self.agents.query(AgentAddress(node.main_ip, node.agent_port), task_id)
         except (AgentError, InvalidAddress) as error:
+            if isinstance(error, AgentError) and error.transient:
+                return NodeChange(node.id, NodeStatus.RUNNING, error_msg=f"last error: {error}")
             unknown = (
                 f"invalid agent address: {error}" if isinstance(error, InvalidAddress) else error
             )
@@ -396,10 +444,9 @@ class ReleaseActor:
             )
         return NodeChange(
             node.id,
-            NodeStatus.CANCELLED,
-            error_msg=f"release stopped while the agent was still applying ({state.status})",
+            NodeStatus.RUNNING,
+            error_msg=f"the agent was still applying ({state.status})",
             task_id=task_id,
-            finished=True,
         )
 
     async def _finish(self) -> None:

@@ -64,8 +64,10 @@ async def test_failed_canary_skips_batch_two_over_mtls(start: Start) -> None:
     await assert_release_invariants(world.store, release.id, world.fleet)
 
 
-async def test_batch_two_failure_leaves_no_sibling_running_over_mtls(start: Start) -> None:
-    slow = Behaviour(apply_time=(20, 20))
+async def test_batch_two_failure_follows_siblings_to_their_outcome_over_mtls(
+    start: Start,
+) -> None:
+    slow = Behaviour(apply_time=(3, 3))
     world = await start(
         5,
         {
@@ -84,8 +86,8 @@ async def test_batch_two_failure_leaves_no_sibling_running_over_mtls(start: Star
     nodes = {n.node_name: n for n in await world.store.release_nodes(release.id)}
     assert nodes["edge-003"].status is NodeStatus.FAILED
     for name in ("edge-002", "edge-004", "edge-005"):
-        assert nodes[name].status is NodeStatus.CANCELLED
-        assert "still applying" in (nodes[name].error_msg or "")
+        # Still applying when the batch stopped; followed until their agents finished.
+        assert nodes[name].status is NodeStatus.SUCCESS
     await assert_release_invariants(world.store, release.id, world.fleet)
 
 
