@@ -16,6 +16,19 @@ from tests.invariants import assert_node_exclusion, assert_release_invariants
 from tests.sim.conftest import Sim
 
 
+def failing_batch(make_sim: Callable[..., Sim], slow: Behaviour, **settings: object) -> Sim:
+    """Three nodes: a quick canary, node 2 as ``slow``, node 3 failing 2 s into batch 2."""
+    return make_sim(
+        3,
+        overrides=[
+            (1, Behaviour(apply_time=(1, 1))),
+            (2, slow),
+            (3, Behaviour(apply_time=(2, 2), fail="x")),
+        ],
+        **settings,
+    )
+
+
 async def test_three_releases_in_three_scopes_on_five_nodes_run_one_at_a_time(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
@@ -149,14 +162,7 @@ async def test_a_node_finishing_after_the_batch_failed_is_recorded_as_it_ended(
 async def test_an_agent_away_after_the_batch_stopped_is_asked_again_until_it_answers(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
-    sim = make_sim(
-        3,
-        overrides=[
-            (1, Behaviour(apply_time=(1, 1))),
-            (2, Behaviour(apply_time=(20, 20))),
-            (3, Behaviour(apply_time=(2, 2), fail="x")),
-        ],
-    )
+    sim = failing_batch(make_sim, Behaviour(apply_time=(20, 20)))
     await sim.register()
     await sim.start_daemon()
     release_id = await sim.create()
@@ -177,15 +183,7 @@ async def test_an_agent_away_after_the_batch_stopped_is_asked_again_until_it_ans
 async def test_an_agent_still_applying_at_its_deadline_ends_cancelled(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
-    sim = make_sim(
-        3,
-        overrides=[
-            (1, Behaviour(apply_time=(1, 1))),
-            (2, Behaviour(apply_time=(5000, 5000))),
-            (3, Behaviour(apply_time=(2, 2), fail="x")),
-        ],
-        node_deadline_sec=120,
-    )
+    sim = failing_batch(make_sim, Behaviour(apply_time=(5000, 5000)), node_deadline_sec=120)
     await sim.register()
     await sim.start_daemon()
     started = trio.current_time()
@@ -206,15 +204,7 @@ async def test_an_agent_still_applying_at_its_deadline_ends_cancelled(
 async def test_a_takeover_while_a_stopped_batch_is_followed_follows_it_on(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
-    sim = make_sim(
-        3,
-        overrides=[
-            (1, Behaviour(apply_time=(1, 1))),
-            (2, Behaviour(apply_time=(90, 90))),
-            (3, Behaviour(apply_time=(2, 2), fail="x")),
-        ],
-        flush_interval_sec=0,
-    )
+    sim = failing_batch(make_sim, Behaviour(apply_time=(90, 90)), flush_interval_sec=0)
     await sim.register()
     first = await sim.start_daemon("sim-a")
     release_id = await sim.create()
@@ -242,14 +232,7 @@ async def test_the_next_release_over_a_followed_node_waits_for_its_outcome(
 ) -> None:
     # The failed release keeps its nodes until their agents answered: the next release over
     # them cannot send a newer config to a node still applying the older one.
-    sim = make_sim(
-        3,
-        overrides=[
-            (1, Behaviour(apply_time=(1, 1))),
-            (2, Behaviour(apply_time=(60, 60))),
-            (3, Behaviour(apply_time=(2, 2), fail="x")),
-        ],
-    )
+    sim = failing_batch(make_sim, Behaviour(apply_time=(60, 60)))
     await sim.register()
     await sim.start_daemon()
     failing = await sim.create()
