@@ -18,6 +18,7 @@ from fleetwave.store.models import (
     CreatedRelease,
     Event,
     Lease,
+    LeaseState,
     Node,
     NodeChange,
     NodeHealth,
@@ -32,6 +33,7 @@ from fleetwave.store.models import (
     TokenInfo,
     Wait,
 )
+from fleetwave.store.verbs import Verb, VerbEffect, VerbResult
 
 
 class Store(Protocol):
@@ -48,8 +50,22 @@ class Store(Protocol):
         """
         ...
 
-    async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
-        """Renew all given leases in one statement; return the release ids still held."""
+    async def heartbeat(
+        self, owner: str, leases: Sequence[Lease], ttl: float
+    ) -> dict[int, LeaseState]:
+        """Renew all given leases in one statement; return the releases still held (running
+        or paused), each with its status and latest verb as the row holds them."""
+        ...
+
+    async def acknowledge(self, lease: Lease, seq: int) -> bool:
+        """Record (fenced) that the owner has put verb number ``seq`` in effect."""
+        ...
+
+    async def park(self, lease: Lease) -> LeaseState | None:
+        """Give up the lease of a paused release (fenced): while paused no daemon holds it.
+
+        Returns the row's state: paused (parked), or running when a resume came first (the
+        lease is kept); None when the lease is no longer this holder's."""
         ...
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
@@ -84,6 +100,29 @@ class Store(Protocol):
 
         Runs until cancelled; reconnects by itself when the notification channel drops.
         """
+        ...
+
+    # --- verbs ------------------------------------------------------------------------------
+
+    async def steer(
+        self,
+        release_id: int,
+        verb: Verb,
+        *,
+        by: str,
+        reason: str = "",
+        to_version: int | None = None,
+    ) -> VerbResult:
+        """Apply an operator verb as one compare-and-set transaction on the release row, with
+        an event naming who and why, then notify daemons.
+
+        Raises NotFound, or Conflict (a verb not allowed in the state, naming it and the
+        verbs allowed; a retry superseded by a newer release; a rollback without a good
+        version). A verb already in effect changes nothing (``changed`` False)."""
+        ...
+
+    async def verb_effect(self, release_id: int, seq: int) -> VerbEffect:
+        """Whether verb number ``seq`` of the release holds (by the database's clock)."""
         ...
 
     # --- releases --------------------------------------------------------------------------

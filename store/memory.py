@@ -16,12 +16,14 @@ import trio
 
 from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
 from fleetwave.store.models import (
+    DEFAULT_PLAN,
     TOKEN_LOOKUP_CHARS,
     Actor,
     Claim,
     CreatedRelease,
     Event,
     Lease,
+    LeaseState,
     Node,
     NodeChange,
     NodeHealth,
@@ -46,6 +48,16 @@ from fleetwave.store.selection import (
     check_named,
     labels_value,
     merge_labels,
+from fleetwave.store.verbs import (
+    Verb,
+    VerbEffect,
+    VerbResult,
+    cancel_message,
+    decide,
+    rollback_plan,
+    rollback_reason,
+    superseded,
+    verb_message,
 )
 
 
@@ -73,6 +85,14 @@ class _ReleaseRow:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     selection: NodeSelection | None = None
+    config_version: int | None = None
+    rollback_of: int | None = None
+    held_for: int | None = None
+    verb: str | None = None
+    verb_by: str | None = None
+    verb_reason: str | None = None
+    verb_seq: int = 0
+    verb_acked: int = 0
 
     @property
     def effective_scope(self) -> str:
@@ -91,6 +111,8 @@ class _NodeRow:
     attempts: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    attempt: int = 1
+    previous_version: int | None = None
 
 
 @attrs.define
@@ -138,7 +160,7 @@ class MemoryStore:
         now = self.now()
         claimable = [
             row
-            for row in self._releases.values()
+            for row in rows
             if (
                 row.status is ReleaseStatus.RUNNING
                 and (row.lease_expires_at is None or row.lease_expires_at < now)
@@ -169,7 +191,7 @@ class MemoryStore:
 
     def _blocked(self, pending: _ReleaseRow) -> bool:
         """A release running, paused or pending before ``pending`` shares a node with it, or
-        names the same scope."""
+        names the same scope (a release paused for the rollback ``pending`` does not)."""
         mine = {node.node_id for node in self._release_nodes[pending.id]}
         for other in self._releases.values():
             if other.id == pending.id or not (
@@ -177,27 +199,83 @@ class MemoryStore:
                 or (other.status is ReleaseStatus.PENDING and other.version < pending.version)
             ):
                 continue
+            if other.status is ReleaseStatus.PAUSED and other.held_for == pending.id:
+                continue  # paused for this rollback: it does not hold the rollback back
             if pending.scope is not None and other.scope == pending.scope:
                 return True
             if any(node.node_id in mine for node in self._release_nodes[other.id]):
                 return True
         return False
 
-    async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
+    async def heartbeat(
+        self, owner: str, leases: Sequence[Lease], ttl: float
+    ) -> dict[int, LeaseState]:
         await self._available()
         now = self.now()
-        held = set()
+        held = {}
         for lease in leases:
             row = self._releases.get(lease.release_id)
             if (
                 row is not None
                 and row.lease_epoch == lease.epoch
                 and row.lease_owner == owner
-                and row.status is ReleaseStatus.RUNNING
+                and row.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
             ):
                 row.lease_expires_at = now + timedelta(seconds=ttl)
-                held.add(row.id)
+                held[row.id] = self._lease_state(row)
         return held
+
+    def _held(self, lease: Lease) -> _ReleaseRow | None:
+        """The row when ``lease`` is current: the fence of every write of an owner."""
+        row = self._releases.get(lease.release_id)
+        if (
+            row is None
+            or row.lease_epoch != lease.epoch
+            or row.lease_owner is None
+            or row.status not in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
+        ):
+            return None
+        return row
+
+    async def acknowledge(self, lease: Lease, seq: int) -> bool:
+        await self._available()
+        row = self._held(lease)
+        if row is None:
+            return False
+        row.verb_acked = max(row.verb_acked, min(seq, row.verb_seq))
+        return True
+
+    async def park(self, lease: Lease) -> LeaseState | None:
+        await self._available()
+        row = self._held(lease)
+        if row is None:
+            return None
+        if row.status is ReleaseStatus.PAUSED:
+            owner = row.lease_owner
+            row.lease_owner = None
+            row.lease_expires_at = None
+            row.verb_acked = row.verb_seq
+            row.updated_at = self.now()
+            self._event(
+                row.id,
+                None,
+                None,
+                row.status,
+                row.status,
+                f"lease released by {owner}: paused",
+                owner,
+            )
+        return self._lease_state(row)
+
+    def _lease_state(self, row: _ReleaseRow) -> LeaseState:
+        return LeaseState(
+            status=row.status,
+            verb=row.verb,
+            verb_seq=row.verb_seq,
+            verb_acked=row.verb_acked,
+            verb_by=row.verb_by,
+            verb_reason=row.verb_reason,
+        )
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
         await self._available()
@@ -219,8 +297,8 @@ class MemoryStore:
     ) -> bool:
         await self._available()
         self.record_calls += 1
-        row = self._releases.get(lease.release_id)
-        if row is None or row.lease_epoch != lease.epoch or row.status is not ReleaseStatus.RUNNING:
+        row = self._held(lease)
+        if row is None:
             return False
         now = self.now()
         by_id = {node.id: node for node in self._release_nodes[row.id]}
@@ -236,9 +314,18 @@ class MemoryStore:
             if change.attempts is not None:
                 node.attempts = change.attempts
             if change.started:
+                if node.started_at is None:
+                    node.previous_version = self._nodes[node.node_id].applied_version
                 node.started_at = now
             if change.finished:
                 node.finished_at = now
+            if node.status is NodeStatus.SUCCESS and previous is not NodeStatus.SUCCESS:
+                self._nodes[node.node_id] = attrs.evolve(
+                    self._nodes[node.node_id],
+                    applied_version=row.config_version or row.version,
+                    applied_release_version=row.version,
+                    applied_at=now,
+                )
             if previous is not node.status:
                 self._event(
                     row.id,
@@ -250,42 +337,55 @@ class MemoryStore:
                     daemon_id,
                 )
         if outcome is not None:
-            for node in self._release_nodes[row.id]:
-                if node.status is NodeStatus.PENDING:
-                    node.status = NodeStatus.SKIPPED
-                    node.finished_at = now
-                    self._event(
-                        row.id,
-                        node.node_id,
-                        node.batch,
-                        NodeStatus.PENDING,
-                        node.status,
-                        f"skipped: release {outcome.status}",
-                        daemon_id,
-                    )
-                elif node.status is NodeStatus.RUNNING:
-                    node.status = NodeStatus.CANCELLED
-                    node.finished_at = now
-                    self._event(
-                        row.id,
-                        node.node_id,
-                        node.batch,
-                        NodeStatus.RUNNING,
-                        node.status,
-                        f"cancelled: release {outcome.status}",
-                        daemon_id,
-                    )
+            self._end_nodes(row, outcome, daemon_id)
             self._event(row.id, None, None, row.status, outcome.status, outcome.error, daemon_id)
             row.status = outcome.status
             row.error = outcome.error
             row.finished_at = now
             row.lease_owner = None
             row.lease_expires_at = None
+        self._count(row)
+        row.updated_at = now
+        return True
+
+    def _end_nodes(self, row: _ReleaseRow, outcome: Outcome, daemon_id: str | None) -> None:
+        """A release's end: nodes never dispatched are skipped, nodes still open cancelled.
+
+        A cancelled release names its cancel on every node it never dispatched."""
+        now = self.now()
+        cancelled = outcome.status is ReleaseStatus.CANCELLED and outcome.error
+        for node in self._release_nodes[row.id]:
+            if node.status is NodeStatus.PENDING:
+                node.status = NodeStatus.SKIPPED
+                node.finished_at = now
+                if cancelled:
+                    node.error_msg = clip_error(outcome.error)
+                self._event(
+                    row.id,
+                    node.node_id,
+                    node.batch,
+                    NodeStatus.PENDING,
+                    node.status,
+                    outcome.error if cancelled else f"skipped: release {outcome.status}",
+                    daemon_id,
+                )
+            elif node.status is NodeStatus.RUNNING:
+                node.status = NodeStatus.CANCELLED
+                node.finished_at = now
+                self._event(
+                    row.id,
+                    node.node_id,
+                    node.batch,
+                    NodeStatus.RUNNING,
+                    node.status,
+                    f"cancelled: release {outcome.status}",
+                    daemon_id,
+                )
+
+    def _count(self, row: _ReleaseRow) -> None:
         statuses = [node.status for node in self._release_nodes[row.id]]
         row.success_nodes = statuses.count(NodeStatus.SUCCESS)
         row.failed_nodes = statuses.count(NodeStatus.FAILED)
-        row.updated_at = now
-        return True
 
     async def listen_releases(
         self,
@@ -299,6 +399,250 @@ class MemoryStore:
             await trio.sleep_forever()
         finally:
             self._wakers.remove(wake)
+
+    # --- verbs ------------------------------------------------------------------------------
+
+    async def steer(
+        self,
+        release_id: int,
+        verb: Verb,
+        *,
+        by: str,
+        reason: str = "",
+        to_version: int | None = None,
+    ) -> VerbResult:
+        await self._available()
+        row = self._releases.get(release_id)
+        if row is None:
+            raise NotFound(f"release {release_id} not found")
+        if verb is Verb.ROLLBACK:
+            result = self._rollback(row, by, reason, to_version)
+        elif not decide(verb, self._release(row)):
+            return VerbResult(verb, self._release(row), changed=False)
+        else:
+            match verb:
+                case Verb.PAUSE:
+                    wait = self._pause(row, by, reason)
+                case Verb.RESUME:
+                    wait = self._resume(row, by, reason)
+                case Verb.CANCEL:
+                    wait = self._cancel(row, by, reason)
+                case Verb.RETRY:
+                    wait = self._retry(row, by, reason)
+            result = VerbResult(verb, self._release(row), changed=True, wait=wait)
+        if result.changed:
+            for wake in list(self._wakers):
+                wake()
+        return result
+
+    async def verb_effect(self, release_id: int, seq: int) -> VerbEffect:
+        await self._available()
+        row = self._releases.get(release_id)
+        if row is None:
+            raise NotFound(f"release {release_id} not found")
+        live = self._lease_live(row)
+        acknowledged = row.verb_acked >= seq
+        left = None
+        if live and row.lease_expires_at is not None:
+            left = (row.lease_expires_at - self.now()).total_seconds()
+        return VerbEffect(
+            in_effect=acknowledged or not live,
+            acknowledged=acknowledged,
+            owner=row.lease_owner if live else None,
+            lease_left=left,
+        )
+
+    def _lease_live(self, row: _ReleaseRow) -> bool:
+        return (
+            row.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
+            and row.lease_owner is not None
+            and row.lease_expires_at is not None
+            and row.lease_expires_at > self.now()
+        )
+
+    def _verb(
+        self, row: _ReleaseRow, verb: Verb, by: str, reason: str, previous: str, detail: str = ""
+    ) -> bool:
+        """Stamp a verb on the row with its event; True when a live owner must acknowledge it.
+
+        Without a live lease the verb holds at once, and a lease left by a dead owner is
+        cleared: no daemon holds the release until it is claimed again."""
+        row.verb, row.verb_by, row.verb_reason = verb.value, by, reason or None
+        row.verb_seq += 1
+        row.updated_at = self.now()
+        live = self._lease_live(row)
+        if not live:
+            row.lease_owner = None
+            row.lease_expires_at = None
+        self._event(
+            row.id, None, None, previous, row.status, verb_message(verb, by, reason, detail), None
+        )
+        return live
+
+    def _pause(self, row: _ReleaseRow, by: str, reason: str) -> bool:
+        previous = row.status
+        row.status = ReleaseStatus.PAUSED
+        return self._verb(row, Verb.PAUSE, by, reason, previous)
+
+    def _resume(self, row: _ReleaseRow, by: str, reason: str) -> bool:
+        previous = row.status
+        # Never started: back in the queue, in version order behind the releases before it.
+        row.status = ReleaseStatus.RUNNING if row.started_at else ReleaseStatus.PENDING
+        row.held_for = None
+        return self._verb(row, Verb.RESUME, by, reason, previous)
+
+    def _cancel(self, row: _ReleaseRow, by: str, reason: str, detail: str = "") -> bool:
+        previous = row.status
+        nodes = self._release_nodes[row.id]
+        if self._lease_live(row) or any(n.status is NodeStatus.RUNNING for n in nodes):
+            # Dispatched nodes are reconciled by the owner, or by whoever claims it next.
+            if row.status is ReleaseStatus.PAUSED:
+                row.status = ReleaseStatus.RUNNING
+            return self._verb(row, Verb.CANCEL, by, reason, previous, detail or "reconciling")
+        message = cancel_message(by, reason)
+        self._verb(row, Verb.CANCEL, by, reason, previous, detail)
+        self._end_nodes(row, Outcome(ReleaseStatus.CANCELLED, message), None)
+        self._event(row.id, None, None, previous, ReleaseStatus.CANCELLED, message, None)
+        row.status = ReleaseStatus.CANCELLED
+        row.error = message
+        row.finished_at = self.now()
+        self._count(row)
+        return False
+
+    def _retry(self, row: _ReleaseRow, by: str, reason: str) -> bool:
+        nodes = self._release_nodes[row.id]
+        node_ids = {node.node_id for node in nodes}
+        newer = [
+            version
+            for node_id in node_ids
+            if (version := self._nodes[node_id].applied_release_version or 0) > row.version
+        ]
+        for other in self._releases.values():
+            if (
+                other.id != row.id
+                and other.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
+                and node_ids & {n.node_id for n in self._release_nodes[other.id]}
+            ):
+                if other.version > row.version:
+                    newer.append(other.version)
+                else:
+                    raise Conflict(
+                        f"release {other.id} (version {other.version}) is {other.status} on "
+                        f"nodes of release {row.id}: retry once it ends"
+                    )
+        if newer:
+            raise superseded(max(newer))
+        again = [node for node in nodes if node.status is not NodeStatus.SUCCESS]
+        if not again:
+            raise Conflict(f"release {row.id}: every node succeeded, nothing to retry")
+        for node in again:
+            previous = node.status
+            if node.started_at is not None or node.task_id is not None:
+                node.attempt += 1
+            node.status = NodeStatus.PENDING
+            node.error_msg = node.task_id = node.started_at = node.finished_at = None
+            node.attempts = 0
+            self._event(
+                row.id,
+                node.node_id,
+                node.batch,
+                previous,
+                node.status,
+                f"retry: attempt {node.attempt}",
+                None,
+            )
+        previous_status = row.status
+        row.status = ReleaseStatus.RUNNING
+        row.error = None
+        row.finished_at = None
+        self._count(row)
+        return self._verb(
+            row, Verb.RETRY, by, reason, previous_status, f"{len(again)} node(s) again"
+        )
+
+    def _rollback(
+        self, row: _ReleaseRow, by: str, reason: str, to_version: int | None
+    ) -> VerbResult:
+        release = self._release(row)
+        decide(Verb.ROLLBACK, release)
+        for other in self._releases.values():
+            if other.rollback_of == row.id and not other.status.terminal:
+                return VerbResult(
+                    Verb.ROLLBACK, release, changed=False, rollback=self._release(other)
+                )
+        nodes = self._node_list(row.id)
+        applied = {node.id: node.applied_version for node in self._nodes.values()}
+        good = {
+            other.config_version or other.version
+            for other in self._releases.values()
+            if other.success_nodes > 0
+        }
+        plan = rollback_plan(release, nodes, applied, good, to_version)
+        wait = False
+        why = f"rolled back to config {plan.config_version}" + (f": {reason}" if reason else "")
+        if not row.status.terminal and not release.cancelling:
+            wait = self._cancel(row, by, why, "rollback")
+        version = max(other.version for other in self._releases.values()) + 1
+        steps = validate_plan(list(row.plan or DEFAULT_PLAN))
+        placed = assign_batches(steps, plan.node_ids)
+        created = self._insert(
+            version,
+            placed,
+            status=ReleaseStatus.PENDING,
+            type=row.type,
+            target=row.target,
+            scope=row.scope,
+            plan=row.plan,
+            max_parallel=row.max_parallel,
+            max_failures=row.max_failures,
+            reason=rollback_reason(release, plan.config_version, by, reason),
+            config_version=plan.config_version,
+            rollback_of=row.id,
+        )
+        self._event(
+            created.id,
+            None,
+            None,
+            None,
+            created.status,
+            f"created: {created.reason}; {len(placed)} nodes in {placed[-1][1]} batches",
+            None,
+        )
+        targets = set(plan.node_ids)
+        held = []
+        for other in sorted(self._releases.values(), key=lambda r: r.version):
+            if (
+                other.status is ReleaseStatus.PENDING
+                and release.version < other.version < version
+                and targets & {n.node_id for n in self._release_nodes[other.id]}
+            ):
+                other.status = ReleaseStatus.PAUSED
+                other.held_for = created.id
+                self._verb(
+                    other,
+                    Verb.PAUSE,
+                    by,
+                    f"held for rollback release {created.id} (version {version})",
+                    ReleaseStatus.PENDING,
+                )
+                held.append(self._release(other))
+        if row.status.terminal:
+            self._verb(
+                row,
+                Verb.ROLLBACK,
+                by,
+                reason,
+                row.status,
+                f"release {created.id} restores config {plan.config_version}",
+            )
+        return VerbResult(
+            Verb.ROLLBACK,
+            self._release(row),
+            changed=True,
+            wait=wait,
+            rollback=self._release(created),
+            held=tuple(held),
+        )
 
     # --- releases ---------------------------------------------------------------------------
 
@@ -385,6 +729,8 @@ class MemoryStore:
         max_failures: int = 0,
         reason: str = "",
         selection: NodeSelection | None = None,
+        config_version: int | None = None,
+        rollback_of: int | None = None,
     ) -> _ReleaseRow:
         """One release row and its node rows; ``placed`` is (node id, batch) in order."""
         now = self.now()
@@ -403,6 +749,8 @@ class MemoryStore:
             created_at=now,
             updated_at=now,
             selection=selection,
+            config_version=config_version,
+            rollback_of=rollback_of,
         )
         self._releases[row.id] = row
         self._release_nodes[row.id] = [
@@ -412,6 +760,9 @@ class MemoryStore:
                 node_id=node_id,
                 batch=batch,
                 status=NodeStatus.PENDING,
+                previous_version=self._nodes[node_id].applied_version
+                if node_id in self._nodes
+                else None,
             )
             for node_id, batch in placed
         ]
@@ -432,6 +783,9 @@ class MemoryStore:
 
     async def release_nodes(self, release_id: int) -> list[ReleaseNode]:
         await self._available()
+        return self._node_list(release_id)
+
+    def _node_list(self, release_id: int) -> list[ReleaseNode]:
         rows = sorted(self._release_nodes.get(release_id, []), key=lambda n: (n.batch, n.id))
         result = []
         for row in rows:
@@ -451,6 +805,8 @@ class MemoryStore:
                     attempts=row.attempts,
                     started_at=row.started_at,
                     finished_at=row.finished_at,
+                    attempt=row.attempt,
+                    previous_version=row.previous_version,
                 )
             )
         return result
@@ -706,4 +1062,12 @@ class MemoryStore:
             started_at=row.started_at,
             finished_at=row.finished_at,
             selection=row.selection,
+            config_version=row.config_version or row.version,
+            rollback_of=row.rollback_of,
+            held_for=row.held_for,
+            verb=row.verb,
+            verb_by=row.verb_by,
+            verb_reason=row.verb_reason,
+            verb_seq=row.verb_seq,
+            verb_acked=row.verb_acked,
         )

@@ -56,9 +56,14 @@ def clip_error(message: str | None) -> str | None:
     return message if len(message) <= ERROR_MSG_MAX else message[: ERROR_MSG_MAX - 1] + "…"
 
 
-def task_id_for(main_ip: str, version: int) -> str:
-    """The agent task id: deterministic, so a repeated dispatch is idempotent on the agent."""
-    return f"{APPLY_CONFIG}_{main_ip}_{version}"
+def task_id_for(main_ip: str, version: int, attempt: int = 1) -> str:
+    """The agent task id: deterministic, so a repeated dispatch is idempotent on the agent.
+
+    The first attempt keeps the original's format; a retry's attempt n carries ``_a{n}``, so
+    an agent that remembers the failed task applies the retried one afresh. ``version`` is
+    the release's own unique version, never its config version."""
+    base = f"{APPLY_CONFIG}_{main_ip}_{version}"
+    return base if attempt <= 1 else f"{base}_a{attempt}"
 
 
 PlanStep = int | str
@@ -78,6 +83,11 @@ class Node:
     last_seen_at: datetime | None = None
     labels: Labels = ()
     """(key, value) pairs sorted by key."""
+    applied_version: int | None = None
+    """The config version of the node's last success (None: none recorded yet)."""
+    applied_release_version: int | None = None
+    """The version of the release whose success set applied_version."""
+    applied_at: datetime | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Node:
@@ -90,6 +100,9 @@ class Node:
             status=NodeHealth(record["status"]),
             last_seen_at=record["last_seen_at"],
             labels=labels_from_column(record["labels"]),
+            applied_version=record.get("applied_version"),
+            applied_release_version=record.get("applied_release_version"),
+            applied_at=record.get("applied_at"),
         )
 
 
@@ -122,6 +135,24 @@ class Release:
     finished_at: datetime | None
     selection: NodeSelection | None = None
     """How its nodes were chosen; None: every enabled, online node at creation."""
+    config_version: int = 0
+    """The config version agents apply; equal to ``version`` unless set (a rollback's)."""
+    rollback_of: int | None = None
+    held_for: int | None = None
+    verb: str | None = None
+    verb_by: str | None = None
+    verb_reason: str | None = None
+    verb_seq: int = 0
+    verb_acked: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.config_version:
+            object.__setattr__(self, "config_version", self.version)
+
+    @property
+    def cancelling(self) -> bool:
+        """A cancel was asked and the release has not ended yet (its owner reconciles)."""
+        return self.verb == "cancel" and not self.status.terminal
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Release:
@@ -151,6 +182,14 @@ class Release:
             started_at=record["started_at"],
             finished_at=record["finished_at"],
             selection=NodeSelection.from_column(record["selection"]),
+            config_version=record.get("config_version") or record["version"],
+            rollback_of=record.get("rollback_of"),
+            held_for=record.get("held_for"),
+            verb=record.get("verb"),
+            verb_by=record.get("verb_by"),
+            verb_reason=record.get("verb_reason"),
+            verb_seq=record.get("verb_seq") or 0,
+            verb_acked=record.get("verb_acked") or 0,
         )
 
 
@@ -184,6 +223,11 @@ class ReleaseNode:
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
+    attempt: int = 1
+    """1 for the node's first run in this release, +1 per retry that re-sends it."""
+    previous_version: int | None = None
+    """The config the node ran when this release first dispatched it (what a rollback
+    restores)."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ReleaseNode:
@@ -201,6 +245,8 @@ class ReleaseNode:
             attempts=record["attempts"],
             started_at=record["started_at"],
             finished_at=record["finished_at"],
+            attempt=record.get("attempt") or 1,
+            previous_version=record.get("previous_version"),
         )
 
 
@@ -234,6 +280,44 @@ class NodeChange:
     attempts: int | None = None
     started: bool = False
     finished: bool = False
+
+
+@attrs.frozen
+class LeaseState:
+    """What a lease renewal reads of a held release: its status and its latest verb."""
+
+    status: ReleaseStatus
+    verb: str | None = None
+    verb_seq: int = 0
+    verb_acked: int = 0
+    verb_by: str | None = None
+    verb_reason: str | None = None
+
+    @classmethod
+    def of(cls, release: Release) -> LeaseState:
+        return cls(
+            status=release.status,
+            verb=release.verb,
+            verb_seq=release.verb_seq,
+            verb_acked=release.verb_acked,
+            verb_by=release.verb_by,
+            verb_reason=release.verb_reason,
+        )
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LeaseState:
+        return cls(
+            status=ReleaseStatus(record["status"]),
+            verb=record["verb"],
+            verb_seq=record["verb_seq"],
+            verb_acked=record["verb_acked"],
+            verb_by=record["verb_by"],
+            verb_reason=record["verb_reason"],
+        )
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.verb == "cancel" and not self.status.terminal
 
 
 @attrs.frozen

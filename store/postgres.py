@@ -36,15 +36,18 @@ from fleetwave.store.errors import (
     StoreUnavailable,
 )
 from fleetwave.store.models import (
+    DEFAULT_PLAN,
     TOKEN_LOOKUP_CHARS,
     Claim,
     CreatedRelease,
     Event,
     Lease,
+    LeaseState,
     Node,
     NodeChange,
     NodeHealth,
     NodeRun,
+    NodeStatus,
     Outcome,
     Release,
     ReleaseNode,
@@ -62,6 +65,16 @@ from fleetwave.store.selection import (
     check_label_changes,
     check_named,
     merge_labels,
+from fleetwave.store.verbs import (
+    Verb,
+    VerbEffect,
+    VerbResult,
+    cancel_message,
+    decide,
+    rollback_plan,
+    rollback_reason,
+    superseded,
+    verb_message,
 )
 
 NOTIFY_CHANNEL: Final = "fleetwave_release"
@@ -166,7 +179,9 @@ SELECT r.id, r.type, r.target, r.scope, r.version, r.status,
        coalesce(c.current_batch, 0) AS current_batch,
        r.plan, r.max_parallel, r.max_failures, r.reason, r.error,
        r.lease_owner, r.lease_epoch, r.lease_expires_at,
-       r.created_at, r.updated_at, r.started_at, r.finished_at, r.selection
+       r.created_at, r.updated_at, r.started_at, r.finished_at, r.selection,
+       coalesce(r.config_version, r.version) AS config_version, r.rollback_of, r.held_for,
+       r.verb, r.verb_by, r.verb_reason, r.verb_seq, r.verb_acked
 FROM {source} r
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE n.status = 'skipped') AS skipped_nodes,
@@ -187,7 +202,8 @@ def _release_select(source: str = "release_tasks") -> str:
 # paused) or to an older pending one, and, when it names a scope, no release of that scope
 # active or pending before it; or a running release with an expired (or no) lease. Older
 # pending releases block newer ones, so overlapping releases start in version order even
-# when one statement claims several. Rows another claimer holds are skipped, not waited
+# when one statement claims several. A release paused for a rollback does not hold that
+# rollback back. Rows another claimer holds are skipped, not waited
 # for. The previous status is read under the row lock, for the audit trail.
 _CLAIM = f"""
 WITH candidates AS (
@@ -199,7 +215,8 @@ WITH candidates AS (
             SELECT 1
             FROM release_tasks o
             WHERE o.id <> r.id
-              AND (o.status IN ('running', 'paused')
+              AND (o.status = 'running'
+                   OR (o.status = 'paused' AND o.held_for IS DISTINCT FROM r.id)
                    OR (o.status = 'pending' AND o.version < r.version))
               AND (
                   o.scope = r.scope
@@ -245,8 +262,131 @@ _HEARTBEAT = """
 UPDATE release_tasks t
 SET lease_expires_at = now() + make_interval(secs => $4)
 FROM unnest($2::bigint[], $3::bigint[]) AS l(id, epoch)
-WHERE t.id = l.id AND t.lease_epoch = l.epoch AND t.lease_owner = $1 AND t.status = 'running'
-RETURNING t.id
+WHERE t.id = l.id AND t.lease_epoch = l.epoch AND t.lease_owner = $1
+  AND t.status IN ('running', 'paused')
+RETURNING t.id, t.status, t.verb, t.verb_seq, t.verb_acked, t.verb_by, t.verb_reason
+"""
+
+# The fence of an owner's writes: its epoch, a lease not given up, a release not ended.
+_HELD = (
+    "id = $1 AND lease_epoch = $2 AND lease_owner IS NOT NULL AND status IN ('running', 'paused')"
+)
+
+_ACKNOWLEDGE = f"""
+UPDATE release_tasks
+SET verb_acked = greatest(verb_acked, least($3, verb_seq))
+WHERE {_HELD}
+RETURNING id
+"""
+
+# A paused release's owner gives its lease up; a resumed one keeps it. The answer is the
+# row as it was (a park changes no status).
+_PARK = f"""
+WITH held AS (
+    SELECT id, status, lease_owner FROM release_tasks WHERE {_HELD} FOR UPDATE
+), parked AS (
+    UPDATE release_tasks t
+    SET lease_owner = NULL, lease_expires_at = NULL, verb_acked = t.verb_seq, updated_at = now()
+    FROM held h
+    WHERE t.id = h.id AND h.status = 'paused'
+    RETURNING t.id
+), event AS (
+    INSERT INTO release_events (release_task_id, from_status, to_status, message, daemon_id)
+    SELECT h.id, 'paused', 'paused', 'lease released by ' || h.lease_owner || ': paused',
+           h.lease_owner
+    FROM held h JOIN parked p ON p.id = h.id
+)
+SELECT t.status, t.verb, t.verb_seq, t.verb_acked, t.verb_by, t.verb_reason
+FROM release_tasks t JOIN held h ON h.id = t.id
+"""
+
+_VERB_EFFECT = """
+SELECT verb_acked >= $2 AS acknowledged,
+       (status IN ('running', 'paused') AND lease_owner IS NOT NULL
+        AND lease_expires_at > now()) AS live,
+       lease_owner,
+       extract(epoch FROM lease_expires_at - now())::float8 AS lease_left
+FROM release_tasks
+WHERE id = $1
+"""
+
+# A verb stamped on a locked release row ($6: a live owner keeps its lease; without one, a
+# dead owner's lease is cleared), with its event.
+_STAMP_VERB = """
+WITH stamped AS (
+    UPDATE release_tasks
+    SET status = $2, verb = $3, verb_by = $4, verb_reason = $5, verb_seq = verb_seq + 1,
+        held_for = CASE WHEN $3 = 'resume' THEN NULL ELSE coalesce($8, held_for) END,
+        lease_owner = CASE WHEN $6 THEN lease_owner END,
+        lease_expires_at = CASE WHEN $6 THEN lease_expires_at END,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING id
+)
+INSERT INTO release_events (release_task_id, from_status, to_status, message)
+SELECT id, $7, $2, $9 FROM stamped
+"""
+
+# A retry: every node that did not succeed is pending again; one the agent may have
+# received runs under the next attempt (a new taskId).
+_RETRY_NODES = """
+WITH again AS (
+    SELECT id, node_id, batch, status,
+           attempt + CASE WHEN started_at IS NOT NULL OR task_id IS NOT NULL THEN 1 ELSE 0 END
+               AS next_attempt
+    FROM release_task_nodes
+    WHERE release_task_id = $1 AND status <> 'success'
+), reset AS (
+    UPDATE release_task_nodes n
+    SET status = 'pending', error_msg = NULL, task_id = NULL, started_at = NULL,
+        finished_at = NULL, attempts = 0, attempt = a.next_attempt, updated_at = now()
+    FROM again a
+    WHERE n.id = a.id
+    RETURNING n.id
+)
+INSERT INTO release_events (release_task_id, node_id, batch, from_status, to_status, message)
+SELECT $1, node_id, batch, status, 'pending', 'retry: attempt ' || next_attempt
+FROM again
+ORDER BY batch, id
+"""
+
+_RETRY_RELEASE = """
+UPDATE release_tasks
+SET status = 'running', error = NULL, finished_at = NULL, updated_at = now()
+WHERE id = $1
+"""
+
+# Releases running or paused on any of the given nodes, other than $1.
+_ACTIVE_ON_NODES = """
+SELECT DISTINCT r.id, r.version, r.status
+FROM release_tasks r
+JOIN release_task_nodes n ON n.release_task_id = r.id
+WHERE r.id <> $1 AND r.status IN ('running', 'paused') AND n.node_id = ANY($2::bigint[])
+ORDER BY r.version
+"""
+
+# Pending releases between two versions over any of the given nodes, locked: a rollback
+# pauses them.
+_PENDING_ON_NODES = """
+SELECT r.id, r.version
+FROM release_tasks r
+WHERE r.status = 'pending' AND r.version > $1 AND r.version < $2
+  AND EXISTS (
+      SELECT 1 FROM release_task_nodes n
+      WHERE n.release_task_id = r.id AND n.node_id = ANY($3::bigint[])
+  )
+ORDER BY r.version
+FOR UPDATE
+"""
+
+_INSERT_ROLLBACK = """
+INSERT INTO release_tasks
+    (type, target, version, status, total_nodes, scope, plan, max_parallel, max_failures,
+     reason, config_version, rollback_of)
+SELECT type, target, $2, 'pending', $3, scope, plan, max_parallel, max_failures, $4, $5, id
+FROM release_tasks
+WHERE id = $1
+RETURNING id
 """
 
 # The expression is the one indexed by migration 0002 (api_tokens_hash_prefix_idx).
@@ -271,11 +411,25 @@ WITH handed AS (
 SELECT pg_notify($4, id::text) FROM handed
 """
 
-_FENCE = """
+_FENCE = f"""
 UPDATE release_tasks
 SET updated_at = now()
-WHERE id = $1 AND lease_epoch = $2 AND status = 'running'
+WHERE {_HELD}
 RETURNING id
+"""
+
+# A node's first success in this release records what it now runs ($2: the rows changed to
+# success in this write, still showing their earlier status).
+_APPLIED = """
+UPDATE nodes d
+SET applied_version = coalesce(r.config_version, r.version),
+    applied_release_version = r.version,
+    applied_at = now(),
+    updated_at = now()
+FROM release_task_nodes n
+JOIN release_tasks r ON r.id = n.release_task_id
+WHERE n.release_task_id = $1 AND n.id = ANY($2::bigint[]) AND n.status <> 'success'
+  AND d.id = n.node_id
 """
 
 # One statement for any number of node changes: the merged final values update the rows;
@@ -292,6 +446,9 @@ WITH target AS (
         task_id = coalesce(c.task_id, n.task_id),
         attempts = coalesce(c.attempts, n.attempts),
         started_at = CASE WHEN c.started THEN now() ELSE n.started_at END,
+        previous_version = CASE WHEN c.started AND n.started_at IS NULL
+                                THEN (SELECT d.applied_version FROM nodes d WHERE d.id = n.node_id)
+                                ELSE n.previous_version END,
         finished_at = CASE WHEN c.finished THEN now() ELSE n.finished_at END,
         updated_at = now()
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $7::bool[],
@@ -318,6 +475,8 @@ _END_NODES = """
 WITH ended AS (
     UPDATE release_task_nodes n
     SET status = CASE n.status WHEN 'pending' THEN 'skipped' ELSE 'cancelled' END,
+        error_msg = CASE WHEN n.status = 'pending' AND $4::text IS NOT NULL THEN $4::text
+                         ELSE n.error_msg END,
         finished_at = now(),
         updated_at = now()
     WHERE n.release_task_id = $1 AND n.status IN ('pending', 'running')
@@ -327,14 +486,19 @@ INSERT INTO release_events
     (release_task_id, node_id, batch, from_status, to_status, message, daemon_id)
 SELECT $1, node_id, batch,
        CASE status WHEN 'skipped' THEN 'pending' ELSE 'running' END,
-       status, status || ': release ' || $2::text, $3
+       status,
+       CASE WHEN status = 'skipped' AND $4::text IS NOT NULL THEN $4::text
+            ELSE status || ': release ' || $2::text END,
+       $3
 FROM ended
 ORDER BY batch, id
 """
 
 # Counters from node rows, and the release's end when there is one ($2 NULL: no outcome).
 _FINISH_RELEASE = """
-WITH counts AS (
+WITH before AS (
+    SELECT status FROM release_tasks WHERE id = $1
+), counts AS (
     SELECT count(*) FILTER (WHERE status = 'success')::int AS success_nodes,
            count(*) FILTER (WHERE status = 'failed')::int AS failed_nodes
     FROM release_task_nodes
@@ -354,8 +518,8 @@ WITH counts AS (
     RETURNING r.id
 )
 INSERT INTO release_events (release_task_id, from_status, to_status, message, daemon_id)
-SELECT id, 'running', $2::text, coalesce($3::text, 'release ' || $2::text), $4
-FROM updated
+SELECT u.id, b.status, $2::text, coalesce($3::text, 'release ' || $2::text), $4
+FROM updated u, before b
 WHERE $2::text IS NOT NULL
 """
 
@@ -370,9 +534,10 @@ RETURNING id
 _ONLINE = "enabled AND status = 'online'"
 
 _INSERT_RELEASE_NODES = """
-INSERT INTO release_task_nodes (release_task_id, node_id, batch)
-SELECT $1, u.node_id, u.batch
+INSERT INTO release_task_nodes (release_task_id, node_id, batch, previous_version)
+SELECT $1, u.node_id, u.batch, d.applied_version
 FROM unnest($2::bigint[], $3::int[]) WITH ORDINALITY AS u(node_id, batch, ord)
+JOIN nodes d ON d.id = u.node_id
 ORDER BY u.ord
 """
 
@@ -387,14 +552,18 @@ SELECT pg_notify($3, $1::text)
 
 _RELEASE_NODES = """
 SELECT n.id, n.release_task_id, n.node_id, d.name AS node_name, d.main_ip, d.agent_port,
-       n.batch, n.status, n.error_msg, n.task_id, n.attempts, n.started_at, n.finished_at
+       n.batch, n.status, n.error_msg, n.task_id, n.attempts, n.started_at, n.finished_at,
+       n.attempt, n.previous_version
 FROM release_task_nodes n
 JOIN nodes d ON d.id = n.node_id
 WHERE n.release_task_id = $1
 ORDER BY n.batch, n.id
 """
 
-_NODE_COLUMNS = "id, name, main_ip, agent_port, enabled, status, last_seen_at, labels"
+_NODE_COLUMNS = (
+    "id, name, main_ip, agent_port, enabled, status, last_seen_at, labels,"
+    " applied_version, applied_release_version, applied_at"
+)
 
 
 _NODE_RUNS = """
@@ -457,13 +626,23 @@ class PostgresStore:
             claims.append(Claim(release=release, lease=Lease(release.id, release.lease_epoch)))
         return claims
 
-    async def heartbeat(self, owner: str, leases: Sequence[Lease], ttl: float) -> set[int]:
+    async def heartbeat(
+        self, owner: str, leases: Sequence[Lease], ttl: float
+    ) -> dict[int, LeaseState]:
         if not leases:
-            return set()
+            return {}
         ids = [lease.release_id for lease in leases]
         epochs = [lease.epoch for lease in leases]
         records = await self._call(self._fetch, _HEARTBEAT, owner, ids, epochs, float(ttl))
-        return {record["id"] for record in records}
+        return {record["id"]: LeaseState.from_record(_row(record)) for record in records}
+
+    async def acknowledge(self, lease: Lease, seq: int) -> bool:
+        record = await self._call(self._fetchrow, _ACKNOWLEDGE, lease.release_id, lease.epoch, seq)
+        return record is not None
+
+    async def park(self, lease: Lease) -> LeaseState | None:
+        record = await self._call(self._fetchrow, _PARK, lease.release_id, lease.epoch)
+        return None if record is None else LeaseState.from_record(_row(record))
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
         if not leases:
@@ -496,13 +675,22 @@ class PostgresStore:
             if fenced is None:
                 return False
             if changes:
+                succeeded = [c.row_id for c in changes if c.status is NodeStatus.SUCCESS]
+                if succeeded:
+                    await connection.execute(_APPLIED, lease.release_id, succeeded)
                 await connection.execute(
                     _APPLY_CHANGES, lease.release_id, *_change_arrays(changes), daemon_id
                 )
             outcome_status = None if outcome is None else outcome.status.value
             outcome_error = None if outcome is None else outcome.error
             if outcome_status is not None:
-                await connection.execute(_END_NODES, lease.release_id, outcome_status, daemon_id)
+                await connection.execute(
+                    _END_NODES,
+                    lease.release_id,
+                    outcome_status,
+                    daemon_id,
+                    _cancel_note(outcome, outcome_error),
+                )
             await connection.execute(
                 _FINISH_RELEASE, lease.release_id, outcome_status, outcome_error, daemon_id
             )
@@ -552,6 +740,71 @@ class PostgresStore:
                     await self._call(listener.close)
             await trio.sleep(delay)
             delay = min(delay * 2, _LISTEN_BACKOFF_MAX_SEC)
+
+    # --- verbs -------------------------------------------------------------------------------
+
+    async def steer(
+        self,
+        release_id: int,
+        verb: Verb,
+        *,
+        by: str,
+        reason: str = "",
+        to_version: int | None = None,
+    ) -> VerbResult:
+        return await self._call(self._steer, release_id, Verb(verb), by, reason, to_version)
+
+    async def verb_effect(self, release_id: int, seq: int) -> VerbEffect:
+        record = await self._call(self._fetchrow, _VERB_EFFECT, release_id, seq)
+        if record is None:
+            raise NotFound(f"release {release_id} not found")
+        live = bool(record["live"])
+        return VerbEffect(
+            in_effect=record["acknowledged"] or not live,
+            acknowledged=record["acknowledged"],
+            owner=record["lease_owner"] if live else None,
+            lease_left=record["lease_left"] if live else None,
+        )
+
+    async def _steer(
+        self, release_id: int, verb: Verb, by: str, reason: str, to_version: int | None
+    ) -> VerbResult:
+        async with _acquired(self._pool) as connection, connection.transaction():
+            if verb is Verb.ROLLBACK:
+                # A rollback creates a release: versions are allocated one at a time.
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
+            live = await connection.fetchval(
+                "SELECT status IN ('running', 'paused') AND lease_owner IS NOT NULL"
+                " AND lease_expires_at > now() FROM release_tasks WHERE id = $1 FOR UPDATE",
+                release_id,
+            )
+            if live is None:
+                raise NotFound(f"release {release_id} not found")
+            steering = _Steering(connection, by, reason)
+            release = await steering.release(release_id)
+            if verb is Verb.ROLLBACK:
+                result = await steering.rollback(release, live, to_version)
+            elif not decide(verb, release):
+                return VerbResult(verb, release, changed=False)
+            else:
+                match verb:
+                    case Verb.PAUSE:
+                        wait = await steering.stamp(release, Verb.PAUSE, "paused", live)
+                    case Verb.RESUME:
+                        status = "running" if release.started_at else "pending"
+                        wait = await steering.stamp(release, Verb.RESUME, status, live)
+                    case Verb.CANCEL:
+                        wait = await steering.cancel(release, live, reason)
+                    case Verb.RETRY:
+                        wait = await steering.retry(release, live)
+                result = VerbResult(
+                    verb, await steering.release(release_id), changed=True, wait=wait
+                )
+            if result.changed:
+                await connection.execute(
+                    "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(release_id)
+                )
+            return result
 
     # --- releases ----------------------------------------------------------------------------
 
@@ -912,6 +1165,13 @@ async def _select_nodes(connection: PooledConnection, selection: NodeSelection |
     return [row["id"] for row in rows]
 
 
+def _cancel_note(outcome: Outcome | None, error: str | None) -> str | None:
+    """The error_msg of the nodes a cancelled release never dispatched."""
+    if outcome is None or outcome.status is not ReleaseStatus.CANCELLED:
+        return None
+    return clip_error(error)
+
+
 def _change_arrays(changes: Sequence[NodeChange]) -> tuple[list[Any], ...]:
     """Parameters of _APPLY_CHANGES: merged final values per row, and every step in order."""
     merged: dict[int, dict[str, Any]] = {}
@@ -949,6 +1209,195 @@ def _change_arrays(changes: Sequence[NodeChange]) -> tuple[list[Any], ...]:
         [change.status.value for change in changes],
         [clip_error(change.error_msg) for change in changes],
     )
+
+
+class _Steering:
+    """Asyncio-flavored: the statements of one verb, inside the transaction that locked its
+    release row."""
+
+    def __init__(self, connection: PooledConnection, by: str, reason: str) -> None:
+        self._connection = connection
+        self._by = by
+        self._reason = reason
+
+    async def release(self, release_id: int) -> Release:
+        record = await self._connection.fetchrow(_release_select() + " WHERE r.id = $1", release_id)
+        assert record is not None
+        return Release.from_record(_row(record))
+
+    async def nodes(self, release_id: int) -> list[ReleaseNode]:
+        records = await self._connection.fetch(_RELEASE_NODES, release_id)
+        return [ReleaseNode.from_record(_row(record)) for record in records]
+
+    async def stamp(
+        self,
+        release: Release,
+        verb: Verb,
+        status: str,
+        live: bool,
+        *,
+        reason: str | None = None,
+        detail: str = "",
+        held_for: int | None = None,
+    ) -> bool:
+        """The verb on the row and its event; True when a live owner must acknowledge it."""
+        why = self._reason if reason is None else reason
+        await self._connection.execute(
+            _STAMP_VERB,
+            release.id,
+            status,
+            verb.value,
+            self._by,
+            why or None,
+            live,
+            release.status.value,
+            held_for,
+            verb_message(verb, self._by, why, detail),
+        )
+        return live
+
+    async def cancel(self, release: Release, live: bool, reason: str, detail: str = "") -> bool:
+        running = await self._connection.fetchval(
+            "SELECT count(*) FROM release_task_nodes WHERE release_task_id = $1"
+            " AND status = 'running'",
+            release.id,
+        )
+        if live or running:
+            # Dispatched nodes are reconciled by the owner, or by whoever claims it next.
+            status = "running" if release.status is ReleaseStatus.PAUSED else release.status.value
+            return await self.stamp(
+                release, Verb.CANCEL, status, live, reason=reason, detail=detail or "reconciling"
+            )
+        message = cancel_message(self._by, reason)
+        await self.stamp(release, Verb.CANCEL, release.status.value, live, reason=reason)
+        await self._connection.execute(
+            _END_NODES, release.id, "cancelled", None, clip_error(message)
+        )
+        await self._connection.execute(_FINISH_RELEASE, release.id, "cancelled", message, None)
+        return False
+
+    async def retry(self, release: Release, live: bool) -> bool:
+        nodes = await self.nodes(release.id)
+        node_ids = [node.node_id for node in nodes]
+        newer = [
+            version
+            for version in [
+                await self._connection.fetchval(
+                    "SELECT max(applied_release_version) FROM nodes"
+                    " WHERE id = ANY($1::bigint[]) AND applied_release_version > $2",
+                    node_ids,
+                    release.version,
+                )
+            ]
+            if version is not None
+        ]
+        for other in await self._connection.fetch(_ACTIVE_ON_NODES, release.id, node_ids):
+            if other["version"] > release.version:
+                newer.append(other["version"])
+            else:
+                raise Conflict(
+                    f"release {other['id']} (version {other['version']}) is {other['status']} "
+                    f"on nodes of release {release.id}: retry once it ends"
+                )
+        if newer:
+            raise superseded(max(newer))
+        again = sum(node.status is not NodeStatus.SUCCESS for node in nodes)
+        if not again:
+            raise Conflict(f"release {release.id}: every node succeeded, nothing to retry")
+        await self._connection.execute(_RETRY_NODES, release.id)
+        await self._connection.execute(_RETRY_RELEASE, release.id)
+        await self._connection.execute(_FINISH_RELEASE, release.id, None, None, None)
+        return await self.stamp(
+            release, Verb.RETRY, "running", live, detail=f"{again} node(s) again"
+        )
+
+    async def rollback(self, release: Release, live: bool, to_version: int | None) -> VerbResult:
+        decide(Verb.ROLLBACK, release)
+        existing = await self._connection.fetchrow(
+            _release_select()
+            + " WHERE r.rollback_of = $1 AND r.status IN ('pending', 'running', 'paused')"
+            " ORDER BY r.id LIMIT 1",
+            release.id,
+        )
+        if existing is not None:
+            return VerbResult(
+                Verb.ROLLBACK,
+                release,
+                changed=False,
+                rollback=Release.from_record(_row(existing)),
+            )
+        nodes = await self.nodes(release.id)
+        node_ids = [node.node_id for node in nodes]
+        applied = {
+            record["id"]: record["applied_version"]
+            for record in await self._connection.fetch(
+                "SELECT id, applied_version FROM nodes WHERE id = ANY($1::bigint[])", node_ids
+            )
+        }
+        good = {
+            record["v"]
+            for record in await self._connection.fetch(
+                "SELECT DISTINCT coalesce(config_version, version) AS v FROM release_tasks"
+                " WHERE success_nodes > 0"
+            )
+        }
+        plan = rollback_plan(release, nodes, applied, good, to_version)
+        why = f"rolled back to config {plan.config_version}"
+        if self._reason:
+            why += f": {self._reason}"
+        wait = False
+        if not release.status.terminal and not release.cancelling:
+            wait = await self.cancel(release, live, why, "rollback")
+        version = await self._connection.fetchval(
+            "SELECT coalesce(max(version), 0) + 1 FROM release_tasks"
+        )
+        placed = assign_batches(validate_plan(list(release.plan or DEFAULT_PLAN)), plan.node_ids)
+        reason = rollback_reason(release, plan.config_version, self._by, self._reason)
+        created_id = await self._connection.fetchval(
+            _INSERT_ROLLBACK, release.id, version, len(placed), reason, plan.config_version
+        )
+        await self._connection.execute(
+            _INSERT_RELEASE_NODES,
+            created_id,
+            [node_id for node_id, _ in placed],
+            [batch for _, batch in placed],
+        )
+        await self._connection.execute(
+            _ANNOUNCE_RELEASE,
+            created_id,
+            f"created: {reason}; {len(placed)} nodes in {placed[-1][1]} batches",
+            NOTIFY_CHANNEL,
+        )
+        held = []
+        for other in await self._connection.fetch(
+            _PENDING_ON_NODES, release.version, version, list(plan.node_ids)
+        ):
+            paused = await self.release(other["id"])
+            await self.stamp(
+                paused,
+                Verb.PAUSE,
+                "paused",
+                False,
+                reason=f"held for rollback release {created_id} (version {version})",
+                held_for=created_id,
+            )
+            held.append(await self.release(other["id"]))
+        if release.status.terminal:
+            await self.stamp(
+                release,
+                Verb.ROLLBACK,
+                release.status.value,
+                False,
+                detail=f"release {created_id} restores config {plan.config_version}",
+            )
+        return VerbResult(
+            Verb.ROLLBACK,
+            await self.release(release.id),
+            changed=True,
+            wait=wait,
+            rollback=await self.release(created_id),
+            held=tuple(held),
+        )
 
 
 class _Listener:

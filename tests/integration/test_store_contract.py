@@ -239,7 +239,7 @@ async def test_expired_lease_is_taken_over_with_a_new_epoch(store: Store) -> Non
 
     assert claim.lease == Lease(old.release_id, old.epoch + 1)
     assert claim.release.lease_owner == "daemon-b"
-    assert await store.heartbeat("daemon-a", [old], TTL) == set()
+    assert await store.heartbeat("daemon-a", [old], TTL) == {}
     events = await store.release_events(old.release_id)
     assert (events[-1].from_status, events[-1].to_status) == ("running", "running")
 
@@ -278,12 +278,13 @@ async def test_heartbeat_returns_only_the_leases_still_held(store: Store) -> Non
 
     held = await store.heartbeat("daemon-a", [mine[0], stale, theirs], 60.0)
 
-    assert held == {mine[0].release_id}
+    assert held.keys() == {mine[0].release_id}
+    assert held[mine[0].release_id].status is ReleaseStatus.RUNNING
     renewed = await store.get_release(mine[0].release_id)
     assert renewed is not None and renewed.lease_expires_at is not None
     assert renewed.started_at is not None
     assert (renewed.lease_expires_at - renewed.started_at).total_seconds() > 50
-    assert await store.heartbeat("daemon-a", [], TTL) == set()
+    assert await store.heartbeat("daemon-a", [], TTL) == {}
 
 
 async def test_heartbeat_does_not_hold_a_finished_release(store: Store) -> None:
@@ -292,7 +293,7 @@ async def test_heartbeat_does_not_hold_a_finished_release(store: Store) -> None:
     lease = await claim_one(store)
     await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS))
 
-    assert await store.heartbeat("daemon-a", [lease], TTL) == set()
+    assert await store.heartbeat("daemon-a", [lease], TTL) == {}
 
 
 # --- record ------------------------------------------------------------------------------------
