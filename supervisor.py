@@ -13,12 +13,13 @@ import structlog
 import trio
 
 from fleetwave.actors.release import LeaseLost, ReleaseActor, ReleaseConfig
+from fleetwave.actors.steering import Steering
 from fleetwave.actors.timing import NodeTiming, PollPacer
 from fleetwave.agent.client import AgentClient
 from fleetwave.config import Settings
 from fleetwave.store.base import Store
 from fleetwave.store.errors import StoreUnavailable
-from fleetwave.store.models import Claim, Lease
+from fleetwave.store.models import Claim, Lease, LeaseState
 
 log = structlog.get_logger("fleetwave.supervisor")
 
@@ -31,6 +32,9 @@ class _Owned:
     lease: Lease
     scope: trio.CancelScope
     lost: bool = False
+    steering: Steering = attrs.field(factory=Steering)
+    acked: int = 0
+    """The latest verb number acknowledged in the store."""
 
 
 @attrs.define
@@ -41,6 +45,7 @@ class Supervisor:
     owner: str = ""
     _owned: dict[int, _Owned] = attrs.field(factory=dict)
     _wake: trio.Event = attrs.field(factory=trio.Event)
+    _renew: trio.Event = attrs.field(factory=trio.Event)
     _stopping: bool = False
     _scope: trio.CancelScope | None = None
     _pacer: PollPacer = attrs.field(init=False)
@@ -59,6 +64,12 @@ class Supervisor:
     def poke(self) -> None:
         """Wake the claim loop now (a new release, or a free slot)."""
         self._wake.set()
+
+    def _notified(self) -> None:
+        """A NOTIFY: a release was created, handed back or steered. Look now, and renew the
+        leases now, since the renewal reads each owned release's verbs."""
+        self.poke()
+        self._renew.set()
 
     def stop(self) -> None:
         """Stop claiming, cancel running actors and hand their leases back."""
@@ -93,7 +104,7 @@ class Supervisor:
             with trio.CancelScope() as self._scope:
                 async with trio.open_nursery() as services:
                     services.start_soon(self._listen)
-                    services.start_soon(self._keep_leases)
+                    services.start_soon(self._keep_leases, services)
                     log.info("supervisor.started", executor_enabled=self.settings.executor_enabled)
                     # Actors get a nursery of their own: on stop it drains (each actor hands its
                     # lease back) while the lease keeper still runs.
@@ -135,7 +146,8 @@ class Supervisor:
         release_id = claim.release.id
         self.claimed += 1
         with trio.CancelScope() as scope:
-            owned = _Owned(claim.lease, scope)
+            owned = _Owned(claim.lease, scope, acked=claim.release.verb_acked)
+            owned.steering.apply(LeaseState.of(claim.release))
             self._owned[release_id] = owned
             task_status.started()
             log.info(
@@ -145,7 +157,12 @@ class Supervisor:
                 epoch=claim.lease.epoch,
             )
             try:
-                actor = ReleaseActor(claim, self.store, self.agents, self._release_config)
+                if owned.steering.seq > owned.acked:
+                    # Claimed with a verb no owner acknowledged (a cancel to complete).
+                    await self._acknowledge(owned)
+                actor = ReleaseActor(
+                    claim, self.store, self.agents, self._release_config, owned.steering
+                )
                 await actor.run()
             except LeaseLost:
                 owned.lost = True
@@ -166,11 +183,13 @@ class Supervisor:
             except StoreUnavailable as error:
                 log.warning("release.hand_back_failed", error=str(error))
 
-    async def _keep_leases(self) -> None:
+    async def _keep_leases(self, nursery: trio.Nursery) -> None:
         ttl = self.settings.lease_ttl_sec
         last_renewed = trio.current_time()
         while True:
-            await trio.sleep(ttl / 3)
+            with trio.move_on_after(ttl / 3):
+                await self._renew.wait()
+            self._renew = trio.Event()
             leases = [owned.lease for owned in self._owned.values() if not owned.lost]
             if not leases:
                 last_renewed = trio.current_time()
@@ -184,7 +203,46 @@ class Supervisor:
                     self._drop({lease.release_id for lease in leases}, "lease expired unrenewed")
                 continue
             last_renewed = trio.current_time()
-            self._drop({lease.release_id for lease in leases} - held, "lease lost")
+            self._drop({lease.release_id for lease in leases} - held.keys(), "lease lost")
+            for release_id, state in held.items():
+                self._steer(nursery, release_id, state)
+
+    def _steer(self, nursery: trio.Nursery, release_id: int, state: LeaseState) -> None:
+        """Apply a release's verbs to its actor now; acknowledge them once in effect."""
+        owned = self._owned.get(release_id)
+        if owned is None or owned.lost:
+            return
+        owned.steering.apply(state)
+        if state.verb_seq > max(owned.acked, state.verb_acked):
+            owned.acked = state.verb_seq
+            log.info(
+                "release.steered",
+                release_id=release_id,
+                verb=state.verb,
+                status=str(state.status),
+                seq=state.verb_seq,
+            )
+            nursery.start_soon(self._acknowledge, owned)
+
+    async def _acknowledge(self, owned: _Owned) -> None:
+        """Once no dispatch the verb forbids is still being sent, say so in the store."""
+        seq = owned.steering.seq
+        await owned.steering.quiet()
+        try:
+            acknowledged = await self.store.acknowledge(owned.lease, seq)
+        except StoreUnavailable as error:
+            # The next renewal finds it unacknowledged and tries again.
+            log.warning("release.acknowledge_failed", error=str(error))
+            owned.acked = min(owned.acked, seq - 1)
+            return
+        # Not acknowledged: the release ended or was parked meanwhile, or the lease is lost
+        # (which the next renewal finds); either way the verb needs no owner any more.
+        log.info(
+            "release.acknowledged",
+            release_id=owned.lease.release_id,
+            seq=seq,
+            recorded=acknowledged,
+        )
 
     def _drop(self, release_ids: set[int], reason: str) -> None:
         for release_id in release_ids:
@@ -198,7 +256,7 @@ class Supervisor:
         delay = 1.0
         while True:
             try:
-                await self.store.listen_releases(self.poke)
+                await self.store.listen_releases(self._notified)
             except StoreUnavailable as error:
                 log.warning("supervisor.listen_failed", error=str(error), retry_in=delay)
                 await trio.sleep(delay)

@@ -37,4 +37,11 @@ class Failed:
     kind: FailureKind
 
 
-NodeMessage = Dispatching | Dispatched | Succeeded | Failed
+@attrs.frozen
+class Held:
+    """A pause or a cancel forbade the next dispatch: the node stays as its row says."""
+
+    row_id: int
+
+
+NodeMessage = Dispatching | Dispatched | Succeeded | Failed | Held

@@ -8,7 +8,15 @@ import attrs
 import structlog
 import trio
 
-from fleetwave.actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
+from fleetwave.actors.messages import (
+    Dispatched,
+    Dispatching,
+    Failed,
+    Held,
+    NodeMessage,
+    Succeeded,
+)
+from fleetwave.actors.steering import DispatchGate, OpenGate
 from fleetwave.actors.timing import NodeTiming, PollShare, jittered, retry_delay
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError, FailureKind, quote_remote
@@ -25,7 +33,7 @@ RESUME_GRACE_SEC = 10.0
 class _Finished(Exception):
     """Internal: the node reached its outcome while dispatching or polling."""
 
-    def __init__(self, message: Succeeded | Failed) -> None:
+    def __init__(self, message: Succeeded | Failed | Held) -> None:
         self.message = message
 
 
@@ -37,11 +45,13 @@ class NodeActor:
     A dispatch that times out may have reached the agent, so the actor then observes instead
     of re-sending. A running node taken over from another daemon is queried first and only
     dispatched again when its agent does not know the task. The whole life of the actor is
-    bounded by the node deadline.
+    bounded by the node deadline. Every dispatch passes ``gate`` (closed while the
+    release is paused or cancelled); a node the gate stops ends with Held.
     """
 
     node: ReleaseNode
     version: int
+    """The release's own version: it makes the taskId."""
     agents: AgentClient
     timing: NodeTiming
     outbox: trio.MemorySendChannel[NodeMessage]
@@ -51,6 +61,9 @@ class NodeActor:
     spent: float = 0.0
     """Seconds of the node deadline already used under an earlier owner of the release: the
     deadline runs from the node's first dispatch, whichever daemon watches it."""
+    config_version: int | None = None
+    """The config the agent applies (the dispatch body's version); None: ``version``."""
+    gate: DispatchGate = attrs.field(factory=OpenGate)
     _last_error: str | None = None
     _dispatches: int = 0
     _since: float = 0.0
@@ -65,7 +78,7 @@ class NodeActor:
 
     @property
     def task_id(self) -> str:
-        return task_id_for(self.node.main_ip, self.version)
+        return task_id_for(self.node.main_ip, self.version, self.node.attempt)
 
     async def run(self) -> None:
         # The outbox is entered first, before any checkpoint: however early the batch is
@@ -85,7 +98,7 @@ class NodeActor:
                 await self.outbox.send(Failed(self.node.id, reason, FailureKind.INVALID_ADDRESS))
                 return
             async with self.limiter:
-                outcome: Succeeded | Failed | None = None
+                outcome: Succeeded | Failed | Held | None = None
                 budget = self.timing.deadline - self.spent
                 if self.spent:
                     # Its deadline may have passed while no daemon watched: ask once anyway,
@@ -106,7 +119,7 @@ class NodeActor:
                     )
                 await self.outbox.send(outcome)
 
-    async def _drive(self) -> Succeeded | Failed:
+    async def _drive(self) -> Succeeded | Failed | Held:
         self._since = trio.current_time() - self.spent
         try:
             if self.node.status is NodeStatus.RUNNING:
@@ -132,7 +145,15 @@ class NodeActor:
             self._finish_if_terminal(state)
 
     async def _dispatch(self) -> None:
-        request = DispatchRequest(task_id=self.task_id, version=self.version)
+        if not self.gate.enter():
+            raise _Finished(Held(self.node.id))
+        try:
+            await self._send()
+        finally:
+            self.gate.leave()
+
+    async def _send(self) -> None:
+        request = DispatchRequest(task_id=self.task_id, version=self.config_version or self.version)
         await self.outbox.send(Dispatching(self.node.id))
         attempt = 0
         while True:
@@ -154,6 +175,8 @@ class NodeActor:
                         )
                     ) from None
                 await trio.sleep(retry_delay(attempt, self.timing, self.rng))
+                if not self.gate.open:
+                    break  # paused or cancelled meanwhile: observe what the agent has
                 continue
             break
         await self.outbox.send(Dispatched(self.node.id, self.task_id, self._dispatches))

@@ -12,8 +12,16 @@ import attrs
 import structlog
 import trio
 
-from fleetwave.actors.messages import Dispatched, Dispatching, Failed, NodeMessage, Succeeded
+from fleetwave.actors.messages import (
+    Dispatched,
+    Dispatching,
+    Failed,
+    Held,
+    NodeMessage,
+    Succeeded,
+)
 from fleetwave.actors.node import NodeActor, last_error
+from fleetwave.actors.steering import Steering
 from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare, jittered
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError
@@ -24,6 +32,7 @@ from fleetwave.store.base import Store
 from fleetwave.store.errors import StoreUnavailable
 from fleetwave.store.models import (
     Claim,
+    LeaseState,
     NodeChange,
     NodeStatus,
     Outcome,
@@ -120,6 +129,8 @@ class ReleaseActor:
     store: Store
     agents: AgentClient
     config: ReleaseConfig
+    steering: Steering = attrs.field(factory=Steering)
+    """Closed by a pause or a cancel: the Supervisor applies the release row's verbs here."""
     _nodes: dict[int, ReleaseNode] = attrs.field(factory=dict)
     _changes: dict[int, NodeChange] = attrs.field(factory=dict)
     _dispatched: set[int] = attrs.field(factory=set)
@@ -139,6 +150,7 @@ class ReleaseActor:
         with structlog.contextvars.bound_contextvars(
             release_id=release.id, version=release.version
         ):
+            self.steering.apply(LeaseState.of(release))
             task_status.started()
             nodes = await self.store.release_nodes(release.id)
             self._nodes = {node.id: node for node in nodes}
@@ -155,19 +167,46 @@ class ReleaseActor:
             )
             limiter = trio.CapacityLimiter(release.max_parallel or self.config.max_parallel)
             for batch in sorted({node.batch for node in nodes}):
-                if self._tolerance_exceeded:
-                    break
-                members = [node for node in self._nodes.values() if node.batch == batch]
-                if all(node.status.terminal for node in members):
-                    continue
                 with structlog.contextvars.bound_contextvars(batch=batch):
-                    await self._run_batch(members, limiter)
-            if self._tolerance_exceeded:
+                    if not await self._run_until_done(batch, limiter):
+                        return  # paused: no daemon holds the release until it is resumed
+                if self._tolerance_exceeded or self.steering.cancel is not None:
+                    break
+            if self._tolerance_exceeded and self.steering.cancel is None:
                 # Taken over while a stopped batch was being followed: follow it on.
                 await self._reconcile(
                     [node for node in self._nodes.values() if node.status is NodeStatus.RUNNING]
                 )
             await self._finish()
+
+    async def _run_until_done(self, batch: int, limiter: trio.CapacityLimiter) -> bool:
+        """Run ``batch`` until each member is terminal, the release is cancelled or fails.
+
+        A pause lets in-flight nodes finish, then gives the lease up (False). A resume that
+        comes first runs what the pause held back."""
+        while not (self._tolerance_exceeded or self.steering.cancel is not None):
+            members = [node for node in self._nodes.values() if node.batch == batch]
+            if all(node.status.terminal for node in members):
+                return True
+            if not self.steering.open:
+                if await self._park():
+                    return False
+                continue
+            await self._run_batch(members, limiter)
+        return True
+
+    async def _park(self) -> bool:
+        """Give the lease of a paused release up; False when it was resumed meanwhile."""
+        await self._flush()
+        state = await self.store.park(self.claim.lease)
+        if state is None:
+            log.warning("release.lease_lost", epoch=self.claim.lease.epoch)
+            raise LeaseLost(f"release {self.release_id}: lease epoch {self.claim.lease.epoch} lost")
+        self.steering.apply(state)
+        if state.status is ReleaseStatus.PAUSED:
+            log.info("release.parked", reason="paused")
+            return True
+        return False
 
     @property
     def _tolerance_exceeded(self) -> bool:
@@ -187,18 +226,20 @@ class ReleaseActor:
                 trio.CancelScope() as batch_scope,
                 self.config.pacer.share(len(todo)) as pacing,
             ):
+                self.steering.enter_batch(batch_scope)
                 async with trio.open_nursery() as nursery:
                     # Spawn from a task of its own so that the first nodes report (and
                     # dispatch) while the last ones of a large batch are still being started.
                     nursery.start_soon(self._spawn, nursery, todo, send, limiter, pacing)
                     await self._collect(receive, batch_scope)
+            self.steering.leave_batch()
             if batch_scope.cancelled_caught:
                 # What was sent before the cancel is still buffered: a Dispatching among it
                 # means that agent may have the task, so it must be reconciled, not skipped.
                 await self._drain(receive, batch_scope)
         await self._flush()
         if batch_scope.cancelled_caught:
-            log.warning("batch.aborted", reason=self._error)
+            log.warning("batch.aborted", reason=self.steering.cancel or self._error)
             await self._reconcile(members)
         else:
             log.info("batch.finished", failures=self._failures)
@@ -213,9 +254,13 @@ class ReleaseActor:
     ) -> None:
         async with send:
             for spawned, node in enumerate(todo, 1):
+                if not self.steering.open:
+                    break  # paused or cancelled: the rest stay as they are
                 actor = NodeActor(
                     node=node,
                     version=self.claim.release.version,
+                    config_version=self.claim.release.config_version,
+                    gate=self.steering,
                     agents=self.agents,
                     timing=self.config.node,
                     outbox=send.clone(),
@@ -264,6 +309,8 @@ class ReleaseActor:
             case Dispatching(row_id=row_id):
                 self._dispatched.add(row_id)
                 self._dispatched_at.setdefault(row_id, trio.current_time())
+            case Held():
+                pass  # its row stays as it is: run again on resume, reconciled on cancel
             case Dispatched(row_id=row_id, task_id=task_id, attempts=attempts):
                 await self._change(
                     NodeChange(
@@ -408,7 +455,7 @@ class ReleaseActor:
     async def _true_outcome(self, node: ReleaseNode) -> NodeChange:
         """What the agent says of the node's task now. RUNNING: ask again later (the agent is
         still applying, or could not be asked); PENDING: the task never reached it."""
-        task_id = task_id_for(node.main_ip, self.claim.release.version)
+        task_id = task_id_for(node.main_ip, self.claim.release.version, node.attempt)
         try:
             state = await self.agents.query(AgentAddress(node.main_ip, node.agent_port), task_id)
         except (AgentError, InvalidAddress) as error:
@@ -450,7 +497,14 @@ class ReleaseActor:
         )
 
     async def _finish(self) -> None:
-        if self._tolerance_exceeded:
+        if self.steering.cancel is not None:
+            # Nodes dispatched in earlier batches or by an earlier owner are asked too.
+            await self._reconcile(list(self._nodes.values()))
+            error = self.steering.cancel
+            if self._error is not None:
+                error += f" (after {self._error})"
+            outcome = Outcome(ReleaseStatus.CANCELLED, error)
+        elif self._tolerance_exceeded:
             error = self._error or f"{self._failures} node(s) failed"
             outcome = Outcome(ReleaseStatus.FAILED, error)
         else:

@@ -146,6 +146,8 @@ class _Agent:
     generation: int = 0
     tasks: dict[str, _Task] = attrs.field(factory=dict)
     dispatches: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    dispatch_log: list[tuple[float, str]] = attrs.field(factory=list)
+    """(trio time, task id) of every dispatch request that reached the agent."""
 
 
 class SimulatedFleet:
@@ -221,6 +223,21 @@ class SimulatedFleet:
     def task_ids(self, host: str) -> set[str]:
         """Every task id ever dispatched to ``host`` (restarts do not erase this history)."""
         return set(self._agent_at(host).dispatches)
+
+    def dispatch_log(self) -> list[tuple[float, str, str]]:
+        """(trio time, host, task id) of every dispatch request that reached an agent, in
+        time order (restarts do not erase it)."""
+        entries = [
+            (at, agent.host, task_id)
+            for agent in self._agents.values()
+            for at, task_id in agent.dispatch_log
+        ]
+        return sorted(entries)
+
+    def task_version(self, host: str, task_id: str) -> int | None:
+        """The config version the agent was told to apply for ``task_id`` (None: unknown)."""
+        task = self._agent_at(host).tasks.get(task_id)
+        return None if task is None else task.request.version
 
     def task_times(self) -> list[TaskTimes]:
         """Every task the agents hold, with its dispatch time and drawn apply time."""
@@ -324,6 +341,7 @@ class SimulatedFleet:
                 problem = str(error)
             if dispatch is not None:
                 agent.dispatches[dispatch.task_id] += 1
+                agent.dispatch_log.append((trio.current_time(), dispatch.task_id))
                 if (
                     behaviour.http_status is None
                     and not behaviour.garbage

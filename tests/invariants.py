@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from itertools import pairwise
 
 from fleetwave.agent.sim import SimulatedFleet
 from fleetwave.store.base import Store
-from fleetwave.store.models import NodeStatus, ReleaseStatus, task_id_for
+from fleetwave.store.models import NodeStatus, ReleaseNode, ReleaseStatus, task_id_for
+from fleetwave.store.plan import assign_batches
 
 TERMINAL_NODE = {s.value for s in NodeStatus if s.terminal}
 TERMINAL_RELEASE = {s.value for s in ReleaseStatus if s.terminal}
@@ -49,16 +52,113 @@ async def assert_release_invariants(
                 f"batch {batch} started before batch {earlier} finished"
             )
 
-    # Each (release, node) is dispatched under one taskId, the deterministic one.
+    # Each (release, node, attempt) is dispatched under one taskId, the deterministic one;
+    # a first attempt has the original's exact format.
     for node in nodes:
-        expected = task_id_for(node.main_ip, release.version)
+        expected = task_id_for(node.main_ip, release.version, node.attempt)
         assert node.task_id in (None, expected)
         if fleet is not None and node.main_ip in fleet.hosts:
-            ids = {t for t in fleet.task_ids(node.main_ip) if t.endswith(f"_{release.version}")}
-            assert ids <= {expected}, ids
-            # A node whose agent received the task was touched: never reported as skipped.
-            if ids:
+            ids = release_task_ids(fleet, node, release.version)
+            attempts = {task_id_for(node.main_ip, release.version, n) for n in range(1, 99)}
+            assert ids <= {t for t in attempts if _attempt(t) <= node.attempt}, ids
+            # A node whose agent received the task of its attempt was touched: never
+            # reported as skipped.
+            if expected in ids:
                 assert node.status is not NodeStatus.SKIPPED, node
+            if ids and release.config_version != release.version:
+                for task_id in ids:
+                    assert fleet.task_version(node.main_ip, task_id) in (
+                        None,
+                        release.config_version,
+                    ), "a rollback's agents apply its config version"
+
+    # Retry never re-sends a succeeded node: after a node's success, no event takes it back.
+    succeeded: set[int] = set()
+    for event in events:
+        if event.node_id is None:
+            continue
+        if event.node_id in succeeded:
+            raise AssertionError(f"node {event.node_id} changed after its success: {event}")
+        if event.to_status == NodeStatus.SUCCESS:
+            succeeded.add(event.node_id)
+
+
+def _attempt(task_id: str) -> int:
+    match = re.search(r"_a(\d+)$", task_id)
+    return int(match.group(1)) if match else 1
+
+
+def release_task_ids(fleet: SimulatedFleet, node: ReleaseNode, version: int) -> set[str]:
+    """The task ids of this release (any attempt) that ever reached ``node``'s agent."""
+    first = task_id_for(node.main_ip, version)
+    return {
+        t
+        for t in fleet.task_ids(node.main_ip)
+        if t == first or re.fullmatch(rf"{re.escape(first)}_a\d+", t)
+    }
+
+
+def assert_no_dispatch_while_stopped(
+    fleet: SimulatedFleet,
+    nodes: list[ReleaseNode],
+    version: int,
+    stopped_at: float,
+    until: float = math.inf,
+) -> None:
+    """No dispatch of the release reached an agent from the moment a pause or a cancel was
+    in effect (the verb's answer, in trio time) until ``until`` (its resume)."""
+    task_ids = {
+        task_id_for(node.main_ip, version, attempt)
+        for node in nodes
+        for attempt in range(1, node.attempt + 1)
+    }
+    late = [
+        (at, host, task_id)
+        for at, host, task_id in fleet.dispatch_log()
+        if task_id in task_ids and stopped_at <= at < until
+    ]
+    assert not late, f"dispatched after the stop at {stopped_at}: {late}"
+
+
+async def assert_rollback_follows_plan(store: Store, rollback_id: int) -> None:
+    """A rollback runs over the rolled-back release's nodes in that release's order, split
+    by its plan (canary first), and applies an earlier config."""
+    rollback = await store.get_release(rollback_id)
+    assert rollback is not None and rollback.rollback_of is not None
+    original = await store.get_release(rollback.rollback_of)
+    assert original is not None
+    assert rollback.config_version < rollback.version
+    assert rollback.plan == original.plan
+    order = [node.node_id for node in await store.release_nodes(original.id)]
+    mine = await store.release_nodes(rollback_id)
+    ids = [node.node_id for node in mine]
+    assert ids == [node_id for node_id in order if node_id in set(ids)]
+    assert [(node.node_id, node.batch) for node in mine] == assign_batches(rollback.plan, ids)
+
+
+async def assert_applied_versions(store: Store, fleet: SimulatedFleet | None = None) -> None:
+    """Every node's applied_version is the config of its last recorded success, and (with
+    the fleet) the version its agent was told to apply in that task."""
+    releases, _ = await store.list_releases(limit=100_000)
+    by_id = {release.id: release for release in releases}
+    last: dict[int, tuple[int, int]] = {}
+    for release in releases:
+        for event in await store.release_events(release.id, limit=1_000_000):
+            if event.node_id is None or event.to_status != NodeStatus.SUCCESS:
+                continue
+            if event.node_id not in last or last[event.node_id][0] < event.id:
+                last[event.node_id] = (event.id, release.id)
+    for node in await store.list_nodes():
+        if node.id not in last:
+            assert node.applied_version is None, node
+            continue
+        release = by_id[last[node.id][1]]
+        assert node.applied_version == release.config_version, (node, release)
+        assert node.applied_release_version == release.version, (node, release)
+        if fleet is not None and node.main_ip in fleet.hosts:
+            [row] = [n for n in await store.release_nodes(release.id) if n.node_id == node.id]
+            task_id = task_id_for(node.main_ip, release.version, row.attempt)
+            assert fleet.task_version(node.main_ip, task_id) in (None, node.applied_version)
 
 
 async def assert_node_exclusion(store: Store, fleet: SimulatedFleet | None = None) -> None:
@@ -89,7 +189,7 @@ async def assert_node_exclusion(store: Store, fleet: SimulatedFleet | None = Non
         return
     by_host: dict[str, list[tuple[float, float, int]]] = {}
     for task in fleet.task_times():
-        version = int(task.task_id.rsplit("_", 1)[1])
+        version = int(re.sub(r"_a\d+$", "", task.task_id).rsplit("_", 1)[1])
         finished = task.dispatched_at + task.apply_time
         by_host.setdefault(task.host, []).append((task.dispatched_at, finished, version))
     for host, tasks in by_host.items():
