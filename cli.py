@@ -272,7 +272,7 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         )
     client.add_argument("--json", action="store_true", help="print the API's data as JSON")
 
-    release = commands.add_parser("release", help="create, list, show and watch releases")
+    release = commands.add_parser("release", help="create, list, show, watch and steer releases")
     release_actions = release.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = release_actions.add_parser("create", parents=[client], help="create a release")
     create.add_argument("--target", default="cdn", help="what the release applies to (cdn)")
@@ -327,6 +327,29 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     )
     events.add_argument("release_id", type=_positive_int, metavar="ID")
     _add_nodes_commands(commands, client)
+    verbs = {
+        "pause": "stop dispatching; dispatched nodes finish (pending or running)",
+        "resume": "go on where a paused release stopped",
+        "cancel": "end the release: nothing new is dispatched, dispatched nodes reconciled",
+        "retry": "run a failed or cancelled release again for its nodes that did not succeed",
+        "rollback": "cancel if active, then restore the last good config in the same plan",
+    }
+    for name, summary in verbs.items():
+        verb = release_actions.add_parser(name, parents=[client], help=summary)
+        verb.add_argument("release_id", type=_positive_int, metavar="ID")
+        verb.add_argument("--reason", help="why; recorded in the release's events")
+        if name == "rollback":
+            verb.add_argument(
+                "--to",
+                type=_positive_int,
+                metavar="VERSION",
+                help="the config version to restore (default: what the nodes ran before)",
+            )
+    commands.add_parser(
+        "fleet",
+        parents=[client],
+        help="how many nodes run which config version, and which differ from the newest good",
+    )
 
 
 def _add_nodes_commands(
@@ -439,7 +462,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             # stdout carries the command's answer alone (the token, once); logs go to stderr.
             configure_logging(settings, stream=sys.stderr)
             return _token(args, settings)
-        case "release" | "nodes":
+        case "release" | "nodes" | "fleet":
             if not args.token:
                 raise UsageError("no API token: set FLEETWAVE_TOKEN or pass --token")
             if (args.cert is None) != (args.key is None):

@@ -34,6 +34,7 @@ from fleetwave.api.schemas import (
     MAX_BODY_BYTES,
     event_item,
     node_detail,
+    fleet_summary,
     node_item,
     parse_events_query,
     parse_id,
@@ -43,13 +44,16 @@ from fleetwave.api.schemas import (
     parse_node_registration,
     parse_release_query,
     parse_release_spec,
+    parse_verb_body,
     release_batches,
     release_item,
     selection_item,
     token_item,
+    verb_answer,
 )
 from fleetwave.api.token_use import TokenUse
 from fleetwave.config.quoting import loggable, quoted
+from fleetwave.api.verbs import steer
 from fleetwave.store.base import Store
 from fleetwave.store.errors import (
     AlreadyExists,
@@ -60,6 +64,7 @@ from fleetwave.store.errors import (
     StoreUnavailable,
 )
 from fleetwave.store.models import Release, ReleaseStatus, Wait
+from fleetwave.store.verbs import Verb
 
 log = structlog.get_logger("fleetwave.api")
 
@@ -183,9 +188,38 @@ class _Handlers:
             }
         )
 
+    def verb(self, verb: Verb) -> Handler:
+        async def handler(request: Request) -> Response:
+            release_id = parse_id(request.path_params["id"])
+            body = parse_verb_body(await read_json(request), verb)
+            answer = await steer(
+                self.store,
+                release_id,
+                verb,
+                by=request.state.token_name or "unknown",
+                reason=body.reason,
+                to_version=body.to_version,
+            )
+            log.info(
+                "api.verb",
+                verb=str(verb),
+                release_id=release_id,
+                changed=answer.result.changed,
+                in_effect=answer.effect.in_effect,
+                waited=round(answer.waited, 3),
+            )
+            return ok(verb_answer(answer))
+
+        return handler
+
     async def list_nodes(self, request: Request) -> Response:
         nodes = await self.store.list_nodes()
         return ok({"items": [node_item(node) for node in nodes], "total": len(nodes)})
+
+    async def fleet(self, request: Request) -> Response:
+        nodes = await self.store.list_nodes()
+        newest, _ = await self.store.list_releases(status=ReleaseStatus.SUCCESS, limit=1)
+        return ok(fleet_summary(nodes, newest[0] if newest else None))
 
     async def register_node(self, request: Request) -> Response:
         replace = parse_if_exists(request.query_params)
@@ -358,6 +392,11 @@ def create_app(
         route("/api/v1/nodes/{id}", GET=viewer(api.show_node), PATCH=admin(api.update_node)),
         route("/api/v1/tokens", GET=admin(api.list_tokens)),
         route("/api/v1/tokens/{id}", DELETE=admin(api.revoke_token)),
+        *(
+            route(f"/api/v1/releases/{{id}}/{verb}", POST=operator(api.verb(verb)))
+            for verb in Verb
+        ),
+        route("/api/v1/fleet", GET=viewer(api.fleet)),
     ]
     undeclared = undeclared_routes(routes)
     if undeclared:

@@ -12,6 +12,9 @@ import httpx
 DEFAULT_API = "http://127.0.0.1:8080"
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 30.0
+VERB_TIMEOUT = 120.0
+"""A verb's answer waits until it is in effect: up to a dead owner's lease expiry (the API
+gives up after 90 s)."""
 
 
 class ClientError(Exception):
@@ -132,10 +135,14 @@ class ApiClient:
         *,
         body: Mapping[str, object] | None = None,
         params: Mapping[str, str | int] | None = None,
+        wait: float | None = None,
     ) -> Any:
         """The ``data`` of a successful envelope; raises ApiFailure or ApiUnreachable."""
+        extra: dict[str, Any] = {}
+        if wait is not None:
+            extra["timeout"] = httpx.Timeout(wait, connect=CONNECT_TIMEOUT)
         try:
-            response = await self.http.request(method, path, json=body, params=params)
+            response = await self.http.request(method, path, json=body, params=params, **extra)
         except httpx.TransportError as error:
             raise ApiUnreachable(
                 str(self.http.base_url), _reason(error, self.http.base_url.scheme)
@@ -194,3 +201,19 @@ class ApiClient:
 
     async def update_node(self, node_id: int, changes: Mapping[str, object]) -> Any:
         return await self.call("PATCH", f"/api/v1/nodes/{node_id}", body=changes)
+
+    async def steer(
+        self, release_id: int, verb: str, *, reason: str = "", to_version: int | None = None
+    ) -> Any:
+        """pause, resume, cancel, retry or rollback; the answer comes once it is in effect."""
+        body: dict[str, Any] = {}
+        if reason:
+            body["reason"] = reason
+        if to_version is not None:
+            body["toVersion"] = to_version
+        return await self.call(
+            "POST", f"/api/v1/releases/{release_id}/{verb}", body=body, wait=VERB_TIMEOUT
+        )
+
+    async def fleet(self) -> Any:
+        return await self.call("GET", "/api/v1/fleet")

@@ -1,5 +1,6 @@
-"""The API's commands of ``fleetwave``: release create|list|show|watch|events, nodes
-list|show|add|enable|disable|maintenance|label.
+"""The API's commands of ``fleetwave``: release create|list|show|watch|events, the release
+verbs pause|resume|cancel|retry|rollback, nodes list|show|add|enable|disable|maintenance|label,
+fleet.
 
 Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
 Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
@@ -82,6 +83,16 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
                 return await watch(
                     client, args.release_id, out, err, as_json=args.json, interactive=out.isatty()
                 )
+            case ("release", "pause" | "resume" | "cancel" | "retry" | "rollback" as verb):
+                data = await client.steer(
+                    args.release_id,
+                    verb,
+                    reason=args.reason or "",
+                    to_version=getattr(args, "to", None),
+                )
+                _emit(data, render.verb_done, args.json, out)
+            case ("fleet", _):
+                _emit(await client.fleet(), render.fleet_view, args.json, out)
             case ("nodes", "list"):
                 _emit(await client.list_nodes(), render.node_list, args.json, out)
             case ("release", "events"):

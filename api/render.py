@@ -157,13 +157,15 @@ def node_list(data: Mapping[str, Any]) -> str:
             item["agentPort"],
             item["enabled"],
             item["status"],
+            _cell(item["appliedVersion"]),
+            _when(item["appliedAt"]),
             _when(item["lastSeenAt"]),
             _labels(item.get("labels") or {}),
         )
         for item in data["items"]
     ]
-    headers = ("ID", "NAME", "MAIN IP", "PORT", "ENABLED", "STATUS", "LAST SEEN", "LABELS")
-    return table(headers, rows)
+    headers = ("ID", "NAME", "MAIN IP", "PORT", "ENABLED", "STATUS", "APPLIED", "APPLIED AT")
+    return table((*headers, "LAST SEEN", "LABELS"), rows)
 
 
 def node_added(data: Mapping[str, Any]) -> str:
@@ -236,3 +238,52 @@ def events(data: Mapping[str, Any]) -> str:
 
 def node_labelled(data: Mapping[str, Any]) -> str:
     return f"node {data['id']} {data['name']}: labels {_labels(data.get('labels') or {})}"
+
+
+def verb_done(data: Mapping[str, Any]) -> str:
+    """A verb's answer: what it did, then the release as it is now."""
+    release = data["release"]
+    lines = [data["message"], f"release {release['id']} is now {release['status']}"]
+    if release.get("cancelling"):
+        lines[-1] += " (cancelling)"
+    rollback = data.get("rollback")
+    if rollback:
+        lines.append(
+            f"rollback release {rollback['id']} (version {rollback['version']}, config "
+            f"{rollback['configVersion']}): {rollback['status']}, {rollback['totalNodes']} node(s)"
+        )
+    for held in data.get("held") or []:
+        lines.append(
+            f"paused behind the rollback: release {held['id']} (version {held['version']})"
+        )
+    return "\n".join(lines)
+
+
+def fleet_view(data: Mapping[str, Any]) -> str:
+    """How many nodes run which config version, and the nodes that differ from the newest
+    config that succeeded."""
+    newest = data["newestSucceeded"]
+    rows = [(_cell(item["configVersion"]), item["nodes"]) for item in data["versions"]]
+    lines = [table(("CONFIG", "NODES"), rows)]
+    if newest is None:
+        lines.append("no release has succeeded yet")
+    else:
+        lines.append(
+            f"newest config that succeeded: {newest['configVersion']} (release "
+            f"{newest['releaseId']}, version {newest['version']})"
+        )
+    differing = data["differing"]
+    if differing:
+        lines.append(f"{len(differing)} node(s) differ from it:")
+        lines.append(
+            table(
+                ("NODE", "NAME", "APPLIED", "APPLIED AT"),
+                [
+                    (n["nodeId"], n["nodeName"], _cell(n["appliedVersion"]), _when(n["appliedAt"]))
+                    for n in differing
+                ],
+            )
+        )
+    elif newest is not None:
+        lines.append(f"all {data['totalNodes']} node(s) run it")
+    return "\n".join(lines)

@@ -15,6 +15,7 @@ import attrs
 
 from fleetwave.api.envelope import ApiError, Code
 from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
+from fleetwave.api.verbs import VerbAnswer
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import (
     Event,
@@ -30,6 +31,7 @@ from fleetwave.store.models import (
 )
 from fleetwave.store.plan import validate_plan
 from fleetwave.store.selection import NodeSelection, check_label_changes
+from fleetwave.store.verbs import Verb
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_ID = 2**63 - 1
@@ -437,6 +439,13 @@ def release_item(release: Release, wait: Wait | None = None) -> dict[str, object
         "finishedAt": timestamp(release.finished_at),
         "waitingFor": None if wait is None else wait_item(wait),
         "selection": selection_item(release),
+        "configVersion": release.config_version,
+        "rollbackOf": release.rollback_of,
+        "heldFor": release.held_for,
+        "cancelling": release.cancelling,
+        "lastVerb": None
+        if release.verb is None
+        else {"verb": release.verb, "by": release.verb_by, "reason": release.verb_reason},
     }
 
 
@@ -459,6 +468,8 @@ def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:
                 "status": node.status.value,
                 # The original's clients expect "" (never null) when there is no error.
                 "errorMsg": node.error_msg or "",
+                "attempt": node.attempt,
+                "taskId": node.task_id,
                 "startedAt": timestamp(node.started_at),
                 "finishedAt": timestamp(node.finished_at),
             }
@@ -476,6 +487,8 @@ def node_item(node: Node) -> dict[str, object]:
         "status": node.status.value,
         "lastSeenAt": timestamp(node.last_seen_at),
         "labels": dict(node.labels),
+        "appliedVersion": node.applied_version,
+        "appliedAt": timestamp(node.applied_at),
     }
 
 
@@ -531,4 +544,72 @@ def token_item(token: TokenInfo) -> dict[str, object]:
         "createdAt": timestamp(token.created_at),
         "expiresAt": timestamp(token.expires_at),
         "lastUsedAt": timestamp(token.last_used_at),
+    }
+
+
+# --- verbs ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class VerbRequest:
+    reason: str = ""
+    to_version: int | None = None
+
+
+def parse_verb_body(document: object, verb: Verb) -> VerbRequest:
+    """``{"reason"}`` for every verb, and ``{"toVersion"}`` for a rollback; all optional."""
+    allowed = ("reason", "toVersion") if verb is Verb.ROLLBACK else ("reason",)
+    fields = _Fields.of(document, allowed)
+    reason = fields.text("reason") or ""
+    to_version = fields.integer("toVersion", minimum=1, nullable=True)
+    return VerbRequest(reason.strip(), to_version)
+
+
+def verb_answer(answer: VerbAnswer) -> dict[str, object]:
+    result = answer.result
+    return {
+        "verb": result.verb.value,
+        "changed": result.changed,
+        "inEffect": answer.effect.in_effect,
+        "acknowledgedBy": answer.owner if answer.effect.acknowledged else None,
+        "waitedForLeaseExpiry": answer.lease_expired,
+        "waitedSec": round(answer.waited, 3),
+        "message": answer.message,
+        "release": release_item(result.release),
+        "rollback": None if result.rollback is None else release_item(result.rollback),
+        "held": [release_item(release) for release in result.held],
+    }
+
+
+def fleet_summary(nodes: Sequence[Node], newest: Release | None) -> dict[str, object]:
+    """How many nodes run which config version, and which differ from the config of
+    ``newest`` (the newest release that succeeded)."""
+    counts: dict[int | None, int] = {}
+    for node in nodes:
+        counts[node.applied_version] = counts.get(node.applied_version, 0) + 1
+    ordered = sorted(counts.items(), key=lambda item: (item[0] is None, -(item[0] or 0)))
+    differing = (
+        []
+        if newest is None
+        else [node for node in nodes if node.applied_version != newest.config_version]
+    )
+    return {
+        "totalNodes": len(nodes),
+        "versions": [{"configVersion": version, "nodes": count} for version, count in ordered],
+        "newestSucceeded": None
+        if newest is None
+        else {
+            "releaseId": newest.id,
+            "version": newest.version,
+            "configVersion": newest.config_version,
+        },
+        "differing": [
+            {
+                "nodeId": node.id,
+                "nodeName": node.name,
+                "appliedVersion": node.applied_version,
+                "appliedAt": timestamp(node.applied_at),
+            }
+            for node in differing
+        ],
     }

@@ -174,9 +174,8 @@ async def test_nodes_add_then_list(served: Served, store: MemoryStore) -> None:
     code, out, _ = await served.run("nodes", "list")
 
     assert code == 0
-    assert out.splitlines()[1].split() == [
-        "1", "edge-7", "10.1.2.3", "9443", "yes", "online", "-", "-"
-    ]  # fmt: skip
+    row = ["1", "edge-7", "10.1.2.3", "9443", "yes", "online", "-", "-", "-", "-"]
+    assert out.splitlines()[1].split() == row
     code, out, _ = await served.run("nodes", "list", "--json")
     assert json.loads(out)["items"][0]["mainIp"] == "10.1.2.3"
 

@@ -20,6 +20,8 @@ NODE_ITEM_FIELDS = {
     "status",
     "lastSeenAt",
     "labels",
+    "appliedVersion",
+    "appliedAt",
 }
 
 

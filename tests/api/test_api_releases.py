@@ -35,8 +35,22 @@ RELEASE_ITEM_FIELDS = {
     "plan",
     "waitingFor",
     "selection",
+    "configVersion",
+    "rollbackOf",
+    "heldFor",
+    "cancelling",
+    "lastVerb",
 }
-NODE_FIELDS = {"nodeId", "nodeName", "status", "errorMsg", "startedAt", "finishedAt"}
+NODE_FIELDS = {
+    "nodeId",
+    "nodeName",
+    "status",
+    "errorMsg",
+    "attempt",
+    "taskId",
+    "startedAt",
+    "finishedAt",
+}
 
 
 async def snapshot(store: MemoryStore) -> tuple[object, ...]:
