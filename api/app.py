@@ -8,7 +8,7 @@ becomes a 500 / 5001 envelope with no internals, logged with its traceback.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import structlog
@@ -33,8 +33,8 @@ from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
     MAX_BODY_BYTES,
     event_item,
-    node_detail,
     fleet_summary,
+    node_detail,
     node_item,
     parse_events_query,
     parse_id,
@@ -188,7 +188,7 @@ class _Handlers:
             }
         )
 
-    def verb(self, verb: Verb) -> Handler:
+    def verb(self, verb: Verb) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             release_id = parse_id(request.path_params["id"])
             body = parse_verb_body(await read_json(request), verb)
@@ -196,7 +196,7 @@ class _Handlers:
                 self.store,
                 release_id,
                 verb,
-                by=request.state.token_name or "unknown",
+                by=request.state.actor,
                 reason=body.reason,
                 to_version=body.to_version,
             )
@@ -392,10 +392,7 @@ def create_app(
         route("/api/v1/nodes/{id}", GET=viewer(api.show_node), PATCH=admin(api.update_node)),
         route("/api/v1/tokens", GET=admin(api.list_tokens)),
         route("/api/v1/tokens/{id}", DELETE=admin(api.revoke_token)),
-        *(
-            route(f"/api/v1/releases/{{id}}/{verb}", POST=operator(api.verb(verb)))
-            for verb in Verb
-        ),
+        *(route(f"/api/v1/releases/{{id}}/{verb}", POST=operator(api.verb(verb))) for verb in Verb),
         route("/api/v1/fleet", GET=viewer(api.fleet)),
     ]
     undeclared = undeclared_routes(routes)

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import attrs
 
 from fleetwave.api.envelope import ApiError, Code
-from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
 from fleetwave.api.verbs import VerbAnswer
+from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import (
     Event,

@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from fleetwave.store.base import Store
-from fleetwave.store.models import Release
+from fleetwave.store.models import Actor, Release
 from fleetwave.store.verbs import Verb, VerbEffect, VerbResult
 
 EFFECT_POLL_SEC = 0.05
@@ -86,7 +86,7 @@ async def steer(
     release_id: int,
     verb: Verb,
     *,
-    by: str,
+    by: Actor,
     reason: str = "",
     to_version: int | None = None,
     patience: float = EFFECT_PATIENCE_SEC,

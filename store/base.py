@@ -14,6 +14,7 @@ from typing import Protocol
 import trio
 
 from fleetwave.store.models import (
+    Actor,
     Claim,
     CreatedRelease,
     Event,
@@ -109,12 +110,13 @@ class Store(Protocol):
         release_id: int,
         verb: Verb,
         *,
-        by: str,
+        by: Actor,
         reason: str = "",
         to_version: int | None = None,
     ) -> VerbResult:
         """Apply an operator verb as one compare-and-set transaction on the release row, with
-        an event naming who and why, then notify daemons.
+        an event naming who (``by``: the API token's name and role) and why, then notify
+        daemons.
 
         Raises NotFound, or Conflict (a verb not allowed in the state, naming it and the
         verbs allowed; a retry superseded by a newer release; a rollback without a good

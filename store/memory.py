@@ -407,7 +407,7 @@ class MemoryStore:
         release_id: int,
         verb: Verb,
         *,
-        by: str,
+        by: Actor,
         reason: str = "",
         to_version: int | None = None,
     ) -> VerbResult:
@@ -461,13 +461,13 @@ class MemoryStore:
         )
 
     def _verb(
-        self, row: _ReleaseRow, verb: Verb, by: str, reason: str, previous: str, detail: str = ""
+        self, row: _ReleaseRow, verb: Verb, by: Actor, reason: str, previous: str, detail: str = ""
     ) -> bool:
         """Stamp a verb on the row with its event; True when a live owner must acknowledge it.
 
         Without a live lease the verb holds at once, and a lease left by a dead owner is
         cleared: no daemon holds the release until it is claimed again."""
-        row.verb, row.verb_by, row.verb_reason = verb.value, by, reason or None
+        row.verb, row.verb_by, row.verb_reason = verb.value, by.token_name, reason or None
         row.verb_seq += 1
         row.updated_at = self.now()
         live = self._lease_live(row)
@@ -475,23 +475,30 @@ class MemoryStore:
             row.lease_owner = None
             row.lease_expires_at = None
         self._event(
-            row.id, None, None, previous, row.status, verb_message(verb, by, reason, detail), None
+            row.id,
+            None,
+            None,
+            previous,
+            row.status,
+            verb_message(verb, by.token_name, reason, detail),
+            None,
+            actor=by,
         )
         return live
 
-    def _pause(self, row: _ReleaseRow, by: str, reason: str) -> bool:
+    def _pause(self, row: _ReleaseRow, by: Actor, reason: str) -> bool:
         previous = row.status
         row.status = ReleaseStatus.PAUSED
         return self._verb(row, Verb.PAUSE, by, reason, previous)
 
-    def _resume(self, row: _ReleaseRow, by: str, reason: str) -> bool:
+    def _resume(self, row: _ReleaseRow, by: Actor, reason: str) -> bool:
         previous = row.status
         # Never started: back in the queue, in version order behind the releases before it.
         row.status = ReleaseStatus.RUNNING if row.started_at else ReleaseStatus.PENDING
         row.held_for = None
         return self._verb(row, Verb.RESUME, by, reason, previous)
 
-    def _cancel(self, row: _ReleaseRow, by: str, reason: str, detail: str = "") -> bool:
+    def _cancel(self, row: _ReleaseRow, by: Actor, reason: str, detail: str = "") -> bool:
         previous = row.status
         nodes = self._release_nodes[row.id]
         if self._lease_live(row) or any(n.status is NodeStatus.RUNNING for n in nodes):
@@ -499,17 +506,17 @@ class MemoryStore:
             if row.status is ReleaseStatus.PAUSED:
                 row.status = ReleaseStatus.RUNNING
             return self._verb(row, Verb.CANCEL, by, reason, previous, detail or "reconciling")
-        message = cancel_message(by, reason)
+        message = cancel_message(by.token_name, reason)
         self._verb(row, Verb.CANCEL, by, reason, previous, detail)
         self._end_nodes(row, Outcome(ReleaseStatus.CANCELLED, message), None)
-        self._event(row.id, None, None, previous, ReleaseStatus.CANCELLED, message, None)
+        self._event(row.id, None, None, previous, ReleaseStatus.CANCELLED, message, None, actor=by)
         row.status = ReleaseStatus.CANCELLED
         row.error = message
         row.finished_at = self.now()
         self._count(row)
         return False
 
-    def _retry(self, row: _ReleaseRow, by: str, reason: str) -> bool:
+    def _retry(self, row: _ReleaseRow, by: Actor, reason: str) -> bool:
         nodes = self._release_nodes[row.id]
         node_ids = {node.node_id for node in nodes}
         newer = [
@@ -561,7 +568,7 @@ class MemoryStore:
         )
 
     def _rollback(
-        self, row: _ReleaseRow, by: str, reason: str, to_version: int | None
+        self, row: _ReleaseRow, by: Actor, reason: str, to_version: int | None
     ) -> VerbResult:
         release = self._release(row)
         decide(Verb.ROLLBACK, release)
@@ -595,7 +602,7 @@ class MemoryStore:
             plan=row.plan,
             max_parallel=row.max_parallel,
             max_failures=row.max_failures,
-            reason=rollback_reason(release, plan.config_version, by, reason),
+            reason=rollback_reason(release, plan.config_version, by.token_name, reason),
             config_version=plan.config_version,
             rollback_of=row.id,
         )
@@ -607,6 +614,7 @@ class MemoryStore:
             created.status,
             f"created: {created.reason}; {len(placed)} nodes in {placed[-1][1]} batches",
             None,
+            actor=by,
         )
         targets = set(plan.node_ids)
         held = []

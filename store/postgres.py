@@ -38,6 +38,7 @@ from fleetwave.store.errors import (
 from fleetwave.store.models import (
     DEFAULT_PLAN,
     TOKEN_LOOKUP_CHARS,
+    Actor,
     Claim,
     CreatedRelease,
     Event,
@@ -323,8 +324,9 @@ WITH stamped AS (
     WHERE id = $1
     RETURNING id
 )
-INSERT INTO release_events (release_task_id, from_status, to_status, message)
-SELECT id, $7, $2, $9 FROM stamped
+INSERT INTO release_events
+    (release_task_id, from_status, to_status, message, actor_token, actor_role)
+SELECT id, $7, $2, $9, $10, $11 FROM stamped
 """
 
 # A retry: every node that did not succeed is pending again; one the agent may have
@@ -748,7 +750,7 @@ class PostgresStore:
         release_id: int,
         verb: Verb,
         *,
-        by: str,
+        by: Actor,
         reason: str = "",
         to_version: int | None = None,
     ) -> VerbResult:
@@ -767,7 +769,7 @@ class PostgresStore:
         )
 
     async def _steer(
-        self, release_id: int, verb: Verb, by: str, reason: str, to_version: int | None
+        self, release_id: int, verb: Verb, by: Actor, reason: str, to_version: int | None
     ) -> VerbResult:
         async with _acquired(self._pool) as connection, connection.transaction():
             if verb is Verb.ROLLBACK:
@@ -1215,9 +1217,10 @@ class _Steering:
     """Asyncio-flavored: the statements of one verb, inside the transaction that locked its
     release row."""
 
-    def __init__(self, connection: PooledConnection, by: str, reason: str) -> None:
+    def __init__(self, connection: PooledConnection, by: Actor, reason: str) -> None:
         self._connection = connection
-        self._by = by
+        self._actor = by
+        self._by = by.token_name
         self._reason = reason
 
     async def release(self, release_id: int) -> Release:
@@ -1253,6 +1256,8 @@ class _Steering:
             release.status.value,
             held_for,
             verb_message(verb, self._by, why, detail),
+            self._by,
+            self._actor.role.value,
         )
         return live
 
@@ -1367,6 +1372,8 @@ class _Steering:
             created_id,
             f"created: {reason}; {len(placed)} nodes in {placed[-1][1]} batches",
             NOTIFY_CHANNEL,
+            self._by,
+            self._actor.role.value,
         )
         held = []
         for other in await self._connection.fetch(

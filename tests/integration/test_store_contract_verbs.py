@@ -9,15 +9,21 @@ import trio
 from fleetwave.store.base import Store
 from fleetwave.store.errors import Conflict, NotFound
 from fleetwave.store.models import (
+    Actor,
     Lease,
     NodeChange,
     NodeStatus,
     Outcome,
     ReleaseSpec,
     ReleaseStatus,
+    Role,
 )
 from fleetwave.store.verbs import Verb
 from tests.integration.test_store_contract import TTL, add_nodes, claim_one
+
+BOB = Actor("bob", Role.OPERATOR)
+
+ALICE = Actor("alice", Role.OPERATOR)
 
 
 async def run_to(store: Store, lease: Lease, statuses: list[NodeStatus]) -> None:
@@ -43,7 +49,7 @@ async def test_pause_of_a_pending_release_holds_it_and_resume_puts_it_back(store
     await add_nodes(store, 2)
     created = await store.create_release(ReleaseSpec())
 
-    paused = await store.steer(created.release.id, Verb.PAUSE, by="alice", reason="wait")
+    paused = await store.steer(created.release.id, Verb.PAUSE, by=ALICE, reason="wait")
 
     assert paused.changed and not paused.wait
     assert paused.release.status is ReleaseStatus.PAUSED
@@ -51,10 +57,10 @@ async def test_pause_of_a_pending_release_holds_it_and_resume_puts_it_back(store
     assert await store.claim("daemon-a", 5, TTL) == []
     effect = await store.verb_effect(created.release.id, paused.release.verb_seq)
     assert effect.in_effect and effect.owner is None
-    repeat = await store.steer(created.release.id, Verb.PAUSE, by="alice")
+    repeat = await store.steer(created.release.id, Verb.PAUSE, by=ALICE)
     assert not repeat.changed and repeat.release.verb_seq == paused.release.verb_seq
 
-    resumed = await store.steer(created.release.id, Verb.RESUME, by="bob")
+    resumed = await store.steer(created.release.id, Verb.RESUME, by=BOB)
 
     assert resumed.release.status is ReleaseStatus.PENDING  # never started: back in line
     [claim] = await store.claim("daemon-a", 5, TTL)
@@ -67,7 +73,7 @@ async def test_pause_of_a_pending_release_holds_it_and_resume_puts_it_back(store
 async def test_a_paused_release_keeps_later_releases_of_its_nodes_waiting(store: Store) -> None:
     await add_nodes(store, 1)
     first = await store.create_release(ReleaseSpec())
-    await store.steer(first.release.id, Verb.PAUSE, by="alice")
+    await store.steer(first.release.id, Verb.PAUSE, by=ALICE)
     await store.create_release(ReleaseSpec())
 
     assert await store.claim("daemon-a", 5, TTL) == []
@@ -79,11 +85,11 @@ async def test_verbs_refused_in_a_state_name_it_and_the_allowed_ones(store: Stor
 
     with pytest.raises(Conflict, match="is pending: retry is not allowed; allowed in pending: "
                        "pause, cancel"):  # fmt: skip
-        await store.steer(created.release.id, Verb.RETRY, by="alice")
+        await store.steer(created.release.id, Verb.RETRY, by=ALICE)
     with pytest.raises(Conflict, match="is pending: rollback is not allowed"):
-        await store.steer(created.release.id, Verb.ROLLBACK, by="alice")
+        await store.steer(created.release.id, Verb.ROLLBACK, by=ALICE)
     with pytest.raises(NotFound):
-        await store.steer(created.release.id + 1000, Verb.PAUSE, by="alice")
+        await store.steer(created.release.id + 1000, Verb.PAUSE, by=ALICE)
     after = await store.get_release(created.release.id)
     assert after is not None and after.verb is None and after.verb_seq == 0
 
@@ -93,7 +99,7 @@ async def test_pause_of_a_running_release_waits_for_its_owner(store: Store) -> N
     await store.create_release(ReleaseSpec())
     lease = await claim_one(store)
 
-    paused = await store.steer(lease.release_id, Verb.PAUSE, by="alice")
+    paused = await store.steer(lease.release_id, Verb.PAUSE, by=ALICE)
 
     assert paused.wait and paused.release.status is ReleaseStatus.PAUSED
     seq = paused.release.verb_seq
@@ -120,7 +126,7 @@ async def test_pause_of_a_running_release_waits_for_its_owner(store: Store) -> N
     assert await store.park(lease) is None
     assert await store.claim("daemon-b", 5, TTL) == []
 
-    await store.steer(lease.release_id, Verb.RESUME, by="alice")
+    await store.steer(lease.release_id, Verb.RESUME, by=ALICE)
     [claim] = await store.claim("daemon-b", 5, TTL)
     assert claim.lease.epoch == lease.epoch + 1
 
@@ -129,8 +135,8 @@ async def test_a_resume_before_the_park_keeps_the_lease(store: Store) -> None:
     await add_nodes(store, 1)
     await store.create_release(ReleaseSpec())
     lease = await claim_one(store)
-    await store.steer(lease.release_id, Verb.PAUSE, by="alice")
-    await store.steer(lease.release_id, Verb.RESUME, by="alice")
+    await store.steer(lease.release_id, Verb.PAUSE, by=ALICE)
+    await store.steer(lease.release_id, Verb.RESUME, by=ALICE)
 
     state = await store.park(lease)
 
@@ -142,7 +148,7 @@ async def test_cancel_of_a_pending_release_skips_its_nodes_with_the_reason(store
     await add_nodes(store, 3)
     created = await store.create_release(ReleaseSpec())
 
-    result = await store.steer(created.release.id, Verb.CANCEL, by="alice", reason="bad config")
+    result = await store.steer(created.release.id, Verb.CANCEL, by=ALICE, reason="bad config")
 
     assert not result.wait
     assert result.release.status is ReleaseStatus.CANCELLED
@@ -162,13 +168,13 @@ async def test_cancel_of_a_running_release_is_completed_by_its_owner(store: Stor
     lease = await claim_one(store)
     await run_to(store, lease, [NodeStatus.RUNNING])
 
-    result = await store.steer(lease.release_id, Verb.CANCEL, by="alice", reason="stop")
+    result = await store.steer(lease.release_id, Verb.CANCEL, by=ALICE, reason="stop")
 
     assert result.wait and result.release.cancelling
     assert result.release.status is ReleaseStatus.RUNNING
     held = await store.heartbeat("daemon-a", [lease], TTL)
     assert held[lease.release_id].cancel_requested
-    repeat = await store.steer(lease.release_id, Verb.CANCEL, by="bob")
+    repeat = await store.steer(lease.release_id, Verb.CANCEL, by=BOB)
     assert not repeat.changed
     nodes = await store.release_nodes(lease.release_id)
     assert await store.record(
@@ -190,10 +196,10 @@ async def test_cancel_of_a_paused_release_with_open_nodes_goes_back_to_a_daemon(
     lease = await claim_one(store, ttl=0.2)
     await run_to(store, lease, [NodeStatus.RUNNING])
     await trio.sleep(0.4)  # its owner died: the lease expired
-    paused = await store.steer(lease.release_id, Verb.PAUSE, by="alice")
+    paused = await store.steer(lease.release_id, Verb.PAUSE, by=ALICE)
     assert not paused.wait and paused.release.status is ReleaseStatus.PAUSED
 
-    result = await store.steer(lease.release_id, Verb.CANCEL, by="alice")
+    result = await store.steer(lease.release_id, Verb.CANCEL, by=ALICE)
 
     # A dispatched node must be asked: a daemon claims the release to reconcile it.
     assert result.release.cancelling and not result.wait
@@ -230,7 +236,7 @@ async def test_retry_reruns_what_did_not_succeed_under_the_next_attempt(store: S
         store, [NodeStatus.SUCCESS, NodeStatus.FAILED, NodeStatus.SUCCESS], ReleaseStatus.FAILED
     )
 
-    result = await store.steer(release_id, Verb.RETRY, by="alice", reason="fixed")
+    result = await store.steer(release_id, Verb.RETRY, by=ALICE, reason="fixed")
 
     assert result.changed and result.release.status is ReleaseStatus.RUNNING
     assert (result.release.success_nodes, result.release.failed_nodes) == (2, 0)
@@ -246,7 +252,7 @@ async def test_retry_reruns_what_did_not_succeed_under_the_next_attempt(store: S
     assert nodes[1].task_id is None and nodes[1].started_at is None
     [claim] = await store.claim("daemon-b", 5, TTL)
     assert claim.release.id == release_id
-    repeat = await store.steer(release_id, Verb.RETRY, by="alice")
+    repeat = await store.steer(release_id, Verb.RETRY, by=ALICE)
     assert not repeat.changed  # already running: a repeat changes nothing
 
 
@@ -256,7 +262,7 @@ async def test_retry_of_a_release_superseded_by_a_newer_success_is_refused(store
     await finished(store, [NodeStatus.SUCCESS, NodeStatus.SUCCESS], ReleaseStatus.SUCCESS)
 
     with pytest.raises(Conflict, match="superseded by version 2"):
-        await store.steer(old, Verb.RETRY, by="alice")
+        await store.steer(old, Verb.RETRY, by=ALICE)
 
 
 async def test_rollback_restores_the_previous_config_in_the_rolled_back_order(
@@ -268,7 +274,7 @@ async def test_rollback_restores_the_previous_config_in_the_rolled_back_order(
         store, [NodeStatus.SUCCESS, NodeStatus.SUCCESS, NodeStatus.FAILED], ReleaseStatus.FAILED
     )
 
-    result = await store.steer(bad, Verb.ROLLBACK, by="alice", reason="errors")
+    result = await store.steer(bad, Verb.ROLLBACK, by=ALICE, reason="errors")
 
     rollback = result.rollback
     assert rollback is not None and rollback.status is ReleaseStatus.PENDING
@@ -278,7 +284,7 @@ async def test_rollback_restores_the_previous_config_in_the_rolled_back_order(
     original = [node.node_id for node in await store.release_nodes(bad)]
     assert [node.node_id for node in nodes] == original[:3]  # the skipped one runs config 1
     assert [node.batch for node in nodes] == [1, 2, 2]
-    repeat = await store.steer(bad, Verb.ROLLBACK, by="bob")
+    repeat = await store.steer(bad, Verb.ROLLBACK, by=BOB)
     assert not repeat.changed and repeat.rollback is not None
     assert repeat.rollback.id == rollback.id
 
@@ -288,11 +294,11 @@ async def test_rollback_needs_a_good_version(store: Store) -> None:
     first = await finished(store, [NodeStatus.SUCCESS] * 2, ReleaseStatus.SUCCESS)
 
     with pytest.raises(Conflict, match="no good version known"):
-        await store.steer(first, Verb.ROLLBACK, by="alice")
+        await store.steer(first, Verb.ROLLBACK, by=ALICE)
     with pytest.raises(Conflict, match="config version 7 never succeeded"):
-        await store.steer(first, Verb.ROLLBACK, by="alice", to_version=7)
+        await store.steer(first, Verb.ROLLBACK, by=ALICE, to_version=7)
     with pytest.raises(Conflict, match="is the one release"):
-        await store.steer(first, Verb.ROLLBACK, by="alice", to_version=1)
+        await store.steer(first, Verb.ROLLBACK, by=ALICE, to_version=1)
 
 
 async def test_rollback_over_nodes_that_ran_different_configs_asks_for_one(
@@ -304,8 +310,8 @@ async def test_rollback_over_nodes_that_ran_different_configs_asks_for_one(
     bad = await finished(store, [NodeStatus.SUCCESS, NodeStatus.SUCCESS], ReleaseStatus.SUCCESS)
 
     with pytest.raises(Conflict, match=r"ran different configs before it \(1, 2\).*toVersion"):
-        await store.steer(bad, Verb.ROLLBACK, by="alice")
-    result = await store.steer(bad, Verb.ROLLBACK, by="alice", to_version=1)
+        await store.steer(bad, Verb.ROLLBACK, by=ALICE)
+    result = await store.steer(bad, Verb.ROLLBACK, by=ALICE, to_version=1)
     assert result.rollback is not None and result.rollback.config_version == 1
 
 
@@ -315,7 +321,7 @@ async def test_rollback_pauses_pending_newer_releases_of_its_nodes(store: Store)
     bad = await finished(store, [NodeStatus.SUCCESS] * 2, ReleaseStatus.SUCCESS)
     newer = await store.create_release(ReleaseSpec())
 
-    result = await store.steer(bad, Verb.ROLLBACK, by="alice")
+    result = await store.steer(bad, Verb.ROLLBACK, by=ALICE)
 
     assert [release.id for release in result.held] == [newer.release.id]
     held = await store.get_release(newer.release.id)

@@ -13,7 +13,7 @@ from trio.testing import MockClock
 from fleetwave.agent.sim import Behaviour
 from fleetwave.api.verbs import VerbAnswer, steer
 from fleetwave.store.errors import Conflict
-from fleetwave.store.models import NodeStatus, ReleaseStatus, task_id_for
+from fleetwave.store.models import Actor, NodeStatus, ReleaseStatus, Role, task_id_for
 from fleetwave.store.verbs import Verb
 from tests.invariants import (
     assert_applied_versions,
@@ -23,9 +23,13 @@ from tests.invariants import (
 )
 from tests.sim.conftest import Sim
 
+OPS = Actor("ops", Role.OPERATOR)
+
+TEST = Actor("test", Role.OPERATOR)
+
 
 async def verb(sim: Sim, release_id: int, name: Verb, **options: object) -> VerbAnswer:
-    return await steer(sim.store, release_id, name, by="ops", **options)  # type: ignore[arg-type]
+    return await steer(sim.store, release_id, name, by=OPS, **options)  # type: ignore[arg-type]
 
 
 async def count(sim: Sim, release_id: int, status: NodeStatus) -> int:
@@ -283,7 +287,7 @@ async def test_rollback_restores_the_previous_config_in_plan_order_and_holds_new
     # A newer release waits behind the bad one's nodes: it must not deploy behind the
     # rollback's back.
     blocker = await sim.create(scope="other")
-    await sim.store.steer(blocker, Verb.PAUSE, by="ops")
+    await sim.store.steer(blocker, Verb.PAUSE, by=OPS)
     newer = await sim.create(scope="other")
 
     answer = await verb(sim, bad, Verb.ROLLBACK, reason="bad cert")
@@ -360,9 +364,9 @@ async def test_every_verb_in_every_state_of_a_live_release(
         release = await sim.store.get_release(release_id)
         assert release is not None
         if release.status in (ReleaseStatus.PAUSED, ReleaseStatus.PENDING):
-            await sim.store.steer(release_id, Verb.CANCEL, by="test")
+            await sim.store.steer(release_id, Verb.CANCEL, by=TEST)
         for other in await _all_active(sim):
-            await sim.store.steer(other, Verb.CANCEL, by="test")
+            await sim.store.steer(other, Verb.CANCEL, by=TEST)
         await sim.wait_terminal(release_id)
         await assert_release_invariants(sim.store, release_id, sim.fleet)
     expected = {
@@ -400,7 +404,7 @@ async def _release_in(sim: Sim, state: str) -> int:
     """A release of the sim's nodes in ``state``, driven by the sim's daemon."""
     if state == "pending":
         blocker = await sim.create(scope="held")
-        await sim.store.steer(blocker, Verb.PAUSE, by="test")
+        await sim.store.steer(blocker, Verb.PAUSE, by=TEST)
         return await sim.create(scope="held")
     release_id = await sim.create()
     if state in ("running", "paused"):
