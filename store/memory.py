@@ -268,14 +268,7 @@ class MemoryStore:
         return self._lease_state(row)
 
     def _lease_state(self, row: _ReleaseRow) -> LeaseState:
-        return LeaseState(
-            status=row.status,
-            verb=row.verb,
-            verb_seq=row.verb_seq,
-            verb_acked=row.verb_acked,
-            verb_by=row.verb_by,
-            verb_reason=row.verb_reason,
-        )
+        return LeaseState.of(self._release(row))
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
         await self._available()
