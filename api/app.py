@@ -52,8 +52,8 @@ from fleetwave.api.schemas import (
     verb_answer,
 )
 from fleetwave.api.token_use import TokenUse
-from fleetwave.config.quoting import loggable, quoted
 from fleetwave.api.verbs import steer
+from fleetwave.config.quoting import loggable, quoted
 from fleetwave.store.base import Store
 from fleetwave.store.errors import (
     AlreadyExists,

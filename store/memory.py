@@ -48,6 +48,7 @@ from fleetwave.store.selection import (
     check_named,
     labels_value,
     merge_labels,
+)
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
@@ -160,7 +161,7 @@ class MemoryStore:
         now = self.now()
         claimable = [
             row
-            for row in rows
+            for row in self._releases.values()
             if (
                 row.status is ReleaseStatus.RUNNING
                 and (row.lease_expires_at is None or row.lease_expires_at < now)

@@ -66,6 +66,7 @@ from fleetwave.store.selection import (
     check_label_changes,
     check_named,
     merge_labels,
+)
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
