@@ -265,6 +265,13 @@ def fleet_view(data: Mapping[str, Any]) -> str:
     newest = data["newestSucceeded"]
     rows = [(_cell(item["configVersion"]), item["nodes"]) for item in data["versions"]]
     lines = [table(("CONFIG", "NODES"), rows)]
+    labelled = [
+        (label["label"], _cell(item["configVersion"]), item["nodes"])
+        for label in data.get("byLabel") or []
+        for item in label["versions"]
+    ]
+    if labelled:
+        lines.append(table(("LABEL", "CONFIG", "NODES"), labelled))
     if newest is None:
         lines.append("no release has succeeded yet")
     else:

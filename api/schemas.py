@@ -585,9 +585,17 @@ def fleet_summary(nodes: Sequence[Node], newest: Release | None) -> dict[str, ob
     """How many nodes run which config version, and which differ from the config of
     ``newest`` (the newest release that succeeded)."""
     counts: dict[int | None, int] = {}
+    by_label: dict[str, dict[int | None, int]] = {}
     for node in nodes:
         counts[node.applied_version] = counts.get(node.applied_version, 0) + 1
-    ordered = sorted(counts.items(), key=lambda item: (item[0] is None, -(item[0] or 0)))
+        for key, value in node.labels:
+            label = by_label.setdefault(f"{key}={value}", {})
+            label[node.applied_version] = label.get(node.applied_version, 0) + 1
+
+    def versions(found: dict[int | None, int]) -> list[dict[str, object]]:
+        ordered = sorted(found.items(), key=lambda item: (item[0] is None, -(item[0] or 0)))
+        return [{"configVersion": version, "nodes": count} for version, count in ordered]
+
     differing = (
         []
         if newest is None
@@ -595,7 +603,11 @@ def fleet_summary(nodes: Sequence[Node], newest: Release | None) -> dict[str, ob
     )
     return {
         "totalNodes": len(nodes),
-        "versions": [{"configVersion": version, "nodes": count} for version, count in ordered],
+        "versions": versions(counts),
+        "byLabel": [
+            {"label": label, "versions": versions(found)}
+            for label, found in sorted(by_label.items())
+        ],
         "newestSucceeded": None
         if newest is None
         else {

@@ -109,6 +109,8 @@ async def test_fleet_counts_config_versions_and_names_nodes_that_differ(
     client: httpx.AsyncClient, store: MemoryStore
 ) -> None:
     nodes = await add_nodes(store, 3)
+    for node, region in zip(nodes, ("eu", "us", "eu"), strict=True):
+        await store.update_node(node.id, labels={"region": region})
     await store.create_release(ReleaseSpec())
     [claim] = await store.claim("d", 1, 30)
     rows = await store.release_nodes(claim.release.id)
