@@ -76,8 +76,8 @@ async def test_pause_mid_batch_stops_dispatch_and_resume_goes_on_where_it_stoppe
     again = await verb(sim, release_id, Verb.PAUSE)
     assert not again.result.changed and again.effect.in_effect  # a repeat is a no-op
 
+    resumed_at = trio.current_time()  # dispatches may start before the answer returns
     resumed = await verb(sim, release_id, Verb.RESUME, reason="fine after all")
-    resumed_at = trio.current_time()
     assert resumed.result.changed and resumed.result.release.status is ReleaseStatus.RUNNING
     release = await sim.wait_terminal(release_id)
 
@@ -176,8 +176,8 @@ async def test_pause_during_a_takeover_waits_for_the_dead_owners_lease(
     assert release.lease_expires_at is not None  # the dead owner's, expired: nobody holds it
     assert release.lease_expires_at < sim.store.now()
 
-    await verb(sim, release_id, Verb.RESUME)
     resumed_at = trio.current_time()
+    await verb(sim, release_id, Verb.RESUME)
     release = await sim.wait_terminal(release_id)
 
     assert release.status is ReleaseStatus.SUCCESS and second.claimed == 1
