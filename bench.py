@@ -43,10 +43,10 @@ from fleetwave.agent.certs import init_certs
 from fleetwave.agent.client import AgentClient, build_http_client
 from fleetwave.agent.errors import AgentError
 from fleetwave.agent.protocol import AgentAddress, agent_hosts
-from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.agent.sim import Behaviour, SimulatedFleet, free_agent_port
 from fleetwave.config import Settings
 from fleetwave.config.logging import configure_logging
-from fleetwave.store.embedded import EmbeddedPostgres, free_port, open_embedded_postgres
+from fleetwave.store.embedded import EmbeddedPostgres, open_embedded_postgres
 from fleetwave.store.factory import open_store
 from fleetwave.store.models import ReleaseSpec, ReleaseStatus, task_id_for
 from fleetwave.store.postgres import PostgresStore
@@ -57,6 +57,8 @@ SCENARIOS = ("a", "b", "c", "d")
 PICKUP_SPACING = 1.0
 """Seconds between the releases of scenario d."""
 QUERY_ATTEMPTS = 3
+AGENT_SIM_STARTS = 3
+"""Tries to start scenario b's agents, each on a port found free on all their addresses."""
 """Tries per task when reading the served agents' task times after a run."""
 DONE_POLL = 0.005
 """How often the bench looks at the supervisor's owned releases (no SQL)."""
@@ -697,7 +699,7 @@ async def _run_served(
 ) -> Measured:
     certs = init_certs(workdir / "certs", agents=sc.total_nodes)
     hosts = agent_hosts(sc.total_nodes)
-    port = free_port()
+    port = free_agent_port(sc.total_nodes)
     await _register_nodes(server, hosts, port)
     settings = attrs.evolve(
         settings,
@@ -722,14 +724,24 @@ async def _run_served(
         "--port",
         str(port),
     ]
-    _progress(f"starting {sc.total_nodes} agents over mTLS on port {port} in another process")
-    process = await trio.lowlevel.open_process(
-        command, stdout=subprocess.PIPE, stderr=log_file, env=env
-    )
-    try:
+    for attempt in range(1, AGENT_SIM_STARTS + 1):
+        _progress(f"starting {sc.total_nodes} agents over mTLS on port {port} in another process")
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=log_file, env=env
+        )
         assert process.stdout is not None
         with trio.fail_after(120):
-            await _wait_listening(process.stdout)
+            listening = await _wait_listening(process.stdout)
+        if listening:
+            break
+        await process.wait()
+        if attempt == AGENT_SIM_STARTS:
+            raise RuntimeError("fleetwave agent-sim exited before listening (its log: daemon.log)")
+        # Another program took the port on one of the addresses meanwhile: another port.
+        port = free_agent_port(sc.total_nodes)
+        command[command.index("--port") + 1] = str(port)
+        await _psql(server, f"UPDATE nodes SET agent_port = {port}")
+    try:
         agent_cpu_before = _proc_cpu(process.pid)
         async with build_http_client(settings) as http:
             agents = AgentClient(http, request_timeout=settings.agent_request_timeout_sec)
@@ -751,13 +763,14 @@ async def _run_served(
     return attrs.evolve(measured, samples=samples, agent_cpu_s=agent_cpu)
 
 
-async def _wait_listening(stdout: trio.abc.ReceiveStream) -> None:
+async def _wait_listening(stdout: trio.abc.ReceiveStream) -> bool:
+    """True once agent-sim says it listens, False when it exits first."""
     buffer = b""
     async for chunk in stdout:
         buffer += chunk
         if b"agent_sim.listening" in buffer:
-            return
-    raise RuntimeError("fleetwave agent-sim exited before listening")
+            return True
+    return False
 
 
 async def _served_task_times(

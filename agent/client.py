@@ -12,6 +12,7 @@ import contextlib
 import errno
 import functools
 import itertools
+import math
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -120,12 +121,18 @@ def build_http_client(
 
 PER_AGENT_CONNECTIONS = 4
 """Concurrent connections to one agent (one node is polled by one task; a few suffice)."""
+CONNECT_PARALLEL = 64
+"""Requests opening a new connection at once (a TLS handshake each, on both sides). More
+in parallel opens them no sooner: handshakes are CPU, and a thousand at once on a busy
+machine outlast the connect timeout and are all lost together."""
 
 
 @attrs.define
 class _AgentPool:
     transport: httpx.AsyncHTTPTransport
     active: int = 0
+    idle_since: float = -math.inf
+    """When its last request ended (its connection is then kept for keepalive_expiry)."""
 
 
 class AgentPoolTransport(httpx.AsyncBaseTransport):
@@ -147,28 +154,39 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext,
         *,
         max_connections: int,
+        max_connecting: int = CONNECT_PARALLEL,
         keepalive_expiry: float = 5.0,
     ) -> None:
         self._ssl_context = ssl_context
         self._keepalive_expiry = keepalive_expiry
         self._max_pools = max_connections
         self._slots = trio.Semaphore(max_connections)
+        self._connects = trio.Semaphore(max_connecting)
         self._holders: set[trio.lowlevel.Task] = set()
         self._pools: collections.OrderedDict[tuple[str, str, int | None], _AgentPool] = (
             collections.OrderedDict()
         )
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the ``max_connections`` request slots (waiting for one is local:
-        nothing has been sent yet)."""
+    async def slot(self, url: httpx.URL | None = None) -> AsyncIterator[None]:
+        """Hold one of the ``max_connections`` request slots and, when the request to
+        ``url`` will need a new connection, one of the ``max_connecting`` connect permits.
+        Waiting for either is local: nothing has been sent yet."""
         task = trio.lowlevel.current_task()
         async with self._slots:
-            self._holders.add(task)
-            try:
-                yield
-            finally:
-                self._holders.discard(task)
+            connecting = url is not None and self._needs_connection(url)
+            async with self._connects if connecting else contextlib.nullcontext():
+                self._holders.add(task)
+                try:
+                    yield
+                finally:
+                    self._holders.discard(task)
+
+    def _needs_connection(self, url: httpx.URL) -> bool:
+        pool = self._pools.get((url.scheme, url.host, url.port))
+        if pool is None or pool.active > 0:
+            return True
+        return trio.current_time() - pool.idle_since >= self._keepalive_expiry
 
     def _pool(self, url: httpx.URL) -> _AgentPool:
         key = (url.scheme, url.host, url.port)
@@ -214,6 +232,7 @@ class AgentPoolTransport(httpx.AsyncBaseTransport):
             if not released:
                 released = True
                 pool.active -= 1
+                pool.idle_since = trio.current_time()
                 if own_slot:
                     self._slots.release()
 
@@ -324,7 +343,7 @@ class AgentClient:
             extensions={"timeout": self.http.timeout.as_dict(), "trace": trace.event},
         )
         transport = _transport_of(self.http)
-        async with _request_slot(transport):
+        async with _request_slot(transport, request.url):
             return await self._send(address, transport, request, trace)
 
     async def _send(
@@ -379,11 +398,13 @@ class AgentClient:
         return answer.data
 
 
-def _request_slot(transport: httpx.AsyncBaseTransport) -> AbstractAsyncContextManager[None]:
+def _request_slot(
+    transport: httpx.AsyncBaseTransport, url: httpx.URL
+) -> AbstractAsyncContextManager[None]:
     """The pool's request slot, taken before the request timeout starts; other transports
     (the in-process fleet) have no cap."""
     if isinstance(transport, AgentPoolTransport):
-        return transport.slot()
+        return transport.slot(url)
     return contextlib.nullcontext()
 
 

@@ -568,6 +568,26 @@ def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+FIXED_PORTS = (20000, 32767)
+"""Where ``free_agent_port`` looks: below Linux's ephemeral range (32768-60999), so no
+server bound to port 0 later takes a port the agents were given."""
+
+
+def free_agent_port(count: int, first_host: str = "127.0.0.2") -> int:
+    """A TCP port free on every one of ``count`` agent addresses from ``first_host``."""
+    hosts = agent_hosts(count, first_host)
+    for _ in range(100):
+        port = random.randint(*FIXED_PORTS)
+        try:
+            for host in hosts:
+                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no port free on all of {hosts[0]} ... {hosts[-1]}")
+
+
 def _closed_port(host: str) -> int:
     """A port on ``host`` that nothing listens on: bound once by the kernel, then closed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,6 +23,7 @@ import trio
 
 from fleetwave.agent.certs import CertPaths, mtls_env_lines
 from fleetwave.agent.protocol import agent_hosts
+from fleetwave.agent.sim import free_agent_port
 from fleetwave.api.client import ClientTls
 from fleetwave.demo import wait_ready
 
@@ -54,21 +53,6 @@ FAST: Mapping[str, str] = {
 def fleetwave(*args: str) -> list[str]:
     """The ``fleetwave`` command line, run by this interpreter from the repository."""
     return [sys.executable, "-m", "fleetwave", *args]
-
-
-def free_agent_port(count: int, first_host: str = "127.0.0.2") -> int:
-    """A TCP port free on every one of ``count`` agent addresses from ``first_host``."""
-    hosts = agent_hosts(count, first_host)
-    for _ in range(100):
-        port = random.randint(20000, 60000)
-        try:
-            for host in hosts:
-                with socket.socket() as probe:
-                    probe.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError(f"no port free on all of {hosts[0]} ... {hosts[-1]}")
 
 
 @attrs.define

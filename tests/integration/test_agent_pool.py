@@ -6,11 +6,17 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from fleetwave.agent.certs import CertPaths, init_certs, mtls_env_lines
-from fleetwave.agent.client import AgentClient, AgentPoolTransport, build_http_client
+from fleetwave.agent.client import (
+    AgentClient,
+    AgentPoolTransport,
+    build_http_client,
+    client_ssl_context,
+)
 from fleetwave.agent.protocol import DispatchRequest, TaskStatus
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from fleetwave.config import Settings, load_settings
@@ -98,3 +104,30 @@ async def test_a_wait_for_a_local_slot_is_not_counted_as_the_agent_being_slow(
 
     assert len(statuses) == 3  # every dispatch answered; none timed out
     assert all(fleet.dispatch_count(h, task_id_for(h, 1)) == 1 for h in fleet.hosts)
+
+
+async def test_new_connections_are_opened_a_few_at_a_time_and_kept_ones_do_not_wait(
+    certs: CertPaths, nursery: trio.Nursery
+) -> None:
+    fleet = SimulatedFleet(AGENTS, behaviour=Behaviour(delay=0.2), port=0)
+    await nursery.start(fleet.serve, certs.directory)
+    context = client_ssl_context(
+        str(certs.control_cert), str(certs.control_key), str(certs.ca_cert)
+    )
+    transport = AgentPoolTransport(context, max_connections=AGENTS, max_connecting=4)
+
+    async def every_agent_once(client: AgentClient) -> float:
+        start = trio.current_time()
+        async with trio.open_nursery() as inner:
+            for k in range(1, AGENTS + 1):
+                inner.start_soon(client.query, fleet.address(k), "apply_config_unknown_1")
+        return trio.current_time() - start
+
+    async with httpx.AsyncClient(transport=transport) as http:
+        client = AgentClient(http, request_timeout=20)
+        with trio.fail_after(BOUND):
+            connecting = await every_agent_once(client)  # 40 handshakes, 4 at a time
+            kept = await every_agent_once(client)  # 40 kept connections, all at once
+    assert connecting >= AGENTS / 4 * 0.2
+    assert kept < connecting / 3
+    assert fleet.requests == 2 * AGENTS
