@@ -26,6 +26,8 @@ from tests.api.conftest import add_nodes
 ABSENT_ID = "999999"
 """Every path parameter of the matrix: nothing has it, so an allowed write changes nothing."""
 
+_VERBS = ("pause", "resume", "cancel", "retry", "rollback")
+
 # The role of the routes the issue names; every route (these and any added later) must also
 # declare one, and the matrix below checks whatever is declared.
 POLICY: dict[tuple[str, str], Role | None] = {
@@ -39,6 +41,9 @@ POLICY: dict[tuple[str, str], Role | None] = {
     ("GET", "/api/v1/nodes"): Role.VIEWER,
     ("POST", "/api/v1/nodes"): Role.ADMIN,
     ("PATCH", "/api/v1/nodes/{id}"): Role.ADMIN,
+    ("GET", "/api/v1/nodes/{id}"): Role.VIEWER,
+    ("GET", "/api/v1/fleet"): Role.VIEWER,
+    **{("POST", f"/api/v1/releases/{{id}}/{verb}"): Role.OPERATOR for verb in _VERBS},
     ("GET", "/api/v1/tokens"): Role.ADMIN,
     ("DELETE", "/api/v1/tokens/{id}"): Role.ADMIN,
 }
