@@ -3,10 +3,13 @@
 Several ``fleetwave serve`` processes share one PostgreSQL database and drive releases over an
 in-process simulated fleet served over mutual TLS on loopback. While the releases run, a
 daemon that holds releases is killed with SIGKILL at a random moment and restarted at once
-under a new daemon id, ``kills`` times. Then the report counts what must never happen (lost
-releases, releases or nodes finished twice, nodes dispatched under two taskIds or dispatched
-again after their dispatch was recorded, counters disagreeing with node rows) and measures
-takeover: from the kill to the next claim of each release the killed daemon held, both by
+under a new daemon id, ``kills`` times. At random moments too, operator verbs are issued the
+way the API issues them (api.verbs.steer): a release is paused and later resumed, or (the
+newest release of a lane) cancelled and later retried. Then the report counts what must
+never happen (lost releases, releases or nodes finished twice, nodes dispatched under two
+taskIds or dispatched again after their dispatch was recorded, counters disagreeing with
+node rows, verbs not in effect, dispatches while a release was paused or cancelled) and
+measures takeover: from the kill to the next claim of each release the killed daemon held, both by
 the database's clock.
 
 The pytest test (tests/faults/test_kill_soak.py) runs it at the sizes of the environment
@@ -34,10 +37,20 @@ import trio
 
 from fleetwave.agent.certs import CertPaths, init_certs
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.api.verbs import steer
 from fleetwave.store.base import Store
 from fleetwave.store.embedded import EmbeddedPostgres
-from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus, task_id_for
+from fleetwave.store.errors import Conflict
+from fleetwave.store.models import (
+    Actor,
+    NodeStatus,
+    ReleaseSpec,
+    ReleaseStatus,
+    Role,
+    task_id_for,
+)
 from fleetwave.store.postgres import open_loop_and_store
+from fleetwave.store.verbs import Verb
 from tests.e2e.harness import FAST
 from tests.faults.daemons import Daemon, DaemonGroup, daemon_env, open_daemons
 from tests.integration.conftest import TEST_SERVER_SETTINGS, run_sql, server_directory
@@ -47,6 +60,9 @@ from tests.world import lanes, open_world
 TERMINAL_NODE = frozenset(status.value for status in NodeStatus if status.terminal)
 TERMINAL_RELEASE = frozenset(status.value for status in ReleaseStatus if status.terminal)
 CLAIM_MESSAGE = "claimed by "
+RETRY_MESSAGE = "retry by "
+NODE_RETRY_MESSAGE = "retry: attempt "
+SOAK_OPERATOR = Actor("soak", Role.OPERATOR)
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +89,10 @@ class SoakSizes:
     node_deadline_sec: float = 20.0
     kill_gap_sec: tuple[float, float] = (1.0, 3.0)
     """Seconds between one restart and the next kill, uniform."""
+    verbs: int = 8
+    """Operator verbs issued at random moments (a pause and its resume count once)."""
+    verb_gap_sec: tuple[float, float] = (0.5, 2.5)
+    """Seconds between one verb and the next, and between a stop and its resume or retry."""
     deadline_sec: float = 180.0
     """From the creation of the releases; a release not terminal by then is lost."""
     seed: int = attrs.field(factory=lambda: random.SystemRandom().randrange(1 << 32))
@@ -147,6 +167,14 @@ class SoakReport:
     """Seconds from each kill to the next claim of each release the killed daemon held."""
     error_lines: int
     """Log lines of level error or above from every daemon incarnation."""
+    verbs_issued: int = 0
+    verbs_refused: int = 0
+    """Refused for the state they found (409): the release ended meanwhile."""
+    verbs_not_in_effect: int = 0
+    """Answered without being in effect (the answer's patience ran out)."""
+    dispatched_while_stopped: int = 0
+    """Dispatches that reached an agent between a pause or cancel in effect and its resume
+    or retry."""
 
     @property
     def takeover_p50(self) -> float:
@@ -166,6 +194,8 @@ class SoakReport:
             + self.nodes_redispatched_after_recorded
             + self.counter_mismatches
             + len(self.invariant_failures)
+            + self.verbs_not_in_effect
+            + self.dispatched_while_stopped
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -189,6 +219,10 @@ class SoakReport:
             "takeover_max_sec": round(max(self.takeovers, default=math.nan), 3),
             "takeover_bound_sec": self.sizes.takeover_bound_sec,
             "error_lines": self.error_lines,
+            "verbs_issued": self.verbs_issued,
+            "verbs_refused": self.verbs_refused,
+            "verbs_not_in_effect": self.verbs_not_in_effect,
+            "dispatched_while_stopped": self.dispatched_while_stopped,
         }
 
     def table(self) -> str:
@@ -212,6 +246,9 @@ class SoakReport:
             ("takeover p50 / p99 / max", _takeover_text(self.takeovers)),
             ("takeover bound (TTL + interval + 1 s)", f"{s.takeover_bound_sec:g} s"),
             ("daemon log lines at error level", str(self.error_lines)),
+            ("verbs issued / refused (ended)", f"{self.verbs_issued} / {self.verbs_refused}"),
+            ("verbs answered not in effect", str(self.verbs_not_in_effect)),
+            ("dispatched while paused or cancelled", str(self.dispatched_while_stopped)),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -269,6 +306,121 @@ def soak_env(sizes: SoakSizes, certs: CertPaths, database_url: str) -> dict[str,
     return daemon_env(certs, database_url, **settings)
 
 
+@attrs.frozen
+class Stop:
+    """A pause or cancel in effect from ``at`` until ``until`` (its resume or retry asked),
+    both trio time of the soak's process, the clock of the in-process fleet's dispatch log."""
+
+    release_id: int
+    at: float
+    until: float
+
+
+@attrs.define
+class _Verbs:
+    """Operator verbs at random moments, applied to the soak's store as the API applies them."""
+
+    sizes: SoakSizes
+    store: Store
+    rng: random.Random
+    release_ids: list[int]
+    newest_of_lane: set[int]
+    done: trio.Event
+    issued: int = 0
+    refused: int = 0
+    not_in_effect: int = 0
+    stops: list[Stop] = attrs.field(factory=list)
+    _busy: bool = False
+    _rested: trio.Event = attrs.field(factory=trio.Event)
+
+    async def idle(self) -> None:
+        """Return once no stop is waiting for its resume or retry."""
+        while self._busy:
+            self._rested = trio.Event()
+            await self._rested.wait()
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._busy = False
+            self._rested.set()
+
+    async def _run(self) -> None:
+        patience = 3 * self.sizes.lease_ttl_sec
+        for _ in range(self.sizes.verbs):
+            with trio.move_on_after(self.rng.uniform(*self.sizes.verb_gap_sec)):
+                await self.done.wait()
+            if self.done.is_set():
+                return
+            active = []
+            for release_id in self.release_ids:
+                release = await self.store.get_release(release_id)
+                if release is not None and release.status is ReleaseStatus.RUNNING:
+                    active.append(release_id)
+            if not active:
+                continue
+            target = self.rng.choice(active)
+            stop, go = Verb.PAUSE, Verb.RESUME
+            if target in self.newest_of_lane and self.rng.random() < 0.5:
+                stop, go = Verb.CANCEL, Verb.RETRY
+            self._busy = True
+            at = await self._apply(target, stop, patience)
+            if at is None:
+                self._busy = False
+                self._rested.set()
+                continue
+            if stop is Verb.CANCEL:
+                with trio.move_on_after(patience * 4):
+                    await _wait_all_terminal(self.store, [target])
+            await trio.sleep(self.rng.uniform(*self.sizes.verb_gap_sec))
+            until = trio.current_time()
+            self.stops.append(Stop(target, at, until))
+            await self._apply(target, go, patience)
+            self._busy = False
+            self._rested.set()
+
+    async def _apply(self, release_id: int, verb: Verb, patience: float) -> float | None:
+        """The verb's answer time when it is in effect; None when it was refused."""
+        self.issued += 1
+        try:
+            answer = await steer(
+                self.store,
+                release_id,
+                verb,
+                by=SOAK_OPERATOR,
+                reason="soak",
+                patience=patience,
+            )
+        except Conflict as refused:
+            self.refused += 1
+            print(f"soak: {verb} of release {release_id} refused: {refused}", file=sys.stderr)
+            return None
+        if not answer.effect.in_effect:
+            self.not_in_effect += 1
+        return trio.current_time()
+
+
+def _dispatched_while_stopped(
+    fleet: SimulatedFleet, versions: Mapping[int, int], stops: Sequence[Stop]
+) -> int:
+    late = 0
+    log = fleet.dispatch_log()
+    for stop in stops:
+        version = versions[stop.release_id]
+        late += sum(
+            1
+            for at, _, task_id in log
+            if stop.at <= at < stop.until and _task_version(task_id) == version
+        )
+    return late
+
+
+def _task_version(task_id: str) -> int:
+    base = task_id.rsplit("_a", 1)[0] if "_a" in task_id.rsplit("_", 1)[-1] else task_id
+    return int(base.rsplit("_", 1)[1])
+
+
 @attrs.define
 class _Soak:
     sizes: SoakSizes
@@ -323,14 +475,41 @@ async def run_soak(
             for k in range(sizes.releases):
                 spec = ReleaseSpec(reason=f"soak {k}", selection=selections[k % sizes.scopes])
                 release_ids.append((await store.create_release(spec)).release.id)
+            newest = set(release_ids[-sizes.scopes :])
+            verbs = _Verbs(
+                sizes, store, random.Random(sizes.seed + 1), release_ids, newest, soak.done
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(soak.kill_at_random)
+                nursery.start_soon(verbs.run)
                 with trio.move_on_after(sizes.deadline_sec):
+                    await _wait_all_terminal(store, release_ids)
+                    # A cancel ends its release: its retry, still to come, runs it again.
+                    await verbs.idle()
                     await _wait_all_terminal(store, release_ids)
                 soak.done.set()
             seconds = trio.current_time() - started
             logs = [entry for daemon in group.daemons for entry in daemon.logs]
-        return await _report(sizes, store, fleet, release_ids, soak.kills, seconds, logs)
+        # A release paused or cancelled around a kill is claimed again only when resumed:
+        # its wait is the operator's, not a takeover.
+        steered = {stop.release_id for stop in verbs.stops}
+        kills = [
+            attrs.evolve(kill, held=tuple(r for r in kill.held if r not in steered))
+            for kill in soak.kills
+        ]
+        report = await _report(sizes, store, fleet, release_ids, kills, seconds, logs)
+        versions = {}
+        for release_id in release_ids:
+            release = await store.get_release(release_id)
+            assert release is not None
+            versions[release_id] = release.version
+        return attrs.evolve(
+            report,
+            verbs_issued=verbs.issued,
+            verbs_refused=verbs.refused,
+            verbs_not_in_effect=verbs.not_in_effect,
+            dispatched_while_stopped=_dispatched_while_stopped(fleet, versions, verbs.stops),
+        )
 
 
 async def _wait_all_terminal(store: Store, release_ids: Sequence[int]) -> None:
@@ -372,12 +551,19 @@ async def _report(
             or sum(statuses.values()) != release.total_nodes
         ):
             mismatches += 1
-        events = await store.release_events(release_id, limit=1_000_000)
+        all_events = await store.release_events(release_id, limit=1_000_000)
+        # A retry runs the release again: what must not happen twice is counted per run.
+        retries = [
+            k
+            for k, e in enumerate(all_events)
+            if e.node_id is None and (e.message or "").startswith(RETRY_MESSAGE)
+        ]
+        events = all_events[retries[-1] :] if retries else all_events
         release_ends = [e for e in events if e.node_id is None and e.to_status in TERMINAL_RELEASE]
         finished_twice += len(release_ends) > 1
         claim_times = [
             e.created_at.timestamp()
-            for e in events
+            for e in all_events
             if e.node_id is None and (e.message or "").startswith(CLAIM_MESSAGE)
         ]
         claims[release_id] = claim_times
@@ -391,6 +577,8 @@ async def _report(
             task_id = task_id_for(node.main_ip, release.version)
             ids = {t for t in fleet.task_ids(node.main_ip) if t.endswith(f"_{release.version}")}
             two_ids += not ids <= {task_id}
+            if node.attempt > 1:
+                continue  # retried: its first attempt's dispatches are not this run's
             count = fleet.dispatch_count(node.main_ip, task_id)
             redispatches += max(0, count - 1)
             # Each owner may dispatch a node it finds pending; once a dispatch is recorded

@@ -1,7 +1,9 @@
 """kill -9 soak at the sizes of the environment (CI's by default; see tests/faults/soak.py).
 
-Daemons are ``fleetwave serve`` processes killed with SIGKILL at random moments and restarted;
-afterwards nothing is lost or done twice, counters match node rows, and every release a
+Daemons are ``fleetwave serve`` processes killed with SIGKILL at random moments and restarted,
+while releases are paused and resumed, cancelled and retried at random moments; afterwards
+nothing is lost or done twice, no verb answered before it was in effect, nothing was
+dispatched while paused or cancelled, counters match node rows, and every release a
 killed daemon held is claimed again within lease TTL + claim interval + 1 s.
 """
 
@@ -47,5 +49,8 @@ async def test_daemons_killed_at_random_moments_lose_and_repeat_nothing(
     assert report.invariant_failures == ()
     assert report.succeeded == SIZES.releases
     assert report.error_lines == 0
+    assert report.verbs_issued > report.verbs_refused, "no verb found a release to steer"
+    assert report.verbs_not_in_effect == 0
+    assert report.dispatched_while_stopped == 0
     assert report.takeovers, "no killed daemon held a release"
     assert report.takeover_p99 <= SIZES.takeover_bound_sec, report.takeovers
