@@ -5,13 +5,17 @@ database each run), a private CA and certificates (``DIR/certs``), a simulated f
 edge agents serving HTTPS with mutual TLS on 127.0.0.2, 127.0.0.3, ... (in this process), and
 the daemon as a child process (``fleetwave serve``, API over HTTPS on a free loopback port
 with the certificate ``DIR/certs/api.crt`` of the same private CA, logs in
-``DIR/serve.log``). Then two releases through the API, shown live:
+``DIR/serve.log``). Then releases through the API, shown live, in three acts:
 
 1. every agent applies the config: the release succeeds;
 2. the canary's agent (the first node, alone in batch 1) is switched to report every apply
-   failed: the release fails at batch 1 and batch 2 is skipped, never dispatched.
+   failed: the release fails at batch 1 and batch 2 is skipped, never dispatched;
+3. a release is paused mid-batch (the answer comes once no dispatch will start; the nodes
+   in flight finish) and resumed, and goes on where it stopped; then a bad version fails in
+   its second batch and is rolled back: a new release restores the config its nodes ran
+   before, canary first, and the fleet view shows every node on it again.
 
-Exit status 0 when both releases ended as expected, 1 otherwise, 130 when interrupted. With
+Exit status 0 when every release ended as expected, 1 otherwise, 130 when interrupted. With
 ``keep_running`` everything stays up (API, daemon, fleet, database) until Ctrl-C. Every
 child is stopped on the way out: the daemon by SIGTERM (it hands its leases back), the
 database last.
@@ -191,7 +195,7 @@ class _Result:
 
 
 async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _Result) -> None:
-    say(f"fleetwave demo: {options.agents} edge agents, 2 releases; files in {base}")
+    say(f"fleetwave demo: {options.agents} edge agents, 5 releases; files in {base}")
     say("- database: embedded PostgreSQL ...")
     async with _database(base / "pg") as (server, url):
         say(f"  PostgreSQL on 127.0.0.1:{server.actual_port}, database {DATABASE} (fresh)")
@@ -251,11 +255,20 @@ async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
     fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME, fail=CANARY_ERROR))
     second = await _release(client, "demo: a config the canary rejects", say)
 
+    fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME))
+    third, paused_view, fourth, rollback, fleet_data = await _third_act(client, fleet, say)
+
     say("")
     say("Summary")
     say("  " + first.line())
     say("  " + second.line())
-    problems = []
+    say("  " + third.line())
+    say(f"    {paused_view}")
+    say("  " + fourth.line())
+    say("  " + rollback.line())
+    say(f"    the rollback of release {fourth.release_id}, canary first")
+    say(f"    {_fleet_line(fleet_data)}")
+    problems = _third_act_problems(third, fourth, rollback, fleet_data, len(fleet))
     if first.status != "success" or first.success != first.total:
         problems.append("release 1 should have succeeded on every node")
     if second.status != "failed" or second.failed != 1 or second.skipped != second.total - 1:
@@ -264,8 +277,126 @@ async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
         say(f"  UNEXPECTED: {problem}")
     if not problems:
         say("  as expected: the first release succeeded; the second stopped at its canary and")
-        say("  never touched the other nodes (batch 2 skipped).")
+        say("  never touched the other nodes (batch 2 skipped); the third, paused mid-batch,")
+        say("  went on where it stopped once resumed; the fourth, a bad version, was rolled")
+        say("  back and every node runs the last good config again.")
     return EXIT_FAILED if problems else EXIT_OK
+
+
+PAUSE_AFTER: Final = 5
+"""The third release is paused once this many nodes of its second batch succeeded."""
+BAD_VERSION_ERROR: Final = 'nginx: [emerg] unknown directive "proxy_cache_lock_age2"'
+BAD_AGENTS: Final = (7, 8)
+"""Agents that reject the bad version (in its second batch, after some nodes applied it)."""
+STEERED_PARALLEL: Final = 3
+
+
+async def _third_act(
+    client: ApiClient, fleet: SimulatedFleet, say: _Say
+) -> tuple[Outcome, str, Outcome, Outcome, Any]:
+    say("")
+    say(
+        f"Release 3: {STEERED_PARALLEL} nodes at a time; paused once {PAUSE_AFTER} nodes of "
+        "batch 2 applied it, then resumed."
+    )
+    created = await client.create_release(
+        {
+            "target": "cdn",
+            "reason": "demo: a rollout paused mid-batch",
+            "plan": [1, "100%"],
+            "maxParallel": STEERED_PARALLEL,
+        }
+    )
+    say(render.created(created))
+    third_id = int(created["releaseId"])
+    with trio.move_on_after(RELEASE_TIMEOUT) as waited:
+        while _successes(await client.release(third_id)) < 1 + PAUSE_AFTER:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+    if waited.cancelled_caught:
+        raise DemoError(f"release {third_id} did not get to batch 2 in {RELEASE_TIMEOUT:g}s")
+    paused = await client.steer(third_id, "pause", reason="demo: error rate looks high")
+    say(f"  fleetwave release pause {third_id}: {paused['message']}")
+    with trio.move_on_after(RELEASE_TIMEOUT):
+        while _counts(await client.release(third_id))["running"]:  # noqa: ASYNC110 - the API
+            await trio.sleep(0.1)
+    held = _counts(await client.release(third_id))
+    paused_view = (
+        f"paused mid-batch: {held['success']} nodes done, {held['pending']} held back, "
+        f"none running; then resumed"
+    )
+    say(f"  in-flight nodes finished: {held['success']} done, {held['pending']} held back")
+    await trio.sleep(1.0)
+    resumed = await client.steer(third_id, "resume", reason="demo: false alarm")
+    say(f"  fleetwave release resume {third_id}: {resumed['message']}")
+    third = await _follow(client, third_id, say)
+
+    say("")
+    say(
+        f"Release 4: a bad version; agents {', '.join(str(k) for k in BAD_AGENTS)} reject it "
+        f'("{BAD_VERSION_ERROR}"), in batch 2, after other nodes applied it.'
+    )
+    for k in BAD_AGENTS:
+        fleet.set_behaviour(k, Behaviour(apply_time=APPLY_TIME, fail=BAD_VERSION_ERROR))
+    created = await client.create_release(
+        {
+            "target": "cdn",
+            "reason": "demo: a bad version",
+            "plan": [1, "100%"],
+            "maxParallel": STEERED_PARALLEL,
+        }
+    )
+    say(render.created(created))
+    fourth = await _follow(client, int(created["releaseId"]), say)
+    for k in BAD_AGENTS:
+        fleet.set_behaviour(k, Behaviour(apply_time=APPLY_TIME))
+    answer = await client.steer(fourth.release_id, "rollback", reason="demo: bad directive")
+    say(f"  fleetwave release rollback {fourth.release_id}: {answer['message']}")
+    rollback = await _follow(client, int(answer["rollback"]["id"]), say)
+    fleet_data = await client.fleet()
+    say(render.fleet_view(fleet_data))
+    return third, paused_view, fourth, rollback, fleet_data
+
+
+def _third_act_problems(
+    third: Outcome, fourth: Outcome, rollback: Outcome, fleet_data: Any, agents: int
+) -> list[str]:
+    problems = []
+    if third.status != "success" or third.success != third.total:
+        problems.append("release 3 should have succeeded on every node once resumed")
+    if fourth.status != "failed" or fourth.success < 1:
+        problems.append("release 4 should have failed in batch 2 after some nodes applied it")
+    if rollback.status != "success" or rollback.success != rollback.total:
+        problems.append("the rollback of release 4 should have succeeded on every node")
+    if fleet_data["differing"] or [v["nodes"] for v in fleet_data["versions"]] != [agents]:
+        problems.append("every node should run the config of release 3 after the rollback")
+    return problems
+
+
+def _fleet_line(data: Any) -> str:
+    versions = ", ".join(
+        f"config {v['configVersion']}: {v['nodes']} nodes" for v in data["versions"]
+    )
+    return f"fleet after the rollback: {versions}; {len(data['differing'])} differ"
+
+
+def _counts(data: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for batch in data["batches"]:
+        for state, count in render.batch_counts(batch).items():
+            counts[state] = counts.get(state, 0) + count
+    return counts
+
+
+def _successes(data: Any) -> int:
+    return int(data["release"]["successNodes"])
+
+
+async def _follow(client: ApiClient, release_id: int, say: _Say) -> Outcome:
+    with trio.move_on_after(RELEASE_TIMEOUT) as waited:
+        data = await _watch(client, release_id, say)
+    if waited.cancelled_caught:
+        raise DemoError(f"release {release_id} did not end within {RELEASE_TIMEOUT:g}s")
+    return Outcome.from_detail(data)
 
 
 async def _register(client: ApiClient, fleet: SimulatedFleet) -> list[int]:
@@ -289,12 +420,7 @@ async def _canary_of_next_release(client: ApiClient) -> int:
 async def _release(client: ApiClient, reason: str, say: _Say) -> Outcome:
     created = await client.create_release({"target": "cdn", "reason": reason})
     say(render.created(created))
-    release_id = int(created["releaseId"])
-    with trio.move_on_after(RELEASE_TIMEOUT) as waited:
-        data = await _watch(client, release_id, say)
-    if waited.cancelled_caught:
-        raise DemoError(f"release {release_id} did not end within {RELEASE_TIMEOUT:g}s")
-    return Outcome.from_detail(data)
+    return await _follow(client, int(created["releaseId"]), say)
 
 
 async def _watch(client: ApiClient, release_id: int, say: _Say) -> Any:

@@ -1,5 +1,6 @@
-"""``fleetwave demo`` from nothing: its own database, certificates, agents and daemon; both
-releases end as it says, and it exits 0 leaving nothing running."""
+"""``fleetwave demo`` from nothing: its own database, certificates, agents and daemon; every
+release ends as it says (act three: a pause and resume, a rollback), and it exits 0 leaving
+nothing running."""
 
 from __future__ import annotations
 
@@ -84,6 +85,14 @@ async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
     assert result.returncode == 0, text[-4000:]
     assert "release 1 (version 1): success  success 20/20, failed 0, skipped 0" in text, text
     assert "release 2 (version 2): failed   success 0/20, failed 1, skipped 19" in text, text
+    # Act three: paused mid-batch and resumed; a bad version rolled back.
+    assert "release 3 (version 3): success  success 20/20, failed 0" in text, text
+    assert "pause in effect on release 3 (acknowledged by daemon" in text, text
+    assert "none running; then resumed" in text, text
+    assert "release 4 (version 4): failed" in text, text
+    assert "release 5 (version 5): success" in text, text
+    assert "the rollback of release 4, canary first" in text, text
+    assert "fleet after the rollback: config 3: 20 nodes; 0 differ" in text, text
     assert "token: fw_" in text
     # The API was served over HTTPS with the demo's API certificate, and used so.
     assert "API:   https://127.0.0.1:" in text, text
