@@ -4,6 +4,16 @@ One per daemon process. The claim loop wakes on a NOTIFY hint or every interval 
 the lease keeper renews all owned leases in one statement every ttl/3 and cancels the actor
 of any lease it lost. On stop it stops claiming, cancels its actors and hands their leases
 back so another daemon continues at once.
+
+Each release's actors run under a watchdog: a cancel scope whose deadline is the moment its
+lease can no longer be proven held (the last renewal sent + TTL - margin). It fires whether or
+not the database answers, so a daemon cut off from PostgreSQL stops dispatching before any
+other daemon can claim the release.
+
+``_run_release`` is the one place of the daemon that catches ``Exception``: a defect in a
+release's actors ends that release's actors only. The crash is logged with its traceback,
+counted on the release (with a ``release.crashed`` event), and the lease handed back with a
+backoff; the daemon that claims it after ``max_crashes`` crashes ends it failed.
 """
 
 from __future__ import annotations
@@ -25,6 +35,20 @@ log = structlog.get_logger("fleetwave.supervisor")
 
 HAND_BACK_TIMEOUT = 5.0
 STORE_RETRY_MAX = 30.0
+LEASE_MARGIN_FRACTION = 0.1
+"""The watchdog stops a release this fraction of the TTL before its lease may expire: time
+for cancelled requests to stop before another daemon may claim it."""
+CRASH_BACKOFF_MAX = 600.0
+CRASH_TEXT_MAX = 500
+
+
+def describe_crash(error: BaseException) -> str:
+    """``Type: message`` of the first real error in ``error`` (groups unwrapped), clipped."""
+    while isinstance(error, BaseExceptionGroup):
+        leaves = [e for e in error.exceptions if not isinstance(e, trio.Cancelled)]
+        error = (leaves or list(error.exceptions))[0]
+    text = f"{type(error).__name__}: {error}".strip().rstrip(":")
+    return text if len(text) <= CRASH_TEXT_MAX else text[: CRASH_TEXT_MAX - 1] + "…"
 
 
 @attrs.define
@@ -95,6 +119,7 @@ class Supervisor:
             flush_interval=self.settings.flush_interval_sec,
             reconcile_timeout=self.settings.reconcile_timeout_sec,
             store_patience=self.settings.lease_ttl_sec,
+            max_crashes=self.settings.max_crashes,
             node=NodeTiming.from_settings(self.settings),
             pacer=self._pacer,
         )
@@ -121,6 +146,7 @@ class Supervisor:
             free = self.settings.max_releases - len(self._owned)
             delay = self.settings.interval_sec
             if self.settings.executor_enabled and free > 0:
+                sent = trio.current_time()
                 try:
                     claims = await self.store.claim(self.owner, free, self.settings.lease_ttl_sec)
                 except StoreUnavailable as error:
@@ -134,18 +160,30 @@ class Supervisor:
                     if self._stopping:
                         await self._hand_back([claim.lease])
                         continue
-                    await nursery.start(self._run_release, claim)
+                    await nursery.start(self._run_release, claim, sent)
             if self._stopping:
                 break
             with trio.move_on_after(delay):
                 await self._wake.wait()
 
+    def _proven_until(self, sent: float) -> float:
+        """Until when a lease claimed or renewed by a statement sent at ``sent`` (trio time)
+        is surely still ours: the database stamped its expiry after ``sent``."""
+        ttl = self.settings.lease_ttl_sec
+        return sent + ttl * (1 - LEASE_MARGIN_FRACTION)
+
     async def _run_release(
-        self, claim: Claim, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        claim: Claim,
+        sent: float,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         release_id = claim.release.id
         self.claimed += 1
-        with trio.CancelScope() as scope:
+        crash: Exception | None = None
+        # The watchdog: the heartbeat moves this deadline on at every renewal.
+        with trio.CancelScope(deadline=self._proven_until(sent)) as scope:
             owned = _Owned(claim.lease, scope, acked=claim.release.verb_acked)
             owned.steering.apply(LeaseState.of(claim.release))
             self._owned[release_id] = owned
@@ -170,10 +208,49 @@ class Supervisor:
                 # The lease will expire and any daemon, this one included, resumes the release.
                 log.error("release.abandoned", release_id=release_id, error=str(error))
                 owned.lost = True
+            except Exception as error:
+                # The daemon's one broad except: a defect in this release's actors (any
+                # exception trio propagated out of its tree) ends this release's actors only.
+                log.exception(
+                    "release.crashed",
+                    release_id=release_id,
+                    crashes=claim.release.crash_count + 1,
+                    error=describe_crash(error),
+                )
+                crash = error
         del self._owned[release_id]
-        if scope.cancelled_caught and self._stopping and not owned.lost:
-            await self._hand_back([claim.lease])
+        if crash is not None and not owned.lost:
+            await self._record_crash(claim, crash)
+        elif scope.cancelled_caught and not owned.lost:
+            if self._stopping:
+                await self._hand_back([claim.lease])
+            elif trio.current_time() >= scope.deadline:
+                # Cut off from the database: the lease may be another daemon's any moment.
+                log.warning("release.lease_unproven", release_id=release_id)
         self.poke()
+
+    async def _record_crash(self, claim: Claim, error: Exception) -> None:
+        backoff = min(
+            CRASH_BACKOFF_MAX, self.settings.crash_backoff_sec * 2**claim.release.crash_count
+        )
+        text = describe_crash(error)
+        with trio.move_on_after(HAND_BACK_TIMEOUT, shield=True):
+            try:
+                count = await self.store.record_crash(self.owner, claim.lease, text, backoff)
+            except StoreUnavailable as failure:
+                # Not counted: the lease expires unrenewed and the release is claimed again.
+                log.warning("release.crash_unrecorded", error=str(failure))
+                return
+            if count is None:
+                log.warning("release.crash_unrecorded", error="lease no longer held")
+            else:
+                log.info(
+                    "release.crash_recorded",
+                    release_id=claim.release.id,
+                    crashes=count,
+                    max_crashes=self.settings.max_crashes,
+                    backoff=backoff,
+                )
 
     async def _hand_back(self, leases: list[Lease]) -> None:
         with trio.move_on_after(HAND_BACK_TIMEOUT, shield=True):
@@ -184,25 +261,33 @@ class Supervisor:
                 log.warning("release.hand_back_failed", error=str(error))
 
     async def _keep_leases(self, nursery: trio.Nursery) -> None:
+        """Renew every ttl/3 (sooner when a NOTIFY asks), each renewal bounded by ttl/3: a
+        renewal that hangs is a failed one, and the next is sent on time. A release whose
+        lease goes unrenewed is stopped by its watchdog, not here."""
         ttl = self.settings.lease_ttl_sec
-        last_renewed = trio.current_time()
+        sent = trio.current_time()
         while True:
-            with trio.move_on_after(ttl / 3):
+            with trio.move_on_at(sent + ttl / 3):
                 await self._renew.wait()
             self._renew = trio.Event()
-            leases = [owned.lease for owned in self._owned.values() if not owned.lost]
-            if not leases:
-                last_renewed = trio.current_time()
+            sent = trio.current_time()
+            owned = [owned for owned in self._owned.values() if not owned.lost]
+            if not owned:
                 continue
-            try:
-                held = await self.store.heartbeat(self.owner, leases, ttl)
-            except StoreUnavailable as error:
-                log.warning("supervisor.heartbeat_failed", error=str(error))
-                if trio.current_time() - last_renewed >= ttl:
-                    # Our leases have expired by now; another daemon may hold them.
-                    self._drop({lease.release_id for lease in leases}, "lease expired unrenewed")
+            leases = [entry.lease for entry in owned]
+            held: dict[int, LeaseState] | None = None
+            with trio.move_on_after(ttl / 3):
+                try:
+                    held = await self.store.heartbeat(self.owner, leases, ttl)
+                except StoreUnavailable as error:
+                    log.warning("supervisor.heartbeat_failed", error=str(error))
+                    continue
+            if held is None:
+                log.warning("supervisor.heartbeat_failed", error=f"no answer within {ttl / 3:g}s")
                 continue
-            last_renewed = trio.current_time()
+            for entry in owned:
+                if entry.lease.release_id in held:
+                    entry.scope.deadline = max(entry.scope.deadline, self._proven_until(sent))
             self._drop({lease.release_id for lease in leases} - held.keys(), "lease lost")
             for release_id, state in held.items():
                 self._steer(nursery, release_id, state)

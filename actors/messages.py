@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import attrs
+import trio
 
 from fleetwave.agent.errors import FailureKind
 
 
 @attrs.frozen
 class Dispatching:
-    """About to send the task to the agent: from now on its outcome must be reconciled."""
+    """About to send the task to the agent: from now on its outcome must be reconciled.
+
+    The sender waits for ``recorded`` before it sends anything: the ReleaseActor sets it once
+    the row says so in a committed write (status running, attempts + 1), so whichever daemon
+    owns the release next asks this node's agent instead of skipping the node."""
 
     row_id: int
+    recorded: trio.Event = attrs.field(factory=trio.Event, eq=False, repr=False)
 
 
 @attrs.frozen

@@ -154,7 +154,11 @@ class NodeActor:
 
     async def _send(self) -> None:
         request = DispatchRequest(task_id=self.task_id, version=self.config_version or self.version)
-        await self.outbox.send(Dispatching(self.node.id))
+        intent = Dispatching(self.node.id)
+        await self.outbox.send(intent)
+        # Nothing is sent before the row says it may have been: a daemon that takes the
+        # release over then reconciles exactly the nodes that might have reached their agents.
+        await intent.recorded.wait()
         attempt = 0
         while True:
             attempt += 1

@@ -109,6 +109,8 @@ class ReleaseConfig:
     """When a batch stops, a dispatched node is followed until its deadline, and at least this
     long when its deadline is already spent."""
     store_patience: float = 30.0
+    max_crashes: int = 3
+    """A release claimed with this many crashes behind it is reconciled and ended failed."""
     node: NodeTiming = attrs.field(factory=NodeTiming)
     pacer: PollPacer = attrs.field(factory=PollPacer)
     """Shared by every release of a daemon: the status-query budget is the daemon's."""
@@ -123,6 +125,11 @@ class ReleaseActor:
     persisted in one fenced transaction per tick. A failure beyond ``max_failures`` cancels the
     batch scope; then dispatched nodes are reconciled with their agents, and the outcome
     (which skips every node never dispatched) is recorded.
+
+    A dispatch is announced before it is made: a NodeActor's Dispatching is written (node
+    running, attempts + 1) and only then does the actor send its task, so the rows always
+    name every node that may have reached its agent. A release taken over past its tolerance
+    reconciles those nodes before it records the outcome.
     """
 
     claim: Claim
@@ -137,6 +144,8 @@ class ReleaseActor:
     _spent: dict[int, float] = attrs.field(factory=dict)
     _dispatched_at: dict[int, float] = attrs.field(factory=dict)
     """trio time of each node's first dispatch (taken-over nodes: by its started_at)."""
+    _intents: dict[int, tuple[trio.Event, ReleaseNode]] = attrs.field(factory=dict)
+    """Dispatch intents not yet written: the NodeActor's event, and the node before it."""
     _failures: int = 0
     _error: str | None = None
     _flush_at: float = math.inf
@@ -165,6 +174,9 @@ class ReleaseActor:
                 total_nodes=len(nodes),
                 resumed=resumed,
             )
+            if release.crash_count >= self.config.max_crashes:
+                await self._give_up()
+                return
             limiter = trio.CapacityLimiter(release.max_parallel or self.config.max_parallel)
             for batch in sorted({node.batch for node in nodes}):
                 with structlog.contextvars.bound_contextvars(batch=batch):
@@ -173,7 +185,8 @@ class ReleaseActor:
                 if self._tolerance_exceeded or self.steering.cancel is not None:
                     break
             if self._tolerance_exceeded and self.steering.cancel is None:
-                # Taken over while a stopped batch was being followed: follow it on.
+                # Taken over past the tolerance (the owner died stopping a batch): the nodes
+                # it may have dispatched are followed before the outcome skips or cancels any.
                 await self._reconcile(
                     [node for node in self._nodes.values() if node.status is NodeStatus.RUNNING]
                 )
@@ -208,6 +221,20 @@ class ReleaseActor:
             return True
         return False
 
+    async def _give_up(self) -> None:
+        """End a release whose actors crashed ``max_crashes`` times: reconcile what may have
+        been dispatched, then record it failed, naming the last crash. When even that
+        crashed (one crash more), record it failed without asking any agent."""
+        release = self.claim.release
+        self._error = (
+            f"release crashed {release.crash_count} times; last crash: {release.last_crash}"
+        )
+        log.warning("release.giving_up", crashes=release.crash_count, last_crash=release.last_crash)
+        if release.crash_count == self.config.max_crashes:
+            await self._reconcile(list(self._nodes.values()))
+        await self._flush(Outcome(ReleaseStatus.FAILED, self._error))
+        log.info("release.finished", status=str(ReleaseStatus.FAILED), error=self._error)
+
     @property
     def _tolerance_exceeded(self) -> bool:
         return self._failures > self.claim.release.max_failures
@@ -234,9 +261,11 @@ class ReleaseActor:
                     await self._collect(receive, batch_scope)
             self.steering.leave_batch()
             if batch_scope.cancelled_caught:
-                # What was sent before the cancel is still buffered: a Dispatching among it
-                # means that agent may have the task, so it must be reconciled, not skipped.
+                # What was sent before the cancel may still be buffered: the outcomes count.
                 await self._drain(receive, batch_scope)
+                # An intent not yet written was never acted on (its actor waited for the
+                # write and is gone): that node never reached its agent and stays pending.
+                self._drop_intents()
         await self._flush()
         if batch_scope.cancelled_caught:
             log.warning("batch.aborted", reason=self.steering.cancel or self._error)
@@ -291,8 +320,30 @@ class ReleaseActor:
                     return
             if message is None:
                 await self._flush()
-            else:
-                await self._handle(message, batch_scope)
+                continue
+            await self._handle(message, batch_scope)
+            if self._intents:
+                # Intents hold their nodes back until written: gather what else has already
+                # arrived into the same write, which is due now.
+                await self._gather(receive, batch_scope)
+
+    async def _gather(
+        self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope
+    ) -> None:
+        while not batch_scope.cancel_called:
+            try:
+                message = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            await self._handle(message, batch_scope)
+
+    def _drop_intents(self) -> None:
+        for row_id, (_, before) in self._intents.items():
+            self._changes.pop(row_id, None)
+            self._dispatched.discard(row_id)
+            self._dispatched_at.pop(row_id, None)
+            self._nodes[row_id] = before
+        self._intents.clear()
 
     async def _drain(
         self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope
@@ -306,17 +357,28 @@ class ReleaseActor:
 
     async def _handle(self, message: NodeMessage, batch_scope: trio.CancelScope) -> None:
         match message:
-            case Dispatching(row_id=row_id):
-                self._dispatched.add(row_id)
+            case Dispatching(row_id=row_id, recorded=recorded):
+                before = self._nodes[row_id]
                 self._dispatched_at.setdefault(row_id, trio.current_time())
-            case Held():
-                pass  # its row stays as it is: run again on resume, reconciled on cancel
-            case Dispatched(row_id=row_id, task_id=task_id, attempts=attempts):
                 await self._change(
                     NodeChange(
-                        row_id, NodeStatus.RUNNING, task_id=task_id, attempts=attempts, started=True
+                        row_id,
+                        NodeStatus.RUNNING,
+                        task_id=task_id_for(
+                            before.main_ip, self.claim.release.version, before.attempt
+                        ),
+                        attempts=before.attempts + 1,
+                        started=before.status is NodeStatus.PENDING,
                     )
                 )
+                self._intents[row_id] = (recorded, before)
+                self._dispatched.add(row_id)
+                self._flush_at = min(self._flush_at, trio.current_time())
+            case Held():
+                pass  # its row stays as it is: run again on resume, reconciled on cancel
+            case Dispatched(row_id=row_id, attempts=attempts):
+                # The row has said so since the intent was written: nothing to persist.
+                log.debug("node.dispatched", row_id=row_id, requests=attempts)
             case Succeeded(row_id=row_id):
                 await self._change(NodeChange(row_id, NodeStatus.SUCCESS, finished=True))
             case Failed(row_id=row_id, reason=reason, kind=kind):
@@ -339,6 +401,7 @@ class ReleaseActor:
             node,
             status=change.status,
             task_id=change.task_id or node.task_id,
+            attempts=node.attempts if change.attempts is None else change.attempts,
         )
         level = log.warning if change.status is NodeStatus.FAILED else log.info
         level(
@@ -357,12 +420,16 @@ class ReleaseActor:
     async def _flush(self, outcome: Outcome | None = None) -> None:
         changes = list(self._changes.values())
         self._changes.clear()
+        intents = [recorded for recorded, _ in self._intents.values()]
+        self._intents.clear()
         self._flush_at = math.inf
         if not changes and outcome is None:
             return
         if not await self._record(changes, outcome):
             log.warning("release.lease_lost", epoch=self.claim.lease.epoch)
             raise LeaseLost(f"release {self.release_id}: lease epoch {self.claim.lease.epoch} lost")
+        for recorded in intents:
+            recorded.set()
 
     async def _record(self, changes: list[NodeChange], outcome: Outcome | None) -> bool:
         """One fenced write, retried with backoff while the database is away.

@@ -134,6 +134,12 @@ class Settings:
     max_parallel: int = _field(1000, _integer(1))
     flush_interval_sec: float = _field(0.2, _number(0.0, allow_zero=True))
     reconcile_timeout_sec: float = _field(10.0, _number(0.001))
+    max_crashes: int = _field(3, _integer(1))
+    """Crashes of a release's actors before the daemon that claims it next ends it failed."""
+    crash_backoff_sec: float = _field(10.0, _number(0.0, allow_zero=True))
+    """No daemon claims a crashed release for this long, doubled at each further crash."""
+    store_timeout_sec: float = _field(10.0, _number(0.1))
+    """Bound of every database operation: statement, connection wait and the whole call."""
 
     # Agent client.
     agent_port: int = _field(8443, _integer(1))

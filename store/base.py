@@ -46,8 +46,9 @@ class Store(Protocol):
         Claimable: a pending release none of whose nodes belongs to a running or paused
         release or to an older (lower version) pending one, and, when it names a scope, with
         no release of that scope running, paused or pending before it; or a running release
-        whose lease expired (or has none). Each claim sets status running, lease_owner,
-        lease_epoch+1 and the expiry. Returned in version order.
+        whose lease expired (or has none) and whose crash backoff (``not_before``) has passed.
+        Each claim sets status running, lease_owner, lease_epoch+1 and the expiry. Returned in
+        version order.
         """
         ...
 
@@ -71,6 +72,18 @@ class Store(Protocol):
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
         """Expire the given leases now and notify, so another daemon claims them at once."""
+        ...
+
+    async def record_crash(
+        self, owner: str, lease: Lease, error: str, backoff: float
+    ) -> int | None:
+        """The release's actors crashed: count it, keep ``error`` as its last crash, give
+        the lease up, and let no daemon claim the release for ``backoff`` seconds. Appends a
+        ``release.crashed`` event.
+
+        Fenced like ``record``: returns None, changing nothing, when ``lease`` is no longer
+        current; otherwise the release's crash count now.
+        """
         ...
 
     async def record(

@@ -33,7 +33,10 @@ async def open_store(settings: Settings) -> AsyncIterator[PostgresStore]:
         trio_asyncio.open_loop(),
         database_url(settings) as url,
         open_postgres_store(
-            url, max_size=POOL_SIZE, idle_in_transaction_timeout=settings.lease_ttl_sec
+            url,
+            max_size=POOL_SIZE,
+            idle_in_transaction_timeout=settings.lease_ttl_sec,
+            operation_timeout=settings.store_timeout_sec,
         ) as store,
     ):
         yield store

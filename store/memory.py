@@ -94,6 +94,9 @@ class _ReleaseRow:
     verb_reason: str | None = None
     verb_seq: int = 0
     verb_acked: int = 0
+    crash_count: int = 0
+    not_before: datetime | None = None
+    last_crash: str | None = None
 
     @property
     def effective_scope(self) -> str:
@@ -165,6 +168,7 @@ class MemoryStore:
             if (
                 row.status is ReleaseStatus.RUNNING
                 and (row.lease_expires_at is None or row.lease_expires_at < now)
+                and (row.not_before is None or row.not_before <= now)
             )
             or (row.status is ReleaseStatus.PENDING and not self._blocked(row))
         ]
@@ -280,6 +284,36 @@ class MemoryStore:
                 row.lease_expires_at = now - timedelta(seconds=1)
         for wake in list(self._wakers):
             wake()
+
+    async def record_crash(
+        self, owner: str, lease: Lease, error: str, backoff: float
+    ) -> int | None:
+        await self._available()
+        row = self._releases.get(lease.release_id)
+        if (
+            row is None
+            or row.lease_epoch != lease.epoch
+            or row.lease_owner != owner
+            or row.status is not ReleaseStatus.RUNNING
+        ):
+            return None
+        now = self.now()
+        row.crash_count += 1
+        row.last_crash = error
+        row.not_before = now + timedelta(seconds=backoff)
+        row.lease_expires_at = now - timedelta(seconds=1)
+        row.updated_at = now
+        self._event(
+            row.id,
+            None,
+            None,
+            row.status,
+            row.status,
+            f"release.crashed (crash {row.crash_count}, claimable again in "
+            f"{round(backoff, 1)} s): {error}",
+            owner,
+        )
+        return row.crash_count
 
     async def record(
         self,
@@ -1072,4 +1106,7 @@ class MemoryStore:
             verb_reason=row.verb_reason,
             verb_seq=row.verb_seq,
             verb_acked=row.verb_acked,
+            crash_count=row.crash_count,
+            not_before=row.not_before,
+            last_crash=row.last_crash,
         )

@@ -154,6 +154,13 @@ class Release:
         """A cancel was asked and the release has not ended yet (its owner reconciles)."""
         return self.verb == "cancel" and not self.status.terminal
 
+    crash_count: int = 0
+    """Crashes of this release's actors so far (the Supervisor's boundary counts them)."""
+    not_before: datetime | None = None
+    """No daemon claims the release before this (a crashed release's backoff)."""
+    last_crash: str | None = None
+    """The exception of the last crash, as ``Type: message``."""
+
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Release:
         return cls(
@@ -190,6 +197,9 @@ class Release:
             verb_reason=record.get("verb_reason"),
             verb_seq=record.get("verb_seq") or 0,
             verb_acked=record.get("verb_acked") or 0,
+            crash_count=record.get("crash_count") or 0,
+            not_before=record.get("not_before"),
+            last_crash=record.get("last_crash"),
         )
 
 

@@ -9,6 +9,14 @@ A store is opened with ``open_postgres_store(url)``, which must run inside
 Opening applies pending migrations (store.migrate) unless told not to.
 
 All times are the database's ``now()``. Connection failures surface as StoreUnavailable.
+
+Every operation is bounded three ways, so a database that stops answering (packets dropped,
+not refused) never holds a caller: the driver's command timeout per statement, a timeout on
+acquiring a pooled connection, and a trio deadline around the whole operation. Transient
+SQLSTATEs (connection exceptions 08, serialization failure and deadlock 40001/40P01,
+insufficient resources 53, operator intervention 57 such as pg_cancel_backend's 57014,
+read-only transactions 25006 after a failover, and the idle-in-transaction timeout 25P03)
+surface as StoreUnavailable as well: the operation may be retried.
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ _LISTEN_BACKOFF_MIN_SEC: Final = 0.5
 _LISTEN_BACKOFF_MAX_SEC: Final = 30.0
 _PING_TIMEOUT_SEC: Final = 5.0
 _CLOSE_TIMEOUT_SEC: Final = 5.0
+DEFAULT_OPERATION_TIMEOUT_SEC: Final = 30.0
 
 _log = structlog.get_logger("fleetwave.store")
 
@@ -127,6 +136,18 @@ def _unavailable(error: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"database unavailable: {detail}")
 
 
+# SQLSTATE classes and codes after which the same operation may succeed when tried again.
+_TRANSIENT_CLASSES: Final = ("08", "53", "57")
+_TRANSIENT_CODES: Final = frozenset({"40001", "40P01", "25006", "25P03"})
+
+
+def is_transient(sqlstate: str | None) -> bool:
+    """Whether a server error of this SQLSTATE says "not now" rather than "never"."""
+    if not sqlstate:
+        return False
+    return sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_CODES
+
+
 def _is_closed_connection(error: asyncpg.InterfaceError) -> bool:
     text = str(error)
     return "connection is closed" in text or "connection was closed" in text
@@ -137,14 +158,14 @@ _UNTRUSTED: Final = (*_UNAVAILABLE, asyncpg.InterfaceError, asyncio.CancelledErr
 
 
 @asynccontextmanager
-async def _acquired(pool: Pool) -> AsyncIterator[PooledConnection]:
+async def _acquired(pool: Pool, wait: float | None = None) -> AsyncIterator[PooledConnection]:
     """Asyncio-flavored: a pooled connection, terminated rather than reused when an operation
     on it failed in a way that may leave the driver and the server out of step.
 
     asyncpg can hand back to its pool a connection whose server session ended mid-operation,
     and every later user of it then fails with InternalClientError; terminating it makes the
     pool open a fresh one instead."""
-    async with pool.acquire() as connection:
+    async with pool.acquire(timeout=wait) as connection:
         try:
             yield connection
         except _UNTRUSTED:
@@ -168,6 +189,10 @@ async def _translated(operation: Callable[P, Awaitable[T]], *args: P.args, **kwa
         raise
     except asyncpg.CheckViolationError as error:
         raise InvalidInput(f"value rejected by the database: {error}") from error
+    except asyncpg.PostgresError as error:
+        if is_transient(error.sqlstate):
+            raise _unavailable(error) from error
+        raise
 
 
 # --- SQL -----------------------------------------------------------------------------------
@@ -183,7 +208,8 @@ SELECT r.id, r.type, r.target, r.scope, r.version, r.status,
        r.lease_owner, r.lease_epoch, r.lease_expires_at,
        r.created_at, r.updated_at, r.started_at, r.finished_at, r.selection,
        coalesce(r.config_version, r.version) AS config_version, r.rollback_of, r.held_for,
-       r.verb, r.verb_by, r.verb_reason, r.verb_seq, r.verb_acked
+       r.verb, r.verb_by, r.verb_reason, r.verb_seq, r.verb_acked,
+       r.crash_count, r.not_before, r.last_crash
 FROM {source} r
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE n.status = 'skipped') AS skipped_nodes,
@@ -202,7 +228,8 @@ def _release_select(source: str = "release_tasks") -> str:
 
 # Claimable: a pending release none of whose nodes belongs to an active release (running,
 # paused) or to an older pending one, and, when it names a scope, no release of that scope
-# active or pending before it; or a running release with an expired (or no) lease. Older
+# active or pending before it; or a running release with an expired (or no) lease, once a
+# crashed release's backoff (not_before) has passed. Older
 # pending releases block newer ones, so overlapping releases start in version order even
 # when one statement claims several. A release paused for a rollback does not hold that
 # rollback back. Rows another claimer holds are skipped, not waited
@@ -234,6 +261,7 @@ WITH candidates AS (
     ) OR (
         r.status = 'running'
         AND (r.lease_expires_at IS NULL OR r.lease_expires_at < now())
+        AND (r.not_before IS NULL OR r.not_before <= now())
     )
     ORDER BY r.version
     LIMIT $2
@@ -412,6 +440,28 @@ WITH handed AS (
     RETURNING t.id
 )
 SELECT pg_notify($4, id::text) FROM handed
+"""
+
+# A crash of the release's actors: counted, the lease given up, the release held back until
+# now() + backoff; fenced like every write of an owner. Returns the new count.
+_RECORD_CRASH = """
+WITH crashed AS (
+    UPDATE release_tasks t
+    SET crash_count = t.crash_count + 1,
+        last_crash = $4,
+        not_before = now() + make_interval(secs => $5::float8),
+        lease_expires_at = now() - interval '1 second',
+        updated_at = now()
+    WHERE t.id = $1 AND t.lease_epoch = $2 AND t.lease_owner = $3 AND t.status = 'running'
+    RETURNING t.id, t.crash_count
+), event AS (
+    INSERT INTO release_events (release_task_id, from_status, to_status, message, daemon_id)
+    SELECT id, 'running', 'running',
+           'release.crashed (crash ' || crash_count || ', claimable again in '
+               || round($5::float8::numeric, 1)::text || ' s): ' || $4::text, $3
+    FROM crashed
+)
+SELECT crash_count FROM crashed
 """
 
 _FENCE = f"""
@@ -602,20 +652,48 @@ WHERE r.id = ANY($1::bigint[]) AND r.status = 'pending'
 class PostgresStore:
     """The production Store. Build it with ``open_postgres_store``; all methods Trio-flavored."""
 
-    def __init__(self, pool: Pool, loop: Any, url: str, *, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        loop: Any,
+        url: str,
+        *,
+        connect_timeout: float,
+        operation_timeout: float = DEFAULT_OPERATION_TIMEOUT_SEC,
+    ) -> None:
         self._pool = pool
         self._loop = loop
         self._url = url
         self._connect_timeout = connect_timeout
+        self._timeout = operation_timeout
 
     async def _call(
         self, operation: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Cross into asyncio once, run ``operation`` there, translate its failures."""
-        result: T = await trio_asyncio.aio_as_trio(_translated, loop=self._loop)(
-            operation, *args, **kwargs
-        )
-        return result
+        """Cross into asyncio once, run ``operation`` there, translate its failures; bounded
+        by the operation timeout."""
+        return await self._call_within(self._timeout, operation, *args, **kwargs)
+
+    async def _call_within(
+        self,
+        seconds: float,
+        operation: Callable[P, Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``_call`` under a deadline of ``seconds``: past it the asyncio side is cancelled
+        (its connection terminated, see _acquired) and StoreUnavailable raised, whether or
+        not the server ever answers."""
+        with trio.move_on_after(seconds):
+            result: T = await trio_asyncio.aio_as_trio(_translated, loop=self._loop)(
+                operation, *args, **kwargs
+            )
+            return result
+        raise StoreUnavailable(f"database unavailable: no answer within {seconds:g}s")
+
+    def _acquired(self) -> contextlib.AbstractAsyncContextManager[PooledConnection]:
+        """Asyncio-flavored: a pooled connection, waited for at most the operation timeout."""
+        return _acquired(self._pool, self._timeout)
 
     # --- executor side ---------------------------------------------------------------------
 
@@ -654,6 +732,20 @@ class PostgresStore:
         epochs = [lease.epoch for lease in leases]
         await self._call(self._execute, _HAND_BACK, owner, ids, epochs, NOTIFY_CHANNEL)
 
+    async def record_crash(
+        self, owner: str, lease: Lease, error: str, backoff: float
+    ) -> int | None:
+        record = await self._call(
+            self._fetchrow,
+            _RECORD_CRASH,
+            lease.release_id,
+            lease.epoch,
+            owner,
+            error,
+            float(backoff),
+        )
+        return None if record is None else int(record["crash_count"])
+
     async def record(
         self,
         lease: Lease,
@@ -673,7 +765,7 @@ class PostgresStore:
         outcome: Outcome | None,
         daemon_id: str | None,
     ) -> bool:
-        async with _acquired(self._pool) as connection, connection.transaction():
+        async with self._acquired() as connection, connection.transaction():
             fenced = await connection.fetchval(_FENCE, lease.release_id, lease.epoch)
             if fenced is None:
                 return False
@@ -715,8 +807,12 @@ class PostgresStore:
         delay = _LISTEN_BACKOFF_MIN_SEC
         while True:
             try:
-                listener = await self._call(
-                    _Listener.open, self._url, self._connect_timeout, NOTIFY_CHANNEL
+                listener = await self._call_within(
+                    self._connect_timeout + self._timeout,
+                    _Listener.open,
+                    self._url,
+                    self._connect_timeout,
+                    NOTIFY_CHANNEL,
                 )
             except StoreUnavailable as error:
                 if not listening:
@@ -734,7 +830,9 @@ class PostgresStore:
                     task_status.started()
                 delay = _LISTEN_BACKOFF_MIN_SEC
                 while True:
-                    if await self._call(listener.wait, _LISTEN_IDLE_SEC):
+                    # An idle wait, then a liveness query bounded by the same idle time.
+                    waited = 2 * _LISTEN_IDLE_SEC + self._timeout
+                    if await self._call_within(waited, listener.wait, _LISTEN_IDLE_SEC):
                         wake()
             except StoreUnavailable as error:
                 _log.warning("release notifications dropped", error=str(error), retry_sec=delay)
@@ -845,7 +943,7 @@ class PostgresStore:
     async def _create_release_once(
         self, spec: ReleaseSpec, plan: tuple[int | str, ...]
     ) -> CreatedRelease:
-        async with _acquired(self._pool) as connection, connection.transaction():
+        async with self._acquired() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
             node_ids = await _select_nodes(connection, spec.selection)
             assigned = assign_batches(plan, node_ids)
@@ -913,7 +1011,7 @@ class PostgresStore:
     async def _list_releases(
         self, status: str | None, offset: int, limit: int
     ) -> tuple[list[asyncpg.Record], int]:
-        async with _acquired(self._pool) as connection, connection.transaction(readonly=True):
+        async with self._acquired() as connection, connection.transaction(readonly=True):
             total = await connection.fetchval(
                 "SELECT count(*) FROM release_tasks WHERE $1::text IS NULL OR status = $1",
                 status,
@@ -1060,7 +1158,7 @@ class PostgresStore:
         self, name: str, token_hash: str, role: Role, expires_in: timedelta | None
     ) -> TokenInfo:
         try:
-            async with _acquired(self._pool) as connection:
+            async with self._acquired() as connection:
                 record = await connection.fetchrow(
                     "INSERT INTO api_tokens (name, token_hash, role, expires_at)"
                     " VALUES ($1, $2, $3, now() + $4::interval)"
@@ -1123,21 +1221,21 @@ class PostgresStore:
         return False
 
     async def _ping(self) -> bool:
-        async with _acquired(self._pool) as connection:
+        async with self._acquired() as connection:
             return await migrations.is_current(connection)
 
     # --- asyncio-flavored helpers ------------------------------------------------------------
 
     async def _fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
-        async with _acquired(self._pool) as connection:
+        async with self._acquired() as connection:
             return await connection.fetch(query, *args)
 
     async def _fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
-        async with _acquired(self._pool) as connection:
+        async with self._acquired() as connection:
             return await connection.fetchrow(query, *args)
 
     async def _execute(self, query: str, *args: object) -> None:
-        async with _acquired(self._pool) as connection:
+        async with self._acquired() as connection:
             await connection.execute(query, *args)
 
 
@@ -1464,22 +1562,22 @@ async def _open_pool(
     connect_timeout: float,
     apply_migrations: bool,
     server_settings: dict[str, str],
+    command_timeout: float,
 ) -> Pool:
-    """Asyncio-flavored: connect, and migrate the schema when asked."""
+    """Asyncio-flavored: migrate the schema when asked, then connect the pool.
+
+    Migrations run on a connection of their own, without the pool's command timeout: an
+    index built over a large table may take longer than any operation of the store."""
+    if apply_migrations:
+        await _migrate_and_report(url, connect_timeout)
     pool: Pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         timeout=connect_timeout,
+        command_timeout=command_timeout,
         server_settings=server_settings,
     )
-    try:
-        if apply_migrations:
-            async with _acquired(pool) as connection:
-                await migrations.migrate(connection)
-    except BaseException:
-        pool.terminate()
-        raise
     return pool
 
 
@@ -1507,6 +1605,7 @@ async def open_postgres_store(
     connect_timeout: float = 10.0,
     apply_migrations: bool = True,
     idle_in_transaction_timeout: float | None = None,
+    operation_timeout: float = DEFAULT_OPERATION_TIMEOUT_SEC,
 ) -> AsyncIterator[PostgresStore]:
     """Trio-flavored: open a PostgresStore on ``url`` and close its pool on exit.
 
@@ -1518,6 +1617,10 @@ async def open_postgres_store(
     With ``idle_in_transaction_timeout`` (seconds), the server ends any session of this store
     that sits that long inside a transaction: a process stopped mid-transaction (SIGSTOP, a
     frozen VM) then releases its row locks, and other daemons can take its releases over.
+
+    ``operation_timeout`` (seconds) bounds every statement (the driver's command timeout),
+    every wait for a pooled connection, and every store operation as a whole (a trio
+    deadline): past it the operation raises StoreUnavailable.
     """
     server_settings = {}
     if idle_in_transaction_timeout is not None:
@@ -1528,10 +1631,19 @@ async def open_postgres_store(
         raise RuntimeError("open_postgres_store() must run inside trio_asyncio.open_loop()")
     loop.set_exception_handler(_driver_noise)
     pool: Pool = await trio_asyncio.aio_as_trio(_translated, loop=loop)(
-        _open_pool, url, min_size, max_size, connect_timeout, apply_migrations, server_settings
+        _open_pool,
+        url,
+        min_size,
+        max_size,
+        connect_timeout,
+        apply_migrations,
+        server_settings,
+        operation_timeout,
     )
     try:
-        yield PostgresStore(pool, loop, url, connect_timeout=connect_timeout)
+        yield PostgresStore(
+            pool, loop, url, connect_timeout=connect_timeout, operation_timeout=operation_timeout
+        )
     finally:
         with trio.move_on_after(_CLOSE_TIMEOUT_SEC, shield=True) as scope:
             await trio_asyncio.aio_as_trio(pool.close, loop=loop)()
