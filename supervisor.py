@@ -230,9 +230,10 @@ class Supervisor:
         self.poke()
 
     async def _record_crash(self, claim: Claim, error: Exception) -> None:
-        backoff = min(
-            CRASH_BACKOFF_MAX, self.settings.crash_backoff_sec * 2**claim.release.crash_count
-        )
+        crashes = claim.release.crash_count + 1
+        backoff = min(CRASH_BACKOFF_MAX, self.settings.crash_backoff_sec * 2 ** (crashes - 1))
+        if crashes >= self.settings.max_crashes:
+            backoff = 0.0  # the next claim only reconciles and ends it: nothing to wait for
         text = describe_crash(error)
         with trio.move_on_after(HAND_BACK_TIMEOUT, shield=True):
             try:

@@ -187,6 +187,11 @@ class ReleaseActor:
             if self._tolerance_exceeded and self.steering.cancel is None:
                 # Taken over past the tolerance (the owner died stopping a batch): the nodes
                 # it may have dispatched are followed before the outcome skips or cancels any.
+                if self._error is None:
+                    first = next(n for n in nodes if n.status is NodeStatus.FAILED)
+                    self._error = (
+                        f"node {first.node_name} ({_ip_of(first)}) failed: {first.error_msg}"
+                    )
                 await self._reconcile(
                     [node for node in self._nodes.values() if node.status is NodeStatus.RUNNING]
                 )

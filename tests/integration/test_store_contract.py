@@ -266,6 +266,59 @@ async def test_hand_back_of_someone_elses_lease_changes_nothing(store: Store) ->
     assert await store.claim("daemon-b", 5, TTL) == []
 
 
+# --- record_crash --------------------------------------------------------------------------------
+
+
+async def test_record_crash_counts_it_and_holds_the_release_back_for_the_backoff(
+    store: Store,
+) -> None:
+    await add_nodes(store, 1)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store, "daemon-a")
+
+    assert await store.record_crash("daemon-a", lease, "RuntimeError: boom", 0.6) == 1
+
+    release = await store.get_release(created.release.id)
+    assert release is not None
+    assert (release.status, release.crash_count) == (ReleaseStatus.RUNNING, 1)
+    assert release.last_crash == "RuntimeError: boom"
+    assert release.not_before is not None
+    assert await store.claim("daemon-b", 5, TTL) == []  # handed back, but held back
+    await trio.sleep(0.8)
+    [claim] = await store.claim("daemon-b", 5, TTL)
+    assert claim.lease.epoch == lease.epoch + 1
+    assert (claim.release.crash_count, claim.release.last_crash) == (1, "RuntimeError: boom")
+    crashed = [
+        e
+        for e in await store.release_events(created.release.id)
+        if (e.message or "").startswith("release.crashed")
+    ]
+    assert [(e.from_status, e.to_status, e.daemon_id, e.message) for e in crashed] == [
+        (
+            "running",
+            "running",
+            "daemon-a",
+            "release.crashed (crash 1, claimable again in 0.6 s): RuntimeError: boom",
+        )
+    ]
+    assert await store.record_crash("daemon-b", claim.lease, "KeyError: 'x'", 0) == 2
+
+
+async def test_record_crash_of_a_lease_no_longer_held_changes_nothing(store: Store) -> None:
+    await add_nodes(store, 1)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store, "daemon-a")
+
+    assert await store.record_crash("daemon-b", lease, "RuntimeError: boom", 10) is None
+    stale = Lease(lease.release_id, lease.epoch - 1)
+    assert await store.record_crash("daemon-a", stale, "RuntimeError: boom", 10) is None
+
+    release = await store.get_release(created.release.id)
+    assert release is not None
+    assert (release.crash_count, release.last_crash, release.not_before) == (0, None, None)
+    assert await store.heartbeat("daemon-a", [lease], TTL) == {lease.release_id}
+
+
 # --- heartbeat -----------------------------------------------------------------------------------
 
 
