@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
+from functools import partial
+from typing import TypeVar
 
 import attrs
 import structlog
@@ -42,6 +44,8 @@ from fleetwave.store.models import (
 )
 
 log = structlog.get_logger("fleetwave.release")
+
+T = TypeVar("T")
 
 # NodeActors spawned between two checkpoints of the spawner.
 SPAWN_GROUP = 64
@@ -161,7 +165,9 @@ class ReleaseActor:
         ):
             self.steering.apply(LeaseState.of(release))
             task_status.started()
-            nodes = await self.store.release_nodes(release.id)
+            nodes = await self._retrying(
+                "release.read_retry", partial(self.store.release_nodes, release.id)
+            )
             self._nodes = {node.id: node for node in nodes}
             self._spent = _deadline_spent(nodes, self.claim.claimed_at)
             now = trio.current_time()
@@ -443,17 +449,28 @@ class ReleaseActor:
         ``store_patience`` (the lease TTL: by then the lease may be another daemon's) the
         error propagates and the release is abandoned to whoever claims it next.
         """
+        return await self._retrying(
+            "release.write_retry",
+            partial(
+                self.store.record,
+                self.claim.lease,
+                changes,
+                outcome,
+                daemon_id=self.config.daemon_id,
+            ),
+        )
+
+    async def _retrying(self, event: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, retried with backoff on StoreUnavailable for up to ``store_patience``."""
         delay = STORE_RETRY_INITIAL
         give_up_at = trio.current_time() + self.config.store_patience
         while True:
             try:
-                return await self.store.record(
-                    self.claim.lease, changes, outcome, daemon_id=self.config.daemon_id
-                )
+                return await call()
             except StoreUnavailable as error:
                 if trio.current_time() + delay > give_up_at:
                     raise
-                log.warning("release.write_retry", error=str(error), retry_in=delay)
+                log.warning(event, error=str(error), retry_in=delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, STORE_RETRY_MAX)
 
