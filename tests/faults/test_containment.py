@@ -341,6 +341,8 @@ async def test_a_database_switched_to_read_only_during_releases_ends_no_release(
     database_url: str, certs: CertPaths, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     database = database_url.rsplit("/", 1)[1]
+    # A session of its own that stays writable, to switch the database back.
+    writable = f"{database_url}?options=-c%20default_transaction_read_only%3Doff"
     # Sessions keep the setting they started with: the daemons' are ended so that they
     # reconnect into the new one, as after a failover to a standby.
     reconnect = (
@@ -370,7 +372,7 @@ async def test_a_database_switched_to_read_only_during_releases_ends_no_release(
             ended += int(await run_sql(database_url, reconnect))
             await trio.sleep(READ_ONLY_SEC)
             await run_sql(
-                database_url, f'ALTER DATABASE "{database}" RESET default_transaction_read_only'
+                writable, f'ALTER DATABASE "{database}" RESET default_transaction_read_only'
             )
             ended += int(await run_sql(database_url, reconnect))
         statuses = await _wait_all_succeeded(store, release_ids, limit=120)
