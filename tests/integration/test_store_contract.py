@@ -316,7 +316,7 @@ async def test_record_crash_of_a_lease_no_longer_held_changes_nothing(store: Sto
     release = await store.get_release(created.release.id)
     assert release is not None
     assert (release.crash_count, release.last_crash, release.not_before) == (0, None, None)
-    assert await store.heartbeat("daemon-a", [lease], TTL) == {lease.release_id}
+    assert set(await store.heartbeat("daemon-a", [lease], TTL)) == {lease.release_id}
 
 
 # --- heartbeat -----------------------------------------------------------------------------------
