@@ -455,7 +455,13 @@ def selection_item(release: Release) -> dict[str, object] | None:
 
 
 def wait_item(wait: Wait) -> dict[str, object]:
-    return {"releaseId": wait.ahead_id, "scope": wait.scope, "reason": wait.describe()}
+    return {
+        "releaseId": wait.ahead_id,
+        "scope": wait.scope,
+        "sharedNodes": wait.shared_count,
+        "nodeNames": list(wait.shared),
+        "reason": wait.describe(),
+    }
 
 
 def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:

@@ -18,6 +18,7 @@ from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFou
 from fleetwave.store.models import (
     DEFAULT_PLAN,
     TOKEN_LOOKUP_CHARS,
+    WAIT_NODES_SHOWN,
     Actor,
     Claim,
     CreatedRelease,
@@ -97,10 +98,6 @@ class _ReleaseRow:
     crash_count: int = 0
     not_before: datetime | None = None
     last_crash: str | None = None
-
-    @property
-    def effective_scope(self) -> str:
-        return self.scope if self.scope is not None else self.target
 
 
 @attrs.define
@@ -194,18 +191,24 @@ class MemoryStore:
             claims.append(Claim(self._release(row), Lease(row.id, row.lease_epoch)))
         return claims
 
-    def _blocked(self, pending: _ReleaseRow) -> bool:
-        """A release running, paused or pending before ``pending`` shares a node with it, or
-        names the same scope (a release paused for the rollback ``pending`` does not)."""
-        mine = {node.node_id for node in self._release_nodes[pending.id]}
-        for other in self._releases.values():
-            if other.id == pending.id or not (
+    def _ahead(self, pending: _ReleaseRow) -> list[_ReleaseRow]:
+        """Releases running, paused, or pending with an older version than ``pending``; a
+        release paused for the rollback ``pending`` is not ahead of it."""
+        return [
+            other
+            for other in self._releases.values()
+            if other.id != pending.id
+            and (
                 other.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
                 or (other.status is ReleaseStatus.PENDING and other.version < pending.version)
-            ):
-                continue
-            if other.status is ReleaseStatus.PAUSED and other.held_for == pending.id:
-                continue  # paused for this rollback: it does not hold the rollback back
+            )
+            and not (other.status is ReleaseStatus.PAUSED and other.held_for == pending.id)
+        ]
+
+    def _blocked(self, pending: _ReleaseRow) -> bool:
+        """A release ahead of ``pending`` shares a node with it, or names the same scope."""
+        mine = {node.node_id for node in self._release_nodes[pending.id]}
+        for other in self._ahead(pending):
             if pending.scope is not None and other.scope == pending.scope:
                 return True
             if any(node.node_id in mine for node in self._release_nodes[other.id]):
@@ -941,32 +944,30 @@ class MemoryStore:
             row = self._releases.get(release_id)
             if row is None or row.status is not ReleaseStatus.PENDING:
                 continue
-            scope = row.effective_scope
-            same_scope = [
+            mine = {node.node_id for node in self._release_nodes[row.id]}
+            blocking = [
                 other
-                for other in self._releases.values()
-                if other.effective_scope == scope and other.id != row.id
+                for other in self._ahead(row)
+                if (row.scope is not None and other.scope == row.scope)
+                or (mine & {node.node_id for node in self._release_nodes[other.id]})
             ]
-            active = [
-                other
-                for other in same_scope
-                if other.status in (ReleaseStatus.RUNNING, ReleaseStatus.PAUSED)
-            ]
-            older = [
-                other
-                for other in same_scope
-                if other.status is ReleaseStatus.PENDING and other.version < row.version
-            ]
+            active = [o for o in blocking if o.status is not ReleaseStatus.PENDING]
             ahead = (
                 min(active, key=lambda other: other.version)
                 if active
-                else max(older, key=lambda other: other.version, default=None)
+                else max(blocking, key=lambda other: other.version, default=None)
             )
+            shared: list[str] = []
+            if ahead is not None:
+                theirs = {node.node_id for node in self._release_nodes[ahead.id]}
+                shared = [self._nodes[n].name for n in sorted(mine & theirs)]
             waits[release_id] = Wait(
                 release_id=release_id,
-                scope=scope,
+                scope=row.scope,
                 ahead_id=None if ahead is None else ahead.id,
                 ahead_status=None if ahead is None else ahead.status,
+                shared=tuple(shared[:WAIT_NODES_SHOWN]),
+                shared_count=len(shared),
             )
         return waits
 

@@ -462,16 +462,25 @@ class Actor:
     role: Role
 
 
+WAIT_NODES_SHOWN: Final = 10
+"""Shared nodes a Wait names; it counts all of them."""
+
+
 @attrs.frozen
 class Wait:
-    """What a pending release waits for: releases of one scope run one at a time, in version
-    order, so it comes after the scope's active release, or else the next older pending one.
-    ``ahead_id`` None: nothing is ahead of it; the next claim takes it."""
+    """What a pending release waits for: a release runs only once none of its nodes is in a
+    running or paused release or an older pending one (and, with an explicit scope, none of
+    that scope is ahead of it). ``ahead_id`` is the release ahead of it: the oldest active
+    one, else the nearest older pending one; None: nothing is ahead, the next claim takes it.
+    ``shared`` names (up to WAIT_NODES_SHOWN of) the nodes both have, ``shared_count``
+    counts them; none when only the scope is shared."""
 
     release_id: int
-    scope: str
+    scope: str | None
     ahead_id: int | None
     ahead_status: ReleaseStatus | None
+    shared: tuple[str, ...] = ()
+    shared_count: int = 0
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Wait:
@@ -481,12 +490,20 @@ class Wait:
             scope=record["scope"],
             ahead_id=record["ahead_id"],
             ahead_status=None if status is None else ReleaseStatus(status),
+            shared=tuple(record["shared_names"] or ()),
+            shared_count=record["shared_count"],
         )
 
     def describe(self) -> str:
         if self.ahead_id is None or self.ahead_status is None:
-            return f"first in scope {self.scope}: waits for a daemon to claim it"
-        return f"behind release {self.ahead_id} of scope {self.scope} ({self.ahead_status})"
+            return "nothing ahead of it: waits for a daemon to claim it"
+        if not self.shared_count:
+            return f"behind release {self.ahead_id} of scope {self.scope} ({self.ahead_status})"
+        names = ", ".join(self.shared[:3])
+        more = self.shared_count - min(3, len(self.shared))
+        if more > 0:
+            names += f" and {more} more"
+        return f"behind release {self.ahead_id} ({self.ahead_status}) on nodes {names}"
 
 
 @attrs.frozen

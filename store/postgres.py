@@ -46,6 +46,7 @@ from fleetwave.store.errors import (
 from fleetwave.store.models import (
     DEFAULT_PLAN,
     TOKEN_LOOKUP_CHARS,
+    WAIT_NODES_SHOWN,
     Actor,
     Claim,
     CreatedRelease,
@@ -630,18 +631,42 @@ LIMIT $2
 
 # The claim's rule seen from a pending release: the active release of its scope, else the
 # closest older pending one (the claim takes the oldest pending release of an idle scope).
-_WAITS = """
-SELECT r.id, coalesce(r.scope, r.target) AS scope, a.id AS ahead_id, a.status AS ahead_status
+# A pending release's wait: the release ahead of it (active ones first, the oldest; else the
+# nearest older pending one), among those sharing a node or its explicit scope, as the claim
+# decides; then the nodes they share, the first few by name and a count.
+_WAITS = f"""
+SELECT r.id, r.scope, a.id AS ahead_id, a.status AS ahead_status,
+       coalesce(s.names, '{{}}') AS shared_names, coalesce(s.total, 0) AS shared_count
 FROM release_tasks r
 LEFT JOIN LATERAL (
     SELECT o.id, o.status
     FROM release_tasks o
-    WHERE coalesce(o.scope, o.target) = coalesce(r.scope, r.target)
-      AND o.id <> r.id
-      AND (o.status IN ('running', 'paused') OR (o.status = 'pending' AND o.version < r.version))
+    WHERE o.id <> r.id
+      AND (o.status = 'running'
+           OR (o.status = 'paused' AND o.held_for IS DISTINCT FROM r.id)
+           OR (o.status = 'pending' AND o.version < r.version))
+      AND (
+          o.scope = r.scope
+          OR EXISTS (
+              SELECT 1
+              FROM release_task_nodes theirs
+              JOIN release_task_nodes mine
+                ON mine.release_task_id = r.id AND mine.node_id = theirs.node_id
+              WHERE theirs.release_task_id = o.id
+          )
+      )
     ORDER BY o.status = 'pending', CASE WHEN o.status = 'pending' THEN -o.version ELSE o.version END
     LIMIT 1
 ) a ON true
+LEFT JOIN LATERAL (
+    SELECT (array_agg(d.name ORDER BY d.id))[1:{WAIT_NODES_SHOWN}] AS names,
+           count(*)::int AS total
+    FROM release_task_nodes theirs
+    JOIN release_task_nodes mine
+      ON mine.release_task_id = r.id AND mine.node_id = theirs.node_id
+    JOIN nodes d ON d.id = theirs.node_id
+    WHERE theirs.release_task_id = a.id
+) s ON true
 WHERE r.id = ANY($1::bigint[]) AND r.status = 'pending'
 """
 

@@ -197,5 +197,5 @@ async def test_release_show_says_what_a_pending_release_waits_for(
     _, running, _ = await served.run("release", "show", str(first.id))
 
     assert code == 0
-    assert f"waiting: behind release {first.id} of scope eu (running)\n" in out
+    assert f"waiting: behind release {first.id} (running) on nodes edge-001, edge-002\n" in out
     assert "waiting:" not in running

@@ -106,12 +106,14 @@ async def test_a_pending_release_says_what_it_waits_for(
     assert by_id[second.id] == {
         "releaseId": first.id,
         "scope": "eu",
-        "reason": f"behind release {first.id} of scope eu (running)",
+        "sharedNodes": 2,
+        "nodeNames": ["edge-001", "edge-002"],
+        "reason": f"behind release {first.id} (running) on nodes edge-001, edge-002",
     }
     assert detail["waitingFor"] == by_id[second.id]
 
 
-async def test_a_pending_release_first_in_its_scope_waits_for_a_daemon(
+async def test_a_pending_release_with_nothing_ahead_waits_for_a_daemon(
     client: httpx.AsyncClient, store: MemoryStore
 ) -> None:
     await add_nodes(store, 1)
@@ -121,6 +123,8 @@ async def test_a_pending_release_first_in_its_scope_waits_for_a_daemon(
 
     assert detail["waitingFor"] == {
         "releaseId": None,
-        "scope": "cdn",
-        "reason": "first in scope cdn: waits for a daemon to claim it",
+        "scope": None,
+        "sharedNodes": 0,
+        "nodeNames": [],
+        "reason": "nothing ahead of it: waits for a daemon to claim it",
     }

@@ -18,6 +18,7 @@ from fleetwave.store.models import (
     DEFAULT_PLAN,
     ERROR_MSG_MAX,
     TOKEN_LOOKUP_CHARS,
+    WAIT_NODES_SHOWN,
     Actor,
     Lease,
     Node,
@@ -633,11 +634,11 @@ async def test_release_events_page_after_an_id(store: Store) -> None:
 async def test_waits_name_the_active_release_then_the_next_older_pending_one(
     store: Store,
 ) -> None:
-    await add_nodes(store, 2)
-    first = (await store.create_release(ReleaseSpec(scope="eu"))).release
-    second = (await store.create_release(ReleaseSpec(scope="eu"))).release
-    third = (await store.create_release(ReleaseSpec(scope="eu"))).release
-    other = (await store.create_release(ReleaseSpec(scope="us"))).release
+    nodes = await add_nodes(store, 3)
+    first = (await store.create_release(ReleaseSpec(scope="eu", selection=on(nodes[0])))).release
+    second = (await store.create_release(ReleaseSpec(scope="eu", selection=on(nodes[1])))).release
+    third = (await store.create_release(ReleaseSpec(scope="eu", selection=on(nodes[2])))).release
+    other = (await store.create_release(ReleaseSpec(scope="us", selection=on(nodes[2])))).release
     before_claim = await store.waits([first.id, second.id, other.id])
     await store.claim("daemon-a", 1, TTL)  # first, the oldest
 
@@ -648,19 +649,47 @@ async def test_waits_name_the_active_release_then_the_next_older_pending_one(
     assert set(waits) == {second.id, third.id, other.id}
     assert waits[second.id] == Wait(second.id, "eu", first.id, ReleaseStatus.RUNNING)
     assert waits[third.id] == Wait(third.id, "eu", first.id, ReleaseStatus.RUNNING)
-    assert waits[other.id] == Wait(other.id, "us", None, None)
+    # Another scope, but third's node: behind third, on that node.
+    assert waits[other.id] == Wait(
+        other.id, "us", third.id, ReleaseStatus.PENDING, (nodes[2].name,), 1
+    )
     assert waits[second.id].describe() == f"behind release {first.id} of scope eu (running)"
+    assert waits[other.id].describe() == f"behind release {third.id} (pending) on nodes edge-3"
     assert await store.waits([]) == {}
 
 
-async def test_a_release_without_scope_waits_in_its_targets_scope(store: Store) -> None:
-    await add_nodes(store, 1)
+async def test_a_release_without_scope_waits_behind_the_release_holding_its_nodes(
+    store: Store,
+) -> None:
+    nodes = await add_nodes(store, 6)
+    first = (await store.create_release(ReleaseSpec(selection=on(*nodes[:5])))).release
+    await claim_one(store)
+    second = (await store.create_release(ReleaseSpec())).release
+    free = (await store.create_release(ReleaseSpec(selection=on(nodes[5])))).release
+
+    waits = await store.waits([second.id, free.id])
+
+    names = tuple(node.name for node in nodes[:5])
+    assert waits[second.id] == Wait(second.id, None, first.id, ReleaseStatus.RUNNING, names, 5)
+    assert waits[second.id].describe() == (
+        f"behind release {first.id} (running) on nodes edge-1, edge-2, edge-3 and 2 more"
+    )
+    # The free one shares a node with the pending second: it waits behind it (version order).
+    assert waits[free.id] == Wait(
+        free.id, None, second.id, ReleaseStatus.PENDING, (nodes[5].name,), 1
+    )
+
+
+async def test_a_wait_names_at_most_a_few_shared_nodes_and_counts_them(store: Store) -> None:
+    nodes = await add_nodes(store, WAIT_NODES_SHOWN + 5)
     first = (await store.create_release(ReleaseSpec())).release
     second = (await store.create_release(ReleaseSpec())).release
 
-    waits = await store.waits([second.id])
+    [wait] = (await store.waits([second.id])).values()
 
-    assert waits == {second.id: Wait(second.id, "cdn", first.id, ReleaseStatus.PENDING)}
+    assert wait.ahead_id == first.id
+    assert wait.shared == tuple(node.name for node in nodes[:WAIT_NODES_SHOWN])
+    assert wait.shared_count == len(nodes)
 
 
 # --- nodes -------------------------------------------------------------------------------------
