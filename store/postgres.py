@@ -227,6 +227,38 @@ def _release_select(source: str = "release_tasks") -> str:
     return _RELEASE_SELECT.format(source=source)
 
 
+def _probe(walked: str, probed: str) -> str:
+    """Walk ``walked``'s node rows, probing ``probed``'s through the unique (release_task_id,
+    node_id) index; stops at the first shared node. OFFSET 0 keeps the inner EXISTS a probe
+    (flattened, the planner would join instead)."""
+    return f"""EXISTS (
+        SELECT 1 FROM release_task_nodes w
+        WHERE w.release_task_id = {walked}.id
+          AND EXISTS (
+              SELECT 1 FROM release_task_nodes p
+              WHERE p.release_task_id = {probed}.id AND p.node_id = w.node_id
+              OFFSET 0
+          )
+    )"""
+
+
+# Release o shares a node with release r. Of similar sizes, their node rows are merge-joined
+# (cheapest then); when one is much smaller, its rows are walked and probed into the other's,
+# so a 100-node release is never compared by reading all rows of a 10,000-node one.
+# total_nodes is only a hint here: a wrong value written by another program costs time, never
+# a wrong answer.
+_SHARES_A_NODE = f"""(CASE
+        WHEN o.total_nodes * 8 < r.total_nodes THEN {_probe("o", "r")}
+        WHEN r.total_nodes * 8 < o.total_nodes THEN {_probe("r", "o")}
+        ELSE EXISTS (
+            SELECT 1
+            FROM release_task_nodes theirs
+            JOIN release_task_nodes mine
+              ON mine.release_task_id = r.id AND mine.node_id = theirs.node_id
+            WHERE theirs.release_task_id = o.id
+        )
+    END)"""
+
 # Claimable: a pending release none of whose nodes belongs to an active release (running,
 # paused) or to an older pending one, and, when it names a scope, no release of that scope
 # active or pending before it; or a running release with an expired (or no) lease, once a
@@ -250,13 +282,7 @@ WITH candidates AS (
                    OR (o.status = 'pending' AND o.version < r.version))
               AND (
                   o.scope = r.scope
-                  OR EXISTS (
-                      SELECT 1
-                      FROM release_task_nodes theirs
-                      JOIN release_task_nodes mine
-                        ON mine.release_task_id = r.id AND mine.node_id = theirs.node_id
-                      WHERE theirs.release_task_id = o.id
-                  )
+                  OR {_SHARES_A_NODE}
               )
         )
     ) OR (
@@ -647,13 +673,7 @@ LEFT JOIN LATERAL (
            OR (o.status = 'pending' AND o.version < r.version))
       AND (
           o.scope = r.scope
-          OR EXISTS (
-              SELECT 1
-              FROM release_task_nodes theirs
-              JOIN release_task_nodes mine
-                ON mine.release_task_id = r.id AND mine.node_id = theirs.node_id
-              WHERE theirs.release_task_id = o.id
-          )
+          OR {_SHARES_A_NODE}
       )
     ORDER BY o.status = 'pending', CASE WHEN o.status = 'pending' THEN -o.version ELSE o.version END
     LIMIT 1
