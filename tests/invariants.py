@@ -9,11 +9,13 @@ from itertools import pairwise
 
 from fleetwave.agent.sim import SimulatedFleet
 from fleetwave.store.base import Store
-from fleetwave.store.models import NodeStatus, ReleaseNode, ReleaseStatus, task_id_for
+from fleetwave.store.models import Event, NodeStatus, ReleaseNode, ReleaseStatus, task_id_for
 from fleetwave.store.plan import assign_batches
 
 TERMINAL_NODE = {s.value for s in NodeStatus if s.terminal}
 TERMINAL_RELEASE = {s.value for s in ReleaseStatus if s.terminal}
+TASK_ORDER = re.compile(r"_(\d+)(?:_a(\d+))?$")
+"""(release version, attempt) at the end of a task id."""
 
 
 async def assert_release_invariants(
@@ -163,39 +165,70 @@ async def assert_applied_versions(store: Store, fleet: SimulatedFleet | None = N
 
 async def assert_node_exclusion(store: Store, fleet: SimulatedFleet | None = None) -> None:
     """Across every release of ``store``: no node is in two active releases, releases sharing
-    a node ran in version order, and (with ``fleet``) each agent received its tasks one at a
-    time in version order: a node never receives an older config after a newer one."""
+    a node started in version order (but for rollbacks, which run ahead of the releases they
+    hold), and (with ``fleet``) each agent received its tasks one at a time in version order:
+    a node never receives an older config after a newer one, but from a rollback (a newer
+    release restoring an older config)."""
     releases, _ = await store.list_releases(limit=1_000_000)
-    spans: dict[int, tuple[int, int, int]] = {}
+    spans: dict[int, list[tuple[int, int]]] = {}
     nodes_of: dict[int, set[int]] = {}
+    version_of: dict[int, int] = {}
+    rollbacks = {release.id for release in releases if release.rollback_of is not None}
     for release in releases:
         events = await store.release_events(release.id, limit=1_000_000)
-        claims = [e.id for e in events if e.node_id is None and e.to_status == "running"]
-        if not claims:
-            continue
-        ends = [e.id for e in events if e.node_id is None and e.to_status in TERMINAL_RELEASE]
-        spans[release.id] = (release.version, claims[0], ends[-1] if ends else 1 << 62)
+        spans[release.id] = _active_spans(events)
         nodes_of[release.id] = {node.node_id for node in await store.release_nodes(release.id)}
-    ordered = sorted(spans.items(), key=lambda item: item[1][0])
-    for index, (first, (version, _, first_end)) in enumerate(ordered):
-        for second, (later_version, second_start, _) in ordered[index + 1 :]:
+        version_of[release.id] = release.version
+    ordered = sorted(spans, key=version_of.__getitem__)
+    for index, first in enumerate(ordered):
+        for second in ordered[index + 1 :]:
             shared = nodes_of[first] & nodes_of[second]
-            if shared:
-                assert first_end < second_start, (
-                    f"release {second} (version {later_version}) started while release {first}"
-                    f" (version {version}) was active over nodes {sorted(shared)}"
+            if not shared:
+                continue
+            for start, end in spans[first]:
+                for other_start, other_end in spans[second]:
+                    assert end < other_start or other_end < start, (
+                        f"releases {first} (version {version_of[first]}) and {second} (version"
+                        f" {version_of[second]}) were active at once over nodes {sorted(shared)}"
+                    )
+            # A rollback may run before older releases it held: version order is theirs only.
+            if spans[first] and spans[second] and not rollbacks & {first, second}:
+                assert spans[first][0][0] < spans[second][0][0], (
+                    f"release {second} started before the older release {first} over"
+                    f" nodes {sorted(shared)}"
                 )
     if fleet is None:
         return
-    by_host: dict[str, list[tuple[float, float, int]]] = {}
+    # Task ids carry the release's own version (a rollback is a newer release) and a retry's
+    # attempt: per node they only grow, a retry following its own earlier attempt.
+    by_host: dict[str, list[tuple[float, float, tuple[int, int]]]] = {}
     for task in fleet.task_times():
-        version = int(re.sub(r"_a\d+$", "", task.task_id).rsplit("_", 1)[1])
+        match = TASK_ORDER.search(task.task_id)
+        assert match is not None, task.task_id
+        order = (int(match.group(1)), int(match.group(2) or 1))
         finished = task.dispatched_at + task.apply_time
-        by_host.setdefault(task.host, []).append((task.dispatched_at, finished, version))
+        by_host.setdefault(task.host, []).append((task.dispatched_at, finished, order))
     for host, tasks in by_host.items():
         tasks.sort()
-        for (_, finished, version), (received, _, later) in pairwise(tasks):
-            assert version < later, f"{host} received version {later} after version {version}"
-            assert finished <= received, (
-                f"{host} received version {later} while still applying version {version}"
-            )
+        for (_, finished, earlier), (received, _, later) in pairwise(tasks):
+            assert earlier < later, f"{host} received {later} after {earlier} (version, attempt)"
+            assert finished <= received, f"{host} received {later} while still applying {earlier}"
+
+
+def _active_spans(events: list[Event]) -> list[tuple[int, int]]:
+    """(first, last) event ids of each time a release was active: from a claim (into
+    running) until it ended; a retry opens a new span, an event between two terminal
+    statuses (a rollback of a cancelled release) none."""
+    spans: list[tuple[int, int]] = []
+    start: int | None = None
+    for event in events:
+        if event.node_id is not None:
+            continue
+        if start is None and event.to_status == "running":
+            start = event.id
+        elif start is not None and event.to_status in TERMINAL_RELEASE:
+            spans.append((start, event.id))
+            start = None
+    if start is not None:
+        spans.append((start, 1 << 62))
+    return spans

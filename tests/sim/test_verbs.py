@@ -18,6 +18,7 @@ from fleetwave.store.verbs import Verb
 from tests.invariants import (
     assert_applied_versions,
     assert_no_dispatch_while_stopped,
+    assert_node_exclusion,
     assert_release_invariants,
     assert_rollback_follows_plan,
 )
@@ -248,6 +249,7 @@ async def test_retry_runs_again_only_what_did_not_succeed_under_new_task_ids(
     assert any((event.message or "").startswith("retry by ops") for event in events)
     await assert_release_invariants(sim.store, release_id, sim.fleet)
     await assert_applied_versions(sim.store, sim.fleet)
+    await assert_node_exclusion(sim.store, sim.fleet)  # a retry follows its earlier attempt
 
 
 async def test_retry_of_a_failed_canary_runs_the_canary_first_again(
@@ -307,6 +309,7 @@ async def test_rollback_restores_the_previous_config_in_plan_order_and_holds_new
     assert again.result.changed  # the first rollback ended: a second one is a new release
     await assert_release_invariants(sim.store, rollback.id, sim.fleet)
     await assert_applied_versions(sim.store, sim.fleet)
+    await assert_node_exclusion(sim.store, sim.fleet)
 
 
 async def test_rollback_of_a_running_release_cancels_it_first(
@@ -334,6 +337,9 @@ async def test_rollback_of_a_running_release_cancels_it_first(
     assert {node.node_id for node in await sim.store.release_nodes(rollback.id)} == dispatched
     await assert_rollback_follows_plan(sim.store, rollback.id)
     await assert_applied_versions(sim.store, sim.fleet)
+    # The cancelled release's in-flight node was followed to its end before the rollback
+    # reached it: no node applied two configs at once.
+    await assert_node_exclusion(sim.store, sim.fleet)
 
 
 @pytest.mark.parametrize("name", list(Verb))
