@@ -17,6 +17,7 @@ from fleetwave.api.envelope import ApiError, Code
 from fleetwave.api.verbs import VerbAnswer
 from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
 from fleetwave.store.errors import InvalidInput
+from fleetwave.store.inputs import text_problem
 from fleetwave.store.models import (
     Event,
     Node,
@@ -43,10 +44,19 @@ EVENTS_LIMIT_MAX = 1000
 NAME_MAX = 255
 TEXT_MAX = 1000
 DEFAULT_AGENT_PORT = 8443
+MULTILINE_FIELDS = frozenset({"reason"})
+"""Text fields that may hold tabs and line breaks; every other text is one line."""
+_DIGITS_MAX = 30
+"""An integer spelled with more digits than this is beyond every bound (and int() refuses
+strings of more than 4,300 digits)."""
 
 
 def _shown(value: object) -> str:
-    text = json.dumps(value)
+    """A short, printable rendering of an input value for an error message."""
+    try:
+        text = json.dumps(value)
+    except ValueError:  # an int beyond 4,300 digits
+        return "a number too long to show"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -110,7 +120,7 @@ class _Fields:
         for name in document:
             if name not in allowed:
                 raise invalid(
-                    name,
+                    name if name.isprintable() and len(name) <= NAME_MAX else _shown(name),
                     f"unknown field (allowed: {', '.join(allowed)})",
                     Code.PARAM_ILLEGAL,
                 )
@@ -138,6 +148,9 @@ class _Fields:
             raise invalid(name, "must not be empty")
         if len(value) > max_length:
             raise invalid(name, f"must be at most {max_length} characters, got {len(value)}")
+        problem = text_problem(value, multiline=name in MULTILINE_FIELDS)
+        if problem is not None:
+            raise invalid(name, problem)
         return value
 
     def integer(
@@ -151,7 +164,7 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int):
             raise invalid(name, f"must be an integer, got {_kind(value)} {_shown(value)}")
         if not minimum <= value <= maximum:
-            raise invalid(name, f"must be between {minimum} and {maximum}, got {value}")
+            raise invalid(name, f"must be between {minimum} and {maximum}, got {_shown(value)}")
         return value
 
     def boolean(self, name: str) -> bool | None:
@@ -323,18 +336,30 @@ def parse_node_patch(document: object) -> NodePatch:
 # --- path and query ----------------------------------------------------------------------------
 
 
+def _integer_text(digits: str) -> int:
+    """The value of ASCII ``digits``; past _DIGITS_MAX significant digits, 10**_DIGITS_MAX,
+    which is above every bound as the real value is."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= _DIGITS_MAX else 10**_DIGITS_MAX
+
+
+def _shown_integer(value: int, text: str) -> str:
+    """An integer from a query or path as the message shows it: its digits, or its first."""
+    return str(value) if abs(value) < 10**_DIGITS_MAX else text.strip()[:37] + "..."
+
+
 def parse_id(text: str, field: str = "id") -> int:
     if not text.isascii() or not text.isdigit():
         raise invalid(field, f"must be a positive integer, got {_shown(text)}")
-    value = int(text)
+    value = _integer_text(text)
     if not 1 <= value <= MAX_ID:
-        raise invalid(field, f"must be between 1 and {MAX_ID}, got {text}")
+        raise invalid(field, f"must be between 1 and {MAX_ID}, got {_shown_integer(value, text)}")
     return value
 
 
 def _query_integer(query: Mapping[str, str], name: str, default: int) -> int:
-    """An integer parameter of any length: beyond a bigint it counts as just past one (Python
-    refuses to convert very long digit strings)."""
+    """An integer parameter of any length: beyond 30 digits it counts as 10**30, past every
+    bound (Python refuses to convert very long digit strings)."""
     text = query.get(name)
     if text is None or text == "":
         return default
@@ -343,7 +368,7 @@ def _query_integer(query: Mapping[str, str], name: str, default: int) -> int:
     digits = stripped[1:] if negative else stripped
     if not digits.isascii() or not digits.isdigit():
         raise invalid(name, f"must be an integer, got {_shown(text)}")
-    value = int(digits) if len(digits) <= 19 else MAX_ID + 1
+    value = _integer_text(digits)
     return -value if negative else value
 
 
@@ -352,7 +377,7 @@ def _query_int(
 ) -> int:
     value = _query_integer(query, name, default)
     if not minimum <= value <= maximum:
-        shown = value if abs(value) <= MAX_ID else "a number beyond 64 bits"
+        shown = _shown_integer(value, query[name])
         raise invalid(name, f"must be between {minimum} and {maximum}, got {shown}")
     return value
 

@@ -15,6 +15,15 @@ import attrs
 import trio
 
 from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
+from fleetwave.store.inputs import (
+    check_integer,
+    check_node,
+    check_optional_text,
+    check_release_spec,
+    check_text,
+    check_token_key,
+)
+from fleetwave.store.messages import created_message, outcome_message
 from fleetwave.store.models import (
     DEFAULT_PLAN,
     TOKEN_LOOKUP_CHARS,
@@ -41,6 +50,7 @@ from fleetwave.store.models import (
     Wait,
     clip_error,
     node_ids_by_batch,
+    storable,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
 from fleetwave.store.selection import (
@@ -158,6 +168,9 @@ class MemoryStore:
 
     async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
         await self._available()
+        if limit < 1:
+            return []
+        check_text("owner", owner)
         now = self.now()
         claimable = [
             row
@@ -219,6 +232,9 @@ class MemoryStore:
         self, owner: str, leases: Sequence[Lease], ttl: float
     ) -> dict[int, LeaseState]:
         await self._available()
+        if not leases:
+            return {}
+        check_text("owner", owner)
         now = self.now()
         held = {}
         for lease in leases:
@@ -280,6 +296,9 @@ class MemoryStore:
 
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
         await self._available()
+        if not leases:
+            return
+        check_text("owner", owner)
         now = self.now()
         for lease in leases:
             row = self._releases.get(lease.release_id)
@@ -327,6 +346,9 @@ class MemoryStore:
         daemon_id: str | None = None,
     ) -> bool:
         await self._available()
+        if outcome is not None and not outcome.status.terminal:
+            raise InvalidInput(f"a release ends success, failed or cancelled, not {outcome.status}")
+        check_optional_text("daemon_id", daemon_id)
         self.record_calls += 1
         row = self._held(lease)
         if row is None:
@@ -341,7 +363,7 @@ class MemoryStore:
             node.status = change.status
             node.error_msg = clip_error(change.error_msg)
             if change.task_id is not None:
-                node.task_id = change.task_id
+                node.task_id = storable(change.task_id)
             if change.attempts is not None:
                 node.attempts = change.attempts
             if change.started:
@@ -369,9 +391,11 @@ class MemoryStore:
                 )
         if outcome is not None:
             self._end_nodes(row, outcome, daemon_id)
-            self._event(row.id, None, None, row.status, outcome.status, outcome.error, daemon_id)
+            self._event(
+                row.id, None, None, row.status, outcome.status, outcome_message(outcome), daemon_id
+            )
             row.status = outcome.status
-            row.error = outcome.error
+            row.error = storable(outcome.error)
             row.finished_at = now
             row.lease_owner = None
             row.lease_expires_at = None
@@ -687,16 +711,13 @@ class MemoryStore:
 
     async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
         await self._available()
-        plan = validate_plan(list(spec.plan))
-        if spec.max_failures < 0:
-            raise InvalidInput("maxFailures must be at least 0")
-        if spec.max_parallel is not None and spec.max_parallel < 1:
-            raise InvalidInput("maxParallel must be at least 1")
+        plan = check_release_spec(spec)
         online = self._select_nodes(spec.selection)
         version = max((row.version for row in self._releases.values()), default=0) + 1
+        placed = assign_batches(plan, online)
         row = self._insert(
             version,
-            assign_batches(plan, online),
+            placed,
             status=ReleaseStatus.PENDING,
             type=spec.type,
             target=spec.target,
@@ -707,7 +728,9 @@ class MemoryStore:
             reason=spec.reason,
             selection=spec.selection,
         )
-        self._event(row.id, None, None, None, row.status, "created", None, actor=spec.requested_by)
+        batches = len({batch for _, batch in placed})
+        message = created_message(version, len(online), batches, spec.reason)
+        self._event(row.id, None, None, None, row.status, message, None, actor=spec.requested_by)
         for wake in list(self._wakers):
             wake()
         nodes = await self.release_nodes(row.id)
@@ -809,6 +832,7 @@ class MemoryStore:
 
     async def get_release(self, release_id: int) -> Release | None:
         await self._available()
+        check_integer("release_id", release_id, 1)
         row = self._releases.get(release_id)
         return None if row is None else self._release(row)
 
@@ -816,12 +840,15 @@ class MemoryStore:
         self, *, status: ReleaseStatus | None = None, offset: int = 0, limit: int = 20
     ) -> tuple[list[Release], int]:
         await self._available()
+        check_integer("offset", offset, 0)
+        check_integer("limit", limit, 1)
         rows = [row for row in self._releases.values() if status is None or row.status is status]
         rows.sort(key=lambda row: row.id, reverse=True)
         return [self._release(row) for row in rows[offset : offset + limit]], len(rows)
 
     async def release_nodes(self, release_id: int) -> list[ReleaseNode]:
         await self._available()
+        check_integer("release_id", release_id, 1)
         return self._node_list(release_id)
 
     def _node_list(self, release_id: int) -> list[ReleaseNode]:
@@ -854,6 +881,9 @@ class MemoryStore:
         self, release_id: int, *, after_id: int = 0, limit: int = 1000
     ) -> list[Event]:
         await self._available()
+        check_integer("release_id", release_id, 1)
+        check_integer("after_id", after_id, 0)
+        check_integer("limit", limit, 0)
         matching = [e for e in self._events if e.release_id == release_id and e.id > after_id]
         return matching[:limit]
 
@@ -874,6 +904,7 @@ class MemoryStore:
         replace: bool = True,
     ) -> Node:
         await self._available()
+        check_node(name, main_ip, agent_port)
         existing = next((n for n in self._nodes.values() if n.name == name), None)
         if existing is not None and not replace:
             raise AlreadyExists(f"node {name!r} already exists")
@@ -901,6 +932,7 @@ class MemoryStore:
     ) -> Node:
         changes = None if labels is None else check_label_changes(labels)
         await self._available()
+        check_integer("node_id", node_id, 1)
         node = self._nodes.get(node_id)
         if node is None:
             raise NotFound(f"node {node_id} not found")
@@ -916,10 +948,12 @@ class MemoryStore:
 
     async def get_node(self, node_id: int) -> Node | None:
         await self._available()
+        check_integer("node_id", node_id, 1)
         return self._nodes.get(node_id)
 
     async def node_runs(self, node_id: int, *, limit: int = 10) -> list[NodeRun]:
         await self._available()
+        check_integer("node_id", node_id, 1)
         runs = [
             NodeRun(
                 release_id=row.release_id,
@@ -982,6 +1016,8 @@ class MemoryStore:
         expires_in: timedelta | None = None,
     ) -> TokenInfo:
         await self._available()
+        check_text("name", name)
+        check_text("token_hash", token_hash)
         if any(row.info.name == name for row in self._tokens.values()):
             raise AlreadyExists(f"a token named {name!r} already exists")
         if any(row.token_hash == token_hash for row in self._tokens.values()):
@@ -1000,6 +1036,7 @@ class MemoryStore:
 
     async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
         await self._available()
+        check_text("prefix", prefix)
         now = self.now()
         return [
             StoredToken(
@@ -1017,6 +1054,7 @@ class MemoryStore:
 
     async def revoke_token(self, key: int | str) -> TokenInfo:
         await self._available()
+        check_token_key(key)
         for token_id, row in self._tokens.items():
             if (token_id == key) if isinstance(key, int) else (row.info.name == key):
                 del self._tokens[token_id]

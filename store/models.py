@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -49,8 +50,19 @@ class NodeHealth(enum.StrEnum):
     MAINTENANCE = "maintenance"
 
 
+# No text column holds NUL, and a lone surrogate cannot be encoded for one.
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str | None) -> str | None:
+    """Text from a source that cannot be refused (an agent's answer): NUL and lone surrogates
+    become U+FFFD."""
+    return None if text is None else _UNSTORABLE.sub("\ufffd", text)
+
+
 def clip_error(message: str | None) -> str | None:
-    """error_msg is at most 255 characters (the original's column)."""
+    """error_msg is at most 255 characters (the original's column), storable."""
+    message = storable(message)
     if message is None:
         return None
     return message if len(message) <= ERROR_MSG_MAX else message[: ERROR_MSG_MAX - 1] + "…"

@@ -14,6 +14,17 @@ from fleetwave.store.models import PlanStep
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 MAX_PLAN_STEPS = 1000
+MAX_STEP = 2**31 - 1
+"""A count beyond any fleet; also what the integer columns of a release hold."""
+_STEP_TEXT_MAX = 32
+
+
+def _shown(step: object) -> str:
+    try:
+        text = repr(step)
+    except ValueError:  # an int beyond 4,300 digits
+        return "a number too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def validate_plan(plan: object) -> tuple[PlanStep, ...]:
@@ -28,20 +39,22 @@ def validate_plan(plan: object) -> tuple[PlanStep, ...]:
             raise InvalidInput(f"plan[{index}] must be a count or a percentage, got {step!r}")
         if isinstance(step, int):
             if step < 1:
-                raise InvalidInput(f"plan[{index}] must be at least 1, got {step}")
+                raise InvalidInput(f"plan[{index}] must be at least 1, got {_shown(step)}")
+            if step > MAX_STEP:
+                raise InvalidInput(f"plan[{index}] must be at most {MAX_STEP}")
             steps.append(step)
         elif isinstance(step, str):
-            match = _PERCENT.match(step)
+            match = _PERCENT.match(step) if len(step) <= _STEP_TEXT_MAX else None
             if match is None:
                 raise InvalidInput(
-                    f'plan[{index}] must be a count or a percentage like "25%", got {step!r}'
+                    f'plan[{index}] must be a count or a percentage like "25%", got {_shown(step)}'
                 )
             percent = float(match.group(1))
             if not 0 < percent <= 100:
                 raise InvalidInput(f"plan[{index}] must be above 0% and at most 100%")
             steps.append(f"{match.group(1)}%")
         else:
-            raise InvalidInput(f"plan[{index}] must be a count or a percentage, got {step!r}")
+            raise InvalidInput(f"plan[{index}] must be a count or a percentage, got {_shown(step)}")
     return tuple(steps)
 
 

@@ -43,6 +43,15 @@ from fleetwave.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from fleetwave.store.inputs import (
+    check_integer,
+    check_node,
+    check_optional_text,
+    check_release_spec,
+    check_text,
+    check_token_key,
+)
+from fleetwave.store.messages import created_message, outcome_message
 from fleetwave.store.models import (
     DEFAULT_PLAN,
     TOKEN_LOOKUP_CHARS,
@@ -68,6 +77,7 @@ from fleetwave.store.models import (
     TokenInfo,
     Wait,
     clip_error,
+    storable,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
 from fleetwave.store.selection import (
@@ -598,7 +608,7 @@ WITH before AS (
     RETURNING r.id
 )
 INSERT INTO release_events (release_task_id, from_status, to_status, message, daemon_id)
-SELECT u.id, b.status, $2::text, coalesce($3::text, 'release ' || $2::text), $4
+SELECT u.id, b.status, $2::text, $5::text, $4
 FROM updated u, before b
 WHERE $2::text IS NOT NULL
 """
@@ -745,6 +755,7 @@ class PostgresStore:
     async def claim(self, owner: str, limit: int, ttl: float) -> list[Claim]:
         if limit < 1:
             return []
+        check_text("owner", owner)
         records = await self._call(self._fetch, _CLAIM, owner, limit, float(ttl))
         claims = []
         for record in records:
@@ -757,6 +768,7 @@ class PostgresStore:
     ) -> dict[int, LeaseState]:
         if not leases:
             return {}
+        check_text("owner", owner)
         ids = [lease.release_id for lease in leases]
         epochs = [lease.epoch for lease in leases]
         records = await self._call(self._fetch, _HEARTBEAT, owner, ids, epochs, float(ttl))
@@ -773,6 +785,7 @@ class PostgresStore:
     async def hand_back(self, owner: str, leases: Sequence[Lease]) -> None:
         if not leases:
             return
+        check_text("owner", owner)
         ids = [lease.release_id for lease in leases]
         epochs = [lease.epoch for lease in leases]
         await self._call(self._execute, _HAND_BACK, owner, ids, epochs, NOTIFY_CHANNEL)
@@ -801,6 +814,7 @@ class PostgresStore:
     ) -> bool:
         if outcome is not None and not outcome.status.terminal:
             raise InvalidInput(f"a release ends success, failed or cancelled, not {outcome.status}")
+        check_optional_text("daemon_id", daemon_id)
         return await self._call(self._record, lease, list(changes), outcome, daemon_id)
 
     async def _record(
@@ -822,7 +836,8 @@ class PostgresStore:
                     _APPLY_CHANGES, lease.release_id, *_change_arrays(changes), daemon_id
                 )
             outcome_status = None if outcome is None else outcome.status.value
-            outcome_error = None if outcome is None else outcome.error
+            outcome_error = None if outcome is None else storable(outcome.error)
+            message = None if outcome is None else outcome_message(outcome)
             if outcome_status is not None:
                 await connection.execute(
                     _END_NODES,
@@ -832,7 +847,12 @@ class PostgresStore:
                     _cancel_note(outcome, outcome_error),
                 )
             await connection.execute(
-                _FINISH_RELEASE, lease.release_id, outcome_status, outcome_error, daemon_id
+                _FINISH_RELEASE,
+                lease.release_id,
+                outcome_status,
+                outcome_error,
+                daemon_id,
+                message,
             )
             return True
 
@@ -955,21 +975,7 @@ class PostgresStore:
     # --- releases ----------------------------------------------------------------------------
 
     async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
-        plan = validate_plan(spec.plan)
-        if isinstance(spec.max_failures, bool) or not isinstance(spec.max_failures, int):
-            raise InvalidInput("max_failures must be a whole number")
-        if spec.max_failures < 0:
-            raise InvalidInput(f"max_failures must be at least 0, got {spec.max_failures}")
-        if spec.max_parallel is not None and (
-            isinstance(spec.max_parallel, bool)
-            or not isinstance(spec.max_parallel, int)
-            or spec.max_parallel < 1
-        ):
-            raise InvalidInput(f"max_parallel must be at least 1, got {spec.max_parallel!r}")
-        if not spec.target:
-            raise InvalidInput("target must not be empty")
-        if spec.scope is not None and not spec.scope:
-            raise InvalidInput("scope must not be empty when given")
+        plan = check_release_spec(spec)
         return await self._call(self._create_release, spec, plan)
 
     async def _create_release(
@@ -1017,9 +1023,7 @@ class PostgresStore:
             batches: dict[int, list[int]] = {}
             for node_id, batch in assigned:
                 batches.setdefault(batch, []).append(node_id)
-            message = f"created: version {version}, {len(node_ids)} nodes in {len(batches)} batches"
-            if spec.reason:
-                message += f"; reason: {spec.reason}"
+            message = created_message(version, len(node_ids), len(batches), spec.reason)
             actor = spec.requested_by
             await connection.execute(
                 _ANNOUNCE_RELEASE,
@@ -1037,6 +1041,7 @@ class PostgresStore:
         )
 
     async def get_release(self, release_id: int) -> Release | None:
+        check_integer("release_id", release_id, 1)
         record = await self._call(
             self._fetchrow, _release_select() + " WHERE r.id = $1", release_id
         )
@@ -1045,10 +1050,8 @@ class PostgresStore:
     async def list_releases(
         self, *, status: ReleaseStatus | None = None, offset: int = 0, limit: int = 20
     ) -> tuple[list[Release], int]:
-        if offset < 0:
-            raise InvalidInput(f"offset must be at least 0, got {offset}")
-        if limit < 1:
-            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        check_integer("offset", offset, 0)
+        check_integer("limit", limit, 1)
         status_value = None if status is None else ReleaseStatus(status).value
         records, total = await self._call(self._list_releases, status_value, offset, limit)
         return [Release.from_record(_row(record)) for record in records], total
@@ -1071,19 +1074,23 @@ class PostgresStore:
         return records, int(total)
 
     async def release_nodes(self, release_id: int) -> list[ReleaseNode]:
+        check_integer("release_id", release_id, 1)
         records = await self._call(self._fetch, _RELEASE_NODES, release_id)
         return [ReleaseNode.from_record(_row(record)) for record in records]
 
     async def release_events(
         self, release_id: int, *, after_id: int = 0, limit: int = 1000
     ) -> list[Event]:
+        check_integer("release_id", release_id, 1)
+        check_integer("after_id", after_id, 0)
+        check_integer("limit", limit, 0)
         records = await self._call(
             self._fetch,
             "SELECT * FROM release_events WHERE release_task_id = $1 AND id > $2"
             " ORDER BY id LIMIT $3",
             release_id,
             after_id,
-            max(limit, 0),
+            limit,
         )
         return [Event.from_record(_row(record)) for record in records]
 
@@ -1103,12 +1110,7 @@ class PostgresStore:
         status: NodeHealth = NodeHealth.ONLINE,
         replace: bool = True,
     ) -> Node:
-        if not name:
-            raise InvalidInput("node name must not be empty")
-        if not main_ip:
-            raise InvalidInput("node main_ip must not be empty")
-        if not 1 <= agent_port <= 65535:
-            raise InvalidInput(f"agent_port must be between 1 and 65535, got {agent_port}")
+        check_node(name, main_ip, agent_port)
         record = await self._call(
             self._fetchrow,
             "INSERT INTO nodes (name, main_ip, agent_port, enabled, status)"
@@ -1135,6 +1137,7 @@ class PostgresStore:
         enabled: bool | None = None,
         labels: Mapping[str, str | None] | None = None,
     ) -> Node:
+        check_integer("node_id", node_id, 1)
         changes = None if labels is None else check_label_changes(labels)
         record = await self._call(
             self._update_node,
@@ -1144,7 +1147,7 @@ class PostgresStore:
             changes,
         )
         if record is None:
-            raise NotFound(f"node {node_id} does not exist")
+            raise NotFound(f"node {node_id} not found")
         return Node.from_record(_row(record))
 
     async def _update_node(
@@ -1174,12 +1177,14 @@ class PostgresStore:
             )
 
     async def get_node(self, node_id: int) -> Node | None:
+        check_integer("node_id", node_id, 1)
         record = await self._call(
             self._fetchrow, f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = $1", node_id
         )
         return None if record is None else Node.from_record(_row(record))
 
     async def node_runs(self, node_id: int, *, limit: int = 10) -> list[NodeRun]:
+        check_integer("node_id", node_id, 1)
         records = await self._call(self._fetch, _NODE_RUNS, node_id, max(limit, 0))
         return [NodeRun.from_record(_row(record)) for record in records]
 
@@ -1197,6 +1202,8 @@ class PostgresStore:
         role: Role = Role.ADMIN,
         expires_in: timedelta | None = None,
     ) -> TokenInfo:
+        check_text("name", name)
+        check_text("token_hash", token_hash)
         return await self._call(self._create_token, name, token_hash, Role(role), expires_in)
 
     async def _create_token(
@@ -1221,6 +1228,7 @@ class PostgresStore:
         return TokenInfo.from_record(_row(record))
 
     async def tokens_by_hash_prefix(self, prefix: str) -> list[StoredToken]:
+        check_text("prefix", prefix)
         records = await self._call(self._fetch, _TOKENS_BY_HASH_PREFIX, prefix)
         return [
             StoredToken(
@@ -1236,6 +1244,7 @@ class PostgresStore:
         return [TokenInfo.from_record(_row(record)) for record in records]
 
     async def revoke_token(self, key: int | str) -> TokenInfo:
+        check_token_key(key)
         column = "id" if isinstance(key, int) else "name"
         record = await self._call(
             self._fetchrow,
@@ -1328,7 +1337,7 @@ def _change_arrays(changes: Sequence[NodeChange]) -> tuple[list[Any], ...]:
             merged[change.row_id] = {
                 "status": change.status.value,
                 "error_msg": error_msg,
-                "task_id": change.task_id,
+                "task_id": storable(change.task_id),
                 "attempts": change.attempts,
                 "started": change.started,
                 "finished": change.finished,
@@ -1337,7 +1346,7 @@ def _change_arrays(changes: Sequence[NodeChange]) -> tuple[list[Any], ...]:
         current["status"] = change.status.value
         current["error_msg"] = error_msg
         if change.task_id is not None:
-            current["task_id"] = change.task_id
+            current["task_id"] = storable(change.task_id)
         if change.attempts is not None:
             current["attempts"] = change.attempts
         current["started"] = current["started"] or change.started
@@ -1422,7 +1431,9 @@ class _Steering:
         await self._connection.execute(
             _END_NODES, release.id, "cancelled", None, clip_error(message)
         )
-        await self._connection.execute(_FINISH_RELEASE, release.id, "cancelled", message, None)
+        await self._connection.execute(
+            _FINISH_RELEASE, release.id, "cancelled", message, None, message
+        )
         return False
 
     async def retry(self, release: Release, live: bool) -> bool:
@@ -1455,7 +1466,7 @@ class _Steering:
             raise Conflict(f"release {release.id}: every node succeeded, nothing to retry")
         await self._connection.execute(_RETRY_NODES, release.id)
         await self._connection.execute(_RETRY_RELEASE, release.id)
-        await self._connection.execute(_FINISH_RELEASE, release.id, None, None, None)
+        await self._connection.execute(_FINISH_RELEASE, release.id, None, None, None, None)
         return await self.stamp(
             release, Verb.RETRY, "running", live, detail=f"{again} node(s) again"
         )

@@ -71,7 +71,18 @@ class FuzzRequest:
 # --- strategies -----------------------------------------------------------------------------
 
 ascii_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=24)
-any_text = st.text(max_size=24)
+# Every code point, lone surrogates and control characters included, and those drawn often.
+HOSTILE_CHARACTERS = ["\x00", "\ud800", "\udfff", "\x1b", "\x7f", "\x85", "\n", "\t", "\u202e"]
+any_text = st.text(
+    st.characters(exclude_categories=()) | st.sampled_from(HOSTILE_CHARACTERS), max_size=24
+)
+# Integers spelled with more digits than any bound, up to past int()'s 4,300-digit limit.
+huge_digits = st.builds(
+    lambda zeros, digits, sign: sign + "0" * zeros + "9" * digits,
+    st.sampled_from([0, 0, 4400]),
+    st.sampled_from([19, 20, 40, 4300, 5000]),
+    st.sampled_from(["", "", "-"]),
+)
 json_scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -88,6 +99,7 @@ json_values = st.recursive(
 ids = st.one_of(
     st.integers(min_value=1, max_value=4).map(str),
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    huge_digits,
     st.sampled_from(
         [
             "0",
@@ -108,7 +120,7 @@ ids = st.one_of(
             "",
         ]
     ),
-    any_text.map(lambda text: quote(text, safe="")),
+    any_text.map(lambda text: quote(text.encode("utf-8", "surrogatepass"), safe="")),
 )
 
 PATHS = [
@@ -144,7 +156,7 @@ ODD_PATHS = st.one_of(
             "/API/V1/RELEASES",
         ]
     ),
-    any_text.map(lambda text: "/api/v1/" + quote(text, safe="/")),
+    any_text.map(lambda text: "/api/v1/" + quote(text.encode("utf-8", "surrogatepass"), safe="/")),
 )
 
 query_names = st.one_of(
@@ -152,6 +164,7 @@ query_names = st.one_of(
 )
 query_values = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    huge_digits,
     st.sampled_from([*(s.value for s in ReleaseStatus), "", "RUNNING", " 1", "1.0", "-0"]),
     any_text,
 )
@@ -206,6 +219,13 @@ RAW_BODIES = [
     b'"text"',
     b"[" * 10_000 + b"]" * 10_000,  # nesting deeper than any parser stack
     b'{"reason": "' + b"x" * (1024 * 1024) + b'"}',  # over the 1 MiB limit
+    b'{"target": "cdn", "reason": "x", "maxParallel": ' + b"9" * 5000 + b"}",
+    b'{"target": "cdn", "reason": "x", "plan": [' + b"9" * 4000 + b"]}",
+    b'{"name": "edge-x", "mainIp": "127.0.0.5", "agentPort": -' + b"9" * 4000 + b"}",
+    b'{"target": "cdn", "reason": "a\\u0000b"}',
+    b'{"target": "\\udc00", "reason": "x"}',
+    b'{"name": "\\ud800", "mainIp": "127.0.0.5"}',
+    b'{"\\ud800": 1}',
 ]
 bodies = st.one_of(
     st.none(),
@@ -300,13 +320,19 @@ async def send(client: httpx.AsyncClient, request: FuzzRequest, token: str) -> h
         headers["authorization"] = request.authorization.replace(VALID, token)
     if request.content_type is not None:
         headers["content-type"] = request.content_type
+    # Percent-encoded by hand: a client cannot UTF-8 encode a lone surrogate, but a broken
+    # one sends its bytes anyway.
+    query = "&".join(f"{_escaped(name)}={_escaped(value)}" for name, value in request.params)
     return await client.request(
         request.method,
-        request.path,
-        params=list(request.params),
+        f"{request.path}?{query}" if query else request.path,
         headers=headers,
         content=request.body,
     )
+
+
+def _escaped(text: str) -> str:
+    return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
 def check(request: FuzzRequest, response: httpx.Response, tally: Tally) -> None:

@@ -4,6 +4,7 @@ lost databases) use ``pg_store``."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -165,6 +166,229 @@ async def test_concurrent_creations_get_distinct_versions(store: Store) -> None:
             nursery.start_soon(create)
 
     assert sorted(versions) == list(range(1, 9))
+
+
+# --- hostile input: refused alike, in the same words -------------------------------------------
+
+HUGE = 10**5000
+"""An integer of 5,001 digits: beyond every column, and beyond what str() shows."""
+BAD_TEXT = {
+    "nul": ("a\x00b", "NUL (U+0000) at position 1"),
+    "surrogate": ("\ud800", "a lone surrogate (U+D800) at position 0"),
+    "control": ("x\x1by", "a control character (U+001B) at position 1"),
+    "c1-control": ("x\x85", "a control character (U+0085) at position 1"),
+}
+
+
+@pytest.mark.parametrize("field", ["target", "scope", "reason", "type"])
+@pytest.mark.parametrize("kind", list(BAD_TEXT))
+async def test_create_release_refuses_unstorable_text_naming_the_field(
+    store: Store, field: str, kind: str
+) -> None:
+    await add_nodes(store, 2)
+    value, problem = BAD_TEXT[kind]
+    if field == "reason" and kind == "control":
+        value = "line one\nline two\tand\x1b"
+        problem = "a control character (U+001B) at position 21"
+
+    with pytest.raises(InvalidInput) as refused:
+        await store.create_release(ReleaseSpec(**{field: value}))
+
+    assert str(refused.value) == f"{field}: contains {problem}"
+    assert await store.list_releases() == ([], 0)
+
+
+async def test_create_release_keeps_line_breaks_and_tabs_in_the_reason(store: Store) -> None:
+    await add_nodes(store, 1)
+
+    created = await store.create_release(ReleaseSpec(reason="roll out\n\tnew cache keys"))
+
+    assert created.release.reason == "roll out\n\tnew cache keys"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (ReleaseSpec(max_failures=2**31), "max_failures: must be between 0 and 2147483647"),
+        (ReleaseSpec(max_failures=HUGE), "max_failures: must be between 0 and 2147483647"),
+        (ReleaseSpec(max_parallel=HUGE), "max_parallel: must be between 1 and 2147483647"),
+        (ReleaseSpec(max_parallel=-HUGE), "max_parallel: must be between 1 and 2147483647"),
+        (ReleaseSpec(plan=(HUGE,)), "plan[0] must be at most 2147483647"),
+        (ReleaseSpec(plan=("9" * 5000 + "%",)), "plan[0] must be a count or a percentage like"),
+        (ReleaseSpec(target=" "), "target: must not be empty"),
+    ],
+    ids=[
+        "tolerance-int",
+        "tolerance-huge",
+        "parallel-huge",
+        "parallel-negative",
+        "plan-huge",
+        "plan-long-percent",
+        "blank-target",
+    ],
+)
+async def test_create_release_refuses_out_of_range_values_alike(
+    store: Store, spec: ReleaseSpec, message: str
+) -> None:
+    await add_nodes(store, 2)
+
+    with pytest.raises(InvalidInput) as refused:
+        await store.create_release(spec)
+
+    assert str(refused.value).startswith(message)
+    assert len(str(refused.value)) < 200
+    assert await store.list_releases() == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "main_ip", "port", "message"),
+    [
+        ("edge\x00", "127.0.0.2", 8443, "name: contains NUL (U+0000) at position 4"),
+        ("\udfff", "127.0.0.2", 8443, "name: contains a lone surrogate (U+DFFF) at position 0"),
+        ("edge\n1", "127.0.0.2", 8443, "name: contains a control character (U+000A) at position 4"),
+        ("edge-1", "127.0.0.2\x00", 8443, "main_ip: contains NUL (U+0000) at position 9"),
+        ("edge-1", "\ud800", 8443, "main_ip: contains a lone surrogate (U+D800) at position 0"),
+        ("", "127.0.0.2", 8443, "name: must not be empty"),
+        ("edge-1", " ", 8443, "main_ip: must not be empty"),
+        ("edge-1", "127.0.0.2", 0, "agent_port: must be between 1 and 65535, got 0"),
+        ("edge-1", "127.0.0.2", 70000, "agent_port: must be between 1 and 65535, got 70000"),
+        ("edge-1", "127.0.0.2", HUGE, "agent_port: must be between 1 and 65535, got a larger"),
+    ],
+    ids=[
+        "name-nul",
+        "name-surrogate",
+        "name-newline",
+        "ip-nul",
+        "ip-surrogate",
+        "name-empty",
+        "ip-blank",
+        "port-0",
+        "port-70000",
+        "port-huge",
+    ],
+)
+async def test_upsert_node_refuses_bad_input_naming_the_field(
+    store: Store, name: str, main_ip: str, port: int, message: str
+) -> None:
+    [existing] = await add_nodes(store, 1)
+
+    with pytest.raises(InvalidInput) as refused:
+        await store.upsert_node(name, main_ip, port)
+
+    assert str(refused.value).startswith(message)
+    assert await store.list_nodes() == [existing]
+
+
+@pytest.mark.parametrize("value", [0, -1, 2**63, HUGE], ids=["zero", "negative", "2^63", "huge"])
+async def test_ids_outside_a_bigint_are_refused_by_every_lookup(store: Store, value: int) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+
+    lookups: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("release_id", lambda: store.get_release(value)),
+        ("release_id", lambda: store.release_nodes(value)),
+        ("release_id", lambda: store.release_events(value)),
+        ("node_id", lambda: store.update_node(value, enabled=False)),
+        ("node_id", lambda: store.get_node(value)),
+        ("node_id", lambda: store.node_runs(value)),
+        ("id", lambda: store.revoke_token(value)),
+    ]
+    for field, call in lookups:
+        with pytest.raises(InvalidInput, match=f"^{field}: must be between 1 and "):
+            await call()
+    assert [node.enabled for node in await store.list_nodes()] == [True]
+
+
+async def test_offsets_and_limits_outside_their_columns_are_refused(store: Store) -> None:
+    for bad in (-1, 2**63, HUGE):
+        with pytest.raises(InvalidInput, match=r"^after_id: must be between 0 and "):
+            await store.release_events(1, after_id=bad)
+        with pytest.raises(InvalidInput, match=r"^offset: must be between 0 and "):
+            await store.list_releases(offset=bad)
+    for bad in (0, 2**63, -HUGE):
+        with pytest.raises(InvalidInput, match=r"^limit: must be between 1 and "):
+            await store.list_releases(limit=bad)
+
+
+async def test_tokens_with_unstorable_names_are_refused(store: Store) -> None:
+    for name, problem in BAD_TEXT.values():
+        with pytest.raises(InvalidInput) as refused:
+            await store.create_token(name, "ab" * 32)
+        assert str(refused.value) == f"name: contains {problem}"
+    with pytest.raises(InvalidInput, match=r"^name: contains a lone surrogate"):
+        await store.revoke_token("\udcff")
+    with pytest.raises(InvalidInput, match=r"^prefix: contains NUL"):
+        await store.tokens_by_hash_prefix("\x00" * TOKEN_LOOKUP_CHARS)
+
+    await store.create_token("ci", "ab" * 32)
+    [found] = await store.tokens_by_hash_prefix("ab" * (TOKEN_LOOKUP_CHARS // 2))
+    assert (found.info.name, found.token_hash) == ("ci", "ab" * 32)
+
+
+async def test_agent_text_no_column_can_hold_is_stored_with_replacement_characters(
+    store: Store,
+) -> None:
+    await add_nodes(store, 2)
+    created = await store.create_release(ReleaseSpec(plan=("100%",)))
+    lease = await claim_one(store)
+    first, second = await store.release_nodes(created.release.id)
+
+    assert await store.record(
+        lease,
+        [
+            NodeChange(first.id, NodeStatus.RUNNING, task_id="t\x00\ud800", started=True),
+            NodeChange(second.id, NodeStatus.FAILED, "agent said \x00 and \udcff", finished=True),
+        ],
+        Outcome(ReleaseStatus.FAILED, "node edge-2 failed: \x00"),
+        daemon_id="daemon-a",
+    )
+
+    first, second = await store.release_nodes(created.release.id)
+    assert first.task_id == "t\ufffd\ufffd"
+    assert second.error_msg == "agent said \ufffd and \ufffd"
+    release = await store.get_release(created.release.id)
+    assert release is not None and release.error == "node edge-2 failed: \ufffd"
+    events = await store.release_events(created.release.id)
+    assert events[-1].message == "node edge-2 failed: \ufffd"
+
+
+async def test_events_read_the_same_on_both_stores(store: Store) -> None:
+    await add_nodes(store, 3)
+    created = await store.create_release(ReleaseSpec(reason="rollout"))
+    quiet = await store.create_release(ReleaseSpec(scope="quiet"))
+    lease = await claim_one(store)
+    other = (await store.claim("daemon-a", 1, TTL))[0].lease
+
+    await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS), daemon_id="daemon-a")
+    await store.record(other, [], Outcome(ReleaseStatus.CANCELLED, "stopped"), daemon_id="d-b")
+
+    events = await store.release_events(created.release.id)
+    assert [(e.to_status, e.message, e.daemon_id) for e in events] == [
+        ("pending", "created: version 1, 3 nodes in 2 batches; reason: rollout", None),
+        ("running", "claimed by daemon-a (epoch 1)", "daemon-a"),
+        ("skipped", "skipped: release success", "daemon-a"),
+        ("skipped", "skipped: release success", "daemon-a"),
+        ("skipped", "skipped: release success", "daemon-a"),
+        ("success", "release success", "daemon-a"),
+    ]
+    quiet_events = await store.release_events(quiet.release.id)
+    assert quiet_events[0].message == "created: version 2, 3 nodes in 2 batches"
+    assert (quiet_events[-1].to_status, quiet_events[-1].message) == ("cancelled", "stopped")
+
+
+async def test_an_owner_or_daemon_id_with_nul_is_refused(store: Store) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+
+    with pytest.raises(InvalidInput, match=r"^owner: contains NUL"):
+        await store.claim("daemon\x00", 1, TTL)
+    lease = await claim_one(store)
+    with pytest.raises(InvalidInput, match=r"^owner: contains NUL"):
+        await store.heartbeat("daemon\x00", [lease], TTL)
+    with pytest.raises(InvalidInput, match=r"^daemon_id: contains a lone surrogate"):
+        await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS), daemon_id="\ud800")
+    release = await store.get_release(lease.release_id)
+    assert release is not None and release.status is ReleaseStatus.RUNNING
 
 
 # --- claim -------------------------------------------------------------------------------------
