@@ -768,6 +768,20 @@ class MemoryStore:
             raise Conflict(f"no online nodes{detail}")
         return chosen
 
+    def insert_foreign_node(self, name: str, main_ip: str | None, agent_port: int | None) -> int:
+        """Insert a node row the way another program might, unchecked (a schema without
+        fleetwave's constraints can hold an empty address, NULL or port 0); return its id."""
+        node_id = self._next_id()
+        self._nodes[node_id] = Node(
+            id=node_id,
+            name=name,
+            main_ip=main_ip,  # type: ignore[arg-type]
+            agent_port=agent_port,  # type: ignore[arg-type]
+            enabled=True,
+            status=NodeHealth.ONLINE,
+        )
+        return node_id
+
     def insert_seed_release(
         self, version: int, batches: Sequence[Sequence[int]], *, status: str = "pending"
     ) -> int:

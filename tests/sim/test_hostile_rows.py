@@ -28,7 +28,7 @@ async def test_hostile_rows_fail_their_nodes_and_the_healthy_ones_succeed(
     expected: dict[str, str] = {}
     for name in HOSTILE_ADDRESSES:
         main_ip, port, words = hostile_row(name, near)
-        await sim.store.upsert_node(f"bad-{name}", main_ip, port)  # type: ignore[arg-type]
+        sim.store.insert_foreign_node(f"bad-{name}", main_ip, port)
         expected[f"bad-{name}"] = words
     supervisor = await sim.start_daemon()
     # Every node in one batch: the hostile ones fail beside the healthy ones.
