@@ -83,6 +83,12 @@ def check_release_spec(spec: ReleaseSpec) -> tuple[PlanStep, ...]:
     check_integer("max_failures", spec.max_failures, 0, INT_MAX)
     if spec.max_parallel is not None:
         check_integer("max_parallel", spec.max_parallel, 1, INT_MAX)
+    selection = spec.selection
+    if selection is not None:
+        for node_id in selection.node_ids or ():
+            check_integer("nodeIds", node_id, 1)
+        for name in selection.node_names or ():
+            check_text("nodeNames", name)
     return plan
 
 

@@ -123,6 +123,23 @@ async def test_hostile_plan_steps_are_a_400_naming_the_plan(client: httpx.AsyncC
         await assert_listings_answer(client)
 
 
+@pytest.mark.parametrize(
+    ("field", "encoded"),
+    [
+        ("nodeIds", "[" + "9" * 30 + "]"),
+        ("nodeNames", '["edge-1\\u0000"]'),
+        ("nodeNames", '["\\ud800"]'),
+    ],
+)
+async def test_hostile_node_selections_are_a_400_naming_them(
+    client: httpx.AsyncClient, field: str, encoded: str
+) -> None:
+    response = await client.post("/api/v1/releases", content=body(RELEASE, {field: encoded}))
+
+    await assert_refused(response, field)
+    await assert_listings_answer(client)
+
+
 async def test_an_unknown_field_named_with_a_surrogate_is_named_printably(
     client: httpx.AsyncClient,
 ) -> None:
