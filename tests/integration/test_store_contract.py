@@ -357,9 +357,8 @@ async def test_events_read_the_same_on_both_stores(store: Store) -> None:
     created = await store.create_release(ReleaseSpec(reason="rollout"))
     quiet = await store.create_release(ReleaseSpec(scope="quiet"))
     lease = await claim_one(store)
-    other = (await store.claim("daemon-a", 1, TTL))[0].lease
-
     await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS), daemon_id="daemon-a")
+    other = await claim_one(store, "d-b")
     await store.record(other, [], Outcome(ReleaseStatus.CANCELLED, "stopped"), daemon_id="d-b")
 
     events = await store.release_events(created.release.id)
