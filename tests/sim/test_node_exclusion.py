@@ -10,8 +10,10 @@ import trio
 from trio.testing import MockClock
 
 from fleetwave.agent.sim import Behaviour
-from fleetwave.store.models import NodeStatus, ReleaseStatus, task_id_for
+from fleetwave.api.verbs import steer
+from fleetwave.store.models import Actor, NodeStatus, ReleaseStatus, Role, task_id_for
 from fleetwave.store.selection import NodeSelection
+from fleetwave.store.verbs import Verb
 from tests.invariants import assert_node_exclusion, assert_release_invariants
 from tests.sim.conftest import Sim
 
@@ -244,3 +246,31 @@ async def test_the_next_release_over_a_followed_node_waits_for_its_outcome(
 
     assert [r.status for r in releases] == [ReleaseStatus.FAILED, ReleaseStatus.SUCCESS]
     await assert_node_exclusion(sim.store, sim.fleet)
+
+
+async def test_a_node_finishing_after_a_cancel_is_recorded_as_it_ended(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    # Cancelled 5 s into batch 2, while node 2 applies for 30 s: its agent finishes 25 s
+    # later, past the 10 s the stopped batch used to wait; it runs the config, so the record
+    # and its applied_version say so.
+    sim = failing_batch(make_sim, Behaviour(apply_time=(30, 30)))
+    sim.fleet.set_behaviour(3, Behaviour(apply_time=(30, 30)))
+    await sim.register()
+    await sim.start_daemon()
+    release_id = await sim.create()
+    await sim.wait_for(lambda: sim.fleet.task_ids(sim.fleet.hosts[2]))
+    await trio.sleep(5)
+
+    answer = await steer(sim.store, release_id, Verb.CANCEL, by=Actor("ops", Role.OPERATOR))
+    release = await sim.wait_terminal(release_id)
+
+    assert answer.result.changed
+    assert release.status is ReleaseStatus.CANCELLED
+    nodes = {n.node_name: n for n in await sim.store.release_nodes(release_id)}
+    assert nodes["edge-002"].status is NodeStatus.SUCCESS
+    assert nodes["edge-003"].status is NodeStatus.SUCCESS
+    applied = {node.name: node.applied_version for node in await sim.store.list_nodes()}
+    assert applied == {"edge-001": release.version, "edge-002": release.version,
+                       "edge-003": release.version}  # fmt: skip
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
