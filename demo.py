@@ -222,13 +222,17 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                     say(f"token: {token}")
                     say(f"logs:  {base / 'serve.log'}")
                     if options.keep_running:
+                        command = command_as_typed()
                         say("")
-                        say("Everything keeps running; in another terminal:")
+                        say("Everything keeps running, the canary's agent healthy again, so a new")
+                        say("release succeeds on every node. In another terminal:")
                         say(
                             f"  export FLEETWAVE_API={api} FLEETWAVE_API_CA={certs.ca_cert} "
                             f"FLEETWAVE_TOKEN={token}"
                         )
-                        say("  fleetwave release list; fleetwave release show 2")
+                        say(f"  {command} release list; {command} release show 2")
+                        say(f'  {command} release create --reason "my first release"')
+                        say(f"  {command} nodes list; {command} nodes maintenance edge-002")
                         say("Ctrl-C stops the daemon, the fleet and the database.")
                         await trio.sleep_forever()
                     say("stopping everything (--keep-running would keep it up)")
@@ -254,6 +258,8 @@ async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
         raise DemoError(f"expected node {node_ids[0]} to be the canary, the API chose {canary}")
     fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME, fail=CANARY_ERROR))
     second = await _release(client, "demo: a config the canary rejects", say)
+    # The failing act is over: the fleet is left healthy for whoever keeps it running.
+    fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME))
 
     fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME))
     third, paused_view, fourth, rollback, fleet_data = await _third_act(client, fleet, say)
@@ -438,6 +444,24 @@ async def _watch(client: ApiClient, release_id: int, say: _Say) -> Any:
 
 
 # --- children and the database ----------------------------------------------------------------
+
+
+def command_as_typed(path: str | None = None, cwd: Path | None = None) -> str:
+    """How the person watching can run this fleetwave in a shell: ``fleetwave`` when that
+    name on ``path`` (PATH) is this environment's script (an activated venv), else the
+    script's path (``.venv/bin/fleetwave`` from the checkout), else ``python -m fleetwave``."""
+    script = Path(sys.executable).with_name("fleetwave")
+    if not script.is_file():
+        return f"{sys.executable} -m fleetwave"
+    found = shutil.which("fleetwave", path=path)
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "fleetwave"
+    try:
+        relative = script.relative_to(cwd or Path.cwd())
+    except ValueError:
+        return str(script)
+    # A bare name would be looked up on PATH: a relative path needs a slash.
+    return str(relative) if len(relative.parts) > 1 else f"./{relative}"
 
 
 def cli_command(*args: str) -> list[str]:

@@ -105,3 +105,75 @@ async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
     assert (demo_dir / "certs" / "api.crt").is_file()
     assert processes_using(demo_dir) == []
     assert not EmbeddedPostgres(demo_dir / "pg").running
+
+
+def _hint(text: str, containing: str) -> str:
+    """The indented hint line that contains ``containing``, stripped."""
+    for line in text.splitlines():
+        if line.startswith("  ") and containing in line:
+            return line.strip()
+    raise AssertionError(f"no hint with {containing!r} in:\n{text}")
+
+
+async def test_demo_keep_running_leaves_a_healthy_fleet_and_hints_that_run_as_printed(
+    demo_dir: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "demo.out"
+    # No venv on PATH: the hints must name the command by its path in the checkout.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWAVE_")}
+    env["PATH"] = "/usr/bin:/bin"
+    with output.open("wb") as sink:
+        demo = await trio.lowlevel.open_process(
+            fleetwave("demo", "--agents", "3", "--keep-running", "--data-dir", str(demo_dir)),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            with trio.fail_after(DEMO_LIMIT):
+                while "Ctrl-C stops" not in output.read_text(errors="replace"):
+                    assert demo.poll() is None, output.read_text(errors="replace")[-4000:]
+                    await trio.sleep(0.2)
+            text = output.read_text(errors="replace")
+            assert "release 2 (version 2): failed   success 0/3, failed 1, skipped 2" in text
+            exports = _hint(text, "export FLEETWAVE_API=").removeprefix("export ")
+            hinted = _hint(text, " release list; ").split(" release list")[0]
+            assert hinted == ".venv/bin/fleetwave", text
+            client_env = dict(env)
+            for pair in exports.split():
+                name, _, value = pair.partition("=")
+                client_env[name] = value
+
+            def run(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [hinted, *args],
+                    cwd=REPO,
+                    env=client_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+
+            created = await trio.to_thread.run_sync(
+                run, "release", "create", "--reason", "after the demo", "--json"
+            )
+            assert created.returncode == 0, created.stderr
+            release_id = str(json.loads(created.stdout)["releaseId"])
+            watched = await trio.to_thread.run_sync(run, "release", "watch", release_id, "--json")
+            final = json.loads(watched.stdout.splitlines()[-1])["release"]
+        finally:
+            if demo.poll() is None:
+                demo.send_signal(signal.SIGINT)
+            with trio.move_on_after(STOP_GRACE):
+                await demo.wait()
+            if demo.poll() is None:
+                demo.kill()
+                await demo.wait()
+
+    assert watched.returncode == 0, watched.stdout[-2000:]
+    assert (final["status"], final["successNodes"], final["totalNodes"]) == ("success", 3, 3)
+    assert demo.returncode == 0  # both releases ended as expected before Ctrl-C
+    assert processes_using(demo_dir) == []
