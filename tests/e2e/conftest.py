@@ -6,11 +6,17 @@
 ``harness``        starts ``fleetwave serve`` / ``agent-sim`` / commands on the test's
                    database (tests/e2e/harness.py) and stops all of them when the test ends,
                    also when it fails. A failed test's report carries the tail of every log.
+``demo_dir``       a directory for a demo (or a server) of its own; anything still running from
+                   it is stopped after the test.
 ``sql``            runs SQL on the test's database, as another program would (psql).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 
@@ -18,8 +24,9 @@ import pytest
 import trio
 
 from fleetwave.agent.certs import CertPaths, init_certs
-from tests.e2e.harness import Harness
-from tests.integration.conftest import database_url, postgres_server, run_sql
+from fleetwave.store.embedded import EmbeddedPostgres
+from tests.e2e.harness import Harness, processes_using
+from tests.integration.conftest import database_url, postgres_server, run_sql, server_directory
 
 __all__ = ["database_url", "postgres_server"]
 
@@ -54,6 +61,21 @@ async def harness(
     finally:
         with trio.CancelScope(shield=True):
             await harness.stop_all()
+
+
+@pytest.fixture
+def demo_dir() -> Iterator[Path]:
+    """A directory for a demo or a server of its own; whatever runs from it is stopped after."""
+    directory = server_directory()
+    try:
+        yield directory
+    finally:
+        # Only if the demo itself could not clean up (it was killed): nothing stays behind.
+        EmbeddedPostgres(directory / "pg").stop()
+        for pid in processes_using(directory):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

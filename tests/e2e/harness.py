@@ -252,3 +252,20 @@ async def _wait_listening(fleet: Fleet) -> None:
             continue
         await stream.aclose()
         waiting.pop(0)
+
+
+def processes_using(directory: Path) -> list[int]:
+    """Processes whose environment or command line names ``directory`` (the demo's children:
+    its daemon holds certificate paths there, its PostgreSQL the data directory)."""
+    marker = str(directory).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            text = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in text:
+            found.append(int(entry.name))
+    return found

@@ -4,57 +4,22 @@ nothing running."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
 from fleetwave.store.embedded import EmbeddedPostgres
-from tests.e2e.harness import REPO, fleetwave
-from tests.integration.conftest import server_directory
+from tests.e2e.harness import REPO, fleetwave, processes_using
 
 pytestmark = pytest.mark.postgres
 
 DEMO_LIMIT = 120.0
 STOP_GRACE = 30.0
-
-
-def processes_using(directory: Path) -> list[int]:
-    """Processes whose environment or command line names ``directory`` (the demo's children:
-    its daemon holds certificate paths there, its PostgreSQL the data directory)."""
-    marker = str(directory).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            text = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker in text:
-            found.append(int(entry.name))
-    return found
-
-
-@pytest.fixture
-def demo_dir() -> Iterator[Path]:
-    directory = server_directory()
-    try:
-        yield directory
-    finally:
-        # Only if the demo itself could not clean up (it was killed): nothing stays behind.
-        EmbeddedPostgres(directory / "pg").stop()
-        for pid in processes_using(directory):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(

@@ -6,25 +6,20 @@ warning."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tomllib
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
 import pytest
 
-from fleetwave.store.embedded import EmbeddedPostgres
-from tests.e2e.harness import REPO
-from tests.e2e.test_demo import processes_using
-from tests.integration.conftest import server_directory
+from tests.e2e.harness import REPO, processes_using
 
 pytestmark = pytest.mark.postgres
 
@@ -151,20 +146,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return Installed(checkout, wheel, built.stdout + built.stderr, venv, elsewhere)
 
 
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    directory = server_directory()
-    try:
-        yield directory
-    finally:
-        # Only if a command could not clean up after itself: nothing stays running.
-        EmbeddedPostgres(directory / "pg").stop()
-        for pid in processes_using(directory):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def test_the_wheel_builds_without_warnings(installed: Installed) -> None:
     assert _warnings(installed.build_output) == []
 
@@ -205,27 +186,27 @@ def test_python_m_fleetwave_version(installed: Installed) -> None:
 
 
 def test_fleetwave_migrate_applies_the_wheels_migrations(
-    installed: Installed, data_dir: Path
+    installed: Installed, demo_dir: Path
 ) -> None:
     shipped = sorted(p.stem for p in (installed.checkout / "store" / "migrations").glob("*.sql"))
     latest = int(shipped[-1][:4])
 
-    first = installed.run("fleetwave", "migrate", FLEETWAVE_DATA_DIR=str(data_dir / "pg"))
-    again = installed.run("fleetwave", "migrate", FLEETWAVE_DATA_DIR=str(data_dir / "pg"))
+    first = installed.run("fleetwave", "migrate", FLEETWAVE_DATA_DIR=str(demo_dir / "pg"))
+    again = installed.run("fleetwave", "migrate", FLEETWAVE_DATA_DIR=str(demo_dir / "pg"))
 
     assert first.returncode == 0, first.stderr
     assert first.stdout == f"applied {', '.join(shipped)}; schema at {latest}\n"
     assert again.stdout == f"nothing to apply; schema at {latest}\n", again.stderr
 
 
-def test_fleetwave_demo_runs_from_the_wheel(installed: Installed, data_dir: Path) -> None:
-    result = installed.run("fleetwave", "demo", "--agents", "3", "--data-dir", str(data_dir))
+def test_fleetwave_demo_runs_from_the_wheel(installed: Installed, demo_dir: Path) -> None:
+    result = installed.run("fleetwave", "demo", "--agents", "3", "--data-dir", str(demo_dir))
 
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-4000:]
     assert "release 1 (version 1): success  success 3/3" in text, text
     assert "release 2 (version 2): failed   success 0/3, failed 1, skipped 2" in text, text
-    assert processes_using(data_dir) == []
+    assert processes_using(demo_dir) == []
 
 
 def test_make_install_prints_no_build_warnings(installed: Installed, tmp_path: Path) -> None:
