@@ -17,6 +17,7 @@ import trio
 from fleetwave.config import Settings, SettingsError, load_settings
 from fleetwave.config.api_tls import ApiTls, api_tls
 from fleetwave.config.logging import configure_logging
+from fleetwave.config.startup import StartupError
 from fleetwave.store.embedded import EmbeddedPostgresError
 from fleetwave.store.errors import StoreError
 from fleetwave.store.models import Role
@@ -27,6 +28,16 @@ EXIT_USAGE = 2
 
 class UsageError(Exception):
     """A command-line argument is wrong; the message says which and why."""
+
+
+CLIENT_ENV: set[str] = set()
+"""The FLEETWAVE_* variables the command line reads itself (API clients' options), filled as
+the parser is built; load_settings accepts them beside the settings' own."""
+
+
+def _from_env(name: str, default: str | None = None) -> str | None:
+    CLIENT_ENV.add(name)
+    return os.environ.get(name, default)
 
 
 def _apply_time(text: str) -> tuple[float, float]:
@@ -250,12 +261,12 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
         "--api",
-        default=os.environ.get("FLEETWAVE_API", "http://127.0.0.1:8080"),
+        default=_from_env("FLEETWAVE_API", "http://127.0.0.1:8080"),
         help="API base URL (FLEETWAVE_API; default http://127.0.0.1:8080)",
     )
     client.add_argument(
         "--token",
-        default=os.environ.get("FLEETWAVE_TOKEN"),
+        default=_from_env("FLEETWAVE_TOKEN"),
         help="API token (FLEETWAVE_TOKEN)",
     )
     for option, env, text in (
@@ -267,9 +278,7 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         ("--cert", "FLEETWAVE_API_CLIENT_CERT", "client certificate, for an API that asks for one"),
         ("--key", "FLEETWAVE_API_CLIENT_KEY", "the client certificate's key"),
     ):
-        client.add_argument(
-            option, default=os.environ.get(env), metavar="FILE", help=f"{text} ({env})"
-        )
+        client.add_argument(option, default=_from_env(env), metavar="FILE", help=f"{text} ({env})")
     client.add_argument("--json", action="store_true", help="print the API's data as JSON")
 
     release = commands.add_parser("release", help="create, list, show, watch and steer releases")
@@ -398,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         try:
-            settings = load_settings()
+            settings = load_settings(other_env=CLIENT_ENV)
             return _run(args, settings)
         except BaseExceptionGroup as group:
             error = _operational(group)
@@ -408,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, UsageError) as error:
         print(f"fleetwave: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except (StoreError, EmbeddedPostgresError) as error:
+    except (StoreError, EmbeddedPostgresError, StartupError) as error:
         print(f"fleetwave: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -418,7 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _operational(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The one operational error (bad setting, database away) inside a task group, if that is
     all there is; otherwise the group itself, a defect to show in full."""
-    kinds = (SettingsError, UsageError, StoreError, EmbeddedPostgresError, KeyboardInterrupt)
+    kinds = (
+        SettingsError,
+        UsageError,
+        StoreError,
+        EmbeddedPostgresError,
+        StartupError,
+        KeyboardInterrupt,
+    )
     matched, rest = group.split(kinds)
     if matched is None or rest is not None:
         return group

@@ -16,6 +16,7 @@ from hypercorn.typing import ASGIFramework
 from starlette.applications import Starlette
 
 from fleetwave.config.api_tls import ApiTls
+from fleetwave.config.startup import StartupError
 
 log = structlog.get_logger("fleetwave.api")
 
@@ -63,9 +64,17 @@ async def serve_api(
     # Starlette's ASGI types are looser than hypercorn's; the protocol is the same.
     framework = cast(ASGIFramework, app)
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(
-            partial(serve, framework, config, shutdown_trigger=shutdown_trigger)
-        )
+        try:
+            binds: list[str] = await nursery.start(
+                partial(serve, framework, config, shutdown_trigger=shutdown_trigger)
+            )
+        except* OSError as group:
+            # Binding is the only thing that happens before the server reports started.
+            error: BaseException = group
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise StartupError(f"cannot listen on {bind} for the API: {reason}") from None
         address = binds[0].partition("://")[2]
         scheme = "http" if tls is None else "https"
         log.info(

@@ -8,12 +8,15 @@ honoured as they are; every other variable is ``FLEETWAVE_`` + the upper-cased a
 
 from __future__ import annotations
 
+import difflib
 import os
+import secrets
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -58,7 +61,7 @@ def _number(minimum: float, *, allow_zero: bool = False) -> Callable[[object], f
     return parse
 
 
-def _integer(minimum: int) -> Callable[[object], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
     def parse(value: object) -> int:
         if isinstance(value, bool):
             raise ValueError(f"must be a whole number, got {value!r}")
@@ -68,6 +71,8 @@ def _integer(minimum: int) -> Callable[[object], int]:
             raise ValueError(f"must be a whole number, got {value!r}") from None
         if number < minimum:
             raise ValueError(f"must be at least {minimum}, got {value!r}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be from {minimum} to {maximum}, got {value!r}")
         return number
 
     return parse
@@ -102,12 +107,58 @@ def _bind(value: object) -> str:
     return text
 
 
+def _name(value: object) -> str:
+    """A name written into rows and logs: one printable line, not empty."""
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if not text.isprintable() or len(text) > 255:
+        raise ValueError(f"must be at most 255 printable characters, got {value!r}")
+    return text
+
+
+DATABASE_SCHEMES = ("postgresql", "postgres")
+
+
+def _database_url(value: object) -> str | None:
+    """A PostgreSQL URL, checked as far as can be without connecting."""
+    text = _optional_text(value)
+    if text is None:
+        return None
+    scheme, sep, _ = text.partition("://")
+    if not sep or scheme.lower() not in DATABASE_SCHEMES:
+        raise ValueError(
+            f"must be a postgresql://USER:PASSWORD@HOST:PORT/DATABASE URL, got {redact_url(text)!r}"
+        )
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 -- parsing the port is the check
+    except ValueError as error:
+        raise ValueError(f"is not a valid URL ({error}): {redact_url(text)!r}") from None
+    return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{hostport}{slash}{path}"
+
+
 def _field(default: Any, parse: Callable[[object], Any], env: str | None = None) -> Any:
     return attrs.field(default=default, metadata={"parse": parse, "env": env})
 
 
 def _default_daemon_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    # Containers often share a hostname pattern and all run as pid 1: the random part keeps
+    # two daemons apart wherever they run.
+    return f"{socket.gethostname() or 'host'}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 @attrs.frozen(kw_only=True)
@@ -123,11 +174,11 @@ class Settings:
     control_ca: str | None = _field(None, _optional_text, "CONTROL_CA")
 
     # Database.
-    database_url: str | None = _field(None, _optional_text)
+    database_url: str | None = _field(None, _database_url)
     data_dir: str = _field("./.fleetwave/pg", _text)
 
     # Executor.
-    daemon_id: str = attrs.field(factory=_default_daemon_id, metadata={"parse": _text, "env": None})
+    daemon_id: str = attrs.field(factory=_default_daemon_id, metadata={"parse": _name, "env": None})
     node_deadline_sec: float = _field(600.0, _number(0.001))
     lease_ttl_sec: float = _field(30.0, _number(0.3))
     max_releases: int = _field(16, _integer(1))
@@ -142,7 +193,7 @@ class Settings:
     """Bound of every database operation: statement, connection wait and the whole call."""
 
     # Agent client.
-    agent_port: int = _field(8443, _integer(1))
+    agent_port: int = _field(8443, _integer(1, 65535))
     agent_connect_timeout_sec: float = _field(15.0, _number(0.001))
     agent_request_timeout_sec: float = _field(60.0, _number(0.001))
     agent_max_connections: int = _field(1000, _integer(1))
@@ -201,20 +252,57 @@ def _read_toml(path: str) -> Mapping[str, object]:
         raise SettingsError("FLEETWAVE_CONFIG", f"cannot read {path}: {error.strerror}") from None
 
 
-def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+CONFIG_ENV = "FLEETWAVE_CONFIG"
+ENV_PREFIX = "FLEETWAVE_"
+
+
+def known_env_names() -> set[str]:
+    """The environment names of every setting, and FLEETWAVE_CONFIG."""
+    return {Settings.env_name(attribute) for attribute in attrs.fields_dict(Settings)} | {
+        CONFIG_ENV
+    }
+
+
+def _unknown(name: str, known: Collection[str]) -> str:
+    """The problem of an unknown name, with the closest known one when one is close (the
+    shared FLEETWAVE_ prefix is not counted as likeness)."""
+
+    def stem(text: str) -> str:
+        return text.removeprefix(ENV_PREFIX)
+
+    stems = {stem(other): other for other in known}
+    close = difflib.get_close_matches(stem(name), sorted(stems), n=1, cutoff=0.6)
+    hint = f" (did you mean {stems[close[0]]}?)" if close else ""
+    return f"is not a known setting{hint}"
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    other_env: Collection[str] = (),
+    **overrides: object,
+) -> Settings:
     """Build Settings from defaults, the TOML file, the environment, then ``overrides``.
 
-    Raises SettingsError naming the first invalid or unknown setting.
+    Every ``FLEETWAVE_*`` variable must be a setting's, FLEETWAVE_CONFIG, or one of
+    ``other_env`` (those the command line reads itself): a misspelt name stops the program
+    rather than leaving its setting at the default. Raises SettingsError naming the first
+    invalid or unknown setting, and for an unknown name the closest known one.
     """
     env = os.environ if environ is None else environ
     fields = attrs.fields_dict(Settings)
     values: dict[str, object] = {}
 
-    config_path = env.get("FLEETWAVE_CONFIG")
+    known_env = known_env_names() | set(other_env)
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known_env:
+            raise SettingsError(name, _unknown(name, known_env))
+
+    config_path = env.get(CONFIG_ENV)
     if config_path:
         for key, raw in _read_toml(config_path).items():
             if key not in fields:
-                raise SettingsError(f"{key} (in {config_path})", "is not a known setting")
+                raise SettingsError(f"{key} (in {config_path})", _unknown(key, fields))
             values[key] = _parse(key, f"{key} (in {config_path})", raw)
 
     for attribute in fields:
@@ -224,7 +312,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
 
     for attribute, raw in overrides.items():
         if attribute not in fields:
-            raise SettingsError(attribute, "is not a known setting")
+            raise SettingsError(attribute, _unknown(attribute, fields))
         values[attribute] = _parse(attribute, attribute, raw)
 
     settings = Settings(**values)  # type: ignore[arg-type]

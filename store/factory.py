@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
 import trio
@@ -32,6 +33,7 @@ async def open_store(settings: Settings) -> AsyncIterator[PostgresStore]:
     async with (
         trio_asyncio.open_loop(),
         database_url(settings) as url,
+        _logged(url, embedded=settings.database_url is None),
         open_postgres_store(
             url,
             max_size=POOL_SIZE,
@@ -40,6 +42,23 @@ async def open_store(settings: Settings) -> AsyncIterator[PostgresStore]:
         ) as store,
     ):
         yield store
+
+
+def database_address(url: str) -> dict[str, object]:
+    """Where ``url`` points (host, port, database, user), never its password."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    user = unquote(parts.username) if parts.username else None
+    host = unquote(parts.hostname) if parts.hostname else query.get("host", ["localhost"])[0]
+    port = parts.port or query.get("port", ["5432"])[0]
+    database = unquote(parts.path.lstrip("/")) or query.get("dbname", [user or "postgres"])[0]
+    return {"host": host, "port": port, "database": database, "user": user}
+
+
+@asynccontextmanager
+async def _logged(url: str, *, embedded: bool) -> AsyncIterator[None]:
+    log.info("store.database", **database_address(url), embedded=embedded)
+    yield
 
 
 @asynccontextmanager

@@ -16,7 +16,7 @@ ROW = re.compile(r"^\| `(?P<name>[a-z_]+)` \| `(?P<env>[A-Z_]+)` \| (?P<default>
 def documented_default(field: attrs.Attribute[object]) -> str:
     default = field.default
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        return "`hostname:pid`"
+        return "`hostname:pid:random`"
     if default is None:
         return "unset"
     if isinstance(default, bool):

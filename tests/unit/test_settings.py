@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
-from fleetwave.config import SettingsError, load_settings
+from fleetwave import cli
+from fleetwave.config import Settings, SettingsError, load_settings
+from fleetwave.config.settings import known_env_names
 
 
 def test_defaults_match_the_original_system() -> None:
@@ -79,6 +83,78 @@ def test_an_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "fleetwave.toml"
     config.write_text("node_deadline = 5\n")
     with pytest.raises(SettingsError, match="not a known setting"):
+        load_settings(environ={"FLEETWAVE_CONFIG": str(config)})
+
+
+def test_an_unknown_key_in_the_file_names_the_closest_setting(tmp_path: Path) -> None:
+    config = tmp_path / "fleetwave.toml"
+    config.write_text("node_deadline = 5\n")
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ={"FLEETWAVE_CONFIG": str(config)})
+    assert str(raised.value) == (
+        f"setting node_deadline (in {config}): is not a known setting"
+        " (did you mean node_deadline_sec?)"
+    )
+
+
+def test_an_unknown_fleetwave_variable_is_refused_naming_the_closest() -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ={"FLEETWAVE_DATABSE_URL": "postgresql://db/x"})
+    assert str(raised.value) == (
+        "setting FLEETWAVE_DATABSE_URL: is not a known setting"
+        " (did you mean FLEETWAVE_DATABASE_URL?)"
+    )
+    with pytest.raises(SettingsError, match=r"FLEETWAVE_ZZZ: is not a known setting$"):
+        load_settings(environ={"FLEETWAVE_ZZZ": "1"})
+    # Other programs' variables are not ours to judge.
+    assert load_settings(environ={"FLEETWAVEX": "1", "RELEASE_FOO": "2"}).database_url is None
+
+
+def test_every_setting_and_every_variable_the_command_line_reads_is_known() -> None:
+    environ = {Settings.env_name(name): "" for name in attrs.fields_dict(Settings)}
+    assert set(environ) <= known_env_names()
+    cli.build_parser()
+    assert {"FLEETWAVE_API", "FLEETWAVE_TOKEN", "FLEETWAVE_API_CA"} <= cli.CLIENT_ENV
+    client = {name: "x" for name in cli.CLIENT_ENV}
+    with pytest.raises(SettingsError, match="FLEETWAVE_API: is not a known setting"):
+        load_settings(environ=client)
+    assert load_settings(environ=client, other_env=cli.CLIENT_ENV).daemon_id
+
+
+def test_the_default_daemon_id_differs_between_processes_with_the_same_host_and_pid() -> None:
+    ids = {load_settings(environ={}).daemon_id for _ in range(50)}
+    assert len(ids) == 50
+    host, pid, suffix = next(iter(ids)).rsplit(":", 2)
+    assert host and pid == str(os.getpid()) and len(suffix) == 8
+
+
+@pytest.mark.parametrize(
+    ("environ", "says"),
+    [
+        ({"FLEETWAVE_DAEMON_ID": "  "}, "FLEETWAVE_DAEMON_ID: must not be empty"),
+        ({"FLEETWAVE_DAEMON_ID": "a\tb"}, "FLEETWAVE_DAEMON_ID: must be at most 255 printable"),
+        ({"FLEETWAVE_AGENT_PORT": "0"}, "FLEETWAVE_AGENT_PORT: must be at least 1"),
+        ({"FLEETWAVE_AGENT_PORT": "65536"}, "FLEETWAVE_AGENT_PORT: must be from 1 to 65535"),
+        ({"FLEETWAVE_AGENT_PORT": "9" * 5000}, "FLEETWAVE_AGENT_PORT: must be a whole number"),
+        ({"FLEETWAVE_API_BIND": "127.0.0.1:65536"}, "FLEETWAVE_API_BIND: must be HOST:PORT"),
+        ({"FLEETWAVE_DATABASE_URL": "127.0.0.1:5432"}, "must be a postgresql://"),
+        ({"FLEETWAVE_DATABASE_URL": "mysql://u:pw@h/d"}, "got 'mysql://u:***@h/d'"),
+        ({"FLEETWAVE_DATABASE_URL": "postgresql://h:x/d"}, "is not a valid URL"),
+    ],
+)
+def test_names_ports_and_database_urls_are_checked_at_start(
+    environ: dict[str, str], says: str
+) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ=environ)
+    assert says in str(raised.value)
+    assert "pw@" not in str(raised.value)
+
+
+def test_a_daemon_id_in_the_file_must_be_one_printable_line(tmp_path: Path) -> None:
+    config = tmp_path / "fleetwave.toml"
+    config.write_text('daemon_id = "edge\\u0000x"\n')
+    with pytest.raises(SettingsError, match=r"daemon_id .* printable"):
         load_settings(environ={"FLEETWAVE_CONFIG": str(config)})
 
 
