@@ -12,6 +12,14 @@ node rows, verbs not in effect, dispatches while a release was paused or cancell
 measures takeover: from the kill to the next claim of each release the killed daemon held, both by
 the database's clock.
 
+Not every release is meant to succeed. The first three lanes carry failures the agents
+inject: lane 0's canary agent fails (a failing canary: the release fails, the rest is
+skipped), lane 1's last agent fails under ``max_failures = 1`` (a tolerated failure: the
+release succeeds), lane 2's last agent fails under ``max_failures = 0`` (batch 2 stops and its
+dispatched nodes are reconciled). Every other kill waits for a daemon to start reconciling a
+stopped batch and kills it then. Besides the outcome each release was meant to have, the
+report checks that no node whose agent received its task is recorded ``skipped``.
+
 The pytest test (tests/faults/test_kill_soak.py) runs it at the sizes of the environment
 (CI's by default); ``python -m tests.faults.soak [--big] [--json PATH]`` runs it outside
 pytest on an embedded PostgreSQL of its own and prints the same report.
@@ -69,7 +77,7 @@ SOAK_OPERATOR = Actor("soak", Role.OPERATOR)
 class SoakSizes:
     """How big the soak is. Defaults are CI's; ``BIG`` is the long run."""
 
-    releases: int = 30
+    releases: int = 36
     agents: int = 20
     kills: int = 10
     daemons: int = 3
@@ -140,6 +148,34 @@ class Kill:
     """Database clock (epoch seconds), read just before the signal."""
     held: tuple[int, ...]
     """Releases the killed daemon held when it died."""
+    reconciling: bool = False
+    """Killed while it reconciled a stopped batch of a release it still held."""
+
+
+FAILING_CANARY_LANE = 0
+TOLERATED_FAILURE_LANE = 1
+STOPPED_BATCH_LANE = 2
+INJECTED_FAILURE = "soak: injected apply failure"
+
+
+def failing_agents(sizes: SoakSizes) -> dict[int, str]:
+    """Agent index (1-based) -> the lane whose failure it carries. Lane k holds agents
+    k + 1, k + 1 + scopes, ... (tests.world.lanes); its canary is the first."""
+    lane_size = {k: len(range(k, sizes.agents, sizes.scopes)) for k in range(sizes.scopes)}
+    last = {k: k + 1 + sizes.scopes * (lane_size[k] - 1) for k in lane_size}
+    chosen = {FAILING_CANARY_LANE + 1: "failing canary"}
+    if sizes.scopes > TOLERATED_FAILURE_LANE and lane_size[TOLERATED_FAILURE_LANE] > 1:
+        chosen[last[TOLERATED_FAILURE_LANE]] = "tolerated failure"
+    if sizes.scopes > STOPPED_BATCH_LANE and lane_size[STOPPED_BATCH_LANE] > 2:
+        chosen[last[STOPPED_BATCH_LANE]] = "stopped batch"
+    return chosen
+
+
+def expected_status(sizes: SoakSizes, lane: int) -> ReleaseStatus:
+    kinds = set(failing_agents(sizes).values())
+    if lane == FAILING_CANARY_LANE or (lane == STOPPED_BATCH_LANE and "stopped batch" in kinds):
+        return ReleaseStatus.FAILED
+    return ReleaseStatus.SUCCESS
 
 
 @attrs.frozen(kw_only=True)
@@ -161,6 +197,12 @@ class SoakReport:
     """Repeated dispatches in all: a daemon killed between sending a dispatch and recording
     it leaves a pending node, which the next owner dispatches again (the same taskId)."""
     counter_mismatches: int
+    unexpected_outcomes: tuple[str, ...]
+    """Releases that did not end as their lane's injected failures say they must."""
+    skipped_but_received: int
+    """Nodes recorded skipped although their agent received the task."""
+    kills_reconciling: int
+    """Kills of a daemon while it reconciled a stopped batch."""
     invariant_failures: tuple[str, ...]
     """What tests/invariants.py found wrong, one line per release."""
     takeovers: tuple[float, ...]
@@ -193,6 +235,8 @@ class SoakReport:
             + self.nodes_with_two_task_ids
             + self.nodes_redispatched_after_recorded
             + self.counter_mismatches
+            + len(self.unexpected_outcomes)
+            + self.skipped_but_received
             + len(self.invariant_failures)
             + self.verbs_not_in_effect
             + self.dispatched_while_stopped
@@ -212,6 +256,9 @@ class SoakReport:
             "nodes_redispatched_after_recorded": self.nodes_redispatched_after_recorded,
             "redispatches": self.redispatches,
             "counter_mismatches": self.counter_mismatches,
+            "unexpected_outcomes": list(self.unexpected_outcomes),
+            "skipped_but_received": self.skipped_but_received,
+            "kills_reconciling": self.kills_reconciling,
             "invariant_failures": list(self.invariant_failures),
             "takeovers": len(self.takeovers),
             "takeover_p50_sec": round(self.takeover_p50, 3),
@@ -230,6 +277,7 @@ class SoakReport:
         rows = [
             ("releases / agents / daemons", f"{s.releases} / {s.agents} / {s.daemons}"),
             ("kills (SIGKILL, restarted)", f"{self.kills} of {s.kills}"),
+            ("  of which while reconciling", str(self.kills_reconciling)),
             ("lease TTL / claim interval", f"{s.lease_ttl_sec:g} s / {s.interval_sec:g} s"),
             ("seed", str(s.seed)),
             ("wall time", f"{self.seconds:.1f} s"),
@@ -240,6 +288,8 @@ class SoakReport:
             ("nodes dispatched under two taskIds", str(self.nodes_with_two_task_ids)),
             ("nodes re-dispatched after recorded", str(self.nodes_redispatched_after_recorded)),
             ("counters disagreeing with node rows", str(self.counter_mismatches)),
+            ("outcomes other than injected", str(len(self.unexpected_outcomes))),
+            ("skipped although the agent had the task", str(self.skipped_but_received)),
             ("releases failing tests/invariants.py", str(len(self.invariant_failures))),
             ("repeated dispatches (same taskId)", str(self.redispatches)),
             ("takeovers measured", str(len(self.takeovers))),
@@ -437,20 +487,42 @@ class _Soak:
         return await self.group.start(f"soak-{slot}.{self.incarnations[slot]}")
 
     async def kill_at_random(self) -> None:
-        for _ in range(self.sizes.kills):
-            with trio.move_on_after(self.rng.uniform(*self.sizes.kill_gap_sec)):
-                await self.done.wait()
+        for number in range(self.sizes.kills):
+            found = None
+            if number % 2:
+                # Every other kill: the first daemon to start reconciling a stopped batch
+                # within the gap, else a random one at its end.
+                found = await self._wait_reconciling(self.rng.uniform(*self.sizes.kill_gap_sec))
+            else:
+                with trio.move_on_after(self.rng.uniform(*self.sizes.kill_gap_sec)):
+                    await self.done.wait()
             if self.done.is_set():
                 return
-            owners = await lease_owners(self.database_url)
-            holding = [k for k, d in enumerate(self.slots) if d.daemon_id in owners]
-            slot = self.rng.choice(holding or range(len(self.slots)))
+            if found is None:
+                owners = await lease_owners(self.database_url)
+                holding = [k for k, d in enumerate(self.slots) if d.daemon_id in owners]
+                slot, release_id = self.rng.choice(holding or range(len(self.slots))), None
+            else:
+                slot, release_id = found
             victim = self.slots[slot]
             at = await database_clock(self.database_url)
             await victim.kill()
             held = await releases_held_by(self.database_url, victim.daemon_id)
-            self.kills.append(Kill(victim.daemon_id, at, held))
+            self.kills.append(Kill(victim.daemon_id, at, held, reconciling=release_id in held))
             self.slots[slot] = await self.start(slot)
+
+    async def _wait_reconciling(self, seconds: float) -> tuple[int, int] | None:
+        """(slot, release) of the next daemon to start reconciling a stopped batch, seen in
+        its log as it happens; None if none does within ``seconds``."""
+        seen = [len(d.events("batch.reconciling")) for d in self.slots]
+        with trio.move_on_after(seconds):
+            while not self.done.is_set():
+                for slot, daemon in enumerate(self.slots):
+                    started = daemon.events("batch.reconciling")[seen[slot] :]
+                    if started:
+                        return slot, int(started[-1]["release_id"])
+                await trio.sleep(0.01)  # the daemons' logs grow in their reader tasks
+        return None
 
 
 async def run_soak(
@@ -462,8 +534,18 @@ async def run_soak(
         open_loop_and_store(database_url, max_size=4) as store,
         open_world(store, certs) as world,
     ):
+        low, high = sizes.apply_time
+        failing = {
+            # The stopped batch's failure comes early, while its sibling still applies: there
+            # is a reconciliation to interrupt.
+            k: Behaviour(
+                apply_time=(low / 4, low / 2) if kind == "stopped batch" else sizes.apply_time,
+                fail=INJECTED_FAILURE,
+            )
+            for k, kind in failing_agents(sizes).items()
+        }
         fleet = await world.serve_fleet(
-            sizes.agents, behaviour=Behaviour(apply_time=sizes.apply_time)
+            sizes.agents, failing, behaviour=Behaviour(apply_time=(low, high))
         )
         async with open_daemons(soak_env(sizes, certs, database_url), directory) as group:
             soak = _Soak(sizes, database_url, group, random.Random(sizes.seed))
@@ -472,9 +554,17 @@ async def run_soak(
             started = trio.current_time()
             release_ids = []
             selections = lanes(await store.list_nodes(), sizes.scopes)
+            expected: dict[int, ReleaseStatus] = {}
             for k in range(sizes.releases):
-                spec = ReleaseSpec(reason=f"soak {k}", selection=selections[k % sizes.scopes])
-                release_ids.append((await store.create_release(spec)).release.id)
+                lane = k % sizes.scopes
+                spec = ReleaseSpec(
+                    reason=f"soak {k}",
+                    selection=selections[lane],
+                    max_failures=1 if lane == TOLERATED_FAILURE_LANE else 0,
+                )
+                release_id = (await store.create_release(spec)).release.id
+                release_ids.append(release_id)
+                expected[release_id] = expected_status(sizes, lane)
             newest = set(release_ids[-sizes.scopes :])
             verbs = _Verbs(
                 sizes, store, random.Random(sizes.seed + 1), release_ids, newest, soak.done
@@ -497,7 +587,7 @@ async def run_soak(
             attrs.evolve(kill, held=tuple(r for r in kill.held if r not in steered))
             for kill in soak.kills
         ]
-        report = await _report(sizes, store, fleet, release_ids, kills, seconds, logs)
+        report = await _report(sizes, store, fleet, expected, kills, seconds, logs)
         versions = {}
         for release_id in release_ids:
             release = await store.get_release(release_id)
@@ -526,12 +616,15 @@ async def _report(
     sizes: SoakSizes,
     store: Store,
     fleet: SimulatedFleet,
-    release_ids: Sequence[int],
+    expected: Mapping[int, ReleaseStatus],
     kills: Sequence[Kill],
     seconds: float,
     logs: Sequence[Mapping[str, Any]],
 ) -> SoakReport:
+    release_ids = list(expected)
     outcomes: Counter[str] = Counter()
+    unexpected = []
+    skipped_but_received = 0
     finished_twice = nodes_twice = two_ids = after_recorded = redispatches = mismatches = 0
     claims: dict[int, list[float]] = {}
     invariant_failures = []
@@ -543,6 +636,15 @@ async def _report(
         release = await store.get_release(release_id)
         assert release is not None
         outcomes[release.status.value if release.status.terminal else "lost"] += 1
+        # A release an operator cancelled (the soak's verbs) ends cancelled if its retry was
+        # refused; any other outcome is the one its lane's agents inject.
+        if release.status not in (expected[release_id], ReleaseStatus.CANCELLED) and (
+            release.status.terminal
+        ):
+            unexpected.append(
+                f"release {release_id}: {release.status}, meant {expected[release_id]}"
+                f" ({release.error})"
+            )
         nodes = await store.release_nodes(release_id)
         statuses = Counter(node.status for node in nodes)
         if (
@@ -579,6 +681,7 @@ async def _report(
             two_ids += not ids <= {task_id}
             if node.attempt > 1:
                 continue  # retried: its first attempt's dispatches are not this run's
+            skipped_but_received += bool(ids) and node.status is NodeStatus.SKIPPED
             count = fleet.dispatch_count(node.main_ip, task_id)
             redispatches += max(0, count - 1)
             # Each owner may dispatch a node it finds pending; once a dispatch is recorded
@@ -607,6 +710,9 @@ async def _report(
         nodes_redispatched_after_recorded=after_recorded,
         redispatches=redispatches,
         counter_mismatches=mismatches,
+        unexpected_outcomes=tuple(unexpected),
+        skipped_but_received=skipped_but_received,
+        kills_reconciling=sum(kill.reconciling for kill in kills),
         invariant_failures=tuple(invariant_failures),
         takeovers=tuple(takeovers),
         error_lines=errors,
