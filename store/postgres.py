@@ -1269,8 +1269,9 @@ class PostgresStore:
         with trio.move_on_after(_PING_TIMEOUT_SEC):
             try:
                 return await self._call(self._ping)
-            except Exception:
-                # The contract: a health check answers, it does not raise.
+            except (StoreError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                # The contract: a health check answers, it does not raise. Anything else is a
+                # defect, and propagates like one.
                 return False
         return False
 
