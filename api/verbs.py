@@ -57,6 +57,13 @@ class VerbAnswer:
                 f"{verb} recorded on release {release.id}, not in effect yet: daemon "
                 f"{self.effect.owner} holds its lease and has not acknowledged it"
             )
+        if verb in (Verb.PAUSE, Verb.CANCEL) and release.status.terminal and not (
+            verb is Verb.CANCEL and release.status.value == "cancelled"
+        ):
+            return (
+                f"release {release.id} ended {release.status} before the {verb} took effect: "
+                "nothing was left to stop"
+            )
         text = f"{verb} in effect on release {release.id}"
         if self.owner is None:
             text += " (no daemon held its lease)"

@@ -3,13 +3,24 @@ holds takes a verb at once)."""
 
 from __future__ import annotations
 
+import attrs
 import httpx
 import pytest
 from starlette.applications import Starlette
 
 from fleetwave.api.auth import create_token
+from fleetwave.api.verbs import VerbAnswer
 from fleetwave.store.memory import MemoryStore
-from fleetwave.store.models import NodeChange, NodeStatus, Outcome, ReleaseSpec, ReleaseStatus, Role
+from fleetwave.store.models import (
+    Actor,
+    NodeChange,
+    NodeStatus,
+    Outcome,
+    ReleaseSpec,
+    ReleaseStatus,
+    Role,
+)
+from fleetwave.store.verbs import Verb
 from tests.api.conftest import add_nodes
 
 
@@ -133,3 +144,24 @@ async def test_fleet_counts_config_versions_and_names_nodes_that_differ(
     listed = (await client.get("/api/v1/nodes")).json()["data"]["items"]
     assert [n["appliedVersion"] for n in listed] == [1, 1, None]
     assert listed[0]["appliedAt"] is not None
+
+
+async def test_a_stop_that_meets_the_end_of_the_release_says_so(store: MemoryStore) -> None:
+    await add_nodes(store, 1)
+    await store.create_release(ReleaseSpec())
+    [claim] = await store.claim("d", 1, 30)
+    paused = await store.steer(claim.release.id, Verb.PAUSE, by=Actor("ops", Role.OPERATOR))
+    [row] = await store.release_nodes(claim.release.id)
+    done = NodeChange(row.id, NodeStatus.SUCCESS, started=True, finished=True)
+    # The owner records the end before it reads the pause: nothing was left to stop.
+    assert await store.record(claim.lease, [done], Outcome(ReleaseStatus.SUCCESS))
+    ended = await store.get_release(claim.release.id)
+    assert ended is not None
+    effect = await store.verb_effect(claim.release.id, paused.release.verb_seq)
+
+    answer = VerbAnswer(attrs.evolve(paused, release=ended), effect, 0.1, "d")
+
+    assert effect.in_effect and not effect.acknowledged
+    assert answer.message == (
+        f"release {ended.id} ended success before the pause took effect: nothing was left to stop"
+    )
