@@ -4,6 +4,7 @@ compare-and-set, then a wait until the verb is in effect)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -31,6 +32,11 @@ TEST = Actor("test", Role.OPERATOR)
 
 async def verb(sim: Sim, release_id: int, name: Verb, **options: object) -> VerbAnswer:
     return await steer(sim.store, release_id, name, by=OPS, **options)  # type: ignore[arg-type]
+
+
+def to_first(name: Verb) -> dict[str, object]:
+    """A rollback names the first release's config, known good (nodes may have run several)."""
+    return {"to_version": 1} if name is Verb.ROLLBACK else {}
 
 
 async def count(sim: Sim, release_id: int, status: NodeStatus) -> int:
@@ -428,3 +434,134 @@ async def _release_in(sim: Sim, state: str) -> int:
     sim.fleet.set_behaviour(1, Behaviour(apply_time=(10, 20)))
     assert release.status.value == state, release
     return release_id
+
+
+TAKEOVER_OUTCOMES = {
+    Verb.PAUSE: ("changed", ReleaseStatus.SUCCESS),  # resumed afterwards by the test
+    Verb.RESUME: ("no-op", ReleaseStatus.SUCCESS),
+    Verb.CANCEL: ("changed", ReleaseStatus.CANCELLED),
+    Verb.RETRY: ("no-op", ReleaseStatus.SUCCESS),
+    Verb.ROLLBACK: ("changed", ReleaseStatus.CANCELLED),
+}
+
+
+@pytest.mark.parametrize("name", list(Verb))
+async def test_every_verb_during_a_takeover(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock, name: Verb
+) -> None:
+    """The owner dies mid-batch; the verb meets its still-live lease; another daemon takes
+    over. The verb holds, nothing is dispatched while stopped, and the release ends."""
+    sim = make_sim(6, behaviour=Behaviour(apply_time=(8, 12)))
+    await sim.register()
+    first = await sim.start_daemon("sim-a")
+    good = await sim.create()
+    await sim.wait_terminal(good)
+    release_id = await sim.create(plan=(1, "100%"), max_parallel=2)
+    await wait_count(sim, release_id, NodeStatus.RUNNING, 2)
+    first.crash()
+
+    answer = await verb(
+        sim, release_id, name, **({"to_version": 1} if name is Verb.ROLLBACK else {})
+    )
+    stopped_at = trio.current_time()
+    await sim.start_daemon("sim-b")
+
+    changed, ending = TAKEOVER_OUTCOMES[name]
+    assert answer.effect.in_effect
+    assert ("changed" if answer.result.changed else "no-op") == changed
+    if changed == "changed":
+        assert answer.lease_expired  # the dead owner never acknowledged
+    resumed_at = math.inf
+    if name is Verb.PAUSE:
+        await trio.sleep(60)
+        resumed_at = trio.current_time()
+        await verb(sim, release_id, Verb.RESUME)
+    release = await sim.wait_terminal(release_id)
+    assert release.status is ending
+    if name in (Verb.PAUSE, Verb.CANCEL, Verb.ROLLBACK):
+        nodes = await sim.store.release_nodes(release_id)
+        assert_no_dispatch_while_stopped(sim.fleet, nodes, release.version, stopped_at, resumed_at)
+    if answer.result.rollback is not None:
+        done = await sim.wait_terminal(answer.result.rollback.id)
+        assert done.status is ReleaseStatus.SUCCESS
+        await assert_rollback_follows_plan(sim.store, done.id)
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+    await assert_applied_versions(sim.store, sim.fleet)
+
+
+FAILING_OUTCOMES = {
+    Verb.PAUSE: ReleaseStatus.FAILED,  # the failure ends it: nothing was left to hold
+    Verb.RESUME: ReleaseStatus.FAILED,
+    Verb.CANCEL: ReleaseStatus.CANCELLED,
+    Verb.RETRY: ReleaseStatus.FAILED,
+    Verb.ROLLBACK: ReleaseStatus.CANCELLED,
+}
+
+
+@pytest.mark.parametrize("name", list(Verb))
+async def test_every_verb_while_a_batch_is_cancelled_for_a_failure(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock, name: Verb
+) -> None:
+    """Node 3 fails; its slow siblings are being reconciled when the verb arrives."""
+    slow = Behaviour(apply_time=(20, 30), delay=2.0)
+    sim = make_sim(
+        8,
+        behaviour=slow,
+        overrides=[(1, Behaviour(apply_time=(1, 1))), (3, Behaviour(apply_time=(4, 4), fail="x"))],
+    )
+    await sim.register()
+    await sim.start_daemon()
+    release_id = await sim.create(plan=(1, "100%"))
+    await wait_count(sim, release_id, NodeStatus.FAILED, 1)
+    try:
+        # The nodes ran no config before this release: a rollback has no good one.
+        answer = await verb(sim, release_id, name)
+    except Conflict as refused:
+        assert name is Verb.ROLLBACK and "no good version" in str(refused)
+        answer = None
+    stopped_at = trio.current_time()
+    release = await sim.wait_terminal(release_id)
+
+    if answer is not None:
+        assert answer.effect.in_effect
+        assert release.status is FAILING_OUTCOMES[name]
+    nodes = await sim.store.release_nodes(release_id)
+    if name in (Verb.PAUSE, Verb.CANCEL):
+        assert_no_dispatch_while_stopped(sim.fleet, nodes, release.version, stopped_at)
+    assert not any(node.status is NodeStatus.RUNNING for node in nodes)
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+    await assert_applied_versions(sim.store, sim.fleet)
+
+
+@pytest.mark.parametrize("name", list(Verb))
+async def test_every_verb_on_a_release_being_cancelled(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock, name: Verb
+) -> None:
+    """A cancel is in effect and its owner still reconciles slow agents ("cancelling")."""
+    sim = make_sim(6, behaviour=Behaviour(apply_time=(30, 40), delay=3.0))
+    await sim.register()
+    await sim.start_daemon()
+    good = await sim.create(plan=(1, "100%"))
+    sim.fleet.set_behaviour(1, Behaviour(apply_time=(1, 1)))
+    await sim.wait_terminal(good)
+    release_id = await sim.create(plan=(1, "100%"))
+    await wait_count(sim, release_id, NodeStatus.RUNNING, 3)
+    await verb(sim, release_id, Verb.CANCEL)
+    release = await sim.store.get_release(release_id)
+    assert release is not None and release.cancelling
+
+    try:
+        answer = await verb(
+            sim, release_id, name, **({"to_version": 1} if name is Verb.ROLLBACK else {})
+        )
+    except Conflict as refused:
+        assert name in (Verb.PAUSE, Verb.RESUME, Verb.RETRY), refused
+        assert "is cancelling:" in str(refused)
+    else:
+        assert name in (Verb.CANCEL, Verb.ROLLBACK)
+        assert answer.result.changed is (name is Verb.ROLLBACK)
+    release = await sim.wait_terminal(release_id)
+
+    assert release.status is ReleaseStatus.CANCELLED
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+    await assert_applied_versions(sim.store, sim.fleet)
