@@ -57,8 +57,10 @@ class VerbAnswer:
                 f"{verb} recorded on release {release.id}, not in effect yet: daemon "
                 f"{self.effect.owner} holds its lease and has not acknowledged it"
             )
-        if verb in (Verb.PAUSE, Verb.CANCEL) and release.status.terminal and not (
-            verb is Verb.CANCEL and release.status.value == "cancelled"
+        if (
+            verb in (Verb.PAUSE, Verb.CANCEL)
+            and release.status.terminal
+            and not (verb is Verb.CANCEL and release.status.value == "cancelled")
         ):
             return (
                 f"release {release.id} ended {release.status} before the {verb} took effect: "
