@@ -565,3 +565,41 @@ async def test_every_verb_on_a_release_being_cancelled(
     assert release.status is ReleaseStatus.CANCELLED
     await assert_release_invariants(sim.store, release_id, sim.fleet)
     await assert_applied_versions(sim.store, sim.fleet)
+
+
+async def test_an_owner_killed_after_acknowledging_a_pause_does_nothing_twice(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    """Killed while its in-flight nodes finish: the paused release keeps them `running`; the
+    next owner, after the resume, asks their agents instead of dispatching them again."""
+    sim = make_sim(8, behaviour=Behaviour(apply_time=(20, 30)))
+    await sim.register()
+    first = await sim.start_daemon("sim-a")
+    release_id = await sim.create(plan=(1, "100%"), max_parallel=3)
+    await wait_count(sim, release_id, NodeStatus.RUNNING, 3)  # batch 2 in flight
+    paused = await verb(sim, release_id, Verb.PAUSE)
+    stopped_at = trio.current_time()
+    assert paused.effect.acknowledged
+    first.crash()  # before its in-flight nodes finished: no park, no final writes
+    in_flight = [
+        node for node in await sim.store.release_nodes(release_id)
+        if node.status is NodeStatus.RUNNING
+    ]  # fmt: skip
+    assert in_flight
+
+    second = await sim.start_daemon("sim-b")
+    await trio.sleep(60)
+    assert second.claimed == 0
+    resumed_at = trio.current_time()
+    resumed = await verb(sim, release_id, Verb.RESUME)
+    assert resumed.effect.in_effect
+    release = await sim.wait_terminal(release_id)
+
+    assert release.status is ReleaseStatus.SUCCESS
+    for node in in_flight:  # asked, not sent again
+        task_id = task_id_for(node.main_ip, release.version)
+        assert sim.fleet.dispatch_count(node.main_ip, task_id) == 1
+    nodes = await sim.store.release_nodes(release_id)
+    assert_no_dispatch_while_stopped(sim.fleet, nodes, release.version, stopped_at, resumed_at)
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+    await assert_applied_versions(sim.store, sim.fleet)
