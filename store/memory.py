@@ -660,6 +660,7 @@ class MemoryStore:
             reason=rollback_reason(release, plan.config_version, by.token_name, reason),
             config_version=plan.config_version,
             rollback_of=row.id,
+            selection=NodeSelection(node_ids=plan.node_ids),
         )
         self._event(
             created.id,

@@ -450,8 +450,9 @@ FOR UPDATE
 _INSERT_ROLLBACK = """
 INSERT INTO release_tasks
     (type, target, version, status, total_nodes, scope, plan, max_parallel, max_failures,
-     reason, config_version, rollback_of)
-SELECT type, target, $2, 'pending', $3, scope, plan, max_parallel, max_failures, $4, $5, id
+     reason, config_version, rollback_of, selection)
+SELECT type, target, $2, 'pending', $3, scope, plan, max_parallel, max_failures, $4, $5, id,
+       $6::jsonb
 FROM release_tasks
 WHERE id = $1
 RETURNING id
@@ -1515,7 +1516,13 @@ class _Steering:
         placed = assign_batches(validate_plan(list(release.plan or DEFAULT_PLAN)), plan.node_ids)
         reason = rollback_reason(release, plan.config_version, self._by, self._reason)
         created_id = await self._connection.fetchval(
-            _INSERT_ROLLBACK, release.id, version, len(placed), reason, plan.config_version
+            _INSERT_ROLLBACK,
+            release.id,
+            version,
+            len(placed),
+            reason,
+            plan.config_version,
+            json.dumps(NodeSelection(node_ids=plan.node_ids).to_json()),
         )
         await self._connection.execute(
             _INSERT_RELEASE_NODES,

@@ -284,6 +284,8 @@ async def test_rollback_restores_the_previous_config_in_the_rolled_back_order(
     original = [node.node_id for node in await store.release_nodes(bad)]
     assert [node.node_id for node in nodes] == original[:3]  # the skipped one runs config 1
     assert [node.batch for node in nodes] == [1, 2, 2]
+    assert rollback.selection is not None  # its nodes, by id, as the rollback chose them
+    assert rollback.selection.node_ids == tuple(original[:3])
     repeat = await store.steer(bad, Verb.ROLLBACK, by=BOB)
     assert not repeat.changed and repeat.rollback is not None
     assert repeat.rollback.id == rollback.id
