@@ -3,23 +3,19 @@ agents over mutual TLS, the API app over the same database, the CLI's commands o
 
 from __future__ import annotations
 
-import argparse
-import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 import trio
 
-from fleetwave import cli
 from fleetwave.agent.certs import CertPaths, init_certs
 from fleetwave.agent.sim import Behaviour
-from fleetwave.api import commands
 from fleetwave.api.app import create_app
 from fleetwave.api.auth import create_token
-from fleetwave.api.client import ApiClient
 from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus, Role
 from fleetwave.store.postgres import PostgresStore
+from tests.integration.test_selection_postgres import run_cli
 from tests.invariants import (
     assert_applied_versions,
     assert_no_dispatch_while_stopped,
@@ -53,14 +49,6 @@ async def api(pg_store: PostgresStore) -> AsyncIterator[httpx.AsyncClient]:
         timeout=120,
     ) as client:
         yield client
-
-
-async def run_cli(api: httpx.AsyncClient, *argv: str) -> tuple[int, str, str]:
-    """A ``fleetwave`` API command, its HTTP calls made to the test's API app."""
-    args: argparse.Namespace = cli.build_parser().parse_args([*argv, "--token=unused"])
-    out, err = io.StringIO(), io.StringIO()
-    code = await commands.run(args, ApiClient(api), out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 async def count(world: World, release_id: int, status: NodeStatus) -> int:

@@ -132,10 +132,9 @@ async def test_cancel_mid_batch_reconciles_dispatched_nodes_and_skips_the_rest(
     await assert_applied_versions(sim.store, sim.fleet)
 
 
-async def test_cancel_while_the_batch_is_being_cancelled_for_a_failure(
-    make_sim: Callable[..., Sim], autojump_clock: MockClock
-) -> None:
-    # Node 3 fails early; its siblings answer slowly, so reconciling them takes a while.
+async def failing_batch(make_sim: Callable[..., Sim]) -> tuple[Sim, int]:
+    """A release whose batch 2 is being cancelled for a failure: node 3 failed early, its
+    siblings answer slowly, so reconciling them takes a while."""
     slow = Behaviour(apply_time=(20, 30), delay=2.0)
     sim = make_sim(
         8,
@@ -146,6 +145,13 @@ async def test_cancel_while_the_batch_is_being_cancelled_for_a_failure(
     await sim.start_daemon()
     release_id = await sim.create(plan=(1, "100%"))
     await wait_count(sim, release_id, NodeStatus.FAILED, 1)
+    return sim, release_id
+
+
+async def test_cancel_while_the_batch_is_being_cancelled_for_a_failure(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    sim, release_id = await failing_batch(make_sim)
 
     answer = await verb(sim, release_id, Verb.CANCEL, reason="stop it")
     stopped_at = trio.current_time()
@@ -503,16 +509,7 @@ async def test_every_verb_while_a_batch_is_cancelled_for_a_failure(
     make_sim: Callable[..., Sim], autojump_clock: MockClock, name: Verb
 ) -> None:
     """Node 3 fails; its slow siblings are being reconciled when the verb arrives."""
-    slow = Behaviour(apply_time=(20, 30), delay=2.0)
-    sim = make_sim(
-        8,
-        behaviour=slow,
-        overrides=[(1, Behaviour(apply_time=(1, 1))), (3, Behaviour(apply_time=(4, 4), fail="x"))],
-    )
-    await sim.register()
-    await sim.start_daemon()
-    release_id = await sim.create(plan=(1, "100%"))
-    await wait_count(sim, release_id, NodeStatus.FAILED, 1)
+    sim, release_id = await failing_batch(make_sim)
     try:
         # The nodes ran no config before this release: a rollback has no good one.
         answer = await verb(sim, release_id, name)
