@@ -48,6 +48,7 @@ from fleetwave.config import Settings
 from fleetwave.config.logging import configure_logging
 from fleetwave.store.embedded import EmbeddedPostgres, open_embedded_postgres
 from fleetwave.store.factory import open_store
+from fleetwave.store.metered import metered
 from fleetwave.store.models import ReleaseSpec, ReleaseStatus, task_id_for
 from fleetwave.store.postgres import PostgresStore
 from fleetwave.store.selection import NodeSelection
@@ -621,7 +622,8 @@ async def _drive(
     clock: Callable[[], float],
 ) -> Measured:
     """Start the daemon, create the releases, wait for them all, count what it cost."""
-    supervisor = Supervisor(store, agents, settings)
+    # Measured as `serve` runs it: every store operation recorded in the metrics.
+    supervisor = Supervisor(metered(store), agents, settings)
     starts: dict[int, float] = {}
     limit = 600 + 20 * sc.apply_time[1] * max(1, sc.releases // 10)
     waiting: list[int] = []

@@ -232,6 +232,22 @@ def _label_change(text: str) -> tuple[str, str | None]:
     return parse_label_change(text)
 
 
+def _kinds(text: str) -> list[str]:
+    from fleetwave.store.webhooks import WEBHOOK_KINDS
+
+    kinds = [part.strip() for part in text.split(",") if part.strip()]
+    if kinds == ["all"]:
+        return list(WEBHOOK_KINDS)
+    for kind in kinds:
+        if kind not in WEBHOOK_KINDS:
+            raise argparse.ArgumentTypeError(
+                f"unknown event {kind!r} (known: {', '.join(WEBHOOK_KINDS)}, or all)"
+            )
+    if not kinds:
+        raise argparse.ArgumentTypeError("name at least one event")
+    return kinds
+
+
 def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     token = commands.add_parser("token", help="API tokens")
     token_actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -360,6 +376,28 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="how many nodes run which config version, and which differ from the newest good",
     )
 
+    webhook = commands.add_parser("webhook", help="register, list and remove webhooks")
+    webhook_actions = webhook.add_subparsers(dest="action", required=True, metavar="ACTION")
+    hook_add = webhook_actions.add_parser(
+        "add", parents=[client], help="register a URL for events; prints its signing secret once"
+    )
+    hook_add.add_argument("url", metavar="URL")
+    hook_add.add_argument(
+        "--events",
+        type=_kinds,
+        required=True,
+        help="comma-separated: release.started, release.finished, release.failed, "
+        "release.paused, batch.finished, node.failed (or all)",
+    )
+    hook_add.add_argument("--description", default="", help="what the hook is for")
+    webhook_actions.add_parser("list", parents=[client], help="list webhooks")
+    hook_show = webhook_actions.add_parser(
+        "show", parents=[client], help="a webhook's recent deliveries and failures"
+    )
+    hook_show.add_argument("webhook_id", type=_positive_int, metavar="ID")
+    hook_remove = webhook_actions.add_parser("remove", parents=[client], help="remove a webhook")
+    hook_remove.add_argument("webhook_id", type=_positive_int, metavar="ID")
+
 
 def _add_nodes_commands(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser
@@ -478,7 +516,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             # stdout carries the command's answer alone (the token, once); logs go to stderr.
             configure_logging(settings, stream=sys.stderr)
             return _token(args, settings)
-        case "release" | "nodes" | "fleet":
+        case "release" | "nodes" | "fleet" | "webhook":
             if not args.token:
                 raise UsageError("no API token: set FLEETWAVE_TOKEN or pass --token")
             if (args.cert is None) != (args.key is None):
@@ -491,31 +529,62 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _serve(settings: Settings, tls: ApiTls | None) -> None:
+    import httpx
+
     from fleetwave.agent.client import AgentClient, build_http_client
     from fleetwave.api.app import create_app
+    from fleetwave.api.events import EventHub
+    from fleetwave.api.metrics import create_metrics_app
     from fleetwave.api.server import serve_api
     from fleetwave.api.token_use import TokenUse
     from fleetwave.store.factory import open_store
+    from fleetwave.store.metered import metered
     from fleetwave.supervisor import Supervisor
+    from fleetwave.webhooks.delivery import DeliveryService
 
-    async with open_store(settings) as store, build_http_client(settings) as http:
+    async with open_store(settings) as database, build_http_client(settings) as http:
+        store = metered(database)
         agents = AgentClient(http, request_timeout=settings.agent_request_timeout_sec)
-        supervisor = Supervisor(store, agents, settings)
+        # Hooks are ordinary HTTP(S) endpoints: a client of their own, without the agents'
+        # client certificate, verifying servers against the system's CAs.
+        hooks_http = httpx.AsyncClient(timeout=settings.webhook_timeout_sec)
+        supervisor = Supervisor(
+            store,
+            agents,
+            settings,
+            webhooks=DeliveryService.from_settings(store, hooks_http, settings),
+        )
+        events = EventHub(store)
         api_stopping = trio.Event()
 
         def stop() -> None:
             supervisor.stop()
+            events.close()  # open streams end now, so the API stops without waiting on them
             api_stopping.set()
 
         token_use = TokenUse(store)
-        async with trio.open_nursery() as writing_uses:
+        async with hooks_http, trio.open_nursery() as writing_uses:
             await writing_uses.start(token_use.run)
             async with trio.open_nursery() as nursery:
+                await nursery.start(events.run)
                 await nursery.start(
                     partial(serve_api, shutdown_trigger=api_stopping.wait, tls=tls),
-                    create_app(store, default_agent_port=settings.agent_port, token_use=token_use),
+                    create_app(
+                        store,
+                        default_agent_port=settings.agent_port,
+                        token_use=token_use,
+                        serve_metrics=settings.metrics_bind is None,
+                        events=events,
+                    ),
                     settings.api_bind,
                 )
+                if settings.metrics_bind is not None:
+                    # Plain HTTP and no token: a bind only the monitoring network reaches.
+                    await nursery.start(
+                        partial(serve_api, shutdown_trigger=api_stopping.wait),
+                        create_metrics_app(store),
+                        settings.metrics_bind,
+                    )
                 await nursery.start(supervisor.run)
                 await _stop_on_signal(stop)
             # The API has stopped: the last uses are written as the writer is cancelled.

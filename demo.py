@@ -221,6 +221,16 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                     say(f"API:   {api}")
                     say(f"token: {token}")
                     say(f"logs:  {base / 'serve.log'}")
+                    say("follow events as they happen (server-sent events):")
+                    say(
+                        f"  FLEETWAVE_API={api} FLEETWAVE_API_CA={certs.ca_cert} "
+                        "FLEETWAVE_TOKEN=<token> fleetwave release watch ID"
+                    )
+                    say(
+                        f'  curl -sN --cacert {certs.ca_cert} -H "Authorization: Bearer '
+                        f'$FLEETWAVE_TOKEN" "{api}/api/v1/events?follow=true"'
+                    )
+                    say(f"metrics: {api}/metrics (Prometheus, same token)")
                     if options.keep_running:
                         command = command_as_typed()
                         say("")
@@ -233,6 +243,7 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                         say(f"  {command} release list; {command} release show 2")
                         say(f'  {command} release create --reason "my first release"')
                         say(f"  {command} nodes list; {command} nodes maintenance edge-002")
+                        say(f"  {command} release watch 2   # or a new release, live")
                         say("Ctrl-C stops the daemon, the fleet and the database.")
                         await trio.sleep_forever()
                     say("stopping everything (--keep-running would keep it up)")

@@ -26,10 +26,11 @@ from fleetwave.actors.release import LeaseLost, ReleaseActor, ReleaseConfig
 from fleetwave.actors.steering import Steering
 from fleetwave.actors.timing import NodeTiming, PollPacer
 from fleetwave.agent.client import AgentClient
-from fleetwave.config import Settings
+from fleetwave.config import Settings, metrics
 from fleetwave.store.base import Store
 from fleetwave.store.errors import StoreUnavailable
 from fleetwave.store.models import Claim, Lease, LeaseState
+from fleetwave.webhooks.delivery import DeliveryService
 
 log = structlog.get_logger("fleetwave.supervisor")
 
@@ -75,11 +76,14 @@ class Supervisor:
     _pacer: PollPacer = attrs.field(init=False)
     claimed: int = 0
     """Releases claimed by this supervisor since it started."""
+    webhooks: DeliveryService | None = None
+    """Sends the webhook outbox while the daemon runs (any daemon may send any delivery)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.owner:
             self.owner = self.settings.daemon_id
         self._pacer = PollPacer(rate=self.settings.poll_rate)
+        metrics.watch_poll_budget(lambda: self._pacer.watching, self._pacer.rate)
 
     @property
     def owned(self) -> set[int]:
@@ -130,6 +134,8 @@ class Supervisor:
                 async with trio.open_nursery() as services:
                     services.start_soon(self._listen)
                     services.start_soon(self._keep_leases, services)
+                    if self.webhooks is not None:
+                        await services.start(self.webhooks.run)
                     log.info("supervisor.started", executor_enabled=self.settings.executor_enabled)
                     # Actors get a nursery of their own: on stop it drains (each actor hands its
                     # lease back) while the lease keeper still runs.
@@ -181,6 +187,9 @@ class Supervisor:
     ) -> None:
         release_id = claim.release.id
         self.claimed += 1
+        metrics.CLAIMS.inc()
+        if claim.lease.epoch > 1:
+            metrics.TAKEOVERS.inc()
         crash: Exception | None = None
         # The watchdog: the heartbeat moves this deadline on at every renewal.
         with trio.CancelScope(deadline=self._proven_until(sent)) as scope:
@@ -203,6 +212,8 @@ class Supervisor:
                 )
                 await actor.run()
             except LeaseLost:
+                if not owned.lost:
+                    metrics.LEASE_LOSSES.inc()
                 owned.lost = True
             except StoreUnavailable as error:
                 # The lease will expire and any daemon, this one included, resumes the release.
@@ -217,6 +228,7 @@ class Supervisor:
                     crashes=claim.release.crash_count + 1,
                     error=describe_crash(error),
                 )
+                metrics.CRASHES.inc()
                 crash = error
         del self._owned[release_id]
         if crash is not None and not owned.lost:
@@ -335,6 +347,7 @@ class Supervisor:
             owned = self._owned.get(release_id)
             if owned is not None and not owned.lost:
                 log.warning("release.lease_lost", release_id=release_id, reason=reason)
+                metrics.LEASE_LOSSES.inc()
                 owned.lost = True
                 owned.scope.cancel(reason=reason)
 

@@ -21,6 +21,7 @@ from fleetwave.actors.timing import NodeTiming, PollShare, jittered, retry_delay
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError, FailureKind, quote_remote
 from fleetwave.agent.protocol import AgentAddress, DispatchRequest, TaskState, TaskStatus
+from fleetwave.config import metrics
 from fleetwave.store.address import InvalidAddress
 from fleetwave.store.models import NodeStatus, ReleaseNode, task_id_for
 
@@ -214,6 +215,8 @@ class NodeActor:
         self._finish_if_terminal(state)
 
     def _finish_if_terminal(self, state: TaskState) -> None:
+        if state.status.terminal:
+            metrics.APPLY_TIME.observe(trio.current_time() - self._since)
         if state.status is TaskStatus.SUCCESS:
             raise _Finished(Succeeded(self.node.id))
         if state.status is TaskStatus.FAILED:

@@ -28,6 +28,7 @@ from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare, jittered
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError
 from fleetwave.agent.protocol import AgentAddress, TaskStatus
+from fleetwave.config import metrics
 from fleetwave.config.quoting import quoted
 from fleetwave.store.address import InvalidAddress, check_agent_host
 from fleetwave.store.base import Store
@@ -414,6 +415,8 @@ class ReleaseActor:
             task_id=change.task_id or node.task_id,
             attempts=node.attempts if change.attempts is None else change.attempts,
         )
+        if change.status.terminal:
+            metrics.NODES_FINISHED.labels(str(change.status), context.get("kind", "")).inc()
         level = log.warning if change.status is NodeStatus.FAILED else log.info
         level(
             "node.transition",
@@ -599,4 +602,10 @@ class ReleaseActor:
         else:
             outcome = Outcome(ReleaseStatus.SUCCESS)
         await self._flush(outcome)
+        # The outcome skipped every node still pending and cancelled every one still running.
+        left = [node.status for node in self._nodes.values()]
+        for status, ended in ((NodeStatus.PENDING, "skipped"), (NodeStatus.RUNNING, "cancelled")):
+            if count := left.count(status):
+                metrics.NODES_FINISHED.labels(ended, "").inc(count)
+        metrics.RELEASES_FINISHED.labels(str(outcome.status)).inc()
         log.info("release.finished", status=str(outcome.status), error=outcome.error)

@@ -35,7 +35,7 @@ from fleetwave.agent.protocol import (
     PayloadError,
     TaskState,
 )
-from fleetwave.config import Settings, SettingsError
+from fleetwave.config import Settings, SettingsError, metrics
 
 MAX_ANSWER_BYTES = 1 << 20
 """An agent's answer is a few hundred bytes; anything past this is not the protocol."""
@@ -283,6 +283,11 @@ class _ReleasingStream(httpx.AsyncByteStream):
             self._release()
 
 
+# Looked up once: a label lookup costs as much as the recording itself.
+_DISPATCH_LATENCY = metrics.AGENT_LATENCY.labels("dispatch")
+_STATUS_LATENCY = metrics.AGENT_LATENCY.labels("status")
+
+
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
@@ -299,6 +304,16 @@ class AgentClient:
 
     async def dispatch(self, address: AgentAddress, request: DispatchRequest) -> DispatchAck:
         """POST /tasks/dispatch. Idempotent on the agent for the same taskId."""
+        started = trio.current_time()
+        try:
+            return await self._dispatch(address, request)
+        except AgentError as error:
+            metrics.AGENT_ERRORS.labels("dispatch", error.kind.value).inc()
+            raise
+        finally:
+            _DISPATCH_LATENCY.observe(trio.current_time() - started)
+
+    async def _dispatch(self, address: AgentAddress, request: DispatchRequest) -> DispatchAck:
         status, content = await self._call(
             address, "POST", DISPATCH_PATH, json_body=request.to_json()
         )
@@ -316,6 +331,16 @@ class AgentClient:
 
     async def query(self, address: AgentAddress, task_id: str) -> TaskState | None:
         """GET /tasks/{taskId}. None when the agent answers 404: it does not know the task."""
+        started = trio.current_time()
+        try:
+            return await self._query(address, task_id)
+        except AgentError as error:
+            metrics.AGENT_ERRORS.labels("status", error.kind.value).inc()
+            raise
+        finally:
+            _STATUS_LATENCY.observe(trio.current_time() - started)
+
+    async def _query(self, address: AgentAddress, task_id: str) -> TaskState | None:
         status, content = await self._call(address, "GET", TASKS_PATH + quote(task_id, safe=""))
         if status == 404:
             return None

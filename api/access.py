@@ -26,6 +26,9 @@ from fleetwave.store.models import Actor, Role
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+ROUTE_KEY = "fleetwave.route"
+"""The scope key where a matched route leaves its path template, for the request metrics."""
+
 
 @attrs.frozen
 class Endpoint:
@@ -119,6 +122,7 @@ class Access:
             endpoints["HEAD"] = endpoints["GET"]
 
         async def dispatch(request: Request) -> Response:
+            request.scope[ROUTE_KEY] = path
             endpoint = endpoints[request.method]
             await self.authorize(request, endpoint.needs)
             return await endpoint.handler(request)

@@ -17,10 +17,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetwave.api.access import (
+    ROUTE_KEY,
     Access,
     admin,
     operator,
@@ -29,6 +30,8 @@ from fleetwave.api.access import (
     viewer,
 )
 from fleetwave.api.envelope import ApiError, Code, error_response, ok
+from fleetwave.api.events import EventHub, EventStream
+from fleetwave.api.metrics import metrics_response
 from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
     MAX_BODY_BYTES,
@@ -37,6 +40,7 @@ from fleetwave.api.schemas import (
     node_detail,
     node_item,
     parse_events_query,
+    parse_follow_query,
     parse_id,
     parse_if_exists,
     parse_json,
@@ -53,6 +57,13 @@ from fleetwave.api.schemas import (
 )
 from fleetwave.api.token_use import TokenUse
 from fleetwave.api.verbs import steer
+from fleetwave.api.webhooks import (
+    DELIVERIES_SHOWN,
+    delivery_item,
+    parse_webhook_spec,
+    webhook_item,
+)
+from fleetwave.config import metrics
 from fleetwave.config.quoting import loggable, quoted
 from fleetwave.store.base import Store
 from fleetwave.store.errors import (
@@ -115,6 +126,7 @@ def _not_found(release_id: int) -> ApiError:
 class _Handlers:
     store: Store
     default_agent_port: int
+    events: EventHub | None = None
 
     async def create_release(self, request: Request) -> Response:
         spec = parse_release_spec(await read_json(request))
@@ -174,6 +186,11 @@ class _Handlers:
 
     async def release_events(self, request: Request) -> Response:
         release_id = parse_id(request.path_params["id"])
+        follow = parse_follow_query(request.query_params, request.headers.get("last-event-id"))
+        if follow.follow:
+            if await self.store.get_release(release_id) is None:
+                raise _not_found(release_id)
+            return self._stream(release_id, follow.after_id)
         query = parse_events_query(request.query_params)
         events = await self.store.release_events(
             release_id, after_id=query.after_id, limit=query.limit
@@ -211,6 +228,30 @@ class _Handlers:
             return ok(verb_answer(answer))
 
         return handler
+
+    async def all_events(self, request: Request) -> Response:
+        follow = parse_follow_query(request.query_params, request.headers.get("last-event-id"))
+        if follow.follow:
+            return self._stream(None, follow.after_id)
+        query = parse_events_query(request.query_params)
+        events = await self.store.events_since(query.after_id, limit=query.limit)
+        return ok(
+            {
+                "items": [event_item(event) for event in events],
+                "nextAfterId": events[-1].id if events else query.after_id,
+            }
+        )
+
+    def _stream(self, release_id: int | None, after_id: int | None) -> Response:
+        if self.events is None:
+            raise ApiError(503, Code.INTERNAL, "event streams are not served by this process")
+        stream = EventStream(self.events, self.store, release_id, after_id)
+        return StreamingResponse(
+            stream.frames(),
+            media_type="text/event-stream",
+            # No proxy may buffer or cache a live stream.
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def list_nodes(self, request: Request) -> Response:
         nodes = await self.store.list_nodes()
@@ -263,6 +304,39 @@ class _Handlers:
             token_role=request.state.token_role,
         )
         return ok(token_item(token))
+
+    async def list_webhooks(self, request: Request) -> Response:
+        hooks = await self.store.list_webhooks()
+        return ok({"items": [webhook_item(hook) for hook in hooks], "total": len(hooks)})
+
+    async def create_webhook(self, request: Request) -> Response:
+        spec = parse_webhook_spec(await read_json(request))
+        hook = await self.store.create_webhook(spec)
+        # The secret is shown this once: receivers verify signatures with it.
+        return ok({**webhook_item(hook), "secret": spec.secret})
+
+    async def show_webhook(self, request: Request) -> Response:
+        webhook_id = parse_id(request.path_params["id"])
+        deliveries = await self.store.webhook_deliveries(webhook_id, limit=DELIVERIES_SHOWN)
+        hook = next((h for h in await self.store.list_webhooks() if h.id == webhook_id), None)
+        if hook is None:  # removed meanwhile
+            raise ApiError(404, Code.NOT_FOUND, f"webhook {webhook_id} does not exist")
+        failures = [d for d in deliveries if d.last_error is not None]
+        return ok(
+            {
+                "webhook": webhook_item(hook),
+                "deliveries": [delivery_item(d) for d in deliveries],
+                "recentFailures": [delivery_item(d) for d in failures],
+            }
+        )
+
+    async def delete_webhook(self, request: Request) -> Response:
+        webhook_id = parse_id(request.path_params["id"])
+        await self.store.delete_webhook(webhook_id)
+        return ok({"id": webhook_id, "deleted": True})
+
+    async def scrape_metrics(self, request: Request) -> Response:
+        return await metrics_response(self.store)
 
     async def healthz(self, request: Request) -> Response:
         return ok({"status": "alive"})
@@ -344,13 +418,18 @@ class RequestLog:
                     scope, receive, send
                 )
         finally:
+            elapsed = time.perf_counter() - started
+            # Unmatched paths share one label: a scanner must not grow a series per path.
+            route = scope.get(ROUTE_KEY, "unmatched")
+            metrics.API_REQUESTS.labels(route, str(status)).inc()
+            metrics.API_LATENCY.labels(route).observe(elapsed)
             state = scope.get("state") or {}
             token = {"token_name": state.get("token_name"), "token_role": state.get("token_role")}
             log.info(
                 "api.request",
                 **_request_line(scope),
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 **token,
             )
             if scope["method"] not in _READ_METHODS:
@@ -367,14 +446,18 @@ def create_app(
     *,
     default_agent_port: int = DEFAULT_AGENT_PORT,
     token_use: TokenUse | None = None,
+    serve_metrics: bool = True,
+    events: EventHub | None = None,
 ) -> Starlette:
     """The API over ``store``: every route but the health checks needs a Bearer token whose
     role is at least the one declared beside the route (api/access.py).
 
     A node registered without ``agentPort`` gets ``default_agent_port`` (the daemon's
     ``agent_port`` setting). Token uses are noted in ``token_use``, which the daemon runs to
-    write them."""
-    api = _Handlers(store, default_agent_port)
+    write them. Without ``serve_metrics`` there is no ``/metrics`` (it is served on a bind of
+    its own). Event streams (``?follow=true``) are fanned out by ``events``, the daemon's
+    EventHub; without one they answer 503."""
+    api = _Handlers(store, default_agent_port, events)
     route = Access(store, token_use or TokenUse(store)).route
     routes = [
         route("/healthz", GET=public(api.healthz)),
@@ -388,6 +471,17 @@ def create_app(
         route("/api/v1/releases/detail", GET=viewer(api.show_release_by_query)),
         route("/api/v1/releases/{id}", GET=viewer(api.show_release)),
         route("/api/v1/releases/{id}/events", GET=viewer(api.release_events)),
+        route("/api/v1/events", GET=viewer(api.all_events)),
+        route(
+            "/api/v1/webhooks",
+            GET=admin(api.list_webhooks),
+            POST=admin(api.create_webhook),
+        ),
+        route(
+            "/api/v1/webhooks/{id}",
+            GET=admin(api.show_webhook),
+            DELETE=admin(api.delete_webhook),
+        ),
         route("/api/v1/nodes", GET=viewer(api.list_nodes), POST=admin(api.register_node)),
         route("/api/v1/nodes/{id}", GET=viewer(api.show_node), PATCH=admin(api.update_node)),
         route("/api/v1/tokens", GET=admin(api.list_tokens)),
@@ -395,6 +489,8 @@ def create_app(
         *(route(f"/api/v1/releases/{{id}}/{verb}", POST=operator(api.verb(verb))) for verb in Verb),
         route("/api/v1/fleet", GET=viewer(api.fleet)),
     ]
+    if serve_metrics:
+        routes.append(route("/metrics", GET=viewer(api.scrape_metrics)))
     undeclared = undeclared_routes(routes)
     if undeclared:
         raise RuntimeError(f"routes without a declared role: {', '.join(undeclared)}")

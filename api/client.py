@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
 import httpx
+
+from fleetwave.api.sse import Message, messages
 
 DEFAULT_API = "http://127.0.0.1:8080"
 CONNECT_TIMEOUT = 5.0
@@ -15,6 +17,8 @@ REQUEST_TIMEOUT = 30.0
 VERB_TIMEOUT = 120.0
 """A verb's answer waits until it is in effect: up to a dead owner's lease expiry (the API
 gives up after 90 s)."""
+STREAM_READ_TIMEOUT = 60.0
+"""A stream sends at least a keepalive every 15 s; silence this long means it is gone."""
 
 
 class ClientError(Exception):
@@ -124,6 +128,23 @@ def _reason(error: httpx.TransportError, scheme: str) -> str:
     return text or type(error).__name__
 
 
+def _check(response: httpx.Response) -> Any:
+    """The ``data`` of a successful envelope; raises ApiFailure for anything else."""
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if not isinstance(document, dict) or "code" not in document:
+        raise ApiFailure(
+            f"unexpected answer from the API: HTTP {response.status_code}",
+            None,
+            response.status_code,
+        )
+    if document["code"] != 0 or response.is_error:
+        raise ApiFailure(str(document.get("message", "")), document["code"], response.status_code)
+    return document.get("data")
+
+
 @attrs.frozen
 class ApiClient:
     http: httpx.AsyncClient
@@ -147,21 +168,7 @@ class ApiClient:
             raise ApiUnreachable(
                 str(self.http.base_url), _reason(error, self.http.base_url.scheme)
             ) from None
-        try:
-            document = response.json()
-        except ValueError:
-            document = None
-        if not isinstance(document, dict) or "code" not in document:
-            raise ApiFailure(
-                f"unexpected answer from the API: HTTP {response.status_code}",
-                None,
-                response.status_code,
-            )
-        if document["code"] != 0 or response.is_error:
-            raise ApiFailure(
-                str(document.get("message", "")), document["code"], response.status_code
-            )
-        return document.get("data")
+        return _check(response)
 
     async def create_release(self, spec: Mapping[str, object]) -> Any:
         return await self.call("POST", "/api/v1/releases", body=spec)
@@ -181,6 +188,31 @@ class ApiClient:
         return await self.call(
             "GET", f"/api/v1/releases/{release_id}/events", params={"afterId": after_id}
         )
+
+    async def follow_release(
+        self, release_id: int, last_event_id: str | None = None
+    ) -> AsyncIterator[Message]:
+        """The release's event stream from its first event (or after ``last_event_id``), until
+        the server ends it. Raises ApiFailure for an error answer, ApiUnreachable when the
+        connection fails or drops."""
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT, read=STREAM_READ_TIMEOUT)
+        path = f"/api/v1/releases/{release_id}/events"
+        try:
+            async with self.http.stream(
+                "GET", path, params={"follow": "true"}, headers=headers, timeout=timeout
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    _check(response)
+                async for message in messages(response.aiter_lines()):
+                    yield message
+        except httpx.TransportError as error:
+            raise ApiUnreachable(
+                str(self.http.base_url), _reason(error, self.http.base_url.scheme)
+            ) from None
 
     async def list_nodes(self) -> Any:
         return await self.call("GET", "/api/v1/nodes")

@@ -1,6 +1,6 @@
 """The API's commands of ``fleetwave``: release create|list|show|watch|events, the release
 verbs pause|resume|cancel|retry|rollback, nodes list|show|add|enable|disable|maintenance|label,
-fleet.
+fleet, webhook add|list|show|remove.
 
 Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
 Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
@@ -13,20 +13,14 @@ import argparse
 import json
 from typing import Any, TextIO
 
-import trio
-
 from fleetwave.api import render
-from fleetwave.api.client import ApiClient, ApiFailure, ApiUnreachable, ClientError
+from fleetwave.api.client import ApiClient, ApiFailure, ClientError
+from fleetwave.api.watch import watch
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 ALREADY_EXISTS = 3002
-WATCH_INTERVAL = 1.0
-WATCH_PATIENCE = 30.0
-"""How long ``watch`` keeps trying while the API is unreachable (a daemon restart)."""
-TERMINAL = frozenset({"success", "failed", "cancelled"})
-_CLEAR = "\x1b[H\x1b[2J"
 
 
 def parse_plan(text: str) -> list[int | str]:
@@ -109,6 +103,27 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
                 [node] = await find_nodes(client, [args.name])
                 data = await client.update_node(node["id"], {"labels": dict(args.changes)})
                 _emit(data, render.node_labelled, args.json, out)
+            case ("webhook", "add"):
+                body = {"url": args.url, "events": args.events, "description": args.description}
+                _emit(
+                    await client.call("POST", "/api/v1/webhooks", body=body),
+                    render.webhook_added,
+                    args.json,
+                    out,
+                )
+            case ("webhook", "list"):
+                _emit(
+                    await client.call("GET", "/api/v1/webhooks"),
+                    render.webhook_list,
+                    args.json,
+                    out,
+                )
+            case ("webhook", "show"):
+                data = await client.call("GET", f"/api/v1/webhooks/{args.webhook_id}")
+                _emit(data, render.webhook_detail, args.json, out)
+            case ("webhook", "remove"):
+                data = await client.call("DELETE", f"/api/v1/webhooks/{args.webhook_id}")
+                _emit(data, render.webhook_removed, args.json, out)
             case other:  # pragma: no cover - argparse only lets known commands through
                 raise AssertionError(f"unknown command {other}")
     except UnknownNodes as error:
@@ -228,48 +243,3 @@ async def release_create(client: ApiClient, args: argparse.Namespace, out: TextI
     data = await client.create_release(spec)
     _emit(data, render.created, args.json, out)
     return EXIT_OK
-
-
-async def watch(
-    client: ApiClient,
-    release_id: int,
-    out: TextIO,
-    err: TextIO,
-    *,
-    as_json: bool = False,
-    interactive: bool = False,
-    interval: float = WATCH_INTERVAL,
-    patience: float = WATCH_PATIENCE,
-) -> int:
-    """Show the release's batches until it ends: 0 when it succeeded, 1 otherwise.
-
-    On a terminal the view is redrawn in place every ``interval``; elsewhere (a pipe, a log)
-    a new view is written only when something changed. ``--json`` writes each changed
-    detail as one JSON line.
-    """
-    last = None
-    unreachable_since: float | None = None
-    while True:
-        try:
-            data = await client.release(release_id)
-        except ApiUnreachable as error:
-            now = trio.current_time()
-            if unreachable_since is None:
-                unreachable_since = now
-                err.write(f"fleetwave: {error}; retrying for up to {patience:g}s\n")
-            elif now - unreachable_since >= patience:
-                raise
-            await trio.sleep(interval)
-            continue
-        unreachable_since = None
-        text = json.dumps(data) if as_json else render.watch_view(data)
-        if interactive and not as_json:
-            out.write(_CLEAR + text + "\n")
-        elif text != last:
-            out.write(text + "\n" if as_json else text + "\n\n")
-        out.flush()
-        last = text
-        status = data["release"]["status"]
-        if status in TERMINAL:
-            return EXIT_OK if status == "success" else EXIT_FAILED
-        await trio.sleep(interval)

@@ -294,3 +294,49 @@ def fleet_view(data: Mapping[str, Any]) -> str:
     elif newest is not None:
         lines.append(f"all {data['totalNodes']} node(s) run it")
     return "\n".join(lines)
+
+
+def webhook_added(data: Mapping[str, Any]) -> str:
+    return (
+        f"webhook {data['id']} sends {', '.join(data['events'])} to {data['url']}\n"
+        f"signing secret (shown once; receivers verify X-Fleetwave-Signature with it):\n"
+        f"{data['secret']}"
+    )
+
+
+def webhook_list(data: Mapping[str, Any]) -> str:
+    rows = [
+        (item["id"], item["url"], ",".join(item["events"]), item["description"] or None)
+        for item in data["items"]
+    ]
+    return table(("ID", "URL", "EVENTS", "DESCRIPTION"), rows)
+
+
+def webhook_detail(data: Mapping[str, Any]) -> str:
+    hook = data["webhook"]
+    rows = [
+        (
+            item["id"],
+            item["kind"],
+            item["eventId"],
+            item["status"],
+            item["attempts"],
+            item["lastStatus"],
+            _when(item["deliveredAt"] or item["nextAttemptAt"]),
+            item["lastError"],
+        )
+        for item in data["deliveries"]
+    ]
+    deliveries = table(
+        ("DELIVERY", "KIND", "EVENT", "STATUS", "ATTEMPTS", "HTTP", "DELIVERED/NEXT", "LAST ERROR"),
+        rows,
+    )
+    head = f"webhook {hook['id']}: {', '.join(hook['events'])} to {hook['url']}"
+    failing = len(data["recentFailures"])
+    return (
+        f"{head}\n{failing} of the last {len(rows)} deliveries had a failed attempt\n\n{deliveries}"
+    )
+
+
+def webhook_removed(data: Mapping[str, Any]) -> str:
+    return f"webhook {data['id']} removed"

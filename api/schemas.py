@@ -425,6 +425,26 @@ def parse_events_query(query: Mapping[str, str]) -> EventsQuery:
     )
 
 
+@attrs.frozen
+class FollowQuery:
+    follow: bool
+    after_id: int | None
+    """Where a stream resumes: ``Last-Event-ID`` (what EventSource sends), else ``afterId``;
+    None when neither is given."""
+
+
+def parse_follow_query(query: Mapping[str, str], last_event_id: str | None) -> FollowQuery:
+    raw = (query.get("follow") or "false").strip().lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise invalid("follow", f"must be true or false, got {_shown(query.get('follow'))}")
+    after_id = None
+    if last_event_id is not None and last_event_id.strip():
+        after_id = _query_int({"Last-Event-ID": last_event_id}, "Last-Event-ID", 0, 0, MAX_ID)
+    elif query.get("afterId"):
+        after_id = _query_int(query, "afterId", 0, 0, MAX_ID)
+    return FollowQuery(follow=raw in ("true", "1"), after_id=after_id)
+
+
 # --- answers -----------------------------------------------------------------------------------
 
 

@@ -151,6 +151,12 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}{':***' if colon else ''}@{hostport}{slash}{path}"
 
 
+def _optional_bind(value: object) -> str | None:
+    if _optional_text(value) is None:
+        return None
+    return _bind(value)
+
+
 def _field(default: Any, parse: Callable[[object], Any], env: str | None = None) -> Any:
     return attrs.field(default=default, metadata={"parse": parse, "env": env})
 
@@ -205,12 +211,19 @@ class Settings:
     poll_age_factor: float = _field(0.02, _number(0.0, allow_zero=True))
     poll_rate: float = _field(2000.0, _number(1.0))
 
+    # Webhooks.
+    webhook_poll_sec: float = _field(1.0, _number(0.01))
+    webhook_timeout_sec: float = _field(10.0, _number(0.001))
+    webhook_attempts: int = _field(12, _integer(1))
+    webhook_retry_max_sec: float = _field(3600.0, _number(1.0))
+
     # API and logs.
     api_bind: str = _field("127.0.0.1:8080", _bind)
     api_tls_cert: str | None = _field(None, _optional_text)
     api_tls_key: str | None = _field(None, _optional_text)
     api_client_ca: str | None = _field(None, _optional_text)
     api_insecure: bool = _field(False, _bool)
+    metrics_bind: str | None = _field(None, _optional_bind)
     log_format: str = _field("auto", _choice("auto", "json", "console"))
     log_level: str = _field("info", _choice("debug", "info", "warning", "error"))
 

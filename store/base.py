@@ -35,6 +35,7 @@ from fleetwave.store.models import (
     Wait,
 )
 from fleetwave.store.verbs import Verb, VerbEffect, VerbResult
+from fleetwave.store.webhooks import Delivery, DueDelivery, Webhook, WebhookSpec
 
 
 class Store(Protocol):
@@ -247,6 +248,67 @@ class Store(Protocol):
 
     async def touch_tokens(self, token_ids: Sequence[int]) -> None:
         """Set last_used_at to now for these tokens, in one statement (ids gone are ignored)."""
+        ...
+
+    # --- the event stream ------------------------------------------------------------------
+
+    async def events_since(
+        self, after_id: int, *, missing: Sequence[int] = (), limit: int = 1000
+    ) -> list[Event]:
+        """Events of every release with an id above ``after_id`` or in ``missing`` (ids an
+        earlier read skipped, whose transactions may have committed since), by id."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The highest event id committed so far (0 when there is none)."""
+        ...
+
+    async def listen_events(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``wake()`` whenever events were appended (a hint: read them with
+        events_since). Runs until cancelled; reconnects by itself, calling ``wake()`` once
+        on reconnecting."""
+        ...
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    async def create_webhook(self, spec: WebhookSpec) -> Webhook:
+        """Register a hook; InvalidInput for an unknown event kind or a URL not http(s)."""
+        ...
+
+    async def list_webhooks(self) -> list[Webhook]: ...
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        """Remove a hook and its queued deliveries; raises NotFound."""
+        ...
+
+    async def webhook_deliveries(self, webhook_id: int, *, limit: int = 20) -> list[Delivery]:
+        """A hook's latest deliveries, newest first; raises NotFound for an unknown hook."""
+        ...
+
+    async def claim_deliveries(self, owner: str, limit: int, lock: float) -> list[DueDelivery]:
+        """Take up to ``limit`` due deliveries (pending, next attempt reached, not held by a
+        live lock) for ``lock`` seconds, oldest first, skipping rows another daemon is taking
+        (SKIP LOCKED). Each taken delivery counts one more attempt."""
+        ...
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        owner: str,
+        *,
+        delivered: bool,
+        status: int | None = None,
+        error: str | None = None,
+        retry_in: float | None = None,
+    ) -> bool:
+        """Record an attempt's result: delivered; or pending again in ``retry_in`` seconds;
+        or, with neither, failed for good. False, changing nothing, when ``owner`` no longer
+        holds the delivery (its lock expired and another daemon took it)."""
         ...
 
     # --- health ----------------------------------------------------------------------------

@@ -7,8 +7,9 @@ awaits while changing state), which is what a PostgreSQL transaction gives the r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -70,6 +71,16 @@ from fleetwave.store.verbs import (
     rollback_reason,
     superseded,
     verb_message,
+)
+from fleetwave.store.webhooks import (
+    Delivery,
+    DeliveryStatus,
+    DueDelivery,
+    Webhook,
+    WebhookSpec,
+    check_webhook_spec,
+    event_kinds,
+    idempotency_key,
 )
 
 
@@ -133,6 +144,47 @@ class _TokenRow:
 
 
 @attrs.define
+class _HookRow:
+    hook: Webhook
+    secret: str
+
+
+@attrs.define
+class _DeliveryRow:
+    id: int
+    webhook_id: int
+    event_id: int
+    kind: str
+    payload: dict[str, object]
+    created_at: datetime
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    locked_by: str | None = None
+    locked_until: datetime | None = None
+    last_status: int | None = None
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+    def value(self) -> Delivery:
+        assert self.next_attempt_at is not None
+        return Delivery(
+            id=self.id,
+            webhook_id=self.webhook_id,
+            event_id=self.event_id,
+            kind=self.kind,
+            payload=self.payload,
+            status=self.status,
+            attempts=self.attempts,
+            next_attempt_at=self.next_attempt_at,
+            last_status=self.last_status,
+            last_error=self.last_error,
+            delivered_at=self.delivered_at,
+            created_at=self.created_at,
+        )
+
+
+@attrs.define
 class MemoryStore:
     """In-memory Store. Setting ``unavailable`` makes every operation raise StoreUnavailable,
     as a database that went away would."""
@@ -143,6 +195,11 @@ class MemoryStore:
     _events: list[Event] = attrs.field(factory=list)
     _tokens: dict[int, _TokenRow] = attrs.field(factory=dict)
     _wakers: list[Callable[[], None]] = attrs.field(factory=list)
+    _event_wakers: list[Callable[[], None]] = attrs.field(factory=list)
+    _uncommitted: list[Event] = attrs.field(factory=list)
+    _in_statement: bool = False
+    _hooks: dict[int, _HookRow] = attrs.field(factory=dict)
+    _deliveries: dict[int, _DeliveryRow] = attrs.field(factory=dict)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _token_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _base: datetime | None = None
@@ -353,6 +410,17 @@ class MemoryStore:
         row = self._held(lease)
         if row is None:
             return False
+        with self._statement():
+            self._record(row, changes, outcome, daemon_id)
+        return True
+
+    def _record(
+        self,
+        row: _ReleaseRow,
+        changes: Sequence[NodeChange],
+        outcome: Outcome | None,
+        daemon_id: str | None,
+    ) -> None:
         now = self.now()
         by_id = {node.id: node for node in self._release_nodes[row.id]}
         for change in changes:
@@ -401,7 +469,6 @@ class MemoryStore:
             row.lease_expires_at = None
         self._count(row)
         row.updated_at = now
-        return True
 
     def _end_nodes(self, row: _ReleaseRow, outcome: Outcome, daemon_id: str | None) -> None:
         """A release's end: nodes never dispatched are skipped, nodes still open cancelled.
@@ -1020,6 +1087,110 @@ class MemoryStore:
             )
         return waits
 
+    # --- the event stream --------------------------------------------------------------------
+
+    async def events_since(
+        self, after_id: int, *, missing: Sequence[int] = (), limit: int = 1000
+    ) -> list[Event]:
+        await self._available()
+        wanted = set(missing)
+        found = [e for e in self._events if e.id > after_id or e.id in wanted]
+        return found[: max(limit, 0)]
+
+    async def last_event_id(self) -> int:
+        await self._available()
+        return self._events[-1].id if self._events else 0
+
+    async def listen_events(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self._event_wakers.append(wake)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._event_wakers.remove(wake)
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    async def create_webhook(self, spec: WebhookSpec) -> Webhook:
+        await self._available()
+        check_webhook_spec(spec)
+        hook = Webhook(self._next_id(), spec.url, tuple(spec.events), spec.description, self.now())
+        self._hooks[hook.id] = _HookRow(hook, spec.secret)
+        return hook
+
+    async def list_webhooks(self) -> list[Webhook]:
+        await self._available()
+        return [row.hook for _, row in sorted(self._hooks.items())]
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        await self._available()
+        if self._hooks.pop(webhook_id, None) is None:
+            raise NotFound(f"webhook {webhook_id} does not exist")
+        for delivery_id in [d.id for d in self._deliveries.values() if d.webhook_id == webhook_id]:
+            del self._deliveries[delivery_id]
+
+    async def webhook_deliveries(self, webhook_id: int, *, limit: int = 20) -> list[Delivery]:
+        await self._available()
+        if webhook_id not in self._hooks:
+            raise NotFound(f"webhook {webhook_id} does not exist")
+        rows = [d for d in self._deliveries.values() if d.webhook_id == webhook_id]
+        rows.sort(key=lambda d: d.id, reverse=True)
+        return [row.value() for row in rows[: max(limit, 0)]]
+
+    async def claim_deliveries(self, owner: str, limit: int, lock: float) -> list[DueDelivery]:
+        await self._available()
+        now = self.now()
+        due = [
+            d
+            for d in self._deliveries.values()
+            if d.status is DeliveryStatus.PENDING
+            and d.next_attempt_at is not None
+            and d.next_attempt_at <= now
+            and (d.locked_until is None or d.locked_until < now)
+        ]
+        due.sort(key=lambda d: (d.next_attempt_at or now, d.id))
+        taken = []
+        for row in due[: max(limit, 0)]:
+            row.locked_by = owner
+            row.locked_until = now + timedelta(seconds=lock)
+            row.attempts += 1
+            hook = self._hooks[row.webhook_id]
+            taken.append(DueDelivery(row.value(), hook.hook.url, hook.secret))
+        return taken
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        owner: str,
+        *,
+        delivered: bool,
+        status: int | None = None,
+        error: str | None = None,
+        retry_in: float | None = None,
+    ) -> bool:
+        await self._available()
+        row = self._deliveries.get(delivery_id)
+        if row is None or row.locked_by != owner or row.status is not DeliveryStatus.PENDING:
+            return False
+        now = self.now()
+        if delivered:
+            row.status = DeliveryStatus.DELIVERED
+            row.delivered_at = now
+        elif retry_in is None:
+            row.status = DeliveryStatus.FAILED
+        else:
+            row.next_attempt_at = now + timedelta(seconds=retry_in)
+        row.last_status = status
+        row.last_error = clip_error(error)
+        row.locked_by = None
+        row.locked_until = None
+        return True
+
     # --- tokens and health ----------------------------------------------------------------
 
     async def create_token(
@@ -1103,20 +1274,115 @@ class MemoryStore:
         *,
         actor: Actor | None = None,
     ) -> None:
-        self._events.append(
-            Event(
-                id=len(self._events) + 1,
-                release_id=release_id,
-                node_id=node_id,
-                batch=batch,
-                from_status=None if from_status is None else str(from_status),
-                to_status=str(to_status),
-                message=message,
-                daemon_id=daemon_id,
-                created_at=self.now(),
-                actor=actor,
-            )
+        event = Event(
+            id=len(self._events) + 1,
+            release_id=release_id,
+            node_id=node_id,
+            batch=batch,
+            from_status=None if from_status is None else str(from_status),
+            to_status=str(to_status),
+            message=message,
+            daemon_id=daemon_id,
+            created_at=self.now(),
+            actor=actor,
         )
+        self._events.append(event)
+        self._uncommitted.append(event)
+        if not self._in_statement:
+            self._commit_events()
+
+    @contextlib.contextmanager
+    def _statement(self) -> Iterator[None]:
+        """Events appended inside are one statement's, as migration 0007's trigger sees them:
+        their webhook deliveries are decided once the whole change is made."""
+        self._in_statement = True
+        try:
+            yield
+        finally:
+            self._in_statement = False
+            self._commit_events()
+
+    def _commit_events(self) -> None:
+        events, self._uncommitted = self._uncommitted, []
+        if not events:
+            return
+        for wake in list(self._event_wakers):
+            wake()
+        if not self._hooks:
+            return
+        # The last node event of a batch (from running to an end) ends it, when nothing in
+        # the batch is left open.
+        last_of_batch: dict[tuple[int, int], int] = {}
+        for event in events:
+            if (
+                event.node_id is not None
+                and event.batch is not None
+                and event.from_status == "running"
+                and event.to_status in ("success", "failed", "cancelled")
+            ):
+                last_of_batch[(event.release_id, event.batch)] = event.id
+        for event in events:
+            done = False
+            if event.batch is not None and last_of_batch.get((event.release_id, event.batch)) == (
+                event.id
+            ):
+                done = all(
+                    node.status.terminal
+                    for node in self._release_nodes[event.release_id]
+                    if node.batch == event.batch
+                )
+            for kind in event_kinds(event, batch_done=done):
+                for hook_id, hook in sorted(self._hooks.items()):
+                    if kind in hook.hook.events:
+                        self._queue_delivery(hook_id, event, kind)
+
+    def _queue_delivery(self, hook_id: int, event: Event, kind: str) -> None:
+        row = self._releases[event.release_id]
+        nodes = self._release_nodes[event.release_id]
+        node = None if event.node_id is None else self._nodes.get(event.node_id)
+        batch_counts = None
+        if kind == "batch.finished":
+            counts: dict[str, int] = {}
+            for member in nodes:
+                if member.batch == event.batch:
+                    counts[str(member.status)] = counts.get(str(member.status), 0) + 1
+            batch_counts = counts
+        payload: dict[str, object] = {
+            "idempotencyKey": idempotency_key(hook_id, event.id, kind),
+            "kind": kind,
+            "eventId": event.id,
+            "releaseId": event.release_id,
+            "version": row.version,
+            "target": row.target,
+            "releaseStatus": str(row.status),
+            "totalNodes": row.total_nodes,
+            "successNodes": sum(n.status is NodeStatus.SUCCESS for n in nodes),
+            "failedNodes": sum(n.status is NodeStatus.FAILED for n in nodes),
+            "batch": event.batch,
+            "node": None
+            if event.node_id is None
+            else {
+                "id": event.node_id,
+                "name": None if node is None else node.name,
+                "mainIp": None if node is None else node.main_ip,
+            },
+            "fromStatus": event.from_status,
+            "toStatus": event.to_status,
+            "message": event.message,
+            "daemonId": event.daemon_id,
+            "batchCounts": batch_counts,
+            "createdAt": event.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        delivery = _DeliveryRow(
+            id=self._next_id(),
+            webhook_id=hook_id,
+            event_id=event.id,
+            kind=kind,
+            payload=payload,
+            created_at=self.now(),
+            next_attempt_at=self.now(),
+        )
+        self._deliveries[delivery.id] = delivery
 
     def _release(self, row: _ReleaseRow) -> Release:
         nodes = self._release_nodes.get(row.id, [])

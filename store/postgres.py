@@ -97,8 +97,17 @@ from fleetwave.store.verbs import (
     superseded,
     verb_message,
 )
+from fleetwave.store.webhooks import (
+    Delivery,
+    DueDelivery,
+    Webhook,
+    WebhookSpec,
+    check_webhook_spec,
+)
 
 NOTIFY_CHANNEL: Final = "fleetwave_release"
+# Sent by migration 0007's trigger after each statement that appended release_events rows.
+EVENT_CHANNEL: Final = "fleetwave_event"
 # Serialises version allocation between concurrent create_release transactions.
 CREATE_LOCK_KEY: Final = 0x666C_7477_7665_7273
 # A foreign writer may take a version between our max() and our insert: try again.
@@ -701,6 +710,52 @@ LEFT JOIN LATERAL (
 WHERE r.id = ANY($1::bigint[]) AND r.status = 'pending'
 """
 
+_WEBHOOK_COLUMNS = "id, url, events, description, created_at"
+_DELIVERY_COLUMNS = (
+    "id, webhook_id, event_id, kind, payload, status, attempts, next_attempt_at, last_status,"
+    " last_error, delivered_at, created_at"
+)
+
+# Due: pending, its next attempt reached, and no other daemon's lock still running. Rows
+# another daemon is taking right now are skipped, not waited for.
+_CLAIM_DELIVERIES = f"""
+WITH due AS (
+    SELECT d.id
+    FROM webhook_deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.locked_until IS NULL OR d.locked_until < now())
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), taken AS (
+    UPDATE webhook_deliveries d
+    SET locked_by = $1,
+        locked_until = now() + make_interval(secs => $3),
+        attempts = d.attempts + 1
+    FROM due
+    WHERE d.id = due.id
+    RETURNING d.*
+)
+SELECT {", ".join("t." + c.strip() for c in _DELIVERY_COLUMNS.split(","))}, h.url, h.secret
+FROM taken t
+JOIN webhooks h ON h.id = t.webhook_id
+ORDER BY t.next_attempt_at, t.id
+"""
+
+_FINISH_DELIVERY = """
+UPDATE webhook_deliveries
+SET status = $3,
+    last_status = $4,
+    last_error = $5,
+    next_attempt_at = CASE WHEN $6::float8 IS NULL THEN next_attempt_at
+                           ELSE now() + make_interval(secs => $6::float8) END,
+    delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
+    locked_by = NULL,
+    locked_until = NULL
+WHERE id = $1 AND locked_by = $2 AND status = 'pending'
+RETURNING id
+"""
+
 
 # --- the store -----------------------------------------------------------------------------
 
@@ -869,6 +924,25 @@ class PostgresStore:
         connection is re-opened with backoff, and ``wake()`` is called once on reconnecting
         because notifications sent meanwhile are lost.
         """
+        await self._listen(NOTIFY_CHANNEL, "release", wake, task_status)
+
+    async def listen_events(
+        self,
+        wake: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``wake()`` after every statement that appended events (migration 0007's
+        trigger notifies), until cancelled; reconnects as listen_releases does."""
+        await self._listen(EVENT_CHANNEL, "event", wake, task_status)
+
+    async def _listen(
+        self,
+        channel: str,
+        what: str,
+        wake: Callable[[], None],
+        task_status: trio.TaskStatus[None],
+    ) -> None:
         listening = False
         delay = _LISTEN_BACKOFF_MIN_SEC
         while True:
@@ -878,18 +952,18 @@ class PostgresStore:
                     _Listener.open,
                     self._url,
                     self._connect_timeout,
-                    NOTIFY_CHANNEL,
+                    channel,
                 )
             except StoreUnavailable as error:
                 if not listening:
                     raise
-                _log.warning("release notifications unavailable", error=str(error), retry_sec=delay)
+                _log.warning(f"{what} notifications unavailable", error=str(error), retry_sec=delay)
                 await trio.sleep(delay)
                 delay = min(delay * 2, _LISTEN_BACKOFF_MAX_SEC)
                 continue
             try:
                 if listening:
-                    _log.info("release notifications restored")
+                    _log.info(f"{what} notifications restored")
                     wake()
                 else:
                     listening = True
@@ -901,7 +975,7 @@ class PostgresStore:
                     if await self._call_within(waited, listener.wait, _LISTEN_IDLE_SEC):
                         wake()
             except StoreUnavailable as error:
-                _log.warning("release notifications dropped", error=str(error), retry_sec=delay)
+                _log.warning(f"{what} notifications dropped", error=str(error), retry_sec=delay)
             finally:
                 with trio.move_on_after(_CLOSE_TIMEOUT_SEC, shield=True):
                     await self._call(listener.close)
@@ -1263,6 +1337,110 @@ class PostgresStore:
             "UPDATE api_tokens SET last_used_at = now() WHERE id = ANY($1::bigint[])",
             list(token_ids),
         )
+
+    # --- the event stream --------------------------------------------------------------------
+
+    async def events_since(
+        self, after_id: int, *, missing: Sequence[int] = (), limit: int = 1000
+    ) -> list[Event]:
+        records = await self._call(
+            self._fetch,
+            "SELECT * FROM release_events WHERE id > $1 OR id = ANY($2::bigint[])"
+            " ORDER BY id LIMIT $3",
+            after_id,
+            list(missing),
+            max(limit, 0),
+        )
+        return [Event.from_record(_row(record)) for record in records]
+
+    async def last_event_id(self) -> int:
+        record = await self._call(
+            self._fetchrow, "SELECT coalesce(max(id), 0) AS id FROM release_events"
+        )
+        assert record is not None
+        return int(record["id"])
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    async def create_webhook(self, spec: WebhookSpec) -> Webhook:
+        check_webhook_spec(spec)
+        record = await self._call(
+            self._fetchrow,
+            "INSERT INTO webhooks (url, events, secret, description) VALUES ($1, $2, $3, $4)"
+            f" RETURNING {_WEBHOOK_COLUMNS}",
+            spec.url,
+            list(spec.events),
+            spec.secret,
+            spec.description,
+        )
+        assert record is not None
+        return Webhook.from_record(_row(record))
+
+    async def list_webhooks(self) -> list[Webhook]:
+        records = await self._call(
+            self._fetch, f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks ORDER BY id"
+        )
+        return [Webhook.from_record(_row(record)) for record in records]
+
+    async def delete_webhook(self, webhook_id: int) -> None:
+        record = await self._call(
+            self._fetchrow, "DELETE FROM webhooks WHERE id = $1 RETURNING id", webhook_id
+        )
+        if record is None:
+            raise NotFound(f"webhook {webhook_id} does not exist")
+
+    async def webhook_deliveries(self, webhook_id: int, *, limit: int = 20) -> list[Delivery]:
+        records, exists = await self._call(self._webhook_deliveries, webhook_id, max(limit, 0))
+        if not exists:
+            raise NotFound(f"webhook {webhook_id} does not exist")
+        return [Delivery.from_record(_row(record)) for record in records]
+
+    async def _webhook_deliveries(
+        self, webhook_id: int, limit: int
+    ) -> tuple[list[asyncpg.Record], bool]:
+        async with _acquired(self._pool) as connection, connection.transaction(readonly=True):
+            exists = await connection.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM webhooks WHERE id = $1)", webhook_id
+            )
+            records = await connection.fetch(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = $1"
+                " ORDER BY id DESC LIMIT $2",
+                webhook_id,
+                limit,
+            )
+        return records, bool(exists)
+
+    async def claim_deliveries(self, owner: str, limit: int, lock: float) -> list[DueDelivery]:
+        if limit < 1:
+            return []
+        records = await self._call(self._fetch, _CLAIM_DELIVERIES, owner, limit, float(lock))
+        return [
+            DueDelivery(Delivery.from_record(_row(record)), record["url"], record["secret"])
+            for record in records
+        ]
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        owner: str,
+        *,
+        delivered: bool,
+        status: int | None = None,
+        error: str | None = None,
+        retry_in: float | None = None,
+    ) -> bool:
+        outcome = "delivered" if delivered else ("pending" if retry_in is not None else "failed")
+        record = await self._call(
+            self._fetchrow,
+            _FINISH_DELIVERY,
+            delivery_id,
+            owner,
+            outcome,
+            status,
+            None if error is None else clip_error(error),
+            None if retry_in is None else float(retry_in),
+        )
+        return record is not None
 
     # --- health ------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from fleetwave.api import commands
 from fleetwave.api.app import create_app
 from fleetwave.api.auth import create_token
 from fleetwave.api.client import ApiClient, open_http
+from fleetwave.api.events import EventHub
 from fleetwave.api.server import serve_api
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Node, NodeHealth
@@ -27,8 +28,18 @@ def store() -> MemoryStore:
 
 
 @pytest.fixture
-def app(store: MemoryStore) -> Starlette:
-    return create_app(store)
+async def hub(store: MemoryStore) -> AsyncIterator[EventHub]:
+    """The event streams' fan-out over ``store``, running."""
+    async with trio.open_nursery() as nursery:
+        events = EventHub(store)
+        await nursery.start(events.run)
+        yield events
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def app(store: MemoryStore, hub: EventHub) -> Starlette:
+    return create_app(store, events=hub)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import types
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -231,54 +232,80 @@ class _Screen(io.StringIO):
         return super().write(text)
 
 
-async def _watch(served: Served, release_id: int, out: io.StringIO, result: list[int]) -> None:
+async def _watch(
+    served: Served, release_id: int, out: io.StringIO, result: list[int], *, as_json: bool = False
+) -> None:
     async with open_http(served.url, served.token) as http:
         result.append(
-            await commands.watch(ApiClient(http), release_id, out, io.StringIO(), interval=0.02)
+            await commands.watch(ApiClient(http), release_id, out, io.StringIO(), as_json=as_json)
         )
 
 
 @pytest.mark.parametrize(
     ("outcome", "exit_code"), [(ReleaseStatus.SUCCESS, 0), (ReleaseStatus.FAILED, 1)]
 )
-async def test_watch_follows_the_release_until_it_ends(
+async def test_watch_prints_each_event_as_a_line_and_a_summary_at_the_end(
     served: Served, store: MemoryStore, outcome: ReleaseStatus, exit_code: int
 ) -> None:
     await add_nodes(store, 3)
     created = await store.create_release(ReleaseSpec())
+    release_id = created.release.id
     out = _Screen()
     result: list[int] = []
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch, served, created.release.id, out, result)
+            nursery.start_soon(_watch, served, release_id, out, result)
             await out.shown.wait()
             await finish(store, outcome)
 
     assert result == [exit_code]
-    views = out.getvalue().strip().split("\n\n")
-    assert views[0].endswith(f"release {created.release.id} (version 1): pending")
-    assert views[-1].endswith(f"release {created.release.id} (version 1): {outcome.value}")
-    last_rows = [line.split() for line in views[-1].splitlines()[1:3]]
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(f"release {release_id}: - -> pending: created")
+    assert lines[1].endswith(
+        f"release {release_id}: pending -> running: claimed by daemon-a (epoch 1)"
+    )
     if outcome is ReleaseStatus.SUCCESS:
-        assert [row[2:8] for row in last_rows] == [
-            ["1", "0", "0", "0", "0", "0"],
-            ["2", "0", "0", "0", "0", "0"],
-        ]
+        assert lines[-1] == (
+            f"release {release_id} (version 1) success"
+            + lines[-1].split("success", 1)[1].split(":")[0]
+            + ": 3 succeeded, 0 failed, 0 skipped, 0 cancelled"
+        )
+        assert sum(" -> success" in line for line in lines) == 4
     else:
-        assert [row[2:8] for row in last_rows] == [
-            ["0", "1", "0", "0", "0", "0"],
-            ["0", "0", "0", "0", "2", "0"],
-        ]
+        assert lines[-2].startswith(f"release {release_id} (version 1) failed")
+        assert lines[-2].endswith(": 0 succeeded, 1 failed, 2 skipped, 0 cancelled")
+        assert lines[-1] == "  failed: edge-001 (batch 1): no reason given"
+        assert sum(" -> skipped" in line for line in lines) == 2
+
+
+async def test_watch_json_prints_the_events_as_json_lines(
+    served: Served, store: MemoryStore
+) -> None:
+    await add_nodes(store, 2)
+    created = await store.create_release(ReleaseSpec())
+    out = _Screen()
+    result: list[int] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                partial(_watch, served, created.release.id, out, result, as_json=True)
+            )
+            await out.shown.wait()
+            await finish(store, ReleaseStatus.SUCCESS)
+
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    stored = await store.release_events(created.release.id)
+    assert [event["id"] for event in events] == [event.id for event in stored]
+    assert events[-1]["toStatus"] == "success" and events[-1]["nodeId"] is None
+    assert result == [0]
 
 
 async def test_watch_gives_up_when_the_api_stays_unreachable() -> None:
     err = io.StringIO()
     async with open_http("http://127.0.0.1:9", "t") as http:
         with pytest.raises(ApiUnreachable):
-            await commands.watch(
-                ApiClient(http), 1, io.StringIO(), err, interval=0.01, patience=0.05
-            )
+            await commands.watch(ApiClient(http), 1, io.StringIO(), err, patience=0.05)
     assert "retrying for up to 0.05s" in err.getvalue()
 
 
@@ -318,11 +345,8 @@ async def test_program_watch_exits_1_when_the_release_fails(
 
     [process] = done
     assert process.returncode == 1, process.stderr
-    assert (
-        process.stdout.decode()
-        .rstrip()
-        .endswith(f"release {created.release.id} (version 1): failed")
-    )
+    summary = process.stdout.decode().splitlines()[-2]
+    assert summary.startswith(f"release {created.release.id} (version 1) failed")
 
 
 async def test_program_without_a_token_exits_2_naming_fleetwave_token() -> None:

@@ -68,6 +68,7 @@ async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
     ]
     assert [entry["url"].split(":")[0] for entry in listening] == ["https"]
     assert (demo_dir / "certs" / "api.crt").is_file()
+    assert "/api/v1/events?follow=true" in text and "fleetwave release watch" in text
     assert processes_using(demo_dir) == []
     assert not EmbeddedPostgres(demo_dir / "pg").running
 

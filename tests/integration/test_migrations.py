@@ -23,6 +23,8 @@ TABLES = {
     "release_events",
     "api_tokens",
     "schema_migrations",
+    "webhooks",
+    "webhook_deliveries",
 }
 
 

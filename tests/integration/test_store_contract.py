@@ -34,6 +34,7 @@ from fleetwave.store.models import (
 )
 from fleetwave.store.postgres import PostgresStore, open_postgres_store
 from fleetwave.store.selection import MAX_LABELS, NodeSelection
+from fleetwave.store.webhooks import WEBHOOK_KINDS, DeliveryStatus, WebhookSpec
 from tests.integration.conftest import SeedRelease, run_sql
 
 pytestmark = pytest.mark.postgres
@@ -1262,6 +1263,192 @@ async def test_listen_releases_wakes_on_creation(store: Store) -> None:
             await store.create_release(ReleaseSpec())
             await woken.wait()
             nursery.cancel_scope.cancel()
+
+
+# --- the event stream ------------------------------------------------------------------------
+
+
+async def test_events_since_reads_every_release_after_an_id_and_asked_ids(store: Store) -> None:
+    assert await store.last_event_id() == 0
+    await add_nodes(store, 2)
+    first = await store.create_release(ReleaseSpec(scope="a"))
+    second = await store.create_release(ReleaseSpec(scope="b"))
+    await store.claim("daemon-a", 2, TTL)
+
+    everything = await store.events_since(0)
+    assert [event.release_id for event in everything] == [
+        first.release.id,
+        second.release.id,
+        first.release.id,
+        second.release.id,
+    ]
+    ids = [event.id for event in everything]
+    assert ids == sorted(ids)
+    assert await store.last_event_id() == ids[-1]
+    assert [e.id for e in await store.events_since(ids[1])] == ids[2:]
+    assert [e.id for e in await store.events_since(ids[2], missing=[ids[0]])] == [ids[0], ids[3]]
+    assert [e.id for e in await store.events_since(0, limit=2)] == ids[:2]
+
+
+async def test_listen_events_wakes_when_events_are_appended(store: Store) -> None:
+    await add_nodes(store, 1)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store)
+    [row] = await store.release_nodes(created.release.id)
+    woken = trio.Event()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.listen_events, woken.set)
+            await store.record(lease, [NodeChange(row.id, NodeStatus.RUNNING, started=True)])
+            await woken.wait()
+            nursery.cancel_scope.cancel()
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+SECRET = "s3cret-s3cret-s3cret"
+
+
+async def test_webhooks_are_registered_listed_and_removed(store: Store) -> None:
+    hook = await store.create_webhook(
+        WebhookSpec("https://chat.example/hook", ("release.failed", "node.failed"), SECRET, "ops")
+    )
+    assert (hook.url, hook.events, hook.description) == (
+        "https://chat.example/hook",
+        ("release.failed", "node.failed"),
+        "ops",
+    )
+    assert await store.list_webhooks() == [hook]
+    assert await store.webhook_deliveries(hook.id) == []
+    await store.delete_webhook(hook.id)
+    assert await store.list_webhooks() == []
+    with pytest.raises(NotFound):
+        await store.delete_webhook(hook.id)
+    with pytest.raises(NotFound):
+        await store.webhook_deliveries(hook.id)
+
+
+@pytest.mark.parametrize(
+    ("url", "events", "secret", "problem"),
+    [
+        ("ftp://x/y", ("node.failed",), SECRET, "http"),
+        ("https://user:pw@x/y", ("node.failed",), SECRET, "credentials"),
+        ("https://x/y", (), SECRET, "at least one"),
+        ("https://x/y", ("node.exploded",), SECRET, "unknown kind"),
+        ("https://x/y", ("node.failed", "node.failed"), SECRET, "repeat"),
+        ("https://x/y", ("node.failed",), "short", "secret"),
+    ],
+)
+async def test_bad_webhooks_are_refused_and_nothing_is_written(
+    store: Store, url: str, events: tuple[str, ...], secret: str, problem: str
+) -> None:
+    with pytest.raises(InvalidInput, match=problem):
+        await store.create_webhook(WebhookSpec(url, events, secret))
+    assert await store.list_webhooks() == []
+
+
+async def _fail_canary(store: Store) -> tuple[int, list[int]]:
+    """A release of 3 nodes whose canary fails, ending the release failed."""
+    await add_nodes(store, 3)
+    created = await store.create_release(ReleaseSpec())
+    lease = await claim_one(store)
+    rows = await store.release_nodes(created.release.id)
+    await store.record(lease, [NodeChange(rows[0].id, NodeStatus.RUNNING, started=True)])
+    await store.record(
+        lease,
+        [NodeChange(rows[0].id, NodeStatus.FAILED, error_msg="disk full", finished=True)],
+        Outcome(ReleaseStatus.FAILED, "canary failed"),
+        daemon_id="daemon-a",
+    )
+    return created.release.id, [row.node_id for row in rows]
+
+
+async def test_events_queue_the_deliveries_their_hooks_asked_for(store: Store) -> None:
+    everything = await store.create_webhook(
+        WebhookSpec("http://127.0.0.1:9/all", WEBHOOK_KINDS, SECRET)
+    )
+    failures = await store.create_webhook(
+        WebhookSpec("http://127.0.0.1:9/failed", ("release.failed",), SECRET)
+    )
+    release_id, node_ids = await _fail_canary(store)
+
+    all_kinds = [d.kind for d in reversed(await store.webhook_deliveries(everything.id))]
+    assert all_kinds == [
+        "release.started",
+        "batch.finished",
+        "node.failed",
+        "release.finished",
+        "release.failed",
+    ]
+    [failed] = await store.webhook_deliveries(failures.id)
+    assert failed.kind == "release.failed"
+    assert failed.status is DeliveryStatus.PENDING and failed.attempts == 0
+    assert failed.idempotency_key == f"fleetwave-{failures.id}-{failed.event_id}-release.failed"
+    payload = dict(failed.payload)
+    assert payload["idempotencyKey"] == failed.idempotency_key
+    assert (payload["releaseId"], payload["releaseStatus"], payload["toStatus"]) == (
+        release_id,
+        "failed",
+        "failed",
+    )
+    assert payload["message"] == "canary failed"
+    assert str(payload["createdAt"]).endswith("Z")
+    [batch] = [
+        d for d in await store.webhook_deliveries(everything.id) if d.kind == "batch.finished"
+    ]
+    assert batch.payload["batch"] == 1 and batch.payload["batchCounts"] == {"failed": 1}
+    [node] = [d for d in await store.webhook_deliveries(everything.id) if d.kind == "node.failed"]
+    assert node.payload["node"] == {"id": node_ids[0], "name": "edge-1", "mainIp": "127.0.0.2"}
+    assert node.payload["message"] == "disk full"
+
+
+async def test_deliveries_are_taken_once_retried_later_and_finished(store: Store) -> None:
+    hook = await store.create_webhook(
+        WebhookSpec("http://127.0.0.1:9/h", ("release.failed", "node.failed"), SECRET)
+    )
+    await _fail_canary(store)
+
+    taken = await store.claim_deliveries("daemon-a", 10, lock=60)
+    assert [d.delivery.kind for d in taken] == ["node.failed", "release.failed"]
+    assert all((d.url, d.secret, d.delivery.attempts) == (hook.url, SECRET, 1) for d in taken)
+    assert await store.claim_deliveries("daemon-b", 10, lock=60) == []  # locked by daemon-a
+    first, second = taken
+    assert not await store.finish_delivery(first.delivery.id, "daemon-b", delivered=True)
+    assert await store.finish_delivery(first.delivery.id, "daemon-a", delivered=True, status=200)
+    assert await store.finish_delivery(
+        second.delivery.id, "daemon-a", delivered=False, status=503, error="HTTP 503", retry_in=3600
+    )
+    assert await store.claim_deliveries("daemon-b", 10, lock=60) == []  # not due for an hour
+    by_id = {d.id: d for d in await store.webhook_deliveries(hook.id)}
+    assert by_id[first.delivery.id].status is DeliveryStatus.DELIVERED
+    assert by_id[first.delivery.id].delivered_at is not None
+    retried = by_id[second.delivery.id]
+    assert (retried.status, retried.last_status, retried.last_error) == (
+        DeliveryStatus.PENDING,
+        503,
+        "HTTP 503",
+    )
+    assert retried.next_attempt_at > by_id[first.delivery.id].created_at
+
+
+async def test_a_delivery_whose_lock_expired_is_taken_by_another_daemon(store: Store) -> None:
+    await store.create_webhook(WebhookSpec("http://127.0.0.1:9/h", ("release.failed",), SECRET))
+    await _fail_canary(store)
+    [taken] = await store.claim_deliveries("daemon-a", 10, lock=0.05)
+    await trio.sleep(0.2)
+    [again] = await store.claim_deliveries("daemon-b", 10, lock=60)
+    assert again.delivery.id == taken.delivery.id and again.delivery.attempts == 2
+    # The first daemon's late result changes nothing; the second one's counts.
+    assert not await store.finish_delivery(taken.delivery.id, "daemon-a", delivered=True)
+    assert await store.finish_delivery(again.delivery.id, "daemon-b", delivered=False)
+    [gave_up] = await store.webhook_deliveries(again.delivery.webhook_id)
+    assert gave_up.status is DeliveryStatus.FAILED
+
+
+async def test_without_hooks_events_queue_nothing(store: Store) -> None:
+    await _fail_canary(store)
+    assert await store.claim_deliveries("daemon-a", 10, lock=60) == []
 
 
 # --- PostgreSQL only -----------------------------------------------------------------------------

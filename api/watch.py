@@ -1,0 +1,332 @@
+"""``fleetwave release watch ID``: a release followed live over its event stream.
+
+The release's batches come from one detail request; everything after comes from the SSE
+stream (``GET /api/v1/releases/{id}/events?follow=true``), read from the first event, so the
+view is rebuilt from the audit trail whatever happened before the watch began. On a terminal
+the view is drawn with rich (a bar per batch, counts, the current step, an ETA from the apply
+times seen so far, failures with their reasons as they arrive); elsewhere each event is one
+plain line; with ``--json`` one JSON object a line. A dropped stream is resumed with
+``Last-Event-ID`` for up to ``patience`` seconds. Exit 0 when the release succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final, TextIO
+
+import attrs
+import trio
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from fleetwave.api.client import ApiClient, ApiUnreachable
+from fleetwave.api.sse import StreamFormatError
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+PATIENCE: Final = 30.0
+RETRY_DELAY: Final = 1.0
+FAILURES_SHOWN: Final = 8
+_ENDED: Final = frozenset({"success", "failed", "cancelled", "skipped"})
+_RELEASE_ENDED: Final = frozenset({"success", "failed", "cancelled"})
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@attrs.define
+class Failure:
+    node: str
+    batch: int
+    reason: str
+
+
+@attrs.define
+class WatchState:
+    """What the events of one release say so far."""
+
+    release_id: int
+    version: int
+    max_parallel: int | None
+    status: str
+    batches: dict[int, list[int]]
+    """Batch number -> node ids, in plan order."""
+    names: dict[int, str]
+    nodes: dict[int, str] = attrs.field(factory=dict)
+    """Node id -> status."""
+    started_at: dict[int, datetime] = attrs.field(factory=dict)
+    apply_times: list[float] = attrs.field(factory=list)
+    failures: list[Failure] = attrs.field(factory=list)
+    error: str | None = None
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    @classmethod
+    def from_detail(cls, detail: Mapping[str, Any]) -> WatchState:
+        release = detail["release"]
+        batches = {
+            batch["batch"]: [node["nodeId"] for node in batch["nodes"]]
+            for batch in detail["batches"]
+        }
+        names = {
+            node["nodeId"]: node["nodeName"]
+            for batch in detail["batches"]
+            for node in batch["nodes"]
+        }
+        state = cls(
+            release_id=release["id"],
+            version=release["version"],
+            max_parallel=release.get("maxParallel"),
+            status="pending",
+            batches=batches,
+            names=names,
+        )
+        state.nodes = {node_id: "pending" for ids in batches.values() for node_id in ids}
+        return state
+
+    def apply(self, event: Mapping[str, Any]) -> None:
+        at = _time(event["createdAt"])
+        self.first_at = self.first_at or at
+        self.last_at = at
+        node_id = event["nodeId"]
+        status = event["toStatus"]
+        if node_id is None:
+            self.status = status
+            if status in _RELEASE_ENDED and status != "success":
+                self.error = event.get("message")
+            return
+        self.nodes[node_id] = status
+        if status == "running":
+            self.started_at.setdefault(node_id, at)
+        elif status in ("success", "failed") and node_id in self.started_at:
+            self.apply_times.append((at - self.started_at[node_id]).total_seconds())
+        if status == "failed":
+            reason = event.get("message") or "no reason given"
+            self.failures.append(Failure(self.name(node_id), event["batch"], reason))
+
+    def name(self, node_id: int) -> str:
+        return self.names.get(node_id, f"node {node_id}")
+
+    def counts(self, batch: int) -> dict[str, int]:
+        counts = dict.fromkeys(
+            ("success", "failed", "running", "pending", "skipped", "cancelled"), 0
+        )
+        for node_id in self.batches[batch]:
+            counts[self.nodes[node_id]] = counts.get(self.nodes[node_id], 0) + 1
+        return counts
+
+    @property
+    def current_batch(self) -> int | None:
+        for batch, ids in self.batches.items():
+            if any(self.nodes[node_id] not in _ENDED for node_id in ids):
+                return batch
+        return None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in _RELEASE_ENDED
+
+    def step(self) -> str:
+        if self.ended:
+            return f"ended: {self.status}"
+        current = self.current_batch
+        if self.status == "pending":
+            return "waiting for a daemon to claim it"
+        if current is None:
+            return "finishing"
+        counts = self.counts(current)
+        doing = "applying" if counts["running"] else "dispatching"
+        return f"batch {current} of {len(self.batches)}: {doing}"
+
+    def eta(self, now: datetime) -> float | None:
+        """Seconds left, from the mean apply time so far, batch after batch: the nodes
+        applying finish one mean after they started, those not started yet go in waves of
+        ``max_parallel``, the first wave beside the nodes still applying. None before any
+        apply has finished."""
+        if not self.apply_times or self.ended:
+            return None
+        mean = sum(self.apply_times) / len(self.apply_times)
+        left = 0.0
+        for ids in self.batches.values():
+            running = [self.started_at.get(i, now) for i in ids if self.nodes[i] == "running"]
+            waiting = sum(self.nodes[i] == "pending" for i in ids)
+            parallel = self.max_parallel or len(ids)
+            first = min(waiting, max(0, parallel - len(running)))
+            wave = max(0.0, mean - (now - min(running)).total_seconds()) if running else 0.0
+            if first:
+                wave = mean
+            left += wave + math.ceil((waiting - first) / parallel) * mean
+        return left
+
+    def summary(self) -> str:
+        totals = dict.fromkeys(("success", "failed", "skipped", "cancelled"), 0)
+        for status in self.nodes.values():
+            if status in totals:
+                totals[status] += 1
+        took = ""
+        if self.first_at is not None and self.last_at is not None:
+            took = f" in {(self.last_at - self.first_at).total_seconds():.1f}s"
+        line = (
+            f"release {self.release_id} (version {self.version}) {self.status}{took}: "
+            f"{totals['success']} succeeded, {totals['failed']} failed, "
+            f"{totals['skipped']} skipped, {totals['cancelled']} cancelled"
+        )
+        if self.error:
+            line += f"\nerror: {self.error}"
+        for failure in self.failures[:FAILURES_SHOWN]:
+            line += f"\n  failed: {failure.node} (batch {failure.batch}): {failure.reason}"
+        if len(self.failures) > FAILURES_SHOWN:
+            line += f"\n  ... and {len(self.failures) - FAILURES_SHOWN} more failures"
+        return line
+
+
+def plain_line(state: WatchState, event: Mapping[str, Any]) -> str:
+    when = event["createdAt"][11:19]
+    change = f"{event['fromStatus'] or '-'} -> {event['toStatus']}"
+    if event["nodeId"] is None:
+        text = f"{when} release {state.release_id}: {change}"
+    else:
+        text = f"{when} batch {event['batch']} {state.name(event['nodeId'])}: {change}"
+    if event.get("message"):
+        text += f": {event['message']}"
+    return text
+
+
+def live_view(state: WatchState, now: datetime) -> Group:
+    """The rich view: header, a bar per batch with its counts, the latest failures."""
+    eta = state.eta(now)
+    eta_text = "unknown until a node finishes" if eta is None else f"~{eta:.0f}s"
+    header = Text.assemble(
+        (f"release {state.release_id} (version {state.version}) ", "bold"),
+        (state.status, _style(state.status)),
+        f"  ·  {state.step()}  ·  ETA {eta_text}",
+    )
+    bars = Progress(
+        TextColumn("batch {task.fields[batch]:>3}"),
+        BarColumn(bar_width=30),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[counts]}"),
+    )
+    for batch, ids in state.batches.items():
+        counts = state.counts(batch)
+        done = len(ids) - counts["running"] - counts["pending"]
+        shown = "  ".join(f"{name} {value}" for name, value in counts.items() if value)
+        bars.add_task("", total=len(ids), completed=done, batch=batch, counts=shown)
+    parts: list[Any] = [header, bars]
+    if state.failures:
+        table = Table("node", "batch", "reason", title="failures", title_justify="left")
+        for failure in state.failures[-FAILURES_SHOWN:]:
+            table.add_row(failure.node, str(failure.batch), failure.reason)
+        parts.append(table)
+    return Group(*parts)
+
+
+def _style(status: str) -> str:
+    return {"success": "green", "failed": "red", "cancelled": "yellow"}.get(status, "cyan")
+
+
+@attrs.define
+class _Output:
+    out: TextIO
+    as_json: bool
+    interactive: bool
+    live: Live | None = None
+
+    def event(self, state: WatchState, event: Mapping[str, Any]) -> None:
+        if self.as_json:
+            self.out.write(json.dumps(event, ensure_ascii=False) + "\n")
+        elif self.live is not None:
+            assert state.last_at is not None
+            self.live.update(live_view(state, state.last_at))
+            return
+        else:
+            self.out.write(plain_line(state, event) + "\n")
+        self.out.flush()
+
+
+async def watch(
+    client: ApiClient,
+    release_id: int,
+    out: TextIO,
+    err: TextIO,
+    *,
+    as_json: bool = False,
+    interactive: bool = False,
+    patience: float = PATIENCE,
+) -> int:
+    """Follow release ``release_id`` to its end; 0 when it succeeded, 1 otherwise."""
+    state = WatchState.from_detail(await _detail(client, release_id, err, patience))
+    output = _Output(out, as_json, interactive and not as_json)
+    if output.interactive:
+        console = Console(file=out, force_terminal=True)
+        with Live(
+            live_view(state, datetime.now().astimezone()), console=console, refresh_per_second=8
+        ) as live:
+            output.live = live
+            await _follow(client, state, output, err, patience)
+            live.update(live_view(state, state.last_at or datetime.now().astimezone()))
+    else:
+        await _follow(client, state, output, err, patience)
+    if not as_json:
+        out.write(state.summary() + "\n")
+        out.flush()
+    return EXIT_OK if state.status == "success" else EXIT_FAILED
+
+
+async def _detail(client: ApiClient, release_id: int, err: TextIO, patience: float) -> Any:
+    """The release's detail, asked again while the API is unreachable (a daemon restart)."""
+    gone_since: float | None = None
+    while True:
+        try:
+            return await client.release(release_id)
+        except ApiUnreachable as error:
+            now = trio.current_time()
+            if gone_since is None:
+                gone_since = now
+                err.write(f"fleetwave: {error}; retrying for up to {patience:g}s\n")
+            elif now - gone_since >= patience:
+                raise
+        await trio.sleep(min(RETRY_DELAY, patience))
+
+
+async def _follow(
+    client: ApiClient, state: WatchState, output: _Output, err: TextIO, patience: float
+) -> None:
+    last_id: str | None = None
+    seen: set[int] = set()
+    gone_since: float | None = None
+    while True:
+        try:
+            async for message in client.follow_release(state.release_id, last_id):
+                gone_since = None
+                if message.kind == "end":
+                    if state.ended:
+                        return
+                    break  # the server is stopping: resume, from this daemon or another
+                last_id = message.id or last_id
+                event = message.data
+                if event["id"] in seen:
+                    continue
+                seen.add(event["id"])
+                state.apply(event)
+                output.event(state, event)
+        except (ApiUnreachable, StreamFormatError) as error:
+            now = trio.current_time()
+            if gone_since is None:
+                gone_since = now
+                err.write(f"fleetwave: {error}; retrying for up to {patience:g}s\n")
+            elif now - gone_since >= patience:
+                raise
+        else:
+            if gone_since is None:
+                gone_since = trio.current_time()
+            elif trio.current_time() - gone_since >= patience:
+                raise ApiUnreachable(str(client.http.base_url), "the event stream keeps ending")
+        await trio.sleep(RETRY_DELAY)

@@ -1,0 +1,132 @@
+"""``fleetwave release watch`` under a pseudo-terminal: the installed program draws its live
+view with rich while a daemon runs the release, and ends with a summary and its exit code."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import sys
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from fleetwave.agent.client import AgentClient
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.api.app import create_app
+from fleetwave.api.auth import create_token
+from fleetwave.api.events import EventHub
+from fleetwave.api.server import serve_api
+from fleetwave.config import load_settings
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import ReleaseSpec
+from fleetwave.supervisor import Supervisor
+
+FLEETWAVE = Path(sys.executable).with_name("fleetwave")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@attrs.frozen
+class Daemon:
+    store: MemoryStore
+    url: str
+    token: str
+
+
+@pytest.fixture
+async def daemon() -> AsyncIterator[Daemon]:
+    store = MemoryStore()
+    fleet = SimulatedFleet(4, behaviour=Behaviour(apply_time=(0.4, 0.8)))
+    fleet.set_behaviour(4, Behaviour(apply_time=(0.3, 0.3), fail="nginx: [emerg] bad config"))
+    for k, host in enumerate(fleet.hosts, start=1):
+        await store.upsert_node(f"edge-{k:03d}", host, fleet.address(k).port)
+    token = await create_token(store, "terminal")
+    settings = load_settings(environ={}, interval_sec=0.2, daemon_id="tty", log_format="json")
+    async with (
+        trio.open_nursery() as nursery,
+        httpx.AsyncClient(transport=fleet.transport()) as http,
+    ):
+        hub = EventHub(store)
+        await nursery.start(hub.run)
+        address = await nursery.start(
+            partial(serve_api, create_app(store, events=hub), "127.0.0.1:0")
+        )
+        await nursery.start(Supervisor(store, AgentClient(http, request_timeout=5), settings).run)
+        yield Daemon(store, f"http://{address}", token)
+        nursery.cancel_scope.cancel()
+
+
+async def watch_in_a_terminal(daemon: Daemon, release_id: int) -> tuple[int, str]:
+    """Run the program with a pty as its terminal; (exit code, what the screen received)."""
+    primary, secondary = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWAVE_")}
+    env.update(
+        FLEETWAVE_API=daemon.url, FLEETWAVE_TOKEN=daemon.token, TERM="xterm-256color",
+        COLUMNS="120", LINES="40",
+    )  # fmt: skip
+    chunks: list[bytes] = []
+
+    def read_all() -> None:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the program closed the terminal
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, read_all, abandon_on_cancel=True))
+            process = await trio.run_process(
+                [str(FLEETWAVE), "release", "watch", str(release_id)],
+                stdin=secondary,
+                stdout=secondary,
+                stderr=secondary,
+                env=env,
+                check=False,
+            )
+            os.close(secondary)
+            secondary = -1
+    finally:
+        if secondary != -1:
+            os.close(secondary)
+        os.close(primary)
+    return process.returncode, b"".join(chunks).decode(errors="replace")
+
+
+async def test_watch_draws_bars_and_ends_with_the_summary_on_success(daemon: Daemon) -> None:
+    # Nodes 1 to 3: the canary and the next batch; node 4 (which fails) is left out.
+    await daemon.store.update_node(4, enabled=False)
+    created = await daemon.store.create_release(ReleaseSpec(reason="tty"))
+    with trio.fail_after(60):
+        code, screen = await watch_in_a_terminal(daemon, created.release.id)
+
+    text = _ANSI.sub("", screen)
+    assert code == 0, text
+    assert "\x1b[" in screen  # drawn for a terminal, not as plain lines
+    assert "━" in text  # rich's bars
+    assert "batch   1" in text and "batch   2" in text
+    assert "ETA" in text
+    assert f"release {created.release.id} (version 1) success" in text
+    assert "3 succeeded, 0 failed, 0 skipped, 0 cancelled" in text
+
+
+async def test_watch_shows_a_failed_canary_with_its_reason_and_exits_1(daemon: Daemon) -> None:
+    for node in (1, 2, 3):
+        await daemon.store.update_node(node, enabled=False)
+    created = await daemon.store.create_release(ReleaseSpec(reason="tty failure"))
+    with trio.fail_after(60):
+        code, screen = await watch_in_a_terminal(daemon, created.release.id)
+
+    text = _ANSI.sub("", screen)
+    assert code == 1, text
+    assert "failures" in text and "nginx: [emerg] bad config" in text
+    assert f"release {created.release.id} (version 1) failed" in text
+    assert "0 succeeded, 1 failed" in text

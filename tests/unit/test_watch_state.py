@@ -1,0 +1,76 @@
+"""The state ``release watch`` rebuilds from a release's events: counts, step, ETA, summary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fleetwave.api.watch import WatchState, plain_line
+
+T0 = "2026-12-03T08:00:00.000000Z"
+
+
+def _at(seconds: float) -> str:
+    return f"2026-12-03T08:00:{seconds:09.6f}Z"
+
+
+def _event(
+    event_id: int, at: float, to: str, *, node: int | None = None, batch: int | None = None,
+    came: str | None = None, message: str | None = None,
+) -> dict[str, object]:  # fmt: skip
+    return {
+        "id": event_id, "releaseId": 7, "nodeId": node, "batch": batch, "fromStatus": came,
+        "toStatus": to, "message": message, "daemonId": "d", "createdAt": _at(at),
+    }  # fmt: skip
+
+
+def _state(max_parallel: int | None = None) -> WatchState:
+    detail = {
+        "release": {"id": 7, "version": 3, "maxParallel": max_parallel},
+        "batches": [
+            {"batch": 1, "nodes": [{"nodeId": 1, "nodeName": "edge-1"}]},
+            {"batch": 2, "nodes": [{"nodeId": k, "nodeName": f"edge-{k}"} for k in (2, 3, 4, 5)]},
+        ],
+    }
+    return WatchState.from_detail(detail)
+
+
+def test_events_move_counts_step_and_give_an_eta_from_apply_times() -> None:
+    state = _state(max_parallel=2)
+    assert state.step() == "waiting for a daemon to claim it"
+    assert state.eta(datetime.fromisoformat("2026-12-03T08:00:00+00:00")) is None
+    state.apply(_event(1, 0, "running", came="pending"))
+    state.apply(_event(2, 1, "running", node=1, batch=1, came="pending"))
+    assert state.step() == "batch 1 of 2: applying"
+    state.apply(_event(3, 11, "success", node=1, batch=1, came="running"))
+    assert state.apply_times == [10.0]
+    assert state.counts(1)["success"] == 1 and state.current_batch == 2
+    assert state.step() == "batch 2 of 2: dispatching"
+    # Batch 2 has 4 nodes, 2 at a time: two waves of the 10 s mean.
+    assert state.eta(datetime.fromisoformat("2026-12-03T08:00:11+00:00")) == 20.0
+    state.apply(_event(4, 12, "running", node=2, batch=2, came="pending"))
+    # One node applying for 4 s, a free slot for the next, then one more wave of the last two.
+    assert state.eta(datetime.fromisoformat("2026-12-03T08:00:16+00:00")) == 20.0
+    for node in (3, 4, 5):
+        state.apply(_event(2 + node, 16, "success", node=node, batch=2, came="pending"))
+    # Only the node applying for 4 s of a 10 s mean is left.
+    assert state.eta(datetime.fromisoformat("2026-12-03T08:00:16+00:00")) == 6.0
+
+
+def test_failures_arrive_with_their_reasons_and_end_in_the_summary() -> None:
+    state = _state()
+    state.apply(_event(1, 0, "running", came="pending"))
+    state.apply(_event(2, 1, "running", node=1, batch=1, came="pending"))
+    failed = _event(3, 4, "failed", node=1, batch=1, came="running", message="disk full")
+    state.apply(failed)
+    for k, node in enumerate((2, 3, 4, 5), start=4):
+        state.apply(_event(k, 4, "skipped", node=node, batch=2, came="pending"))
+    state.apply(_event(9, 4.5, "failed", came="running", message="node edge-1 failed: disk full"))
+
+    assert state.ended and state.status == "failed"
+    assert [(f.node, f.batch, f.reason) for f in state.failures] == [("edge-1", 1, "disk full")]
+    assert plain_line(state, failed) == "08:00:04 batch 1 edge-1: running -> failed: disk full"
+    assert state.summary().splitlines() == [
+        "release 7 (version 3) failed in 4.5s: 0 succeeded, 1 failed, 4 skipped, 0 cancelled",
+        "error: node edge-1 failed: disk full",
+        "  failed: edge-1 (batch 1): disk full",
+    ]
