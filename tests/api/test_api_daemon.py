@@ -97,7 +97,7 @@ async def test_serve_with_a_metrics_bind_serves_metrics_there_without_a_token_an
 
     with structlog.testing.capture_logs() as logs, trio.fail_after(15):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(cli._serve, settings)
+            nursery.start_soon(cli._serve, settings, None)
             await wait_logged(logs, "supervisor.started")
             # The logs are written by the daemon's tasks; there is no event to wait on.
             while len(bound := [e for e in logs if e["event"] == "api.listening"]) < 2:  # noqa: ASYNC110

@@ -312,3 +312,28 @@ async def test_the_webhook_commands_add_list_show_and_remove(world: World) -> No
     assert missing[0] == 1 and f"webhook {hook_id} does not exist" in missing[2]
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["webhook", "add", "https://x", "--events", "node.boom"])
+
+
+async def test_webhooks_need_an_admin_token_and_streams_and_metrics_a_viewer(
+    world: World,
+) -> None:
+    from fleetwave.store.models import Role
+
+    viewer = await create_token(world.store, "grafana", role=Role.VIEWER)
+    operator = await create_token(world.store, "deployer", role=Role.OPERATOR)
+    app = create_app(world.store)
+
+    async def call(token: str, method: str, path: str, **kwargs: Any) -> int:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api.test",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
+            return (await client.request(method, path, **kwargs)).status_code
+
+    hook = {"url": "https://x.example/h", "events": ["node.failed"]}
+    assert await call(viewer, "GET", "/metrics") == 200
+    assert await call(viewer, "GET", "/api/v1/events?afterId=0") == 200
+    assert await call(viewer, "GET", "/api/v1/webhooks") == 403
+    assert await call(operator, "POST", "/api/v1/webhooks", json=hook) == 403
+    assert await world.store.list_webhooks() == []
