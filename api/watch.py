@@ -280,19 +280,35 @@ async def watch(
     return EXIT_OK if state.status == "success" else EXIT_FAILED
 
 
+@attrs.define
+class _Patience:
+    """How long the API may stay away (a daemon restart) before the watch gives up."""
+
+    limit: float
+    err: TextIO
+    since: float | None = None
+
+    def back(self) -> None:
+        self.since = None
+
+    def away(self, error: Exception) -> None:
+        """Note a failure; re-raise ``error`` once the API has been away for ``limit``."""
+        now = trio.current_time()
+        if self.since is None:
+            self.since = now
+            self.err.write(f"fleetwave: {error}; retrying for up to {self.limit:g}s\n")
+        elif now - self.since >= self.limit:
+            raise error
+
+
 async def _detail(client: ApiClient, release_id: int, err: TextIO, patience: float) -> Any:
-    """The release's detail, asked again while the API is unreachable (a daemon restart)."""
-    gone_since: float | None = None
+    """The release's detail, asked again while the API is unreachable."""
+    waiting = _Patience(patience, err)
     while True:
         try:
             return await client.release(release_id)
         except ApiUnreachable as error:
-            now = trio.current_time()
-            if gone_since is None:
-                gone_since = now
-                err.write(f"fleetwave: {error}; retrying for up to {patience:g}s\n")
-            elif now - gone_since >= patience:
-                raise
+            waiting.away(error)
         await trio.sleep(min(RETRY_DELAY, patience))
 
 
@@ -301,15 +317,18 @@ async def _follow(
 ) -> None:
     last_id: str | None = None
     seen: set[int] = set()
-    gone_since: float | None = None
+    waiting = _Patience(patience, err)
     while True:
         try:
             async for message in client.follow_release(state.release_id, last_id):
-                gone_since = None
                 if message.kind == "end":
                     if state.ended:
                         return
-                    break  # the server is stopping: resume, from this daemon or another
+                    # The server is stopping: resume, from this daemon or another.
+                    reason = f"the stream ended: {message.data.get('reason', 'no reason')}"
+                    waiting.away(ApiUnreachable(str(client.http.base_url), reason))
+                    break
+                waiting.back()
                 last_id = message.id or last_id
                 event = message.data
                 if event["id"] in seen:
@@ -317,16 +336,10 @@ async def _follow(
                 seen.add(event["id"])
                 state.apply(event)
                 output.event(state, event)
+            else:
+                waiting.away(
+                    ApiUnreachable(str(client.http.base_url), "the event stream ended early")
+                )
         except (ApiUnreachable, StreamFormatError) as error:
-            now = trio.current_time()
-            if gone_since is None:
-                gone_since = now
-                err.write(f"fleetwave: {error}; retrying for up to {patience:g}s\n")
-            elif now - gone_since >= patience:
-                raise
-        else:
-            if gone_since is None:
-                gone_since = trio.current_time()
-            elif trio.current_time() - gone_since >= patience:
-                raise ApiUnreachable(str(client.http.base_url), "the event stream keeps ending")
+            waiting.away(error)
         await trio.sleep(RETRY_DELAY)
