@@ -34,6 +34,7 @@ from fleetwave.store.address import InvalidAddress, check_agent_host
 from fleetwave.store.base import Store
 from fleetwave.store.errors import StoreUnavailable
 from fleetwave.store.models import (
+    ERROR_MSG_MAX,
     Claim,
     LeaseState,
     NodeChange,
@@ -280,7 +281,8 @@ class ReleaseActor:
                 self._drop_intents()
         await self._flush()
         if batch_scope.cancelled_caught:
-            log.warning("batch.aborted", reason=self.steering.cancel or self._error)
+            # An operator's cancel reason or an agent's words: clipped and quoted.
+            log.warning("batch.aborted", reason=quoted(self.steering.cancel or self._error or ""))
             await self._reconcile(members)
         else:
             log.info("batch.finished", failures=self._failures)
@@ -608,4 +610,5 @@ class ReleaseActor:
             if count := left.count(status):
                 metrics.NODES_FINISHED.labels(ended, "").inc(count)
         metrics.RELEASES_FINISHED.labels(str(outcome.status)).inc()
-        log.info("release.finished", status=str(outcome.status), error=outcome.error)
+        shown = None if outcome.error is None else quoted(outcome.error, ERROR_MSG_MAX)
+        log.info("release.finished", status=str(outcome.status), error=shown)

@@ -72,3 +72,8 @@ async def test_an_agents_last_error_is_clipped_and_quoted_in_logs_and_error_msg(
     [failed] = [e for e in logs if e["event"] == "node.transition" and e["status"] == "failed"]
     assert failed["error"].isprintable() and len(failed["error"]) < 400
     assert release.error is not None and "\n" not in release.error
+    [finished] = [e for e in logs if e["event"] == "release.finished"]
+    [aborted] = [e for e in logs if e["event"] == "batch.aborted"]
+    for line in (finished["error"], aborted["reason"]):
+        assert line.startswith("'node edge-001 (127.0.0.2) failed: ") and line.isprintable()
+    assert len(finished["error"]) < 2 * 255 and len(aborted["reason"]) < 2 * 200
