@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import attrs
 import structlog
@@ -29,8 +30,10 @@ from fleetwave.api.access import (
     undeclared_routes,
     viewer,
 )
+from fleetwave.api.dashboard import dashboard_routes
 from fleetwave.api.envelope import ApiError, Code, error_response, ok
 from fleetwave.api.events import EventHub, EventStream
+from fleetwave.api.liveness import actor_item, available_verbs, creators, liveness_item
 from fleetwave.api.metrics import metrics_response
 from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
@@ -152,9 +155,16 @@ class _Handlers:
             status=page.status, offset=page.offset, limit=page.page_size
         )
         waits = await self._waits(releases)
+        by = await creators(self.store, releases)
         return ok(
             {
-                "items": [release_item(release, waits.get(release.id)) for release in releases],
+                "items": [
+                    {
+                        **release_item(release, waits.get(release.id)),
+                        "createdBy": actor_item(by[release.id]),
+                    }
+                    for release in releases
+                ],
                 "total": total,
                 "page": page.page,
                 "pageSize": page.page_size,
@@ -177,7 +187,16 @@ class _Handlers:
             raise _not_found(release_id)
         nodes = await self.store.release_nodes(release_id)
         wait = (await self._waits([release])).get(release_id)
-        return ok({"release": release_item(release, wait), "batches": release_batches(nodes)})
+        by = (await creators(self.store, [release]))[release_id]
+        item = {**release_item(release, wait), "createdBy": actor_item(by)}
+        return ok(
+            {
+                "release": item,
+                "batches": release_batches(nodes),
+                "liveness": liveness_item(release, nodes, datetime.now(UTC)),
+                "verbs": available_verbs(release),
+            }
+        )
 
     async def _waits(self, releases: Sequence[Release]) -> dict[int, Wait]:
         """What the pending ones among ``releases`` wait for (no query when none is)."""
@@ -458,7 +477,8 @@ def create_app(
     its own). Event streams (``?follow=true``) are fanned out by ``events``, the daemon's
     EventHub; without one they answer 503."""
     api = _Handlers(store, default_agent_port, events)
-    route = Access(store, token_use or TokenUse(store)).route
+    access = Access(store, token_use or TokenUse(store))
+    route = access.route
     routes = [
         route("/healthz", GET=public(api.healthz)),
         route("/readyz", GET=public(api.readyz)),
@@ -488,6 +508,7 @@ def create_app(
         route("/api/v1/tokens/{id}", DELETE=admin(api.revoke_token)),
         *(route(f"/api/v1/releases/{{id}}/{verb}", POST=operator(api.verb(verb))) for verb in Verb),
         route("/api/v1/fleet", GET=viewer(api.fleet)),
+        *dashboard_routes(access),
     ]
     if serve_metrics:
         routes.append(route("/metrics", GET=viewer(api.scrape_metrics)))

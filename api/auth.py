@@ -17,6 +17,7 @@ from datetime import timedelta
 from starlette.requests import Request
 
 from fleetwave.api.envelope import ApiError, Code
+from fleetwave.api.session import session_token
 from fleetwave.store.base import Store
 from fleetwave.store.models import TOKEN_LOOKUP_CHARS, Role, StoredToken, TokenInfo
 
@@ -79,9 +80,13 @@ async def create_token(
 
 
 def presented_token(request: Request) -> str:
-    """The Bearer token of a request; ApiError 401/1001 when there is none."""
+    """The Bearer token of a request, else its dashboard session's (api/session.py);
+    ApiError 401/1001 when there is none."""
     header = request.headers.get("authorization")
     if header is None or not header.strip():
+        from_session = session_token(request)
+        if from_session is not None:
+            return from_session
         raise ApiError(
             401,
             Code.UNAUTHORIZED,
@@ -101,7 +106,12 @@ def presented_token(request: Request) -> str:
 
 async def authenticate(store: Store, request: Request) -> TokenInfo:
     """The token the request carries; ApiError 401 (1001 missing, 1002 wrong or expired)."""
-    digest = hash_token(presented_token(request))
+    return await check_token(store, presented_token(request))
+
+
+async def check_token(store: Store, token: str) -> TokenInfo:
+    """The stored token ``token`` is; ApiError 401/1002 when it is wrong or expired."""
+    digest = hash_token(token)
     candidates = await store.tokens_by_hash_prefix(digest[:TOKEN_LOOKUP_CHARS])
     found = matching_token(candidates, digest)
     if found is None:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import attrs
 
 from fleetwave.api.envelope import ApiError, Code
+from fleetwave.api.failures import failure_kind
 from fleetwave.api.verbs import VerbAnswer
 from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
 from fleetwave.store.errors import InvalidInput
@@ -519,6 +520,8 @@ def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:
                 "status": node.status.value,
                 # The original's clients expect "" (never null) when there is no error.
                 "errorMsg": node.error_msg or "",
+                "errorKind": failure_kind(node.error_msg),
+                "agent": f"{node.main_ip}:{node.agent_port}",
                 "attempt": node.attempt,
                 "taskId": node.task_id,
                 "startedAt": timestamp(node.started_at),

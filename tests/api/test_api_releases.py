@@ -40,12 +40,15 @@ RELEASE_ITEM_FIELDS = {
     "heldFor",
     "cancelling",
     "lastVerb",
+    "createdBy",
 }
 NODE_FIELDS = {
     "nodeId",
     "nodeName",
     "status",
     "errorMsg",
+    "errorKind",
+    "agent",
     "attempt",
     "taskId",
     "startedAt",
@@ -252,7 +255,7 @@ async def test_show_release_has_release_and_batches_of_nodes(
 
     assert response.status_code == 200
     data = response.json()["data"]
-    assert set(data) == {"release", "batches"}
+    assert set(data) == {"release", "batches", "liveness", "verbs"}
     assert set(data["release"]) == RELEASE_ITEM_FIELDS
     assert [batch["batch"] for batch in data["batches"]] == [1, 2]
     first = data["batches"][0]["nodes"][0]

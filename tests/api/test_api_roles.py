@@ -14,7 +14,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
-from fleetwave.api.access import Access, DeclaredRoute, undeclared_routes, viewer
+from fleetwave.api.access import (
+    Access,
+    DeclaredMount,
+    DeclaredRoute,
+    undeclared_routes,
+    viewer,
+)
 from fleetwave.api.app import create_app
 from fleetwave.api.auth import create_token
 from fleetwave.api.server import serve_api
@@ -46,11 +52,21 @@ POLICY: dict[tuple[str, str], Role | None] = {
     **{("POST", f"/api/v1/releases/{{id}}/{verb}"): Role.OPERATOR for verb in _VERBS},
     ("GET", "/api/v1/tokens"): Role.ADMIN,
     ("DELETE", "/api/v1/tokens/{id}"): Role.ADMIN,
+    # The dashboard: its pages hold no data; a session is made from a token.
+    ("GET", "/"): None,
+    ("GET", "/static/{path}"): None,
+    ("GET", "/api/v1/session"): Role.VIEWER,
+    ("POST", "/api/v1/session"): None,
+    ("DELETE", "/api/v1/session"): None,
 }
 
 
 def declared(app: Starlette) -> Iterator[tuple[str, str, Role | None]]:
     for route in app.routes:
+        if isinstance(route, DeclaredMount):
+            for method in ("GET", "HEAD"):
+                yield method, f"{route.path}/{{path}}", route.needs
+            continue
         assert isinstance(route, DeclaredRoute), route
         for method, needs in sorted(route.needs.items()):
             yield method, route.path, needs
