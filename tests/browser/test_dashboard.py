@@ -1,0 +1,224 @@
+"""The dashboard in a real browser (Debian's chromium, headless) against a real daemon and
+simulated agents over mutual TLS: sign in, watch a release go to success as it happens, see a
+failed canary with its reason and the batch it skipped, pause and resume from the page, roll
+back. The list and a release page are saved as screenshots to docs/images/.
+
+Nodes are registered by ``agent-sim --register`` in agent order: agent 1 is node 1, the
+lowest id, so it is the canary of any release that includes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.conftest import in_browser
+from tests.e2e.harness import REPO, Harness
+
+pytestmark = [pytest.mark.postgres, pytest.mark.browser]
+
+IMAGES = REPO / "docs" / "images"
+LIVE_TIMEOUT = 45_000
+"""ms: a release of a few nodes ends well within this on a busy machine."""
+
+
+def api(base: str, token: str, method: str, path: str, body: object = None) -> Any:
+    answer = httpx.request(
+        method,
+        base + path,
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    document = answer.json()
+    assert answer.status_code == 200 and document["code"] == 0, document
+    return document["data"]
+
+
+def node_names(base: str, token: str) -> list[str]:
+    return [node["name"] for node in api(base, token, "GET", "/api/v1/nodes")["items"]]
+
+
+def sign_in(page: Page, base: str, token: str, who: str) -> None:
+    page.goto(base + "/")
+    expect(page.locator("#sign-in")).to_be_visible()
+    page.fill("#token", token)
+    page.click("#sign-in button[type=submit]")
+    expect(page.locator("#who")).to_have_text(who)
+    assert token not in page.url
+
+
+def release_status(page: Page) -> Any:
+    return page.locator("#facts h1 .status")
+
+
+def only_this_origin(page: Page, base: str) -> None:
+    requested: list[str] = page.requested  # type: ignore[attr-defined]
+    assert requested, "the page made no request"
+    assert [url for url in requested if not url.startswith(base + "/")] == []
+
+
+async def test_sign_in_watch_a_release_go_live_to_success_and_a_failed_canary(
+    harness: Harness,
+) -> None:
+    daemon = await harness.serve("d1")
+    await harness.agent_sim(5, fail=[1], apply_time="0.8..1.2")
+    admin = await harness.token("admin", "admin")
+    operator = await harness.token("sre", "operator")
+
+    def scenario(page: Page, base: str) -> None:
+        # A wrong token is refused on the page, and nothing else is shown.
+        page.goto(base + "/")
+        page.fill("#token", "fw_not-a-token")
+        page.click("#sign-in button[type=submit]")
+        expect(page.locator("#sign-in-error")).to_have_text("invalid token")
+        expect(page.locator("#nav")).to_be_hidden()
+        sign_in(page, base, operator, "sre (operator)")
+        cookies = {cookie["name"]: cookie for cookie in page.context.cookies()}
+        assert cookies["fw_session"]["httpOnly"] and cookies["fw_session"]["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie").count("fw_session") == 0
+
+        names = node_names(base, admin)
+        good = api(
+            base,
+            operator,
+            "POST",
+            "/api/v1/releases",
+            {"target": "cdn", "reason": "new cache rules", "nodeNames": names[1:], "plan": [1, "100%"]},
+        )["releaseId"]
+
+        # Opened at once, before the release has run: it fills up as its events arrive.
+        page.goto(f"{base}/#/releases/{good}")
+        expect(page.locator("#created-by")).to_have_text("sre (operator)")
+        expect(page.locator("#reason")).to_have_text("new cache rules")
+        expect(page.locator("#live")).to_have_text("live", timeout=LIVE_TIMEOUT)
+        expect(page.locator("#owner")).to_have_text("d1", timeout=LIVE_TIMEOUT)
+        expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
+        expect(page.locator("[data-batch='1'] .counts")).to_have_text("success 1 of 1")
+        expect(page.locator("[data-batch='2'] .counts")).to_have_text("success 3 of 3")
+        expect(page.locator("#events tr[data-event-id]").first).to_be_visible()
+        expect(page.locator("#nodes tbody tr")).to_have_count(4)
+        expect(page.locator("#verdict [data-state='ended']")).to_be_visible()
+
+        # The list, open while a release whose canary fails runs: its row turns failed live.
+        page.goto(f"{base}/#/")
+        expect(page.locator(f"#releases tr[data-release-id='{good}'] .status")).to_have_text(
+            "success"
+        )
+        bad = api(
+            base,
+            operator,
+            "POST",
+            "/api/v1/releases",
+            {"target": "cdn", "reason": "canary", "nodeNames": names[:3], "plan": [1, "100%"]},
+        )["releaseId"]
+        row = page.locator(f"#releases tr[data-release-id='{bad}']")
+        expect(row.locator(".status")).to_have_text("failed", timeout=LIVE_TIMEOUT)
+        expect(row.locator(".by")).to_have_text("sre (operator)")
+        expect(row).to_contain_text("0/3 ok, 1 failed, 2 skipped")
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(IMAGES / "dashboard-releases.png"))
+
+        row.locator("a").click()
+        expect(release_status(page)).to_have_text("failed")
+        expect(page.locator("#release-error")).to_contain_text(f"node {names[0]}")
+        expect(page.locator("#release-error")).to_contain_text("simulated failure")
+        expect(page.locator("[data-batch='1'] .counts")).to_have_text("failed 1 of 1")
+        expect(page.locator("[data-batch='2'] .counts")).to_have_text("skipped 2 of 2")
+        kinds = page.locator("#failure-kinds tr[data-kind='rejected']")
+        expect(kinds).to_contain_text("agent rejected the config")
+        expect(kinds).to_contain_text("simulated failure")
+        kinds.locator("button").click()
+        expect(page.locator("#nodes tbody tr")).to_have_count(1)
+        expect(page.locator("#nodes tbody tr")).to_contain_text("simulated failure")
+        page.screenshot(path=str(IMAGES / "dashboard-release.png"), full_page=True)
+        only_this_origin(page, base)
+
+    await in_browser(scenario, daemon.api)
+
+    # The token was never logged, by the daemon nor the agents.
+    for child in harness.children:
+        assert operator not in child.log(), child.name
+
+
+async def test_pause_resume_and_roll_back_from_the_page_and_a_viewer_sees_no_verbs(
+    harness: Harness,
+) -> None:
+    daemon = await harness.serve("d1")
+    await harness.agent_sim(4, apply_time="1.0..1.5")
+    operator = await harness.token("sre", "operator")
+    viewer = await harness.token("watcher", "viewer")
+
+    def verb(page: Page, name: str, reason: str) -> None:
+        page.click(f"#verbs button[data-verb='{name}']")
+        dialog = page.locator("#confirm")
+        expect(dialog).to_be_visible()
+        expect(page.locator("#confirm-title")).to_contain_text(name.capitalize())
+        page.click("#confirm-ok")  # no reason yet: asked for one, nothing sent
+        expect(page.locator("#confirm-error")).to_have_text("a reason is required")
+        page.fill("#confirm-reason", reason)
+        page.click("#confirm-ok")
+        expect(dialog).to_be_hidden(timeout=LIVE_TIMEOUT)
+
+    def scenario(page: Page, base: str) -> None:
+        sign_in(page, base, operator, "sre (operator)")
+        release = api(
+            base,
+            operator,
+            "POST",
+            "/api/v1/releases",
+            {"target": "cdn", "reason": "slow push", "plan": [1, 1, 1, 1]},
+        )["releaseId"]
+        page.goto(f"{base}/#/releases/{release}")
+        expect(release_status(page)).to_have_text("running", timeout=LIVE_TIMEOUT)
+        expect(page.locator("#verdict [data-state='alive']")).to_be_visible()
+
+        # Back out of a confirmation: nothing happens.
+        page.click("#verbs button[data-verb='pause']")
+        page.click("#confirm-cancel")
+        expect(page.locator("#confirm")).to_be_hidden()
+        expect(release_status(page)).to_have_text("running")
+
+        verb(page, "pause", "error rate up in fra1")
+        expect(release_status(page)).to_have_text("paused")
+        expect(page.locator("#last-verb")).to_have_text("pause by sre: error rate up in fra1")
+        expect(page.locator("#verbs button[data-verb='resume']")).to_be_visible()
+        expect(page.locator("#verbs button[data-verb='pause']")).to_have_count(0)
+        paused = api(base, operator, "GET", f"/api/v1/releases/{release}")
+        assert paused["release"]["status"] == "paused"
+        assert paused["release"]["successNodes"] < 4
+
+        verb(page, "resume", "false alarm")
+        expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
+        expect(page.locator("[data-batch='4'] .counts")).to_have_text("success 1 of 1")
+        # No promote button: the API offers no gate to promote past.
+        expect(page.locator("#verbs button[data-verb='promote']")).to_have_count(0)
+
+        verb(page, "rollback", "bad config after all")
+        link = page.locator("#rollback-link")
+        expect(link).to_be_visible()
+        link.click()
+        expect(page.locator("#facts")).to_contain_text(f"rollback of #{release}")
+        expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
+        rollback = api(base, operator, "GET", "/api/v1/releases")["items"][0]
+        assert rollback["rollbackOf"] == release and rollback["status"] == "success"
+
+        # A viewer reads the same page without a single verb button.
+        page.click("#sign-out")
+        expect(page.locator("#sign-in")).to_be_visible()
+        sign_in(page, base, viewer, "watcher (viewer)")
+        page.goto(f"{base}/#/releases/{release}")
+        expect(release_status(page)).to_have_text("success")
+        expect(page.locator("#verbs")).to_have_text("signed in as viewer: no verbs")
+        expect(page.locator("#verbs button")).to_have_count(0)
+
+        # The fleet: every node runs the config the rollback put back.
+        page.click("#nav a[href='#/fleet']")
+        expect(page.locator("#fleet-nodes tbody tr")).to_have_count(4)
+        expect(page.locator("#fleet-summary")).to_contain_text("4 nodes")
+        only_this_origin(page, base)
+
+    await in_browser(scenario, daemon.api)
