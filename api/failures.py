@@ -22,7 +22,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "protocol",
         re.compile(r"answered HTTP \d+|sent invalid JSON|sent an invalid answer|does not know"),
     ),
-    ("rejected", re.compile(r"rejected |reported task \S+ failed|agent reported failure")),
+    ("rejected", re.compile(r"rejected |reported task \S+ failed|reported failure")),
 )
 
 

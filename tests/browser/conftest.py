@@ -67,9 +67,7 @@ async def in_browser(scenario: Callable[..., T], *args: object) -> T:
         asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-            )
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
                 context = browser.new_context(viewport=VIEWPORT)
                 page = context.new_page()

@@ -9,6 +9,7 @@ lowest id, so it is the canary of any release that includes it.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -36,6 +37,18 @@ def api(base: str, token: str, method: str, path: str, body: object = None) -> A
     document = answer.json()
     assert answer.status_code == 200 and document["code"] == 0, document
     return document["data"]
+
+
+def ended(base: str, token: str, release_id: int) -> None:
+    """Until the release is terminal (by the API, not the page); fails if it did not succeed."""
+    deadline = time.monotonic() + LIVE_TIMEOUT / 1000
+    while time.monotonic() < deadline:
+        status = api(base, token, "GET", f"/api/v1/releases/{release_id}")["release"]["status"]
+        if status in ("success", "failed", "cancelled"):
+            assert status == "success", status
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"release {release_id} did not end within {LIVE_TIMEOUT} ms")
 
 
 def node_names(base: str, token: str) -> list[str]:
@@ -87,7 +100,12 @@ async def test_sign_in_watch_a_release_go_live_to_success_and_a_failed_canary(
             operator,
             "POST",
             "/api/v1/releases",
-            {"target": "cdn", "reason": "new cache rules", "nodeNames": names[1:], "plan": [1, "100%"]},
+            {
+                "target": "cdn",
+                "reason": "new cache rules",
+                "nodeNames": names[1:],
+                "plan": [1, "100%"],
+            },
         )["releaseId"]
 
         # Opened at once, before the release has run: it fills up as its events arrive.
@@ -164,6 +182,11 @@ async def test_pause_resume_and_roll_back_from_the_page_and_a_viewer_sees_no_ver
         expect(dialog).to_be_hidden(timeout=LIVE_TIMEOUT)
 
     def scenario(page: Page, base: str) -> None:
+        # A first config every node runs, for the rollback to put back.
+        first = api(
+            base, operator, "POST", "/api/v1/releases", {"target": "cdn", "reason": "baseline"}
+        )
+        ended(base, operator, first["releaseId"])
         sign_in(page, base, operator, "sre (operator)")
         release = api(
             base,
@@ -218,7 +241,12 @@ async def test_pause_resume_and_roll_back_from_the_page_and_a_viewer_sees_no_ver
         # The fleet: every node runs the config the rollback put back.
         page.click("#nav a[href='#/fleet']")
         expect(page.locator("#fleet-nodes tbody tr")).to_have_count(4)
-        expect(page.locator("#fleet-summary")).to_contain_text("4 nodes")
+        expect(page.locator("#fleet-summary")).to_contain_text(
+            f"4 nodes · config {first['version']}: 4"
+        )
+        expect(page.locator("#drift")).to_have_text(
+            f"all nodes run config {first['version']} (release #{rollback['id']})"
+        )
         only_this_origin(page, base)
 
     await in_browser(scenario, daemon.api)

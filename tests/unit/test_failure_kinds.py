@@ -34,6 +34,7 @@ def test_every_agent_error_wording_has_its_kind(error: AgentError, kind: str) ->
     ("message", "kind"),
     [
         ("agent reported failure: disk full", "rejected"),
+        ("agent 127.0.0.2:8443 reported failure: 'simulated failure'", "rejected"),
         ("release stopped; no outcome from the agent by the node deadline (20s)", "deadline"),
         ("something no one wrote before", "other"),
         ("", None),
