@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-faults demo lint typecheck install clean
+.PHONY: test test-faults test-browser demo lint typecheck install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,12 +25,18 @@ install: $(STAMP)
 
 # Lint, types, then unit, simulation, API, integration and end-to-end tests.
 test: lint typecheck
-	$(BIN)/pytest -q tests --ignore=tests/faults
+	$(BIN)/pytest -q tests --ignore=tests/faults --ignore=tests/browser
 
 # Fault injection with real processes: killed and stalled daemons, database restarts, agent
 # faults, API fuzzing. Sizes are environment settings (docs/reliability.md).
 test-faults: $(STAMP)
 	$(BIN)/pytest -q tests/faults
+
+# The dashboard in Debian's chromium, headless, driven by Playwright (never a browser download):
+# installs the chromium package first when it is missing (CI runs as root).
+test-browser: $(STAMP)
+	test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(BIN)/pytest -q tests/browser
 
 demo: $(STAMP)
 	$(BIN)/fleetwave demo

@@ -59,7 +59,7 @@ def _sign_in(access: Access) -> Handler:
     async def sign_in(request: Request) -> Response:
         """POST /api/v1/session {"token": "fw_..."}: a session for that token's role."""
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise ApiError(415, Code.PARAM_INVALID, "body: send the token as application/json")
+            raise ApiError(400, Code.PARAM_INVALID, "body: send the token as application/json")
         body = b""
         async for chunk in request.stream():
             body += chunk

@@ -48,3 +48,11 @@ export function when(iso) {
 export function actor(by) {
   return by ? `${by.tokenName} (${by.role})` : "-";
 }
+
+// The page ``filter.page`` (from 0, clamped to the last) of ``items``, ``size`` a page.
+export function pageOf(items, filter, size) {
+  const pages = Math.max(1, Math.ceil(items.length / size));
+  filter.page = Math.min(filter.page, pages - 1);
+  const start = filter.page * size;
+  return { page: items.slice(start, start + size), start, pages };
+}

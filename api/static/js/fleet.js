@@ -2,7 +2,7 @@
 // the newest config that succeeded.
 
 import * as api from "./api.js";
-import { h, replace, status, when } from "./dom.js";
+import { h, pageOf, replace, status, when } from "./dom.js";
 import { coalesced, follow } from "./live.js";
 
 const NODES_PER_PAGE = 100;
@@ -83,10 +83,7 @@ export async function fleetView(view) {
         (!filter.drift || drifting.has(n.id)) &&
         (!text || n.name.toLowerCase().includes(text) || n.mainIp.includes(text) || Object.entries(n.labels || {}).some(([k, v]) => `${k}=${v}`.includes(text))),
     );
-    const pages = Math.max(1, Math.ceil(shown.length / NODES_PER_PAGE));
-    filter.page = Math.min(filter.page, pages - 1);
-    const start = filter.page * NODES_PER_PAGE;
-    const page = shown.slice(start, start + NODES_PER_PAGE);
+    const { page, start } = pageOf(shown, filter, NODES_PER_PAGE);
     replace(
       body,
       page.map((n) =>

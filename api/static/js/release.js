@@ -2,7 +2,7 @@
 // nodes (filtered and paged: 10,000 of them render 100 rows), and its events as they happen.
 
 import * as api from "./api.js";
-import { actor, duration, h, replace, status, when } from "./dom.js";
+import { actor, duration, h, pageOf, replace, status, when } from "./dom.js";
 import { coalesced, follow } from "./live.js";
 
 const NODE_STATES = ["success", "failed", "running", "pending", "skipped", "cancelled"];
@@ -217,10 +217,7 @@ export async function releaseView(view, me, id) {
 
   function renderNodes() {
     const shown = filtered();
-    const pages = Math.max(1, Math.ceil(shown.length / NODES_PER_PAGE));
-    filter.page = Math.min(filter.page, pages - 1);
-    const start = filter.page * NODES_PER_PAGE;
-    const page = shown.slice(start, start + NODES_PER_PAGE);
+    const { page, start, pages } = pageOf(shown, filter, NODES_PER_PAGE);
     replace(
       nodesBody,
       page.map((n) =>
