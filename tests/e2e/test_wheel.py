@@ -11,9 +11,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import attrs
@@ -120,8 +121,18 @@ def _other_config_distribution(directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    base = tmp_path_factory.mktemp("wheel")
+def installed() -> Iterator[Installed]:
+    # Not under pytest's tmp_path, whose base is owner-only: run as root, the database server
+    # is its own system user, and it loads PL/pgSQL (migration 0007's trigger) from the venv.
+    base = Path(tempfile.mkdtemp(prefix="fleetwave-wheel-"))
+    base.chmod(0o755)
+    try:
+        yield _install(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _install(base: Path) -> Installed:
     checkout, dist, venv, elsewhere = (base / n for n in ("checkout", "dist", "venv", "cwd"))
     elsewhere.mkdir()
     _copy_checkout(checkout, _tracked_files())
