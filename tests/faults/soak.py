@@ -32,8 +32,10 @@ import json
 import math
 import os
 import random
+import secrets
 import shutil
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -42,9 +44,14 @@ from typing import Any
 
 import attrs
 import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from fleetwave.agent.certs import CertPaths, init_certs
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.api.server import serve_api
 from fleetwave.api.verbs import steer
 from fleetwave.store.base import Store
 from fleetwave.store.embedded import EmbeddedPostgres
@@ -59,6 +66,14 @@ from fleetwave.store.models import (
 )
 from fleetwave.store.postgres import open_loop_and_store
 from fleetwave.store.verbs import Verb
+from fleetwave.store.webhooks import (
+    WEBHOOK_KINDS,
+    DeliveryStatus,
+    WebhookSpec,
+    event_kinds,
+    idempotency_key,
+)
+from fleetwave.webhooks.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from tests.e2e.harness import FAST
 from tests.faults.daemons import Daemon, DaemonGroup, daemon_env, open_daemons
 from tests.integration.conftest import TEST_SERVER_SETTINGS, run_sql, server_directory
@@ -217,6 +232,16 @@ class SoakReport:
     dispatched_while_stopped: int = 0
     """Dispatches that reached an agent between a pause or cancel in effect and its resume
     or retry."""
+    webhook_expected: int = 0
+    """Deliveries the releases' events call for (release started, finished, failed; node
+    failed), to a hook registered for every kind."""
+    webhook_missing: int = 0
+    """Of those, never received by the hook's receiver."""
+    webhook_undelivered: int = 0
+    """Outbox rows (batch.finished included) not delivered when the soak ended."""
+    webhook_bad_signatures: int = 0
+    webhook_duplicates: int = 0
+    """Deliveries received more than once (at least once: a killed sender's lock expired)."""
 
     @property
     def takeover_p50(self) -> float:
@@ -240,6 +265,9 @@ class SoakReport:
             + len(self.invariant_failures)
             + self.verbs_not_in_effect
             + self.dispatched_while_stopped
+            + self.webhook_missing
+            + self.webhook_undelivered
+            + self.webhook_bad_signatures
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -270,6 +298,11 @@ class SoakReport:
             "verbs_refused": self.verbs_refused,
             "verbs_not_in_effect": self.verbs_not_in_effect,
             "dispatched_while_stopped": self.dispatched_while_stopped,
+            "webhook_expected": self.webhook_expected,
+            "webhook_missing": self.webhook_missing,
+            "webhook_undelivered": self.webhook_undelivered,
+            "webhook_bad_signatures": self.webhook_bad_signatures,
+            "webhook_duplicates": self.webhook_duplicates,
         }
 
     def table(self) -> str:
@@ -299,6 +332,15 @@ class SoakReport:
             ("verbs issued / refused (ended)", f"{self.verbs_issued} / {self.verbs_refused}"),
             ("verbs answered not in effect", str(self.verbs_not_in_effect)),
             ("dispatched while paused or cancelled", str(self.dispatched_while_stopped)),
+            (
+                "webhook deliveries expected / missing",
+                f"{self.webhook_expected} / {self.webhook_missing}",
+            ),
+            ("webhook outbox rows not delivered", str(self.webhook_undelivered)),
+            (
+                "webhook bad signatures / duplicates",
+                f"{self.webhook_bad_signatures} / {self.webhook_duplicates}",
+            ),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -352,6 +394,9 @@ def soak_env(sizes: SoakSizes, certs: CertPaths, database_url: str) -> dict[str,
         "FLEETWAVE_AGENT_CONNECT_TIMEOUT_SEC": sizes.agent_timeout_sec,
         "FLEETWAVE_AGENT_REQUEST_TIMEOUT_SEC": sizes.agent_timeout_sec,
         "FLEETWAVE_NODE_DEADLINE_SEC": sizes.node_deadline_sec,
+        # A killed sender's deliveries are sent again once its lock (2 x timeout + 5 s) ends.
+        "FLEETWAVE_WEBHOOK_POLL_SEC": 0.2,
+        "FLEETWAVE_WEBHOOK_TIMEOUT_SEC": 2,
     }
     return daemon_env(certs, database_url, **settings)
 
@@ -547,6 +592,9 @@ async def run_soak(
         fleet = await world.serve_fleet(
             sizes.agents, failing, behaviour=Behaviour(apply_time=(low, high))
         )
+        receiver = HookReceiver(secrets.token_urlsafe(24))
+        hook_url = await world.nursery.start(receiver.serve)
+        hook = await store.create_webhook(WebhookSpec(hook_url, WEBHOOK_KINDS, receiver.secret))
         async with open_daemons(soak_env(sizes, certs, database_url), directory) as group:
             soak = _Soak(sizes, database_url, group, random.Random(sizes.seed))
             for slot in range(sizes.daemons):
@@ -577,6 +625,7 @@ async def run_soak(
                     # A cancel ends its release: its retry, still to come, runs it again.
                     await verbs.idle()
                     await _wait_all_terminal(store, release_ids)
+                    await _wait_delivered(store, hook.id)
                 soak.done.set()
             seconds = trio.current_time() - started
             logs = [entry for daemon in group.daemons for entry in daemon.logs]
@@ -593,13 +642,72 @@ async def run_soak(
             release = await store.get_release(release_id)
             assert release is not None
             versions[release_id] = release.version
+        webhooks = await _webhook_counts(store, hook.id, release_ids, receiver)
         return attrs.evolve(
             report,
+            **webhooks,
             verbs_issued=verbs.issued,
             verbs_refused=verbs.refused,
             verbs_not_in_effect=verbs.not_in_effect,
             dispatched_while_stopped=_dispatched_while_stopped(fleet, versions, verbs.stops),
         )
+
+
+@attrs.define
+class HookReceiver:
+    """A webhook receiver on loopback: notes each delivery's key and checks its signature."""
+
+    secret: str
+    keys: Counter[str] = attrs.field(factory=Counter)
+    bad_signatures: int = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        async def take(request: Request) -> Response:
+            body = await request.body()
+            headers = request.headers
+            if not verify(
+                self.secret,
+                body,
+                headers.get(TIMESTAMP_HEADER),
+                headers.get(SIGNATURE_HEADER),
+                now=time.time(),
+            ):
+                self.bad_signatures += 1
+                return Response("bad signature", 401)
+            self.keys[json.loads(body)["idempotencyKey"]] += 1
+            return Response("ok")
+
+        app = Starlette(routes=[Route("/hook", take, methods=["POST"])])
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_api, app, "127.0.0.1:0")
+            task_status.started(f"http://{address}/hook")
+
+
+async def _wait_delivered(store: Store, hook_id: int) -> None:
+    while True:
+        rows = await store.webhook_deliveries(hook_id, limit=1_000_000)
+        if all(d.status is DeliveryStatus.DELIVERED for d in rows):
+            return
+        await trio.sleep(0.25)
+
+
+async def _webhook_counts(
+    store: Store, hook_id: int, release_ids: Sequence[int], receiver: HookReceiver
+) -> dict[str, int]:
+    """What the events call for against what the receiver got (see SoakReport)."""
+    expected = set()
+    for release_id in release_ids:
+        for event in await store.release_events(release_id, limit=1_000_000):
+            for kind in event_kinds(event, batch_done=False):
+                expected.add(idempotency_key(hook_id, event.id, kind))
+    rows = await store.webhook_deliveries(hook_id, limit=1_000_000)
+    return {
+        "webhook_expected": len(expected),
+        "webhook_missing": len(expected - set(receiver.keys)),
+        "webhook_undelivered": sum(d.status is not DeliveryStatus.DELIVERED for d in rows),
+        "webhook_bad_signatures": receiver.bad_signatures,
+        "webhook_duplicates": sum(count - 1 for count in receiver.keys.values()),
+    }
 
 
 async def _wait_all_terminal(store: Store, release_ids: Sequence[int]) -> None:

@@ -6,7 +6,8 @@ cancelled and retried at random moments; afterwards nothing is lost or done twic
 answered before it was in effect, nothing was dispatched while paused or cancelled, counters
 match node rows, every release ends as its injected failures say (failing canaries fail,
 tolerated failures succeed), no node whose agent received its task is skipped, and every
-release a killed daemon held is claimed again within lease TTL + claim interval + 1 s.
+release a killed daemon held is claimed again within lease TTL + claim interval + 1 s, and
+every webhook delivery the releases' events call for reaches a receiver on loopback, signed.
 """
 
 from __future__ import annotations
@@ -57,5 +58,10 @@ async def test_daemons_killed_at_random_moments_lose_and_repeat_nothing(
     assert report.verbs_issued > report.verbs_refused, "no verb found a release to steer"
     assert report.verbs_not_in_effect == 0
     assert report.dispatched_while_stopped == 0
+    # Webhooks: every delivery the events call for arrived, signed, whatever was killed.
+    assert report.webhook_expected > 0
+    assert report.webhook_missing == 0
+    assert report.webhook_undelivered == 0
+    assert report.webhook_bad_signatures == 0
     assert report.takeovers, "no killed daemon held a release"
     assert report.takeover_p99 <= SIZES.takeover_bound_sec, report.takeovers
