@@ -205,7 +205,7 @@ def _agent_host(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _plan(text: str) -> list[int | str]:
+def _plan(text: str) -> list[object]:
     from fleetwave.api.commands import parse_plan
 
     return parse_plan(text)
@@ -303,7 +303,27 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create.add_argument("--target", default="cdn", help="what the release applies to (cdn)")
     create.add_argument("--reason", required=True, help="why; recorded with the release")
     create.add_argument(
-        "--plan", type=_plan, help="batch sizes, counts or percentages, e.g. 1,25%%,100%%"
+        "--plan",
+        type=_plan,
+        help="batch sizes (counts or percentages) and pauses between them: pause=SECONDS "
+        "(a bake) or gate (waits for promote), e.g. 1,pause=300,25%%,gate,100%%",
+    )
+    create.add_argument(
+        "--strategy",
+        metavar="FILE",
+        help="a JSON object of plan, maxFailures, maxFailurePercent and onFailure "
+        "(docs/strategies.md); the options given beside it win",
+    )
+    create.add_argument(
+        "--max-failure-percent",
+        type=float,
+        metavar="P",
+        help="failed nodes tolerated over the release, as a percentage of its nodes",
+    )
+    create.add_argument(
+        "--on-failure",
+        metavar="ACTION",
+        help="what a failure beyond the budget does: stop (default), pause or rollback",
     )
     create.add_argument("--max-parallel", type=_positive_int, help="nodes at once in a batch")
     create.add_argument(
@@ -358,6 +378,7 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "cancel": "end the release: nothing new is dispatched, dispatched nodes reconciled",
         "retry": "run a failed or cancelled release again for its nodes that did not succeed",
         "rollback": "cancel if active, then restore the last good config in the same plan",
+        "promote": "pass the gate or end the bake a release is at (--full: every step left)",
     }
     for name, summary in verbs.items():
         verb = release_actions.add_parser(name, parents=[client], help=summary)
@@ -369,6 +390,10 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
                 type=_positive_int,
                 metavar="VERSION",
                 help="the config version to restore (default: what the nodes ran before)",
+            )
+        if name == "promote":
+            verb.add_argument(
+                "--full", action="store_true", help="skip every remaining pause of the release"
             )
     commands.add_parser(
         "fleet",

@@ -32,9 +32,10 @@ from fleetwave.config import metrics
 from fleetwave.config.quoting import quoted
 from fleetwave.store.address import InvalidAddress, check_agent_host
 from fleetwave.store.base import Store
-from fleetwave.store.errors import StoreUnavailable
+from fleetwave.store.errors import Conflict, StoreUnavailable
 from fleetwave.store.models import (
     ERROR_MSG_MAX,
+    Actor,
     Claim,
     LeaseState,
     NodeChange,
@@ -42,8 +43,11 @@ from fleetwave.store.models import (
     Outcome,
     ReleaseNode,
     ReleaseStatus,
+    Role,
     task_id_for,
 )
+from fleetwave.store.strategy import OnFailure, ScheduledStep, Strategy, strategy_of
+from fleetwave.store.verbs import Verb
 
 log = structlog.get_logger("fleetwave.release")
 
@@ -153,6 +157,13 @@ class ReleaseActor:
     _intents: dict[int, tuple[trio.Event, ReleaseNode]] = attrs.field(factory=dict)
     """Dispatch intents not yet written: the NodeActor's event, and the node before it."""
     _failures: int = 0
+    _failed: dict[int, int] = attrs.field(factory=dict)
+    """Failures counted per batch (the budgets' input)."""
+    _sizes: dict[int, int] = attrs.field(factory=dict)
+    _strategy: Strategy = attrs.field(factory=Strategy)
+    _schedule: tuple[ScheduledStep, ...] = ()
+    _step: int = 0
+    """The schedule position reached (as the row says once written)."""
     _error: str | None = None
     _flush_at: float = math.inf
 
@@ -175,6 +186,16 @@ class ReleaseActor:
             now = trio.current_time()
             self._dispatched_at = {row: now - spent for row, spent in self._spent.items()}
             self._failures = sum(node.status is NodeStatus.FAILED for node in nodes)
+            for node in nodes:
+                self._sizes[node.batch] = self._sizes.get(node.batch, 0) + 1
+                if node.status is NodeStatus.FAILED:
+                    self._failed[node.batch] = self._failed.get(node.batch, 0) + 1
+            self._strategy = strategy_of(release)
+            self._schedule = self._strategy.schedule(len(nodes))
+            self._step = release.step
+            # Claimed beyond its budget: resumed after an onFailure pause (or taken over
+            # before the pause was written), it ends failed.
+            failed_before = self._tolerance_exceeded
             resumed = any(node.status is not NodeStatus.PENDING for node in nodes)
             log.info(
                 "release.started",
@@ -188,10 +209,13 @@ class ReleaseActor:
             limiter = trio.CapacityLimiter(release.max_parallel or self.config.max_parallel)
             for batch in sorted({node.batch for node in nodes}):
                 with structlog.contextvars.bound_contextvars(batch=batch):
+                    await self._reach_batch(batch)
                     if not await self._run_until_done(batch, limiter):
                         return  # paused: no daemon holds the release until it is resumed
-                if self._tolerance_exceeded or self.steering.cancel is not None:
-                    break
+                    if self._tolerance_exceeded or self.steering.cancel is not None:
+                        break
+                    if not await self._pauses_after(batch):
+                        return  # paused during a pause step
             if self._tolerance_exceeded and self.steering.cancel is None:
                 # Taken over past the tolerance (the owner died stopping a batch): the nodes
                 # it may have dispatched are followed before the outcome skips or cancels any.
@@ -203,7 +227,17 @@ class ReleaseActor:
                 await self._reconcile(
                     [node for node in self._nodes.values() if node.status is NodeStatus.RUNNING]
                 )
+            if (
+                self._tolerance_exceeded
+                and self.steering.cancel is None
+                and self._strategy.on_failure is OnFailure.PAUSE
+                and not failed_before
+                and await self._pause_for_failure()
+            ):
+                return  # paused: the operator resumes (ends it failed), cancels or rolls back
             await self._finish()
+            if self._tolerance_exceeded and self._strategy.on_failure is OnFailure.ROLLBACK:
+                await self._roll_back()
 
     async def _run_until_done(self, batch: int, limiter: trio.CapacityLimiter) -> bool:
         """Run ``batch`` until each member is terminal, the release is cancelled or fails.
@@ -234,6 +268,51 @@ class ReleaseActor:
             return True
         return False
 
+    @property
+    def _by(self) -> Actor:
+        """Who gives the verbs of onFailure: this daemon, under the release's own strategy."""
+        return Actor(f"onFailure of daemon {self.config.daemon_id}", Role.OPERATOR)
+
+    async def _pause_for_failure(self) -> bool:
+        """onFailure pause: pause the release through the pause verb's store path, then give
+        its lease up. False when it cannot be paused (a cancel came) or was resumed at once."""
+        assert self._error is not None
+        try:
+            result = await self._retrying(
+                "release.write_retry",
+                partial(
+                    self.store.steer,
+                    self.release_id,
+                    Verb.PAUSE,
+                    by=self._by,
+                    reason=f"onFailure pause: {self._error}",
+                ),
+            )
+        except Conflict as refused:
+            log.warning("release.on_failure_refused", action="pause", reason=str(refused))
+            return False
+        self.steering.apply(LeaseState.of(result.release))
+        return await self._park()
+
+    async def _roll_back(self) -> None:
+        """onFailure rollback: the rollback verb's store path on the failed release."""
+        try:
+            result = await self._retrying(
+                "release.write_retry",
+                partial(
+                    self.store.steer,
+                    self.release_id,
+                    Verb.ROLLBACK,
+                    by=self._by,
+                    reason=f"onFailure rollback: {self._error}",
+                ),
+            )
+        except Conflict as refused:
+            log.warning("release.on_failure_refused", action="rollback", reason=str(refused))
+            return
+        created = result.rollback
+        log.info("release.rolled_back", rollback_id=None if created is None else created.id)
+
     async def _give_up(self) -> None:
         """End a release whose actors crashed ``max_crashes`` times: reconcile what may have
         been dispatched, then record it failed, naming the last crash. When even that
@@ -250,7 +329,94 @@ class ReleaseActor:
 
     @property
     def _tolerance_exceeded(self) -> bool:
-        return self._failures > self.claim.release.max_failures
+        return self._over_budget() is not None
+
+    def _over_budget(self) -> str | None:
+        """Why the failures so far stop the release (store/strategy.py), or None."""
+        count = len(self._sizes)
+        for batch in sorted(self._failed):
+            why = self._strategy.over_budget(batch, count, self._failed, self._sizes)
+            if why is not None:
+                return why
+        return None
+
+    async def _write_step(self, step: int, message: str | None, bake: float | None) -> None:
+        written = await self._retrying(
+            "release.write_retry",
+            partial(
+                self.store.record_step,
+                self.claim.lease,
+                step,
+                message,
+                bake=bake,
+                daemon_id=self.config.daemon_id,
+            ),
+        )
+        if not written:
+            log.warning("release.lease_lost", epoch=self.claim.lease.epoch)
+            raise LeaseLost(f"release {self.release_id}: lease epoch {self.claim.lease.epoch} lost")
+        self._step = step
+
+    async def _reach_batch(self, batch: int) -> None:
+        """Record the schedule position of ``batch`` (only releases with pauses keep one)."""
+        if not self._strategy.has_pauses:
+            return
+        for step in self._schedule:
+            if step.pause is None and step.batch == batch and step.position > self._step:
+                await self._write_step(step.position, None, None)
+
+    async def _pauses_after(self, batch: int) -> bool:
+        """Hold the pauses that follow ``batch``: a bake for its seconds, a gate until a
+        promote; a promote ends either. False when the release was paused meanwhile and
+        its lease given up. A bake resumed by a new owner ends when the row says."""
+        for step in self._schedule:
+            if step.pause is None or step.batch != batch or step.position < self._step:
+                continue
+            if self.steering.cancel is not None:
+                return True
+            with structlog.contextvars.bound_contextvars(step=step.position, kind=step.kind):
+                if not await self._hold(step):
+                    return False
+        return True
+
+    async def _hold(self, step: ScheduledStep) -> bool:
+        assert step.pause is not None
+        seconds = step.pause.seconds
+        release = self.claim.release
+        if step.position < self.steering.promoted_to:
+            passed = "promoted"
+        else:
+            deadline = math.inf
+            if seconds is not None and step.position == self._step and release.step_ends_at:
+                # Taken over mid-bake: the rest of it, by the database's clock.
+                left = (release.step_ends_at - self.claim.claimed_at).total_seconds()
+                deadline = trio.current_time() + max(0.0, left)
+            elif seconds is not None:
+                await self._write_step(
+                    step.position, f"step {step.position}: bake {seconds:g}s", seconds
+                )
+                deadline = trio.current_time() + seconds
+            elif step.position != self._step or release.step_ends_at is not None:
+                await self._write_step(
+                    step.position, f"step {step.position}: gate: waits for promote", None
+                )
+            log.info("step.holding", seconds=seconds)
+            passed = "bake ended"
+            while trio.current_time() < deadline:
+                if self.steering.promoted_to > step.position:
+                    passed = "promoted"
+                    break
+                if self.steering.cancel is not None:
+                    return True
+                if not self.steering.open:
+                    if await self._park():
+                        return False
+                    continue
+                with trio.move_on_at(deadline):
+                    await self.steering.wait_changed()
+        log.info("step.passed", passed=passed)
+        await self._write_step(step.position + 1, f"step {step.position}: {passed}", None)
+        return True
 
     async def _run_batch(
         self, members: Sequence[ReleaseNode], limiter: trio.CapacityLimiter
@@ -402,8 +568,13 @@ class ReleaseActor:
                     kind=str(kind),
                 )
                 self._failures += 1
-                if self._tolerance_exceeded and self._error is None:
+                self._failed[node.batch] = self._failed.get(node.batch, 0) + 1
+                why = self._over_budget()
+                if why is not None and self._error is None:
                     self._error = f"node {node.node_name} ({_ip_of(node)}) failed: {reason}"
+                    release = self.claim.release
+                    if release.strategy is not None or release.max_failures:
+                        self._error += f" ({why})"
                     batch_scope.cancel(reason=self._error)
 
     async def _change(self, change: NodeChange, **context: str) -> None:

@@ -55,7 +55,10 @@ class Steering:
     paused: bool = False
     cancel: str | None = None
     """The cancel's message ("release cancelled: REASON") once a cancel was asked."""
+    promoted_to: int = 0
+    """A promote passes every pause of the schedule before this position."""
     _batch: trio.CancelScope | None = None
+    _changed: trio.Event | None = None
     _sending: int = 0
     _quiet: trio.Event | None = None
 
@@ -88,10 +91,20 @@ class Steering:
             return
         self.seq = state.verb_seq
         self.paused = state.status is ReleaseStatus.PAUSED
+        self.promoted_to = max(self.promoted_to, state.promoted_to)
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
         if state.cancel_requested and self.cancel is None:
             self.cancel = cancel_message(state.verb_by, state.verb_reason)
             if self._batch is not None:
                 self._batch.cancel(reason=self.cancel)
+
+    async def wait_changed(self) -> None:
+        """Return once a row state is applied (a promote, pause or cancel may have come)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
 
     def enter_batch(self, scope: trio.CancelScope) -> None:
         """The batch being run: a cancel cancels it (a cancel seen before cancels it now)."""

@@ -59,7 +59,7 @@ from fleetwave.api.schemas import (
     verb_answer,
 )
 from fleetwave.api.token_use import TokenUse
-from fleetwave.api.verbs import steer
+from fleetwave.api.verbs import promote, steer
 from fleetwave.api.webhooks import (
     DELIVERIES_SHOWN,
     delivery_item,
@@ -228,14 +228,20 @@ class _Handlers:
         async def handler(request: Request) -> Response:
             release_id = parse_id(request.path_params["id"])
             body = parse_verb_body(await read_json(request), verb)
-            answer = await steer(
-                self.store,
-                release_id,
-                verb,
-                by=request.state.actor,
-                reason=body.reason,
-                to_version=body.to_version,
-            )
+            by = request.state.actor
+            if verb is Verb.PROMOTE:
+                answer = await promote(
+                    self.store, release_id, by=by, reason=body.reason, full=body.full
+                )
+            else:
+                answer = await steer(
+                    self.store,
+                    release_id,
+                    verb,
+                    by=by,
+                    reason=body.reason,
+                    to_version=body.to_version,
+                )
             log.info(
                 "api.verb",
                 verb=str(verb),

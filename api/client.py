@@ -235,14 +235,23 @@ class ApiClient:
         return await self.call("PATCH", f"/api/v1/nodes/{node_id}", body=changes)
 
     async def steer(
-        self, release_id: int, verb: str, *, reason: str = "", to_version: int | None = None
+        self,
+        release_id: int,
+        verb: str,
+        *,
+        reason: str = "",
+        to_version: int | None = None,
+        full: bool = False,
     ) -> Any:
-        """pause, resume, cancel, retry or rollback; the answer comes once it is in effect."""
+        """pause, resume, cancel, retry, rollback or promote; the answer comes once it is in
+        effect."""
         body: dict[str, Any] = {}
         if reason:
             body["reason"] = reason
         if to_version is not None:
             body["toVersion"] = to_version
+        if full:
+            body["full"] = True
         return await self.call(
             "POST", f"/api/v1/releases/{release_id}/{verb}", body=body, wait=VERB_TIMEOUT
         )

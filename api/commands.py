@@ -1,10 +1,11 @@
 """The API's commands of ``fleetwave``: release create|list|show|watch|events, the release
-verbs pause|resume|cancel|retry|rollback, nodes list|show|add|enable|disable|maintenance|label,
-fleet, webhook add|list|show|remove.
+verbs pause|resume|cancel|retry|rollback|promote, nodes
+list|show|add|enable|disable|maintenance|label, fleet, webhook add|list|show|remove.
 
 Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
 Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
-succeed; 2 a node named on the command line does not exist (nothing was changed).
+succeed; 2 a node named on the command line does not exist, or a strategy is not valid
+(nothing was changed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any, TextIO
 from fleetwave.api import render
 from fleetwave.api.client import ApiClient, ApiFailure, ClientError
 from fleetwave.api.watch import watch
+from fleetwave.store.errors import InvalidInput
+from fleetwave.store.strategy import FIELDS as STRATEGY_FIELDS
+from fleetwave.store.strategy import validate_strategy
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,15 +27,60 @@ EXIT_USAGE = 2
 ALREADY_EXISTS = 3002
 
 
-def parse_plan(text: str) -> list[int | str]:
-    """``1,25%,100%`` -> ``[1, "25%", "100%"]``; the API checks the sizes themselves."""
-    steps: list[int | str] = []
+def parse_plan(text: str) -> list[object]:
+    """``1,pause=300,25%,gate,100%`` -> ``[1, {"pause": 300}, "25%", {"pause": null},
+    "100%"]``; the sizes and pauses themselves are checked by validate_strategy."""
+    steps: list[object] = []
     for part in text.split(","):
         step = part.strip()
         if not step:
-            raise argparse.ArgumentTypeError(f"expected sizes like 1,25%,100%, got {text!r}")
-        steps.append(int(step) if step.isdigit() else step)
+            raise argparse.ArgumentTypeError(
+                f"expected steps like 1,pause=300,25%,gate,100%, got {text!r}"
+            )
+        if step == "gate":
+            steps.append({"pause": None})
+        elif step.startswith("pause="):
+            seconds = step.removeprefix("pause=")
+            try:
+                steps.append({"pause": float(seconds) if "." in seconds else int(seconds)})
+            except ValueError:
+                raise argparse.ArgumentTypeError(
+                    f"pause=SECONDS needs a number of seconds, got {step!r}"
+                ) from None
+        else:
+            steps.append(int(step) if step.isdigit() else step)
     return steps
+
+
+def strategy_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The strategy of ``release create``: ``--strategy FILE`` (a JSON object of plan,
+    maxFailures, maxFailurePercent and onFailure), then the options, which win. Checked
+    here as the API checks it: InvalidInput names the field."""
+    fields: dict[str, object] = {}
+    if args.strategy is not None:
+        try:
+            with open(args.strategy, encoding="utf-8") as source:
+                document = json.load(source)
+        except (OSError, ValueError) as error:
+            raise InvalidInput(f"--strategy: cannot read {args.strategy}: {error}") from None
+        if not isinstance(document, dict):
+            raise InvalidInput("--strategy: the file must hold a JSON object")
+        unknown = sorted(set(document) - set(STRATEGY_FIELDS))
+        if unknown:
+            raise InvalidInput(
+                f"{unknown[0]}: not a strategy field (known: {', '.join(STRATEGY_FIELDS)})"
+            )
+        fields.update(document)
+    for name, value in (
+        ("plan", args.plan),
+        ("maxFailures", args.max_failures),
+        ("maxFailurePercent", args.max_failure_percent),
+        ("onFailure", args.on_failure),
+    ):
+        if value is not None:
+            fields[name] = value
+    validate_strategy(*(fields.get(name) for name in STRATEGY_FIELDS))
+    return fields
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -64,7 +113,7 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
     try:
         match (args.command, getattr(args, "action", None)):
             case ("release", "create"):
-                return await release_create(client, args, out)
+                return await release_create(client, args, out, err)
             case ("release", "list"):
                 data = await client.list_releases(
                     status=args.status, page=args.page, page_size=args.page_size
@@ -77,12 +126,16 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
                 return await watch(
                     client, args.release_id, out, err, as_json=args.json, interactive=out.isatty()
                 )
-            case ("release", "pause" | "resume" | "cancel" | "retry" | "rollback" as verb):
+            case (
+                "release",
+                "pause" | "resume" | "cancel" | "retry" | "rollback" | "promote" as verb,
+            ):
                 data = await client.steer(
                     args.release_id,
                     verb,
                     reason=args.reason or "",
                     to_version=getattr(args, "to", None),
+                    full=getattr(args, "full", False),
                 )
                 _emit(data, render.verb_done, args.json, out)
             case ("fleet", _):
@@ -224,14 +277,17 @@ async def release_events(client: ApiClient, release_id: int) -> dict[str, list[A
         after_id = page["nextAfterId"]
 
 
-async def release_create(client: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+async def release_create(
+    client: ApiClient, args: argparse.Namespace, out: TextIO, err: TextIO
+) -> int:
     spec: dict[str, object] = {"target": args.target, "reason": args.reason}
-    if args.plan is not None:
-        spec["plan"] = args.plan
+    try:
+        spec.update(strategy_fields(args))
+    except InvalidInput as error:
+        err.write(f"fleetwave: {error}; nothing was created\n")
+        return EXIT_USAGE
     if args.max_parallel is not None:
         spec["maxParallel"] = args.max_parallel
-    if args.max_failures is not None:
-        spec["maxFailures"] = args.max_failures
     if args.scope is not None:
         spec["scope"] = args.scope
     if args.node_ids:

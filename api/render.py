@@ -95,6 +95,10 @@ def _summary(release: Mapping[str, Any]) -> list[str]:
     ]
     if release.get("waitingFor"):
         lines.append(f"waiting: {release['waitingFor']['reason']}")
+    step = release.get("step")
+    if step and step["kind"] != "batch":
+        held = f"until {_when(step['until'])}" if step["kind"] == "bake" else "waits for promote"
+        lines.append(f"step {step['position']}: {step['kind']} after batch {step['batch']}, {held}")
     if release.get("reason"):
         lines.append(f"reason: {release['reason']}")
     if release.get("error"):

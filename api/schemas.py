@@ -31,8 +31,9 @@ from fleetwave.store.models import (
     TokenInfo,
     Wait,
 )
-from fleetwave.store.plan import validate_plan
 from fleetwave.store.selection import NodeSelection, check_label_changes
+from fleetwave.store.strategy import FIELDS as STRATEGY_FIELDS
+from fleetwave.store.strategy import Strategy, current_step, validate_strategy
 from fleetwave.store.verbs import Verb
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -196,6 +197,8 @@ RELEASE_FIELDS = (
     "nodeIds",
     "nodeNames",
     "selector",
+    "maxFailurePercent",
+    "onFailure",
 )
 SELECTION_FIELDS = ("nodeIds", "nodeNames", "selector")
 TARGETS = ("cdn",)
@@ -232,23 +235,30 @@ def parse_release_spec(document: object) -> ReleaseSpec:
     target = _target(fields)
     # Optional, as in the original (its clients send {"target": "cdn"} alone).
     reason = fields.text("reason") or ""
-    plan = fields.values.get("plan")
-    try:
-        steps = validate_plan(plan) if plan is not None else None
-    except InvalidInput as error:
-        raise invalid("plan", str(error)) from None
+    strategy = parse_strategy(fields)
     max_parallel = fields.integer("maxParallel", minimum=1, maximum=2**31 - 1, nullable=True)
-    max_failures = fields.integer("maxFailures", minimum=0, maximum=2**31 - 1)
     scope = fields.text("scope", empty=False, max_length=NAME_MAX)
     selection = parse_selection(fields)
     spec = ReleaseSpec(
         target=target, reason=reason, max_parallel=max_parallel, scope=scope, selection=selection
     )
-    if steps is not None:
-        spec = attrs.evolve(spec, plan=steps)
-    if max_failures is not None:
-        spec = attrs.evolve(spec, max_failures=max_failures)
+    if strategy is not None:
+        spec = attrs.evolve(spec, plan=strategy.plan, max_failures=strategy.max_failures or 0)
+        if strategy != Strategy.of_plan(strategy.plan, strategy.max_failures or 0):
+            spec = attrs.evolve(spec, strategy=strategy.to_json())
     return spec
+
+
+def parse_strategy(fields: _Fields) -> Strategy | None:
+    """The strategy fields of a release (store/strategy.py); None when none is given."""
+    values = {name: fields.values.get(name) for name in STRATEGY_FIELDS}
+    if all(value is None for value in values.values()):
+        return None
+    try:
+        return validate_strategy(*values.values())
+    except InvalidInput as error:
+        field, _, problem = str(error).partition(": ")
+        raise invalid(field, problem) from None
 
 
 def _target(fields: _Fields) -> str:
@@ -492,6 +502,26 @@ def release_item(release: Release, wait: Wait | None = None) -> dict[str, object
         "lastVerb": None
         if release.verb is None
         else {"verb": release.verb, "by": release.verb_by, "reason": release.verb_reason},
+        "strategy": None if release.strategy is None else dict(release.strategy),
+        "step": step_item(release),
+    }
+
+
+def step_item(release: Release) -> dict[str, object] | None:
+    """Where in its schedule a release with pauses is: the step, its kind and, for a bake,
+    until when. Null for a release without pauses, and past the schedule's end."""
+    if release.strategy is None or release.status.terminal:
+        return None
+    step = current_step(release)
+    if step is None:
+        return None
+    return {
+        "position": step.position,
+        "kind": step.kind,
+        "batch": step.batch,
+        "planIndex": step.plan_index,
+        "until": timestamp(release.step_ends_at) if step.kind == "bake" else None,
+        "promoted": release.promoted_to > step.position,
     }
 
 
@@ -608,15 +638,18 @@ def token_item(token: TokenInfo) -> dict[str, object]:
 class VerbRequest:
     reason: str = ""
     to_version: int | None = None
+    full: bool = False
 
 
 def parse_verb_body(document: object, verb: Verb) -> VerbRequest:
-    """``{"reason"}`` for every verb, and ``{"toVersion"}`` for a rollback; all optional."""
-    allowed = ("reason", "toVersion") if verb is Verb.ROLLBACK else ("reason",)
-    fields = _Fields.of(document, allowed)
+    """``{"reason"}`` for every verb, ``{"toVersion"}`` for a rollback and ``{"full"}`` for
+    a promote; all optional."""
+    allowed = {Verb.ROLLBACK: ("reason", "toVersion"), Verb.PROMOTE: ("reason", "full")}
+    fields = _Fields.of(document, allowed.get(verb, ("reason",)))
     reason = fields.text("reason") or ""
     to_version = fields.integer("toVersion", minimum=1, nullable=True)
-    return VerbRequest(reason.strip(), to_version)
+    full = fields.boolean("full") or False
+    return VerbRequest(reason.strip(), to_version, full)
 
 
 def verb_answer(answer: VerbAnswer) -> dict[str, object]:

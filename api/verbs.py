@@ -51,6 +51,8 @@ class VerbAnswer:
                     f"release {release.id} is already being rolled back by release "
                     f"{self.result.rollback.id}: nothing changed"
                 )
+            if verb is Verb.PROMOTE:
+                return f"release {release.id} is promoted past that step already: nothing changed"
             return f"{verb} is already in effect on release {release.id}: nothing changed"
         if not self.effect.in_effect:
             return (
@@ -102,6 +104,27 @@ async def steer(
 ) -> VerbAnswer:
     """Apply ``verb`` and wait, at most ``patience`` seconds, until it is in effect."""
     result = await store.steer(release_id, verb, by=by, reason=reason, to_version=to_version)
+    return await _in_effect(store, release_id, result, patience)
+
+
+async def promote(
+    store: Store,
+    release_id: int,
+    *,
+    by: Actor,
+    reason: str = "",
+    full: bool = False,
+    patience: float = EFFECT_PATIENCE_SEC,
+) -> VerbAnswer:
+    """Pass the release's current pause (``full``: every pause left), and wait, at most
+    ``patience`` seconds, until its owner has taken it in."""
+    result = await store.promote(release_id, by=by, reason=reason, full=full)
+    return await _in_effect(store, release_id, result, patience)
+
+
+async def _in_effect(
+    store: Store, release_id: int, result: VerbResult, patience: float
+) -> VerbAnswer:
     seq = result.release.verb_seq
     started = trio.current_time()
     effect = await store.verb_effect(release_id, seq)

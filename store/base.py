@@ -137,6 +137,32 @@ class Store(Protocol):
         version). A verb already in effect changes nothing (``changed`` False)."""
         ...
 
+    async def promote(
+        self, release_id: int, *, by: Actor, reason: str = "", full: bool = False
+    ) -> VerbResult:
+        """Pass the pause (bake or gate) a running release is at, or with ``full`` every
+        pause left in its schedule (also of a pending release): one compare-and-set of the
+        row's ``promoted_to`` with a ``promote`` verb and its event, then notify daemons.
+
+        Raises NotFound, or Conflict (not running, or not at a pause without ``full``). A
+        promote that passes nothing new changes nothing (``changed`` False)."""
+        ...
+
+    async def record_step(
+        self,
+        lease: Lease,
+        step: int,
+        message: str | None,
+        *,
+        bake: float | None = None,
+        daemon_id: str | None = None,
+    ) -> bool:
+        """The owner reached position ``step`` of its release's schedule (fenced), with an
+        event of ``message`` (None: none). ``bake``: the seconds of the bake it starts there
+        (``step_ends_at`` = the database's now + bake); without, step_ends_at is cleared.
+        False when ``lease`` is not current (nothing changed)."""
+        ...
+
     async def verb_effect(self, release_id: int, seq: int) -> VerbEffect:
         """Whether verb number ``seq`` of the release holds (by the database's clock)."""
         ...

@@ -14,6 +14,7 @@ from typing import Final
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import PlanStep, ReleaseSpec
 from fleetwave.store.plan import validate_plan
+from fleetwave.store.strategy import strategy_from_json
 
 BIGINT_MAX: Final = 2**63 - 1
 INT_MAX: Final = 2**31 - 1
@@ -74,6 +75,8 @@ def check_integer(field: str, value: int, minimum: int, maximum: int = BIGINT_MA
 def check_release_spec(spec: ReleaseSpec) -> tuple[PlanStep, ...]:
     """Every field of ``spec`` checked; the plan in its stored form."""
     plan = validate_plan(spec.plan)
+    if spec.strategy is not None and strategy_from_json(spec.strategy).plan != plan:
+        raise InvalidInput("plan: differs from the strategy's batch sizes")
     check_text("type", spec.type)
     if not check_text("target", spec.target).strip():
         raise InvalidInput("target: must not be empty")

@@ -11,12 +11,14 @@ import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 import trio
 
 from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
 from fleetwave.store.inputs import (
+    INT_MAX,
     check_integer,
     check_node,
     check_optional_text,
@@ -61,6 +63,7 @@ from fleetwave.store.selection import (
     labels_value,
     merge_labels,
 )
+from fleetwave.store.strategy import promote_target, stored_strategy
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
@@ -119,6 +122,10 @@ class _ReleaseRow:
     crash_count: int = 0
     not_before: datetime | None = None
     last_crash: str | None = None
+    strategy: Mapping[str, Any] | None = None
+    step: int = 0
+    step_ends_at: datetime | None = None
+    promoted_to: int = 0
 
 
 @attrs.define
@@ -557,6 +564,45 @@ class MemoryStore:
                 wake()
         return result
 
+    async def promote(
+        self, release_id: int, *, by: Actor, reason: str = "", full: bool = False
+    ) -> VerbResult:
+        await self._available()
+        row = self._releases.get(release_id)
+        if row is None:
+            raise NotFound(f"release {release_id} not found")
+        release = self._release(row)
+        target, detail = promote_target(release, full)
+        if target <= row.promoted_to:
+            return VerbResult(Verb.PROMOTE, release, changed=False)
+        row.promoted_to = target
+        wait = self._verb(row, Verb.PROMOTE, by, reason, row.status, detail)
+        for wake in list(self._wakers):
+            wake()
+        return VerbResult(Verb.PROMOTE, self._release(row), changed=True, wait=wait)
+
+    async def record_step(
+        self,
+        lease: Lease,
+        step: int,
+        message: str | None,
+        *,
+        bake: float | None = None,
+        daemon_id: str | None = None,
+    ) -> bool:
+        await self._available()
+        check_integer("step", step, 0, INT_MAX)
+        row = self._held(lease)
+        if row is None:
+            return False
+        now = self.now()
+        row.step = step
+        row.step_ends_at = None if bake is None else now + timedelta(seconds=bake)
+        row.updated_at = now
+        if message is not None:
+            self._event(row.id, None, None, row.status, row.status, message, daemon_id)
+        return True
+
     async def verb_effect(self, release_id: int, seq: int) -> VerbEffect:
         await self._available()
         row = self._releases.get(release_id)
@@ -796,6 +842,7 @@ class MemoryStore:
             reason=spec.reason,
             selection=spec.selection,
         )
+        row.strategy = stored_strategy(spec)
         batches = len({batch for _, batch in placed})
         message = created_message(version, len(online), batches, spec.reason)
         self._event(row.id, None, None, None, row.status, message, None, actor=spec.requested_by)
@@ -1429,4 +1476,8 @@ class MemoryStore:
             crash_count=row.crash_count,
             not_before=row.not_before,
             last_crash=row.last_crash,
+            strategy=row.strategy,
+            step=row.step,
+            step_ends_at=row.step_ends_at,
+            promoted_to=row.promoted_to,
         )

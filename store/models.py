@@ -172,6 +172,14 @@ class Release:
     """No daemon claims the release before this (a crashed release's backoff)."""
     last_crash: str | None = None
     """The exception of the last crash, as ``Type: message``."""
+    strategy: Mapping[str, Any] | None = None
+    """The strategy's stored form (store/strategy.py); None: plan and max_failures alone."""
+    step: int = 0
+    """The position in the release's schedule it has reached (every step before it is done)."""
+    step_ends_at: datetime | None = None
+    """When the bake the release is at ends (database clock); None outside a bake."""
+    promoted_to: int = 0
+    """A promote passes every pause before this position."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Release:
@@ -212,7 +220,19 @@ class Release:
             crash_count=record.get("crash_count") or 0,
             not_before=record.get("not_before"),
             last_crash=record.get("last_crash"),
+            strategy=_json_object(record.get("strategy")),
+            step=record.get("step") or 0,
+            step_ends_at=record.get("step_ends_at"),
+            promoted_to=record.get("promoted_to") or 0,
         )
+
+
+def _json_object(value: object) -> Mapping[str, Any] | None:
+    if isinstance(value, str):
+        import json
+
+        value = json.loads(value)
+    return value if isinstance(value, Mapping) else None
 
 
 def parse_plan(value: object) -> tuple[PlanStep, ...]:
@@ -314,6 +334,8 @@ class LeaseState:
     verb_acked: int = 0
     verb_by: str | None = None
     verb_reason: str | None = None
+    promoted_to: int = 0
+    """A promote passes every pause of the schedule before this position."""
 
     @classmethod
     def of(cls, release: Release) -> LeaseState:
@@ -324,6 +346,7 @@ class LeaseState:
             verb_acked=release.verb_acked,
             verb_by=release.verb_by,
             verb_reason=release.verb_reason,
+            promoted_to=release.promoted_to,
         )
 
     @classmethod
@@ -335,6 +358,7 @@ class LeaseState:
             verb_acked=record["verb_acked"],
             verb_by=record["verb_by"],
             verb_reason=record["verb_reason"],
+            promoted_to=record.get("promoted_to") or 0,
         )
 
     @property
@@ -365,6 +389,9 @@ class ReleaseSpec:
     """The API token that asked, recorded on the release's "created" event."""
     selection: NodeSelection | None = None
     """None: every enabled, online node."""
+    strategy: Mapping[str, Any] | None = None
+    """The strategy's stored form (store/strategy.py), checked again by the store; its plan
+    and maxFailures then override ``plan`` and ``max_failures``."""
 
 
 @attrs.frozen

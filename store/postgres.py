@@ -44,6 +44,7 @@ from fleetwave.store.errors import (
     StoreUnavailable,
 )
 from fleetwave.store.inputs import (
+    INT_MAX,
     check_integer,
     check_node,
     check_optional_text,
@@ -86,6 +87,7 @@ from fleetwave.store.selection import (
     check_named,
     merge_labels,
 )
+from fleetwave.store.strategy import promote_target, stored_strategy
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
@@ -229,7 +231,8 @@ SELECT r.id, r.type, r.target, r.scope, r.version, r.status,
        r.created_at, r.updated_at, r.started_at, r.finished_at, r.selection,
        coalesce(r.config_version, r.version) AS config_version, r.rollback_of, r.held_for,
        r.verb, r.verb_by, r.verb_reason, r.verb_seq, r.verb_acked,
-       r.crash_count, r.not_before, r.last_crash
+       r.crash_count, r.not_before, r.last_crash,
+       r.strategy, r.step, r.step_ends_at, r.promoted_to
 FROM {source} r
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE n.status = 'skipped') AS skipped_nodes,
@@ -340,7 +343,8 @@ SET lease_expires_at = now() + make_interval(secs => $4)
 FROM unnest($2::bigint[], $3::bigint[]) AS l(id, epoch)
 WHERE t.id = l.id AND t.lease_epoch = l.epoch AND t.lease_owner = $1
   AND t.status IN ('running', 'paused')
-RETURNING t.id, t.status, t.verb, t.verb_seq, t.verb_acked, t.verb_by, t.verb_reason
+RETURNING t.id, t.status, t.verb, t.verb_seq, t.verb_acked, t.verb_by, t.verb_reason,
+          t.promoted_to
 """
 
 # The fence of an owner's writes: its epoch, a lease not given up, a release not ended.
@@ -372,8 +376,42 @@ WITH held AS (
            h.lease_owner
     FROM held h JOIN parked p ON p.id = h.id
 )
-SELECT t.status, t.verb, t.verb_seq, t.verb_acked, t.verb_by, t.verb_reason
+SELECT t.status, t.verb, t.verb_seq, t.verb_acked, t.verb_by, t.verb_reason, t.promoted_to
 FROM release_tasks t JOIN held h ON h.id = t.id
+"""
+
+# An owner reaches step $3 of its release's schedule ($4: the seconds of the bake it starts).
+_RECORD_STEP = f"""
+WITH stepped AS (
+    UPDATE release_tasks
+    SET step = $3,
+        step_ends_at = CASE WHEN $4::float8 IS NULL THEN NULL
+                            ELSE now() + make_interval(secs => $4::float8) END,
+        updated_at = now()
+    WHERE {_HELD}
+    RETURNING id, status
+), event AS (
+    INSERT INTO release_events (release_task_id, from_status, to_status, message, daemon_id)
+    SELECT id, status, status, $5::text, $6::text FROM stepped WHERE $5::text IS NOT NULL
+)
+SELECT count(*) FROM stepped
+"""
+
+# A promote on a locked release row: it passes every pause before $2, with its event.
+_PROMOTE = """
+WITH promoted AS (
+    UPDATE release_tasks
+    SET promoted_to = $2, verb = 'promote', verb_by = $3, verb_reason = $4,
+        verb_seq = verb_seq + 1,
+        lease_owner = CASE WHEN $5 THEN lease_owner END,
+        lease_expires_at = CASE WHEN $5 THEN lease_expires_at END,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING id, status
+)
+INSERT INTO release_events
+    (release_task_id, from_status, to_status, message, actor_token, actor_role)
+SELECT id, status, status, $6, $3, $7 FROM promoted
 """
 
 _VERB_EFFECT = """
@@ -626,8 +664,8 @@ WHERE $2::text IS NOT NULL
 _INSERT_RELEASE = """
 INSERT INTO release_tasks
     (type, target, version, status, total_nodes, scope, plan, max_parallel, max_failures,
-     reason, selection)
-VALUES ($1, $2, $3, 'pending', $4, $5, $6::jsonb, $7, $8, $9, $10::jsonb)
+     reason, selection, strategy)
+VALUES ($1, $2, $3, 'pending', $4, $5, $6::jsonb, $7, $8, $9, $10::jsonb, $11::jsonb)
 RETURNING id
 """
 
@@ -995,6 +1033,63 @@ class PostgresStore:
     ) -> VerbResult:
         return await self._call(self._steer, release_id, Verb(verb), by, reason, to_version)
 
+    async def promote(
+        self, release_id: int, *, by: Actor, reason: str = "", full: bool = False
+    ) -> VerbResult:
+        check_text("reason", reason, multiline=True)
+        return await self._call(self._promote, release_id, by, reason, full)
+
+    async def _promote(self, release_id: int, by: Actor, reason: str, full: bool) -> VerbResult:
+        async with _acquired(self._pool) as connection, connection.transaction():
+            live = await connection.fetchval(
+                "SELECT status IN ('running', 'paused') AND lease_owner IS NOT NULL"
+                " AND lease_expires_at > now() FROM release_tasks WHERE id = $1 FOR UPDATE",
+                release_id,
+            )
+            if live is None:
+                raise NotFound(f"release {release_id} not found")
+            steering = _Steering(connection, by, reason)
+            release = await steering.release(release_id)
+            target, detail = promote_target(release, full)
+            if target <= release.promoted_to:
+                return VerbResult(Verb.PROMOTE, release, changed=False)
+            await connection.execute(
+                _PROMOTE,
+                release_id,
+                target,
+                by.token_name,
+                reason or None,
+                live,
+                verb_message(Verb.PROMOTE, by.token_name, reason, detail),
+                by.role.value,
+            )
+            await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(release_id))
+            return VerbResult(
+                Verb.PROMOTE, await steering.release(release_id), changed=True, wait=live
+            )
+
+    async def record_step(
+        self,
+        lease: Lease,
+        step: int,
+        message: str | None,
+        *,
+        bake: float | None = None,
+        daemon_id: str | None = None,
+    ) -> bool:
+        check_integer("step", step, 0, INT_MAX)
+        record = await self._call(
+            self._fetchrow,
+            _RECORD_STEP,
+            lease.release_id,
+            lease.epoch,
+            step,
+            bake,
+            None if message is None else storable(message),
+            daemon_id,
+        )
+        return record is not None and bool(record["count"])
+
     async def verb_effect(self, release_id: int, seq: int) -> VerbEffect:
         record = await self._call(self._fetchrow, _VERB_EFFECT, release_id, seq)
         if record is None:
@@ -1088,6 +1183,7 @@ class PostgresStore:
                 spec.max_failures,
                 spec.reason,
                 None if spec.selection is None else json.dumps(spec.selection.to_json()),
+                None if (strategy := stored_strategy(spec)) is None else json.dumps(strategy),
             )
             await connection.execute(
                 _INSERT_RELEASE_NODES,

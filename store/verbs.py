@@ -21,6 +21,7 @@ class Verb(enum.StrEnum):
     CANCEL = "cancel"
     RETRY = "retry"
     ROLLBACK = "rollback"
+    PROMOTE = "promote"
 
 
 CANCELLING = "cancelling"
@@ -43,6 +44,7 @@ IN_EFFECT: Mapping[Verb, frozenset[str]] = {
     Verb.CANCEL: frozenset({CANCELLING, "cancelled"}),
     Verb.RETRY: frozenset({"running"}),
     Verb.ROLLBACK: frozenset(),
+    Verb.PROMOTE: frozenset(),
 }
 """Per verb, the phases in which repeating it is a 200 that changes nothing."""
 

@@ -106,8 +106,10 @@ async def test_release_create_bad_plan_names_the_step(served: Served, store: Mem
 
     code, _, err = await served.run("release", "create", "--reason", "r", "--plan", "1,250%")
 
-    assert code == 1
-    assert err.startswith("fleetwave: plan: plan[1] ") and err.endswith("(code 2002)\n")
+    # Checked before anything is sent, as the API checks it: exit 2, naming the step.
+    assert code == 2
+    assert err == "fleetwave: plan[1]: must be above 0% and at most 100%; nothing was created\n"
+    assert await store.list_releases() == ([], 0)
 
 
 async def test_release_list_is_a_table(served: Served, store: MemoryStore) -> None:

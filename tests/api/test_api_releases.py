@@ -41,6 +41,8 @@ RELEASE_ITEM_FIELDS = {
     "cancelling",
     "lastVerb",
     "createdBy",
+    "strategy",
+    "step",
 }
 NODE_FIELDS = {
     "nodeId",

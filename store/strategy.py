@@ -1,0 +1,398 @@
+"""Release strategies: batch sizes with pauses between them, failure budgets, what a failure does.
+
+One validator for the API, the CLI and the store: ``validate_strategy`` takes the operator's
+fields and raises InvalidInput whose message starts with the field at fault (``plan[2].pause:
+...``). The stored form (``Strategy.to_json``) goes through the same validator when read back,
+so a row written by another program is refused the same way.
+
+A plan is a list of steps. A batch step is a size (``5``, ``"25%"``) or an object giving the
+batch its own failure budget (``{"batch": 1, "maxFailures": 0}``); a pause is ``{"pause": N}``
+(a bake: hold N seconds) or ``{"pause": null}`` (a gate: hold until promoted). The last batch
+step repeats until every node has a batch, and the pauses after it repeat with it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from fleetwave.store.errors import Conflict, InvalidInput
+from fleetwave.store.models import DEFAULT_PLAN, PlanStep, Release, ReleaseSpec, ReleaseStatus
+from fleetwave.store.plan import MAX_PLAN_STEPS, MAX_STEP, split, validate_plan
+
+MAX_PAUSE_SEC = 30 * 24 * 3600
+"""A bake longer than 30 days is a typo, not a strategy."""
+FIELDS = ("plan", "maxFailures", "maxFailurePercent", "onFailure")
+BATCH_FIELDS = ("batch", "maxFailures", "maxFailurePercent")
+
+
+class OnFailure(enum.StrEnum):
+    STOP = "stop"
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+@attrs.frozen
+class Budget:
+    """How many failures are tolerated: a count, a percentage, both (each must hold) or none
+    (``unlimited``: only for batches, whose budget is then the release's alone)."""
+
+    max_failures: int | None = None
+    max_failure_percent: float | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.max_failures is None and self.max_failure_percent is None
+
+    def allows(self, failed: int, of: int, *, whole: bool) -> bool:
+        """True when ``failed`` failures among ``of`` nodes are within the budget. ``whole``:
+        some batch failed entirely, which no percentage lets through."""
+        if self.max_failures is not None and failed > self.max_failures:
+            return False
+        if self.max_failure_percent is not None:
+            if whole and failed:
+                return False
+            # Integer arithmetic on hundredths of a percent: 10% of 20 allows exactly 2.
+            allowed = math.floor(round(self.max_failure_percent * 100) * of / 10000)
+            if failed > allowed:
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_failures is not None:
+            parts.append(f"maxFailures {self.max_failures}")
+        if self.max_failure_percent is not None:
+            parts.append(f"maxFailurePercent {self.max_failure_percent:g}")
+        return ", ".join(parts) or "no budget of its own"
+
+
+@attrs.frozen
+class BatchStep:
+    size: PlanStep
+    budget: Budget = Budget()
+
+    def to_json(self) -> object:
+        if self.budget.unlimited:
+            return self.size
+        shown: dict[str, object] = {"batch": self.size}
+        if self.budget.max_failures is not None:
+            shown["maxFailures"] = self.budget.max_failures
+        if self.budget.max_failure_percent is not None:
+            shown["maxFailurePercent"] = self.budget.max_failure_percent
+        return shown
+
+
+@attrs.frozen
+class Pause:
+    seconds: float | None
+    """None: a gate, held until promoted."""
+
+    @property
+    def gate(self) -> bool:
+        return self.seconds is None
+
+    def to_json(self) -> object:
+        return {"pause": self.seconds}
+
+
+Step = BatchStep | Pause
+
+
+@attrs.frozen
+class ScheduledStep:
+    """One step of a release's schedule: its batches in order, each followed by its pauses."""
+
+    position: int
+    plan_index: int
+    """The step of the plan it comes from (a repeated last size gives several)."""
+    batch: int
+    """The batch it runs, or the batch it follows (a pause)."""
+    pause: Pause | None = None
+
+    @property
+    def kind(self) -> str:
+        if self.pause is None:
+            return "batch"
+        return "gate" if self.pause.gate else "bake"
+
+
+@attrs.frozen
+class Strategy:
+    steps: tuple[Step, ...] = tuple(BatchStep(size) for size in DEFAULT_PLAN)
+    max_failures: int | None = 0
+    """Failures tolerated over the whole release (the original's maxFailures); None: no
+    count, only the percentage (given alone, maxFailurePercent is the release's budget)."""
+    max_failure_percent: float | None = None
+    on_failure: OnFailure = OnFailure.STOP
+
+    @property
+    def plan(self) -> tuple[PlanStep, ...]:
+        """The batch sizes alone: what the plan column holds."""
+        return tuple(step.size for step in self.steps if isinstance(step, BatchStep))
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_failures, self.max_failure_percent)
+
+    @property
+    def has_pauses(self) -> bool:
+        return any(isinstance(step, Pause) for step in self.steps)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "plan": [step.to_json() for step in self.steps],
+            "maxFailures": self.max_failures,
+            "maxFailurePercent": self.max_failure_percent,
+            "onFailure": self.on_failure.value,
+        }
+
+    @classmethod
+    def of_plan(cls, plan: Sequence[PlanStep], max_failures: int = 0) -> Strategy:
+        """The strategy of a release with sizes only (the original's behaviour)."""
+        return cls(tuple(BatchStep(size) for size in plan), max_failures)
+
+    def batch_step(self, batch: int) -> tuple[int, BatchStep]:
+        """(plan index, step) of batch number ``batch`` (from 1): the last one repeats."""
+        batches = [(i, step) for i, step in enumerate(self.steps) if isinstance(step, BatchStep)]
+        return batches[min(batch, len(batches)) - 1]
+
+    def schedule(self, total_nodes: int) -> tuple[ScheduledStep, ...]:
+        """Every step a release of ``total_nodes`` nodes goes through, in order. After the
+        final batch only bakes remain (a gate there would let nothing through)."""
+        count = len(split(self.plan, total_nodes)) if total_nodes > 0 else 0
+        result: list[ScheduledStep] = []
+        for batch in range(1, count + 1):
+            index, _ = self.batch_step(batch)
+            result.append(ScheduledStep(len(result), index, batch))
+            for after in range(index + 1, len(self.steps)):
+                step = self.steps[after]
+                if isinstance(step, BatchStep):
+                    break
+                if batch == count and step.gate:
+                    continue
+                result.append(ScheduledStep(len(result), after, batch, step))
+        return tuple(result)
+
+    def batch_budget(self, batch: int, batch_count: int) -> Budget:
+        """The budget of batch ``batch``: its own; the first of several batches (the canary)
+        without one of its own tolerates no failure."""
+        _, step = self.batch_step(batch)
+        if step.budget.unlimited and batch == 1 and batch_count > 1:
+            return Budget(max_failures=0)
+        return step.budget
+
+    def over_budget(
+        self,
+        batch: int,
+        batch_count: int,
+        failed: Mapping[int, int],
+        sizes: Mapping[int, int],
+    ) -> str | None:
+        """Why the release must stop, given failures per batch and batch sizes; None: within
+        every budget. The release budget counts every batch; it never lets a failed canary
+        through, only the canary's own budget does."""
+        in_batch = failed.get(batch, 0)
+        own = self.batch_budget(batch, batch_count)
+        whole = any(count and count >= sizes.get(b, 0) for b, count in failed.items())
+        if not own.allows(in_batch, sizes.get(batch, 0), whole=in_batch >= sizes.get(batch, 0)):
+            name = "the canary" if batch == 1 and batch_count > 1 else f"batch {batch}"
+            return (
+                f"{in_batch} of {sizes.get(batch, 0)} node(s) of {name} failed, beyond its "
+                f"budget ({own.describe()})"
+            )
+        total = sum(failed.values())
+        if not self.budget.allows(total, sum(sizes.values()), whole=whole):
+            return (
+                f"{total} of {sum(sizes.values())} node(s) failed, beyond the release's budget "
+                f"({self.budget.describe()})"
+            )
+        return None
+
+
+def _problem(field: str, text: str) -> InvalidInput:
+    return InvalidInput(f"{field}: {text}")
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:
+        return "a number too long to show"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _count(field: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _problem(field, f"must be a whole number, got {_shown(value)}")
+    if not 0 <= value <= MAX_STEP:
+        raise _problem(field, f"must be between 0 and {MAX_STEP}, got {_shown(value)}")
+    return value
+
+
+def _percent(field: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _problem(field, f"must be a number from 0 to 100, got {_shown(value)}")
+    if not (math.isfinite(value) and 0 <= value <= 100):
+        raise _problem(field, f"must be from 0 to 100, got {_shown(value)}")
+    return float(value)
+
+
+def _size(field: str, value: object) -> PlanStep:
+    try:
+        [size] = validate_plan([value])
+    except InvalidInput as error:
+        raise _problem(field, str(error).removeprefix("plan[0] ")) from None
+    return size
+
+
+def _step(index: int, value: object) -> Step:
+    field = f"plan[{index}]"
+    if not isinstance(value, Mapping):
+        return BatchStep(_size(field, value))
+    keys = set(value)
+    if keys == {"pause"}:
+        seconds = value["pause"]
+        if seconds is None:
+            return Pause(None)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise _problem(
+                f"{field}.pause", f"must be seconds or null (a gate), got {_shown(seconds)}"
+            )
+        if not (math.isfinite(seconds) and 0 < seconds <= MAX_PAUSE_SEC):
+            raise _problem(
+                f"{field}.pause",
+                f"must be above 0 and at most {MAX_PAUSE_SEC} seconds, got {_shown(seconds)}",
+            )
+        return Pause(float(seconds))
+    if "batch" in keys and keys <= set(BATCH_FIELDS):
+        budget = Budget(
+            None
+            if value.get("maxFailures") is None
+            else _count(f"{field}.maxFailures", value["maxFailures"]),
+            None
+            if value.get("maxFailurePercent") is None
+            else _percent(f"{field}.maxFailurePercent", value["maxFailurePercent"]),
+        )
+        return BatchStep(_size(f"{field}.batch", value["batch"]), budget)
+    names = ", ".join(sorted(str(key) for key in keys)[:5]) or "no keys"
+    raise _problem(
+        field,
+        f'unknown step kind ({names}): a step is a size, {{"pause": SECONDS}}, '
+        f'{{"pause": null}} (a gate) or {{"batch": SIZE, "maxFailures": N, '
+        f'"maxFailurePercent": P}}',
+    )
+
+
+def validate_strategy(
+    plan: object = None,
+    max_failures: object = None,
+    max_failure_percent: object = None,
+    on_failure: object = None,
+) -> Strategy:
+    """A strategy from the operator's fields (None: not given); raises InvalidInput naming
+    the field at fault."""
+    steps: tuple[Step, ...] = Strategy().steps
+    if plan is not None:
+        if not isinstance(plan, list | tuple) or not plan:
+            raise _problem("plan", "must be a non-empty list of steps (sizes and pauses)")
+        if len(plan) > MAX_PLAN_STEPS:
+            raise _problem("plan", f"has {len(plan)} steps; at most {MAX_PLAN_STEPS} are allowed")
+        steps = tuple(_step(index, value) for index, value in enumerate(plan))
+        if isinstance(steps[0], Pause):
+            raise _problem("plan[0]", "a plan starts with a batch (a pause needs one before it)")
+        last = steps[-1]
+        if isinstance(last, Pause) and last.gate:
+            raise _problem(
+                f"plan[{len(steps) - 1}]",
+                "a gate cannot be the last step: nothing would follow it",
+            )
+    failures: int | None = 0
+    if max_failures is not None:
+        failures = _count("maxFailures", max_failures)
+    elif max_failure_percent is not None:
+        failures = None
+    percent = (
+        None if max_failure_percent is None else _percent("maxFailurePercent", max_failure_percent)
+    )
+    action = OnFailure.STOP
+    if on_failure is not None:
+        choices = ", ".join(choice.value for choice in OnFailure)
+        if not isinstance(on_failure, str) or on_failure not in set(OnFailure):
+            raise _problem("onFailure", f"must be one of {choices}, got {_shown(on_failure)}")
+        action = OnFailure(on_failure)
+    return Strategy(steps, failures, percent, action)
+
+
+def strategy_from_json(value: Any) -> Strategy:
+    """The stored form back (the strategy column); InvalidInput when it is not one."""
+    if isinstance(value, str):
+        import json
+
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"strategy: must be an object, got {_shown(value)}")
+    unknown = set(value) - set(FIELDS)
+    if unknown:
+        raise InvalidInput(f"strategy: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    return validate_strategy(
+        value.get("plan"),
+        value.get("maxFailures"),
+        value.get("maxFailurePercent"),
+        value.get("onFailure"),
+    )
+
+
+def stored_strategy(spec: ReleaseSpec) -> Mapping[str, object] | None:
+    """The strategy column of a new release: the spec's strategy checked again, or None."""
+    if spec.strategy is None:
+        return None
+    return strategy_from_json(spec.strategy).to_json()
+
+
+def strategy_of(release: Release) -> Strategy:
+    """The strategy a release runs: its column, else its plan and max_failures. A column
+    that is not a strategy (another program's row) falls back to the plan alone."""
+    if release.strategy is not None:
+        try:
+            return strategy_from_json(release.strategy)
+        except InvalidInput:
+            pass
+    return Strategy.of_plan(release.plan, release.max_failures)
+
+
+def current_step(release: Release) -> ScheduledStep | None:
+    """The step of its schedule the release is at (None: beyond its end)."""
+    schedule = strategy_of(release).schedule(release.total_nodes)
+    return schedule[release.step] if release.step < len(schedule) else None
+
+
+def promote_target(release: Release, full: bool) -> tuple[int, str]:
+    """(new promoted_to, event detail) of a promote; Conflict when it cannot apply: a release
+    not running (a full promote also applies to a pending one), or not at a pause."""
+    if release.cancelling or release.status not in (
+        ReleaseStatus.RUNNING,
+        ReleaseStatus.PENDING,
+    ):
+        state = "cancelling" if release.cancelling else release.status.value
+        raise Conflict(
+            f"release {release.id} (version {release.version}) is {state}: promote applies "
+            "to a running release (promote --full also to a pending one)"
+        )
+    schedule = strategy_of(release).schedule(release.total_nodes)
+    if full:
+        left = sum(1 for step in schedule[release.step :] if step.pause is not None)
+        return len(schedule), f"full: {left} remaining pause(s) skipped"
+    step = schedule[release.step] if release.step < len(schedule) else None
+    if step is not None and step.pause is not None and release.promoted_to > step.position:
+        return release.promoted_to, ""  # promoted already: the owner is passing it
+    if release.status is not ReleaseStatus.RUNNING or step is None or step.pause is None:
+        raise Conflict(
+            f"release {release.id} (version {release.version}) is not at a pause: nothing to "
+            "promote (promote --full skips every remaining step)"
+        )
+    return step.position + 1, f"{step.kind} after batch {step.batch} passed"
