@@ -47,7 +47,7 @@ from fleetwave.store.models import (
     task_id_for,
 )
 from fleetwave.store.strategy import OnFailure, ScheduledStep, Strategy, strategy_of
-from fleetwave.store.verbs import Verb
+from fleetwave.store.verbs import Verb, VerbResult
 
 log = structlog.get_logger("fleetwave.release")
 
@@ -276,42 +276,34 @@ class ReleaseActor:
     async def _pause_for_failure(self) -> bool:
         """onFailure pause: pause the release through the pause verb's store path, then give
         its lease up. False when it cannot be paused (a cancel came) or was resumed at once."""
-        assert self._error is not None
-        try:
-            result = await self._retrying(
-                "release.write_retry",
-                partial(
-                    self.store.steer,
-                    self.release_id,
-                    Verb.PAUSE,
-                    by=self._by,
-                    reason=f"onFailure pause: {self._error}",
-                ),
-            )
-        except Conflict as refused:
-            log.warning("release.on_failure_refused", action="pause", reason=str(refused))
+        result = await self._on_failure_verb(Verb.PAUSE)
+        if result is None:
             return False
         self.steering.apply(LeaseState.of(result.release))
         return await self._park()
 
     async def _roll_back(self) -> None:
         """onFailure rollback: the rollback verb's store path on the failed release."""
+        result = await self._on_failure_verb(Verb.ROLLBACK)
+        if result is not None and result.rollback is not None:
+            log.info("release.rolled_back", rollback_id=result.rollback.id)
+
+    async def _on_failure_verb(self, verb: Verb) -> VerbResult | None:
+        """``verb`` applied by onFailure, naming the failure; None when the store refuses it."""
         try:
-            result = await self._retrying(
+            return await self._retrying(
                 "release.write_retry",
                 partial(
                     self.store.steer,
                     self.release_id,
-                    Verb.ROLLBACK,
+                    verb,
                     by=self._by,
-                    reason=f"onFailure rollback: {self._error}",
+                    reason=f"onFailure {verb}: {self._error}",
                 ),
             )
         except Conflict as refused:
-            log.warning("release.on_failure_refused", action="rollback", reason=str(refused))
-            return
-        created = result.rollback
-        log.info("release.rolled_back", rollback_id=None if created is None else created.id)
+            log.warning("release.on_failure_refused", action=str(verb), reason=str(refused))
+            return None
 
     async def _give_up(self) -> None:
         """End a release whose actors crashed ``max_crashes`` times: reconcile what may have

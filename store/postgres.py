@@ -1041,13 +1041,7 @@ class PostgresStore:
 
     async def _promote(self, release_id: int, by: Actor, reason: str, full: bool) -> VerbResult:
         async with _acquired(self._pool) as connection, connection.transaction():
-            live = await connection.fetchval(
-                "SELECT status IN ('running', 'paused') AND lease_owner IS NOT NULL"
-                " AND lease_expires_at > now() FROM release_tasks WHERE id = $1 FOR UPDATE",
-                release_id,
-            )
-            if live is None:
-                raise NotFound(f"release {release_id} not found")
+            live = await _lock_release(connection, release_id)
             steering = _Steering(connection, by, reason)
             release = await steering.release(release_id)
             target, detail = promote_target(release, full)
@@ -1109,13 +1103,7 @@ class PostgresStore:
             if verb is Verb.ROLLBACK:
                 # A rollback creates a release: versions are allocated one at a time.
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
-            live = await connection.fetchval(
-                "SELECT status IN ('running', 'paused') AND lease_owner IS NOT NULL"
-                " AND lease_expires_at > now() FROM release_tasks WHERE id = $1 FOR UPDATE",
-                release_id,
-            )
-            if live is None:
-                raise NotFound(f"release {release_id} not found")
+            live = await _lock_release(connection, release_id)
             steering = _Steering(connection, by, reason)
             release = await steering.release(release_id)
             if verb is Verb.ROLLBACK:
@@ -1567,6 +1555,18 @@ class PostgresStore:
     async def _execute(self, query: str, *args: object) -> None:
         async with self._acquired() as connection:
             await connection.execute(query, *args)
+
+
+async def _lock_release(connection: PooledConnection, release_id: int) -> bool:
+    """Asyncio-flavored: lock a release row for a verb; whether a live owner holds it."""
+    live = await connection.fetchval(
+        "SELECT status IN ('running', 'paused') AND lease_owner IS NOT NULL"
+        " AND lease_expires_at > now() FROM release_tasks WHERE id = $1 FOR UPDATE",
+        release_id,
+    )
+    if live is None:
+        raise NotFound(f"release {release_id} not found")
+    return bool(live)
 
 
 async def _select_nodes(connection: PooledConnection, selection: NodeSelection | None) -> list[int]:

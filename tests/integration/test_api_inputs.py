@@ -119,7 +119,7 @@ async def test_hostile_plan_steps_are_a_400_naming_the_plan(client: httpx.AsyncC
         plan = f"[{step}]"
         response = await client.post("/api/v1/releases", content=body(RELEASE, {"plan": plan}))
 
-        await assert_refused(response, "plan")
+        await assert_refused(response, "plan[0]")  # the step at fault
         await assert_listings_answer(client)
 
 

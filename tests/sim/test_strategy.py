@@ -207,12 +207,7 @@ async def test_a_new_owner_resumes_a_bake_where_the_row_says_it_ends(
 async def test_a_failed_canary_stops_the_release_even_with_max_failures_1(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
-    sim = make_sim(20, behaviour=Behaviour(apply_time=(5, 10)), overrides=[(1, FAIL)])
-    await sim.register()
-    await sim.start_daemon()
-    release_id = await create(sim, maxFailures=1)
-
-    release = await sim.wait_terminal(release_id)
+    release = await run_with_failures(make_sim, 20, (1,), maxFailures=1)
 
     assert release.status is ReleaseStatus.FAILED
     assert (release.failed_nodes, release.success_nodes, release.skipped_nodes) == (1, 0, 19)
@@ -225,109 +220,68 @@ async def test_a_failed_canary_stops_the_release_even_with_max_failures_1(
 async def test_a_canary_with_its_own_budget_may_fail_and_the_release_goes_on(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
-    sim = make_sim(20, behaviour=Behaviour(apply_time=(5, 10)), overrides=[(1, FAIL)])
-    await sim.register()
-    await sim.start_daemon()
-    release_id = await create(sim, plan=[{"batch": 1, "maxFailures": 1}, "100%"], maxFailures=1)
-
-    release = await sim.wait_terminal(release_id)
+    release = await run_with_failures(
+        make_sim, 20, (1,), plan=[{"batch": 1, "maxFailures": 1}, "100%"], maxFailures=1
+    )
 
     assert release.status is ReleaseStatus.SUCCESS
     assert (release.failed_nodes, release.success_nodes) == (1, 19)
 
 
+async def run_with_failures(
+    make_sim: Callable[..., Sim], nodes: int, failing: Sequence[int], **fields: object
+) -> Release:
+    """A release over ``nodes`` nodes of which those numbered in ``failing`` fail, to its end."""
+    sim = make_sim(
+        nodes, behaviour=Behaviour(apply_time=(5, 10)), overrides=[(k, FAIL) for k in failing]
+    )
+    await sim.register()
+    await sim.start_daemon()
+    release_id = await create(sim, **fields)
+    release = await sim.wait_terminal(release_id)
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+    return release
+
+
+PER_BATCH_10 = {"plan": [{"batch": "50%", "maxFailurePercent": 10}], "maxFailures": 100}
+RELEASE_10 = {"plan": [{"batch": "50%", "maxFailures": 5}], "maxFailurePercent": 10}
+
+
 @pytest.mark.parametrize(
-    ("failing", "status"),
+    ("nodes", "failing", "fields", "status", "error"),
     [
-        ((1, 11), ReleaseStatus.SUCCESS),  # one per batch: each batch's 10% allows 1 of 10
-        ((1, 2), ReleaseStatus.FAILED),  # two in the first batch: beyond its 10%
+        # Each batch's own 10% allows 1 of its 10 nodes: one per batch goes through...
+        (20, (1, 11), PER_BATCH_10, ReleaseStatus.SUCCESS, None),
+        # ...two in the first batch do not, and the second batch never runs.
+        (20, (1, 2), PER_BATCH_10, ReleaseStatus.FAILED, "2 of 10 node(s) of the canary failed"),
+        # The release's 10% of 20 allows exactly 2, counted over both batches...
+        (20, (2, 12), RELEASE_10, ReleaseStatus.SUCCESS, None),
+        # ...and not 3.
+        (20, (2, 12, 13), RELEASE_10, ReleaseStatus.FAILED, "3 of 20 node(s) failed, beyond"),
+        # A count at its edge, and one above it.
+        (10, (3, 4), {"plan": [2, "100%"], "maxFailures": 2}, ReleaseStatus.SUCCESS, None),
+        (10, (3, 4, 5), {"plan": [2, "100%"], "maxFailures": 2}, ReleaseStatus.FAILED, "3 of 10"),
+        # 1 failure among 20 is within 10%, but it is the whole of its batch of one.
+        (20, (3,), {"plan": [2, 1, "100%"], "maxFailurePercent": 10}, ReleaseStatus.FAILED, ""),
     ],
 )
-async def test_a_per_batch_percentage_allows_its_share_of_each_batch_and_no_more(
+async def test_failure_budgets_at_their_edges(
     make_sim: Callable[..., Sim],
     autojump_clock: MockClock,
+    nodes: int,
     failing: tuple[int, ...],
+    fields: dict[str, object],
     status: ReleaseStatus,
+    error: str | None,
 ) -> None:
-    sim = make_sim(
-        20, behaviour=Behaviour(apply_time=(5, 10)), overrides=[(k, FAIL) for k in failing]
-    )
-    await sim.register()
-    await sim.start_daemon()
-    release_id = await create(
-        sim, plan=[{"batch": "50%", "maxFailurePercent": 10}], maxFailures=100
-    )
-
-    release = await sim.wait_terminal(release_id)
+    release = await run_with_failures(make_sim, nodes, failing, **fields)
 
     assert release.status is status
-    if status is ReleaseStatus.FAILED:
-        assert release.skipped_nodes == 10  # the second batch never ran
-        assert release.error is not None and "2 of 10 node(s) of the canary failed" in release.error
-
-
-@pytest.mark.parametrize(
-    ("failing", "status"),
-    [
-        ((2, 12), ReleaseStatus.SUCCESS),  # 2 of 20: exactly the release's 10%
-        ((2, 12, 13), ReleaseStatus.FAILED),  # 3 of 20, counted over both batches
-    ],
-)
-async def test_the_release_percentage_counts_every_batch(
-    make_sim: Callable[..., Sim],
-    autojump_clock: MockClock,
-    failing: tuple[int, ...],
-    status: ReleaseStatus,
-) -> None:
-    sim = make_sim(
-        20, behaviour=Behaviour(apply_time=(5, 10)), overrides=[(k, FAIL) for k in failing]
-    )
-    await sim.register()
-    await sim.start_daemon()
-    release_id = await create(sim, plan=[{"batch": "50%", "maxFailures": 5}], maxFailurePercent=10)
-
-    release = await sim.wait_terminal(release_id)
-
-    assert release.status is status
-    if status is ReleaseStatus.FAILED:
-        assert release.error is not None
-        assert "3 of 20 node(s) failed, beyond the release's budget" in release.error
-
-
-@pytest.mark.parametrize(
-    ("failing", "status"), [((3, 4), ReleaseStatus.SUCCESS), ((3, 4, 5), ReleaseStatus.FAILED)]
-)
-async def test_the_release_count_budget_at_its_edge(
-    make_sim: Callable[..., Sim],
-    autojump_clock: MockClock,
-    failing: tuple[int, ...],
-    status: ReleaseStatus,
-) -> None:
-    sim = make_sim(
-        10, behaviour=Behaviour(apply_time=(5, 10)), overrides=[(k, FAIL) for k in failing]
-    )
-    await sim.register()
-    await sim.start_daemon()
-    release_id = await create(sim, plan=[2, "100%"], maxFailures=2)
-
-    release = await sim.wait_terminal(release_id)
-
-    assert release.status is status
-
-
-async def test_a_whole_failed_batch_never_slips_under_a_percentage(
-    make_sim: Callable[..., Sim], autojump_clock: MockClock
-) -> None:
-    # 1 failure among 20 is within 10%, but it is the whole of its batch of one.
-    sim = make_sim(20, behaviour=Behaviour(apply_time=(5, 10)), overrides=[(3, FAIL)])
-    await sim.register()
-    await sim.start_daemon()
-    release_id = await create(sim, plan=[2, 1, "100%"], maxFailurePercent=10)
-
-    release = await sim.wait_terminal(release_id)
-
-    assert release.status is ReleaseStatus.FAILED
-    assert release.skipped_nodes == 17
+    if error is None:
+        assert release.failed_nodes == len(failing)
+        assert release.success_nodes == nodes - len(failing)
+    else:
+        assert release.error is not None and error in release.error
 
 
 async def test_on_failure_pause_pauses_the_release_and_resume_ends_it_failed(
