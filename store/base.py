@@ -132,6 +132,8 @@ class Store(Protocol):
         an event naming who (``by``: the API token's name and role) and why, then notify
         daemons.
 
+        ``promote`` is ``promote(release_id)`` (its full form has its own method).
+
         Raises NotFound, or Conflict (a verb not allowed in the state, naming it and the
         verbs allowed; a retry superseded by a newer release; a rollback without a good
         version). A verb already in effect changes nothing (``changed`` False)."""

@@ -540,6 +540,8 @@ class MemoryStore:
         reason: str = "",
         to_version: int | None = None,
     ) -> VerbResult:
+        if verb is Verb.PROMOTE:
+            return await self.promote(release_id, by=by, reason=reason)
         await self._available()
         row = self._releases.get(release_id)
         if row is None:

@@ -1031,6 +1031,8 @@ class PostgresStore:
         reason: str = "",
         to_version: int | None = None,
     ) -> VerbResult:
+        if verb is Verb.PROMOTE:
+            return await self.promote(release_id, by=by, reason=reason)
         return await self._call(self._steer, release_id, Verb(verb), by, reason, to_version)
 
     async def promote(
