@@ -42,7 +42,7 @@ import trio
 from fleetwave.agent.certs import CertPaths, api_env_lines, init_certs, mtls_env_lines
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from fleetwave.api import render
-from fleetwave.api.client import ApiClient, ClientError, ClientTls, open_http
+from fleetwave.api.client import ApiClient, ApiFailure, ClientError, ClientTls, open_http
 from fleetwave.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 DEFAULT_DIR: Final = Path(".fleetwave/demo")
@@ -273,6 +273,12 @@ async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
     fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME))
 
     fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME))
+    if len(fleet) < ACT_THREE_AGENTS:
+        say("")
+        say(
+            f"Act three (pause, resume, rollback) needs {ACT_THREE_AGENTS} agents or more: skipped."
+        )
+        return _summary(say, [first, second], _first_acts_problems(first, second))
     third, paused_view, fourth, rollback, fleet_data = await _third_act(client, fleet, say)
 
     say("")
@@ -285,11 +291,9 @@ async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
     say("  " + rollback.line())
     say(f"    the rollback of release {fourth.release_id}, canary first")
     say(f"    {_fleet_line(fleet_data)}")
-    problems = _third_act_problems(third, fourth, rollback, fleet_data, len(fleet))
-    if first.status != "success" or first.success != first.total:
-        problems.append("release 1 should have succeeded on every node")
-    if second.status != "failed" or second.failed != 1 or second.skipped != second.total - 1:
-        problems.append("release 2 should have failed at its canary with every other node skipped")
+    problems = _first_acts_problems(first, second) + _third_act_problems(
+        third, fourth, rollback, fleet_data, len(fleet)
+    )
     for problem in problems:
         say(f"  UNEXPECTED: {problem}")
     if not problems:
@@ -300,20 +304,48 @@ async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def _first_acts_problems(first: Outcome, second: Outcome) -> list[str]:
+    problems = []
+    if first.status != "success" or first.success != first.total:
+        problems.append("release 1 should have succeeded on every node")
+    if second.status != "failed" or second.failed != 1 or second.skipped != second.total - 1:
+        problems.append("release 2 should have failed at its canary with every other node skipped")
+    return problems
+
+
+def _summary(say: _Say, outcomes: Sequence[Outcome], problems: Sequence[str]) -> int:
+    say("")
+    say("Summary")
+    for outcome in outcomes:
+        say("  " + outcome.line())
+    for problem in problems:
+        say(f"  UNEXPECTED: {problem}")
+    if not problems:
+        say("  as expected: the first release succeeded; the second stopped at its canary and")
+        say("  never touched the other nodes (batch 2 skipped).")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+ACT_THREE_AGENTS: Final = 3
+"""Act three pauses a release in its second batch: a canary and two nodes at least."""
 PAUSE_AFTER: Final = 5
 """The third release is paused once this many nodes of its second batch succeeded."""
 BAD_VERSION_ERROR: Final = 'nginx: [emerg] unknown directive "proxy_cache_lock_age2"'
 BAD_AGENTS: Final = (7, 8)
-"""Agents that reject the bad version (in its second batch, after some nodes applied it)."""
+"""Agents that reject the bad version (in its second batch, after some nodes applied it);
+in a smaller fleet, its last agent."""
 STEERED_PARALLEL: Final = 3
 
 
 async def _third_act(
     client: ApiClient, fleet: SimulatedFleet, say: _Say
 ) -> tuple[Outcome, str, Outcome, Outcome, Any]:
+    pause_after = min(PAUSE_AFTER, (len(fleet) - 1) // 3)
+    parallel = max(1, min(STEERED_PARALLEL, (len(fleet) - 1) // 3))
+    bad_agents = tuple(k for k in BAD_AGENTS if k <= len(fleet)) or (len(fleet),)
     say("")
     say(
-        f"Release 3: {STEERED_PARALLEL} nodes at a time; paused once {PAUSE_AFTER} nodes of "
+        f"Release 3: {parallel} node(s) at a time; paused once {pause_after} node(s) of "
         "batch 2 applied it, then resumed."
     )
     created = await client.create_release(
@@ -321,18 +353,22 @@ async def _third_act(
             "target": "cdn",
             "reason": "demo: a rollout paused mid-batch",
             "plan": [1, "100%"],
-            "maxParallel": STEERED_PARALLEL,
+            "maxParallel": parallel,
         }
     )
     say(render.created(created))
     third_id = int(created["releaseId"])
     with trio.move_on_after(RELEASE_TIMEOUT) as waited:
-        while _successes(await client.release(third_id)) < 1 + PAUSE_AFTER:  # noqa: ASYNC110
+        while not _batch_two_under_way(await client.release(third_id), pause_after):  # noqa: ASYNC110
             await trio.sleep(0.1)
     if waited.cancelled_caught:
         raise DemoError(f"release {third_id} did not get to batch 2 in {RELEASE_TIMEOUT:g}s")
-    paused = await client.steer(third_id, "pause", reason="demo: error rate looks high")
-    say(f"  fleetwave release pause {third_id}: {paused['message']}")
+    try:
+        paused = await client.steer(third_id, "pause", reason="demo: error rate looks high")
+    except ApiFailure as refused:  # it ended before the pause: nothing left to stop
+        say(f"  fleetwave release pause {third_id}: {refused}")
+    else:
+        say(f"  fleetwave release pause {third_id}: {paused['message']}")
     with trio.move_on_after(RELEASE_TIMEOUT):
         while _counts(await client.release(third_id))["running"]:  # noqa: ASYNC110 - the API
             await trio.sleep(0.1)
@@ -343,28 +379,33 @@ async def _third_act(
     )
     say(f"  in-flight nodes finished: {held['success']} done, {held['pending']} held back")
     await trio.sleep(1.0)
-    resumed = await client.steer(third_id, "resume", reason="demo: false alarm")
-    say(f"  fleetwave release resume {third_id}: {resumed['message']}")
+    status = (await client.release(third_id))["release"]["status"]
+    if status == "paused":
+        resumed = await client.steer(third_id, "resume", reason="demo: false alarm")
+        say(f"  fleetwave release resume {third_id}: {resumed['message']}")
+    else:
+        paused_view = f"the pause came after its last dispatch: it ended {status}"
+        say(f"  {paused_view}")
     third = await _follow(client, third_id, say)
 
     say("")
     say(
-        f"Release 4: a bad version; agents {', '.join(str(k) for k in BAD_AGENTS)} reject it "
+        f"Release 4: a bad version; agents {', '.join(str(k) for k in bad_agents)} reject it "
         f'("{BAD_VERSION_ERROR}"), in batch 2, after other nodes applied it.'
     )
-    for k in BAD_AGENTS:
+    for k in bad_agents:
         fleet.set_behaviour(k, Behaviour(apply_time=APPLY_TIME, fail=BAD_VERSION_ERROR))
     created = await client.create_release(
         {
             "target": "cdn",
             "reason": "demo: a bad version",
             "plan": [1, "100%"],
-            "maxParallel": STEERED_PARALLEL,
+            "maxParallel": parallel,
         }
     )
     say(render.created(created))
     fourth = await _follow(client, int(created["releaseId"]), say)
-    for k in BAD_AGENTS:
+    for k in bad_agents:
         fleet.set_behaviour(k, Behaviour(apply_time=APPLY_TIME))
     answer = await client.steer(fourth.release_id, "rollback", reason="demo: bad directive")
     say(f"  fleetwave release rollback {fourth.release_id}: {answer['message']}")
@@ -404,8 +445,11 @@ def _counts(data: Any) -> dict[str, int]:
     return counts
 
 
-def _successes(data: Any) -> int:
-    return int(data["release"]["successNodes"])
+def _batch_two_under_way(data: Any, done: int) -> bool:
+    """The canary and ``done`` nodes of batch 2 succeeded and batch 2 is being dispatched,
+    or (a slow machine) nothing is left to dispatch: the moment for the pause."""
+    counts = _counts(data)
+    return counts["pending"] == 0 or (counts["success"] >= 1 + done and counts["running"] > 0)
 
 
 async def _follow(client: ApiClient, release_id: int, say: _Say) -> Outcome:
