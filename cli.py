@@ -311,7 +311,7 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create.add_argument(
         "--strategy",
         metavar="FILE",
-        help="a JSON object of plan, maxFailures, maxFailurePercent and onFailure "
+        help="a JSON object of plan, maxFailures, maxFailurePercent, onFailure and healthChecks "
         "(docs/strategies.md); the options given beside it win",
     )
     create.add_argument(
@@ -570,14 +570,15 @@ async def _serve(settings: Settings, tls: ApiTls | None) -> None:
     async with open_store(settings) as database, build_http_client(settings) as http:
         store = metered(database)
         agents = AgentClient(http, request_timeout=settings.agent_request_timeout_sec)
-        # Hooks are ordinary HTTP(S) endpoints: a client of their own, without the agents'
-        # client certificate, verifying servers against the system's CAs.
+        # Hooks and health checks are ordinary HTTP(S) endpoints: a client of their own,
+        # without the agents' client certificate, verifying servers against the system's CAs.
         hooks_http = httpx.AsyncClient(timeout=settings.webhook_timeout_sec)
         supervisor = Supervisor(
             store,
             agents,
             settings,
             webhooks=DeliveryService.from_settings(store, hooks_http, settings),
+            checks_http=hooks_http,
         )
         events = EventHub(store)
         api_stopping = trio.Event()

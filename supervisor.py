@@ -19,6 +19,7 @@ backoff; the daemon that claims it after ``max_crashes`` crashes ends it failed.
 from __future__ import annotations
 
 import attrs
+import httpx
 import structlog
 import trio
 
@@ -78,6 +79,8 @@ class Supervisor:
     """Releases claimed by this supervisor since it started."""
     webhooks: DeliveryService | None = None
     """Sends the webhook outbox while the daemon runs (any daemon may send any delivery)."""
+    checks_http: httpx.AsyncClient | None = None
+    """The client of releases' HTTP health checks (plain HTTP(S), the system's CAs)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.owner:
@@ -126,6 +129,7 @@ class Supervisor:
             max_crashes=self.settings.max_crashes,
             node=NodeTiming.from_settings(self.settings),
             pacer=self._pacer,
+            checks_http=self.checks_http,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -11,9 +11,11 @@ from functools import partial
 from typing import TypeVar
 
 import attrs
+import httpx
 import structlog
 import trio
 
+from fleetwave.actors import health
 from fleetwave.actors.messages import (
     Dispatched,
     Dispatching,
@@ -123,6 +125,8 @@ class ReleaseConfig:
     """A release claimed with this many crashes behind it is reconciled and ended failed."""
     node: NodeTiming = attrs.field(factory=NodeTiming)
     pacer: PollPacer = attrs.field(factory=PollPacer)
+    checks_http: httpx.AsyncClient | None = None
+    """The client of releases' HTTP health checks (None: a release with checks fails)."""
     """Shared by every release of a daemon: the status-query budget is the daemon's."""
 
 
@@ -165,6 +169,8 @@ class ReleaseActor:
     _step: int = 0
     """The schedule position reached (as the row says once written)."""
     _error: str | None = None
+    _unhealthy: bool = False
+    """A health check failed past its limit: the release fails (nodes stay as recorded)."""
     _flush_at: float = math.inf
 
     @property
@@ -216,6 +222,8 @@ class ReleaseActor:
                         break
                     if not await self._pauses_after(batch):
                         return  # paused during a pause step
+                    if self._unhealthy:
+                        break
             if self._tolerance_exceeded and self.steering.cancel is None:
                 # Taken over past the tolerance (the owner died stopping a batch): the nodes
                 # it may have dispatched are followed before the outcome skips or cancels any.
@@ -321,7 +329,37 @@ class ReleaseActor:
 
     @property
     def _tolerance_exceeded(self) -> bool:
-        return self._over_budget() is not None
+        return self._unhealthy or self._over_budget() is not None
+
+    async def _watch_health(self, batch: int, deadline: float = math.inf) -> bool:
+        """Watch the release's health checks after ``batch``: until ``deadline`` (a bake),
+        else until each passed once. False when one failed past its limit: the release
+        fails naming it."""
+        checks = self._strategy.health_checks
+        if not checks or self._unhealthy:
+            return not self._unhealthy
+        release = self.claim.release
+        http = self.config.checks_http
+        if http is None:
+            report: health.Unhealthy | None = health.Unhealthy(
+                checks[0].name, "this daemon has no HTTP client for health checks"
+            )
+        else:
+            values = {
+                "release": release.id,
+                "version": release.version,
+                "batch": batch,
+                "scope": release.scope or "",
+            }
+            report = await health.watch(
+                checks, http, values, until_healthy=deadline == math.inf, deadline=deadline
+            )
+        if report is None:
+            return True
+        self._unhealthy = True
+        self._error = f"health check {report.name} failed: {report.reason}"
+        log.warning("release.unhealthy", check=report.name, reason=report.reason)
+        return False
 
     def _over_budget(self) -> str | None:
         """Why the failures so far stop the release (store/strategy.py), or None."""
@@ -357,18 +395,44 @@ class ReleaseActor:
             if step.pause is None and step.batch == batch and step.position > self._step:
                 await self._write_step(step.position, None, None)
 
+    async def _watch_bake(self, batch: int, deadline: float, holding: trio.CancelScope) -> None:
+        if not await self._watch_health(batch, deadline):
+            holding.cancel(reason=self._error)
+
+    async def _wait_pause(self, step: ScheduledStep, deadline: float) -> str | None:
+        """Hold until ``deadline`` or a promote ("bake ended", "promoted"); "parked" when a
+        pause gave the lease up, None on a cancel."""
+        while trio.current_time() < deadline:
+            if self.steering.promoted_to > step.position:
+                return "promoted"
+            if self.steering.cancel is not None:
+                return None
+            if not self.steering.open:
+                if await self._park():
+                    return "parked"
+                continue
+            with trio.move_on_at(deadline):
+                await self.steering.wait_changed()
+        return "bake ended"
+
     async def _pauses_after(self, batch: int) -> bool:
         """Hold the pauses that follow ``batch``: a bake for its seconds, a gate until a
         promote; a promote ends either. False when the release was paused meanwhile and
         its lease given up. A bake resumed by a new owner ends when the row says."""
+        baked = False
         for step in self._schedule:
             if step.pause is None or step.batch != batch or step.position < self._step:
                 continue
             if self.steering.cancel is not None:
                 return True
+            baked = baked or not step.pause.gate
             with structlog.contextvars.bound_contextvars(step=step.position, kind=step.kind):
                 if not await self._hold(step):
                     return False
+            if self._unhealthy:
+                return True
+        if not baked:
+            await self._watch_health(batch)  # no bake watched it: until each check passes once
         return True
 
     async def _hold(self, step: ScheduledStep) -> bool:
@@ -393,19 +457,18 @@ class ReleaseActor:
                     step.position, f"step {step.position}: gate: waits for promote", None
                 )
             log.info("step.holding", seconds=seconds)
-            passed = "bake ended"
-            while trio.current_time() < deadline:
-                if self.steering.promoted_to > step.position:
-                    passed = "promoted"
-                    break
-                if self.steering.cancel is not None:
-                    return True
-                if not self.steering.open:
-                    if await self._park():
-                        return False
-                    continue
-                with trio.move_on_at(deadline):
-                    await self.steering.wait_changed()
+            held: str | None = None
+            with trio.CancelScope() as holding:
+                async with trio.open_nursery() as nursery:
+                    if seconds is not None:
+                        nursery.start_soon(self._watch_bake, step.batch, deadline, holding)
+                    held = await self._wait_pause(step, deadline)
+                    nursery.cancel_scope.cancel()
+            if self._unhealthy or held is None:
+                return True  # the release fails naming the check, or was cancelled
+            if held == "parked":
+                return False
+            passed = held
         log.info("step.passed", passed=passed)
         await self._write_step(step.position + 1, f"step {step.position}: {passed}", None)
         return True

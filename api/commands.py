@@ -53,8 +53,9 @@ def parse_plan(text: str) -> list[object]:
 
 
 def strategy_fields(args: argparse.Namespace) -> dict[str, object]:
-    """The strategy of ``release create``: ``--strategy FILE`` (a JSON object of plan,
-    maxFailures, maxFailurePercent and onFailure), then the options, which win. Checked
+    """The strategy of ``release create``: ``--strategy FILE`` (a JSON object of the strategy
+    fields: plan, maxFailures, maxFailurePercent, onFailure, healthChecks), then the options,
+    which win. Checked
     here as the API checks it: InvalidInput names the field."""
     fields: dict[str, object] = {}
     if args.strategy is not None:

@@ -199,6 +199,7 @@ RELEASE_FIELDS = (
     "selector",
     "maxFailurePercent",
     "onFailure",
+    "healthChecks",
 )
 SELECTION_FIELDS = ("nodeIds", "nodeNames", "selector")
 TARGETS = ("cdn",)

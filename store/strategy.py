@@ -26,7 +26,7 @@ from fleetwave.store.plan import MAX_PLAN_STEPS, MAX_STEP, split, validate_plan
 
 MAX_PAUSE_SEC = 30 * 24 * 3600
 """A bake longer than 30 days is a typo, not a strategy."""
-FIELDS = ("plan", "maxFailures", "maxFailurePercent", "onFailure")
+FIELDS = ("plan", "maxFailures", "maxFailurePercent", "onFailure", "healthChecks")
 BATCH_FIELDS = ("batch", "maxFailures", "maxFailurePercent")
 
 
@@ -129,6 +129,7 @@ class Strategy:
     count, only the percentage (given alone, maxFailurePercent is the release's budget)."""
     max_failure_percent: float | None = None
     on_failure: OnFailure = OnFailure.STOP
+    health_checks: tuple[HealthCheck, ...] = ()
 
     @property
     def plan(self) -> tuple[PlanStep, ...]:
@@ -149,6 +150,7 @@ class Strategy:
             "maxFailures": self.max_failures,
             "maxFailurePercent": self.max_failure_percent,
             "onFailure": self.on_failure.value,
+            "healthChecks": [check.to_json() for check in self.health_checks],
         }
 
     @classmethod
@@ -293,6 +295,7 @@ def validate_strategy(
     max_failures: object = None,
     max_failure_percent: object = None,
     on_failure: object = None,
+    health_checks: object = None,
 ) -> Strategy:
     """A strategy from the operator's fields (None: not given); raises InvalidInput naming
     the field at fault."""
@@ -325,7 +328,7 @@ def validate_strategy(
         if not isinstance(on_failure, str) or on_failure not in set(OnFailure):
             raise _problem("onFailure", f"must be one of {choices}, got {_shown(on_failure)}")
         action = OnFailure(on_failure)
-    return Strategy(steps, failures, percent, action)
+    return Strategy(steps, failures, percent, action, validate_health_checks(health_checks))
 
 
 def strategy_from_json(value: Any) -> Strategy:
@@ -344,6 +347,7 @@ def strategy_from_json(value: Any) -> Strategy:
         value.get("maxFailures"),
         value.get("maxFailurePercent"),
         value.get("onFailure"),
+        value.get("healthChecks"),
     )
 
 
@@ -396,3 +400,126 @@ def promote_target(release: Release, full: bool) -> tuple[int, str]:
             "promote (promote --full skips every remaining step)"
         )
     return step.position + 1, f"{step.kind} after batch {step.batch} passed"
+
+
+URL_FIELDS = frozenset({"release", "version", "batch", "scope"})
+"""What a check's URL may name: ``{release}``, ``{version}``, ``{batch}``, ``{scope}``."""
+MAX_CHECKS = 20
+CHECK_FIELDS = ("name", "http", "interval", "failureLimit", "timeout")
+
+
+@attrs.frozen
+class HealthCheck:
+    """An HTTP check: GET ``url`` (templated); healthy when it answers 2xx with a JSON object
+    saying ``"healthy": true``. Past ``failure_limit`` consecutive failures the release fails."""
+
+    name: str
+    url: str
+    interval: float = 10.0
+    failure_limit: int = 3
+    timeout: float = 5.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "http": {"url": self.url},
+            "interval": self.interval,
+            "failureLimit": self.failure_limit,
+            "timeout": self.timeout,
+        }
+
+    def url_for(self, values: Mapping[str, object]) -> str:
+        """The URL with its fields filled in, each quoted for a URL."""
+        from urllib.parse import quote
+
+        return self.url.format_map({key: quote(str(values[key]), safe="") for key in URL_FIELDS})
+
+
+def _seconds(field: str, value: object, default: float, maximum: float) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _problem(field, f"must be seconds, got {_shown(value)}")
+    if not (math.isfinite(value) and 0 < value <= maximum):
+        raise _problem(field, f"must be above 0 and at most {maximum:g} seconds, got {value!r}")
+    return float(value)
+
+
+def _check_url(field: str, value: object) -> str:
+    import string
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value or len(value) > 2000:
+        raise _problem(
+            field, f"must be an http(s) URL of at most 2000 characters, got {_shown(value)}"
+        )
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        parts = urlsplit(value)
+    except ValueError as error:
+        raise _problem(field, f"is not a URL: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _problem(field, f"must be an http or https URL with a host, got {_shown(value)}")
+    unknown = sorted(names - URL_FIELDS)
+    if unknown:
+        raise _problem(
+            field,
+            f"names {{{unknown[0]}}}; a URL may name {{release}}, {{version}}, {{batch}}, "
+            "{scope}",
+        )
+    if any(char.isspace() or ord(char) < 32 for char in value):
+        raise _problem(field, "must not contain spaces or control characters")
+    return value
+
+
+def validate_health_checks(value: object) -> tuple[HealthCheck, ...]:
+    """The ``healthChecks`` field: a list of HTTP checks, each named once."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise _problem("healthChecks", f"must be a list of checks, got {_shown(value)}")
+    if len(value) > MAX_CHECKS:
+        raise _problem("healthChecks", f"at most {MAX_CHECKS} checks, got {len(value)}")
+    checks: list[HealthCheck] = []
+    for index, item in enumerate(value):
+        field = f"healthChecks[{index}]"
+        if not isinstance(item, Mapping):
+            raise _problem(field, f"must be an object, got {_shown(item)}")
+        unknown = sorted(str(key) for key in set(item) - set(CHECK_FIELDS))
+        if unknown:
+            kind = "prometheus checks are not supported" if "prometheus" in unknown else ""
+            raise _problem(
+                field, kind or f"unknown field {unknown[0]} (known: {', '.join(CHECK_FIELDS)})"
+            )
+        name = item.get("name")
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or len(name) > 64
+            or not name.isprintable()
+        ):
+            raise _problem(
+                f"{field}.name",
+                f"must be a printable name of 1 to 64 characters, got {_shown(name)}",
+            )
+        if any(check.name == name for check in checks):
+            raise _problem(f"{field}.name", f"{name!r} is already the name of another check")
+        http = item.get("http")
+        if not isinstance(http, Mapping) or set(http) != {"url"}:
+            raise _problem(f"{field}.http", 'must be {"url": "http(s)://..."}')
+        limit = item.get("failureLimit", 3)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise _problem(
+                f"{field}.failureLimit",
+                f"must be a whole number from 1 to 1000, got {_shown(limit)}",
+            )
+        checks.append(
+            HealthCheck(
+                name,
+                _check_url(f"{field}.http.url", http["url"]),
+                _seconds(f"{field}.interval", item.get("interval"), 10.0, 3600),
+                limit,
+                _seconds(f"{field}.timeout", item.get("timeout"), 5.0, 300),
+            )
+        )
+    return tuple(checks)

@@ -32,6 +32,7 @@ async def test_a_release_with_a_strategy_shows_it_and_its_step(
         "maxFailures": None,
         "maxFailurePercent": 25.0,
         "onFailure": "stop",
+        "healthChecks": [],
     }
     assert release["step"] == {
         "position": 0,

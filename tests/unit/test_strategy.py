@@ -14,6 +14,11 @@ from fleetwave.store.strategy import (
     validate_strategy,
 )
 
+CHECK = {
+    "name": "edge",
+    "http": {"url": "https://status.example/edge?r={release}&v={version}&b={batch}&s={scope}"},
+}
+
 
 @pytest.mark.parametrize(
     ("fields", "message"),
@@ -45,6 +50,26 @@ from fleetwave.store.strategy import (
         ({"maxFailures": 1.5}, "maxFailures: must be a whole number"),
         ({"maxFailures": 2**31}, "maxFailures: must be between 0 and 2147483647"),
         ({"onFailure": "retry"}, "onFailure: must be one of stop, pause, rollback"),
+        ({"healthChecks": {}}, "healthChecks: must be a list of checks"),
+        ({"healthChecks": [CHECK | {"http": {"url": "ftp://x/"}}]}, "healthChecks[0].http.url"),
+        ({"healthChecks": [CHECK | {"http": {"url": "http:///x"}}]}, "healthChecks[0].http.url"),
+        (
+            {"healthChecks": [CHECK | {"http": {"url": "http://h/{node}"}}]},
+            "healthChecks[0].http.url: names {node}",
+        ),
+        ({"healthChecks": [CHECK | {"http": {"url": "http://h/{"}}]}, "healthChecks[0].http.url"),
+        ({"healthChecks": [CHECK, CHECK]}, "healthChecks[1].name: 'edge' is already the name"),
+        ({"healthChecks": [CHECK | {"name": ""}]}, "healthChecks[0].name: must be a printable"),
+        ({"healthChecks": [CHECK | {"interval": 0}]}, "healthChecks[0].interval: must be above 0"),
+        ({"healthChecks": [CHECK | {"timeout": -1}]}, "healthChecks[0].timeout: must be above 0"),
+        (
+            {"healthChecks": [CHECK | {"failureLimit": 0}]},
+            "healthChecks[0].failureLimit: must be a whole number from 1 to 1000",
+        ),
+        (
+            {"healthChecks": [{"name": "p", "prometheus": {"url": "http://p/"}}]},
+            "healthChecks[0]: prometheus checks are not supported",
+        ),
     ],
 )
 def test_a_bad_strategy_field_is_named_with_its_problem(
@@ -56,8 +81,16 @@ def test_a_bad_strategy_field_is_named_with_its_problem(
             fields.get("maxFailures"),
             fields.get("maxFailurePercent"),
             fields.get("onFailure"),
+            fields.get("healthChecks"),
         )
     assert str(refused.value).startswith(message)
+
+
+def test_a_health_check_url_is_filled_in_quoted() -> None:
+    [check] = validate_strategy(health_checks=[CHECK]).health_checks
+    url = check.url_for({"release": 7, "version": 9, "batch": 2, "scope": "eu west/1"})
+    assert url == "https://status.example/edge?r=7&v=9&b=2&s=eu%20west%2F1"
+    assert (check.interval, check.failure_limit, check.timeout) == (10.0, 3, 5.0)
 
 
 def test_a_valid_strategy_keeps_its_steps_and_round_trips_through_its_stored_form() -> None:

@@ -1,0 +1,134 @@
+"""HealthWatcher: one HTTP health check of a release, probed every interval while the
+ReleaseActor watches (during a bake, after a batch), reporting over a memory channel.
+
+Healthy: a 2xx answer whose JSON object says ``"healthy": true``. Any other answer, a timeout
+or a connection error is a failure; its reason (the answer's ``reason`` when it gives one) is
+kept. ``failure_limit`` consecutive failures make the check unhealthy: the watcher reports it
+and ends. A first success is reported too, so a watch after a batch can end on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import httpx
+import structlog
+import trio
+
+from fleetwave.store.strategy import HealthCheck
+
+log = structlog.get_logger("fleetwave.health")
+
+REASON_MAX = 200
+
+
+@attrs.frozen
+class Healthy:
+    name: str
+
+
+@attrs.frozen
+class Unhealthy:
+    name: str
+    reason: str
+
+
+HealthReport = Healthy | Unhealthy
+
+
+def _clipped(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
+
+
+@attrs.define
+class HealthWatcher:
+    check: HealthCheck
+    url: str
+    """The check's URL filled in for this release and batch."""
+    http: httpx.AsyncClient
+    outbox: trio.MemorySendChannel[HealthReport]
+
+    async def run(self) -> None:
+        with self.outbox:
+            failures = 0
+            reported = False
+            while True:
+                reason = await self.probe()
+                if reason is None:
+                    failures = 0
+                    if not reported:
+                        reported = True
+                        await self.outbox.send(Healthy(self.check.name))
+                else:
+                    failures += 1
+                    log.warning(
+                        "health.failed",
+                        check=self.check.name,
+                        reason=reason,
+                        failures=failures,
+                        limit=self.check.failure_limit,
+                    )
+                    if failures >= self.check.failure_limit:
+                        await self.outbox.send(Unhealthy(self.check.name, reason))
+                        return
+                await trio.sleep(self.check.interval)
+
+    async def probe(self) -> str | None:
+        """None when healthy, else why not."""
+        timeout = self.check.timeout
+        response: httpx.Response | None = None
+        with trio.move_on_after(timeout):
+            try:
+                response = await self.http.get(self.url, timeout=timeout)
+            except httpx.HTTPError as error:
+                return _clipped(f"request failed: {type(error).__name__}: {error}")
+        if response is None:
+            return f"no answer within {timeout:g}s"
+        try:
+            document = response.json()
+        except ValueError:
+            document = None
+        said = document.get("reason") if isinstance(document, dict) else None
+        shown = f": {_clipped(said)}" if isinstance(said, str) and said.strip() else ""
+        if not response.is_success:
+            return f"HTTP {response.status_code}{shown}"
+        if not isinstance(document, dict):
+            return "the answer is not a JSON object"
+        if document.get("healthy") is not True:
+            if isinstance(said, str) and said.strip():
+                return _clipped(said)
+            return 'the answer does not say "healthy": true'
+        return None
+
+
+async def watch(
+    checks: tuple[HealthCheck, ...],
+    http: httpx.AsyncClient,
+    values: dict[str, object],
+    *,
+    until_healthy: bool,
+    deadline: float = math.inf,
+) -> Unhealthy | None:
+    """Run one HealthWatcher per check until ``deadline`` (a bake's end), or, with
+    ``until_healthy``, until each check has passed once; the first unhealthy report ends it."""
+    if not checks:
+        return None
+    send, receive = trio.open_memory_channel[HealthReport](0)
+    healthy: set[str] = set()
+    result: Unhealthy | None = None
+    async with send, receive, trio.open_nursery() as nursery:
+        for check in checks:
+            watcher = HealthWatcher(check, check.url_for(values), http, send.clone())
+            nursery.start_soon(watcher.run)
+        with trio.move_on_at(deadline):
+            async for report in receive:
+                if isinstance(report, Unhealthy):
+                    result = report
+                    break
+                healthy.add(report.name)
+                if until_healthy and len(healthy) == len(checks):
+                    break
+        nursery.cancel_scope.cancel()
+    return result
