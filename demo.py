@@ -220,6 +220,10 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                     say("")
                     say(f"API:   {api}")
                     say(f"token: {token}")
+                    say(
+                        f"dashboard: {api}/ (sign in with the token; a browser trusts it once "
+                        f"it trusts {certs.ca_cert})"
+                    )
                     say(f"logs:  {base / 'serve.log'}")
                     say("follow events as they happen (server-sent events):")
                     say(

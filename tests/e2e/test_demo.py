@@ -61,6 +61,8 @@ async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
     assert "token: fw_" in text
     # The API was served over HTTPS with the demo's API certificate, and used so.
     assert "API:   https://127.0.0.1:" in text, text
+    api = text.split("API:   ", 1)[1].split()[0]
+    assert f"dashboard: {api}/ (sign in with the token" in text, text
     listening = [
         json.loads(line)
         for line in (demo_dir / "serve.log").read_text().splitlines()
