@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import trio
-
 from fleetwave.api.schemas import timestamp
 from fleetwave.store.base import Store
 from fleetwave.store.models import Actor, Release, ReleaseNode
@@ -55,18 +53,13 @@ def actor_item(actor: Actor | None) -> dict[str, object] | None:
 
 async def creators(store: Store, releases: Sequence[Release]) -> dict[int, Actor | None]:
     """Who created each of ``releases``: the actor of its first event ("created"), read
-    for all of them at once. None for a release created without a token (the CLI's own
-    database commands, the original's rows)."""
-    found: dict[int, Actor | None] = {}
-
-    async def first_event(release_id: int) -> None:
-        events = await store.release_events(release_id, after_id=0, limit=1)
-        found[release_id] = events[0].actor if events else None
-
-    async with trio.open_nursery() as nursery:
-        for release in releases:
-            nursery.start_soon(first_event, release.id)
-    return found
+    for all of them in one store call. None for a release created without a token (the
+    CLI's own database commands, the original's rows)."""
+    first = await store.first_events([release.id for release in releases])
+    return {
+        release.id: event.actor if (event := first.get(release.id)) else None
+        for release in releases
+    }
 
 
 def available_verbs(release: Release) -> list[str]:

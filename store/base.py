@@ -200,6 +200,10 @@ class Store(Protocol):
         """The audit trail of a release, oldest first, from after ``after_id``."""
         ...
 
+    async def first_events(self, release_ids: Sequence[int]) -> dict[int, Event]:
+        """The first event ("created") of each of ``release_ids`` that has one, in one read."""
+        ...
+
     # --- nodes -----------------------------------------------------------------------------
 
     async def list_nodes(self) -> list[Node]: ...

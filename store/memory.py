@@ -1018,6 +1018,17 @@ class MemoryStore:
         matching = [e for e in self._events if e.release_id == release_id and e.id > after_id]
         return matching[:limit]
 
+    async def first_events(self, release_ids: Sequence[int]) -> dict[int, Event]:
+        await self._available()
+        for release_id in release_ids:
+            check_integer("release_id", release_id, 1)
+        wanted = set(release_ids)
+        found: dict[int, Event] = {}
+        for event in self._events:
+            if event.release_id in wanted:
+                found.setdefault(event.release_id, event)
+        return found
+
     # --- nodes -------------------------------------------------------------------------------
 
     async def list_nodes(self) -> list[Node]:

@@ -1255,6 +1255,20 @@ class PostgresStore:
         )
         return [Event.from_record(_row(record)) for record in records]
 
+    async def first_events(self, release_ids: Sequence[int]) -> dict[int, Event]:
+        for release_id in release_ids:
+            check_integer("release_id", release_id, 1)
+        if not release_ids:
+            return {}
+        records = await self._call(
+            self._fetch,
+            "SELECT DISTINCT ON (release_task_id) * FROM release_events"
+            " WHERE release_task_id = ANY($1::bigint[]) ORDER BY release_task_id, id",
+            list(release_ids),
+        )
+        events = (Event.from_record(_row(record)) for record in records)
+        return {event.release_id: event for event in events}
+
     # --- nodes -------------------------------------------------------------------------------
 
     async def list_nodes(self) -> list[Node]:

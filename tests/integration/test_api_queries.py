@@ -88,7 +88,7 @@ async def test_release_list_and_detail_use_a_fixed_number_of_queries(
     list_large = await _queries(store, count, token, "/api/v1/releases")
     detail_large = await _queries(store, count, token, f"/api/v1/releases/{large.release.id}")
 
-    # Token lookup, count, page, what the pending ones wait for; token lookup, release, its
-    # nodes, what it waits for (pending).
-    assert list_small == list_large == 4
-    assert detail_small == detail_large == 4
+    # Token lookup, count, page, what the pending ones wait for, who created them; token
+    # lookup, release, its nodes, what it waits for (pending), who created it.
+    assert list_small == list_large == 5
+    assert detail_small == detail_large == 5

@@ -376,6 +376,21 @@ async def test_events_read_the_same_on_both_stores(store: Store) -> None:
     assert (quiet_events[-1].to_status, quiet_events[-1].message) == ("cancelled", "stopped")
 
 
+async def test_first_events_are_the_created_events_of_each_release_at_once(store: Store) -> None:
+    await add_nodes(store, 3)
+    first = await store.create_release(ReleaseSpec(reason="one"))
+    second = await store.create_release(ReleaseSpec(reason="two"))
+    lease = await claim_one(store)
+    await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS), daemon_id="daemon-a")
+
+    found = await store.first_events([second.release.id, first.release.id, 999])
+    assert sorted(found) == [first.release.id, second.release.id]
+    assert found[first.release.id].message is not None
+    assert found[first.release.id].message.endswith("reason: one")
+    assert found[second.release.id].to_status == "pending"
+    assert await store.first_events([]) == {}
+
+
 async def test_an_owner_or_daemon_id_with_nul_is_refused(store: Store) -> None:
     await add_nodes(store, 1)
     await store.create_release(ReleaseSpec())
