@@ -412,7 +412,7 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=_kinds,
         required=True,
         help="comma-separated: release.started, release.finished, release.failed, "
-        "release.paused, batch.finished, node.failed (or all)",
+        "release.paused, release.gate, batch.finished, node.failed (or all)",
     )
     hook_add.add_argument("--description", default="", help="what the hook is for")
     webhook_actions.add_parser("list", parents=[client], help="list webhooks")

@@ -1,14 +1,16 @@
 """Webhook rows: the hooks operators register and the deliveries queued for them.
 
-A delivery is queued in the transaction that appends the event it reports (migration 0007's
-trigger in PostgreSQL; MemoryStore does the same inside its one atomic step), so an event is
-never committed without its deliveries. ``event_kinds`` is the rule both follow.
+A delivery is queued in the transaction that appends the event it reports (the trigger of
+migration 0007, replaced by 0009's, in PostgreSQL; MemoryStore does the same inside its one
+atomic step), so an event is never committed without its deliveries. ``event_kinds`` is the
+rule both follow.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -32,11 +34,17 @@ WEBHOOK_KINDS: Final = (
     "release.finished",
     "release.failed",
     "release.paused",
+    "release.gate",
     "batch.finished",
     "node.failed",
 )
 """What a hook may ask for. release.finished is any end (success, failed, cancelled; the
-payload's toStatus says which); release.failed only a failure."""
+payload's toStatus says which); release.failed only a failure; release.gate a release that
+reached a gate of its strategy and waits for a promote."""
+
+GATE_WAITING: Final = re.compile(r"step [0-9]+: gate: waits for promote")
+"""The step event a release writes when it reaches a gate (actors/release.py); migration
+0009's trigger matches the same pattern."""
 
 _ENDED: Final = frozenset({"success", "failed", "cancelled"})
 
@@ -52,8 +60,10 @@ def event_kinds(event: Event, *, batch_done: bool) -> list[str]:
             kinds.append("release.finished")
         if event.to_status == "failed":
             kinds.append("release.failed")
-        if event.to_status == "paused":
-            kinds.append("release.paused")
+        if event.to_status == "paused" and event.from_status != "paused":
+            kinds.append("release.paused")  # not the owner's lease release while paused
+        if event.message is not None and GATE_WAITING.fullmatch(event.message):
+            kinds.append("release.gate")
         return kinds
     if event.from_status == "running" and event.to_status in _ENDED and batch_done:
         kinds.append("batch.finished")
