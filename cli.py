@@ -355,6 +355,12 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="the enabled, online nodes carrying all these labels",
     )
+    release_actions.add_parser(
+        "plan",
+        parents=[create],
+        add_help=False,
+        help="show what release create would do with the same options, creating nothing",
+    )
     listing = release_actions.add_parser("list", parents=[client], help="list releases")
     listing.add_argument(
         "--status", choices=["pending", "running", "paused", "success", "failed", "cancelled"]

@@ -35,6 +35,7 @@ from fleetwave.api.envelope import ApiError, Code, error_response, ok
 from fleetwave.api.events import EventHub, EventStream
 from fleetwave.api.liveness import actor_item, available_verbs, creators, liveness_item
 from fleetwave.api.metrics import metrics_response
+from fleetwave.api.preview import parse_dry_run, preview_item
 from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
     MAX_BODY_BYTES,
@@ -132,7 +133,10 @@ class _Handlers:
     events: EventHub | None = None
 
     async def create_release(self, request: Request) -> Response:
+        dry_run = parse_dry_run(request.query_params)
         spec = parse_release_spec(await read_json(request))
+        if dry_run:
+            return ok(preview_item(await self.store.preview_release(spec)))
         created = await self.store.create_release(
             attrs.evolve(spec, requested_by=request.state.actor)
         )

@@ -173,6 +173,9 @@ class ApiClient:
     async def create_release(self, spec: Mapping[str, object]) -> Any:
         return await self.call("POST", "/api/v1/releases", body=spec)
 
+    async def preview_release(self, spec: Mapping[str, object]) -> Any:
+        return await self.call("POST", "/api/v1/releases", body=spec, params={"dryRun": "true"})
+
     async def list_releases(
         self, *, status: str | None = None, page: int = 1, page_size: int = 20
     ) -> Any:

@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
     """Run the client command named by ``args``; errors go to ``err`` as one line."""
     try:
         match (args.command, getattr(args, "action", None)):
-            case ("release", "create"):
+            case ("release", "create" | "plan"):
                 return await release_create(client, args, out, err)
             case ("release", "list"):
                 data = await client.list_releases(
@@ -285,7 +285,9 @@ async def release_create(
     try:
         spec.update(strategy_fields(args))
     except InvalidInput as error:
-        err.write(f"fleetwave: {error}; nothing was created\n")
+        err.write(
+            f"fleetwave: {error}; nothing was {'planned' if args.action == 'plan' else 'created'}\n"
+        )
         return EXIT_USAGE
     if args.max_parallel is not None:
         spec["maxParallel"] = args.max_parallel
@@ -297,6 +299,9 @@ async def release_create(
         spec["nodeNames"] = args.node_names
     if args.selector:
         spec["selector"] = args.selector
+    if args.action == "plan":
+        _emit(await client.preview_release(spec), render.preview, args.json, out)
+        return EXIT_OK
     data = await client.create_release(spec)
     _emit(data, render.created, args.json, out)
     return EXIT_OK

@@ -48,6 +48,39 @@ def created(data: Mapping[str, Any]) -> str:
     )
 
 
+def _seconds(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:g}s"
+
+
+def preview(data: Mapping[str, Any]) -> str:
+    """A release plan: each batch's nodes and blast radius, the steps, the predicted time."""
+    lines = [
+        f"dry run: {data['totalNodes']} nodes in {len(data['batches'])} batches, nothing created"
+    ]
+    for batch in data["batches"]:
+        radius = batch["blastRadius"]
+        lines.append(
+            f"batch {batch['batch']}: {radius['nodes']} nodes, "
+            f"pops {','.join(radius['pops']) or '-'}, "
+            f"regions {','.join(radius['regions']) or '-'}, "
+            f"~{_seconds(batch['predictedSeconds'])}"
+        )
+        lines.extend(
+            f"  {node['name']} {_labels(node['labels'])} ~{_seconds(node['applySeconds'])}"
+            + ("" if node["fromHistory"] else " (fleet median)")
+            for node in batch["nodes"]
+        )
+    for step in data["steps"]:
+        shown = "until promoted" if step["kind"] == "gate" else f"~{_seconds(step['seconds'])}"
+        lines.append(f"step {step['position']}: {step['kind']} (batch {step['batch']}) {shown}")
+    gates = f" plus {data['gates']} gate(s) waiting for promote" if data["gates"] else ""
+    lines.append(
+        f"predicted: {_seconds(data['predictedSeconds'])} "
+        f"(bakes {_seconds(data['bakeSeconds'])}){gates}"
+    )
+    return "\n".join(lines)
+
+
 def _selection(selection: Mapping[str, Any]) -> str:
     if "selector" in selection:
         return "selector " + _labels(selection["selector"])

@@ -34,6 +34,7 @@ from fleetwave.store.models import (
     TokenInfo,
     Wait,
 )
+from fleetwave.store.preview import ReleasePreview
 from fleetwave.store.verbs import Verb, VerbEffect, VerbResult
 from fleetwave.store.webhooks import Delivery, DueDelivery, Webhook, WebhookSpec
 
@@ -202,6 +203,12 @@ class Store(Protocol):
 
     async def first_events(self, release_ids: Sequence[int]) -> dict[int, Event]:
         """The first event ("created") of each of ``release_ids`` that has one, in one read."""
+        ...
+
+    async def preview_release(self, spec: ReleaseSpec) -> ReleasePreview:
+        """What create_release(spec) would create, writing nothing: the same checks and errors,
+        the same nodes in the same batches, with each node's recent apply times (store/
+        preview.py). A bounded number of reads whatever the fleet's size."""
         ...
 
     # --- nodes -----------------------------------------------------------------------------

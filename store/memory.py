@@ -56,6 +56,7 @@ from fleetwave.store.models import (
     storable,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
+from fleetwave.store.preview import RECENT_APPLIES, ReleasePreview, build_preview, spec_strategy
 from fleetwave.store.selection import (
     NodeSelection,
     check_label_changes,
@@ -852,6 +853,30 @@ class MemoryStore:
             wake()
         nodes = await self.release_nodes(row.id)
         return CreatedRelease(self._release(row), node_ids_by_batch(nodes))
+
+    async def preview_release(self, spec: ReleaseSpec) -> ReleasePreview:
+        await self._available()
+        plan = check_release_spec(spec)
+        spec_strategy(spec, plan)
+        placed = assign_batches(plan, self._select_nodes(spec.selection))
+        done = [
+            node
+            for rows in self._release_nodes.values()
+            for node in rows
+            if node.status is NodeStatus.SUCCESS
+            and node.started_at is not None
+            and node.finished_at is not None
+            and node.finished_at >= node.started_at
+        ]
+        done.sort(key=lambda node: (node.finished_at, node.id), reverse=True)  # type: ignore[arg-type, return-value]
+        recent: dict[int, list[float]] = {}
+        for node in done:
+            assert node.finished_at is not None and node.started_at is not None
+            latest = recent.setdefault(node.node_id, [])
+            if len(latest) < RECENT_APPLIES:
+                latest.append((node.finished_at - node.started_at).total_seconds())
+        nodes = {node_id: self._nodes[node_id] for node_id, _ in placed}
+        return build_preview(spec, plan, placed, nodes, recent)
 
     def _select_nodes(self, selection: NodeSelection | None) -> list[int]:
         def usable(node: Node) -> bool:

@@ -81,6 +81,7 @@ from fleetwave.store.models import (
     storable,
 )
 from fleetwave.store.plan import assign_batches, validate_plan
+from fleetwave.store.preview import RECENT_APPLIES, ReleasePreview, build_preview, spec_strategy
 from fleetwave.store.selection import (
     NodeSelection,
     check_label_changes,
@@ -698,6 +699,16 @@ WHERE n.release_task_id = $1
 ORDER BY n.batch, n.id
 """
 
+_RECENT_APPLIES = """
+SELECT node_id, seconds FROM (
+    SELECT node_id, extract(epoch FROM finished_at - started_at) AS seconds,
+           row_number() OVER (PARTITION BY node_id ORDER BY finished_at DESC, id DESC) AS n
+    FROM release_task_nodes
+    WHERE status = 'success' AND started_at IS NOT NULL AND finished_at >= started_at
+) AS latest WHERE n <= $1
+"""
+"""The apply times of every node's latest successes (store/preview.py)."""
+
 _NODE_COLUMNS = (
     "id, name, main_ip, agent_port, enabled, status, last_seen_at, labels,"
     " applied_version, applied_release_version, applied_at"
@@ -1200,6 +1211,27 @@ class PostgresStore:
             release=Release.from_record(_row(record)),
             batches=tuple((batch, tuple(ids)) for batch, ids in sorted(batches.items())),
         )
+
+    async def preview_release(self, spec: ReleaseSpec) -> ReleasePreview:
+        plan = check_release_spec(spec)
+        spec_strategy(spec, plan)
+        return await self._call(self._preview_release, spec, plan)
+
+    async def _preview_release(
+        self, spec: ReleaseSpec, plan: tuple[int | str, ...]
+    ) -> ReleasePreview:
+        async with self._acquired() as connection, connection.transaction(readonly=True):
+            node_ids = await _select_nodes(connection, spec.selection)
+            placed = assign_batches(plan, node_ids)
+            rows = await connection.fetch(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ANY($1::bigint[])", node_ids
+            )
+            durations = await connection.fetch(_RECENT_APPLIES, RECENT_APPLIES)
+        nodes = {row["id"]: Node.from_record(_row(row)) for row in rows}
+        recent: dict[int, list[float]] = {}
+        for row in durations:
+            recent.setdefault(row["node_id"], []).append(float(row["seconds"]))
+        return build_preview(spec, plan, placed, nodes, recent)
 
     async def get_release(self, release_id: int) -> Release | None:
         check_integer("release_id", release_id, 1)
