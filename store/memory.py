@@ -868,7 +868,7 @@ class MemoryStore:
             and node.finished_at is not None
             and node.finished_at >= node.started_at
         ]
-        done.sort(key=lambda node: (node.finished_at, node.id), reverse=True)  # type: ignore[arg-type, return-value]
+        done.sort(key=lambda node: (node.finished_at, node.id), reverse=True)
         recent: dict[int, list[float]] = {}
         for node in done:
             assert node.finished_at is not None and node.started_at is not None
