@@ -13,8 +13,8 @@ from fleetwave.store.base import Store
 from fleetwave.store.errors import Conflict, InvalidInput, StoreError
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import NodeStatus, ReleaseSpec
-from fleetwave.store.selection import NodeSelection
 from fleetwave.store.postgres import PostgresStore
+from fleetwave.store.selection import NodeSelection
 from fleetwave.store.strategy import validate_strategy
 from tests.integration.conftest import run_sql
 from tests.integration.test_api_queries import QueryCount, counted  # noqa: F401
