@@ -131,7 +131,8 @@ async def test_demo_keep_running_leaves_a_healthy_fleet_and_hints_that_run_as_pr
             assert created.returncode == 0, created.stderr
             release_id = str(json.loads(created.stdout)["releaseId"])
             watched = await trio.to_thread.run_sync(run, "release", "watch", release_id, "--json")
-            final = json.loads(watched.stdout.splitlines()[-1])["release"]
+            shown = await trio.to_thread.run_sync(run, "release", "show", release_id, "--json")
+            final = json.loads(shown.stdout)["release"]
         finally:
             if demo.poll() is None:
                 demo.send_signal(signal.SIGINT)
