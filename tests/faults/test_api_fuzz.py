@@ -335,6 +335,11 @@ def _escaped(text: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
+def _dashboard_file(path: str) -> bool:
+    """The dashboard's own page (``/``) and its files (``/static/...``), served to browsers."""
+    return path == "/" or path.startswith("/static/")
+
+
 def check(request: FuzzRequest, response: httpx.Response, tally: Tally) -> None:
     tally.sent += 1
     tally.statuses[response.status_code] += 1
@@ -344,6 +349,10 @@ def check(request: FuzzRequest, response: httpx.Response, tally: Tally) -> None:
     if request.method == "HEAD":
         assert response.content == b""
         return
+    if _dashboard_file(request.path) and response.headers.get("content-type", "").startswith(
+        ("text/", "application/javascript", "image/")
+    ):
+        return  # the dashboard's page and static files are documents, not API answers
     try:
         answer: Any = response.json()
     except ValueError:
