@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from fleetwave.agent.certs import CertPaths, init_certs
 from fleetwave.store.base import Store
 from fleetwave.store.embedded import POSTGRES_BIN_PATH, EmbeddedPostgres
 from fleetwave.store.memory import MemoryStore
@@ -41,6 +42,12 @@ def server_directory() -> Path:
     its base directory owner-only at every session start, which would lock the server's
     own system user out of its data while it runs."""
     return Path(tempfile.mkdtemp(prefix="fleetwave-pg-"))
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
+    """Development certificates for a CA, the daemon and 16 loopback agents (127.0.0.2..)."""
+    return init_certs(tmp_path_factory.mktemp("certs"), agents=16)
 
 
 @pytest.fixture(scope="session")

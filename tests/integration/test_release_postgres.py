@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetwave.agent.certs import CertPaths, init_certs
+from fleetwave.agent.certs import CertPaths
 from fleetwave.agent.sim import Behaviour
 from fleetwave.store.models import NodeStatus, ReleaseSpec, ReleaseStatus
 from fleetwave.store.postgres import PostgresStore
@@ -16,11 +16,6 @@ from tests.invariants import assert_release_invariants
 from tests.world import World, open_world
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
-    return init_certs(tmp_path_factory.mktemp("certs"), agents=16)
 
 
 Start = Callable[..., Awaitable[World]]

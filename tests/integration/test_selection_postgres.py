@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fleetwave import cli
-from fleetwave.agent.certs import CertPaths, init_certs
+from fleetwave.agent.certs import CertPaths
 from fleetwave.agent.sim import Behaviour
 from fleetwave.api import commands
 from fleetwave.api.app import create_app
@@ -25,11 +25,6 @@ from tests.invariants import assert_node_exclusion, assert_release_invariants
 from tests.world import World, open_world
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
-    return init_certs(tmp_path_factory.mktemp("certs"), agents=8)
 
 
 @pytest.fixture
