@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 
 from fleetwave.api.schemas import timestamp
 from fleetwave.store.base import Store
-from fleetwave.store.models import Actor, Release, ReleaseNode
-from fleetwave.store.verbs import ALLOWED, IN_EFFECT, phase
+from fleetwave.store.models import Actor, Release, ReleaseNode, ReleaseStatus
+from fleetwave.store.strategy import current_step
+from fleetwave.store.verbs import ALLOWED, IN_EFFECT, Verb, phase
 
 
 def _aware(value: datetime) -> datetime:
@@ -63,6 +64,20 @@ async def creators(store: Store, releases: Sequence[Release]) -> dict[int, Actor
 
 
 def available_verbs(release: Release) -> list[str]:
-    """The verbs that would change ``release`` now (those already in effect left out)."""
+    """The verbs that would change ``release`` now (those already in effect left out);
+    promote while it holds at a bake or gate not yet promoted past."""
     now = phase(release)
-    return [str(verb) for verb in ALLOWED[now] if now not in IN_EFFECT[verb]]
+    verbs = [str(verb) for verb in ALLOWED[now] if now not in IN_EFFECT[verb]]
+    if at_pause(release):
+        verbs.append(str(Verb.PROMOTE))
+    return verbs
+
+
+def at_pause(release: Release) -> bool:
+    """The release runs and holds at a bake or gate that no promote has passed yet."""
+    if release.strategy is None or release.cancelling:
+        return False
+    if release.status is not ReleaseStatus.RUNNING:
+        return False
+    step = current_step(release)
+    return step is not None and step.pause is not None and release.promoted_to <= step.position

@@ -13,10 +13,10 @@ from starlette.applications import Starlette
 
 from fleetwave.api.auth import create_token
 from fleetwave.api.dashboard import SECURITY_HEADERS, STATIC
-from fleetwave.api.liveness import last_progress, liveness_item
+from fleetwave.api.liveness import available_verbs, last_progress, liveness_item
 from fleetwave.api.schemas import parse_release_spec
 from fleetwave.store.memory import MemoryStore
-from fleetwave.store.models import Role
+from fleetwave.store.models import ReleaseStatus, Role
 from tests.api.conftest import add_nodes
 
 SESSION = "/api/v1/session"
@@ -234,3 +234,36 @@ async def test_liveness_of_an_owned_release_tells_a_live_lease_from_an_expired_o
     assert live["lastProgressAt"] == "2026-01-01T11:59:25Z"
     assert dead["leaseLive"] is False and dead["leaseExpiresAt"] == "2026-01-01T11:59:59Z"
     assert last_progress(owned, []) == started
+
+
+GATED = {"target": "cdn", "reason": "r", "plan": [1, {"pause": 300}, "50%", {"pause": None}, "100%"]}
+
+
+async def test_promote_is_offered_only_at_a_bake_or_gate_not_yet_promoted_past(
+    client: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await add_nodes(store, 4)
+    created = await client.post("/api/v1/releases", json=GATED)
+    release_id = created.json()["data"]["releaseId"]
+    [claim] = await store.claim("d1", 5, 30)
+
+    async def verbs() -> list[str]:
+        answer = await client.get(f"/api/v1/releases/{release_id}")
+        return answer.json()["data"]["verbs"]  # type: ignore[no-any-return]
+
+    assert await verbs() == ["pause", "cancel", "rollback"]  # at batch 1
+    assert await store.record_step(claim.lease, 1, "step 1: bake 300s", bake=300)
+    assert await verbs() == ["pause", "cancel", "rollback", "promote"]
+    assert await store.record_step(claim.lease, 2, "step 1: bake ended")
+    assert await verbs() == ["pause", "cancel", "rollback"]  # batch 2
+    assert await store.record_step(claim.lease, 3, "step 3: gate: waits for promote")
+    assert await verbs() == ["pause", "cancel", "rollback", "promote"]
+
+    release = await store.get_release(release_id)
+    assert release is not None
+    # Promoted past (its owner not yet passing it), paused, cancelling: no promote.
+    assert "promote" not in available_verbs(attrs.evolve(release, promoted_to=4))
+    assert "promote" not in available_verbs(attrs.evolve(release, status=ReleaseStatus.PAUSED))
+    assert "promote" not in available_verbs(attrs.evolve(release, verb="cancel"))
+    # A release without pauses has no step to promote past.
+    assert "promote" not in available_verbs(attrs.evolve(release, strategy=None))
