@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium, headless) against a real daemon and
 simulated agents over mutual TLS: sign in, watch a release go to success as it happens, see a
 failed canary with its reason and the batch it skipped, pause and resume from the page, roll
-back. The list and a release page are saved as screenshots to docs/images/.
+back; a bake counting down and a gate passed with promote. The list and release pages are
+saved as screenshots (``screenshots``: docs/images/ with FLEETWAVE_UPDATE_SCREENSHOTS=1).
 
 Nodes are registered by ``agent-sim --register`` in agent order: agent 1 is node 1, the
 lowest id, so it is the canary of any release that includes it.
@@ -9,7 +10,9 @@ lowest id, so it is the canary of any release that includes it.
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +20,10 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import in_browser
-from tests.e2e.harness import REPO, Harness
+from tests.e2e.harness import Harness
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
 
-IMAGES = REPO / "docs" / "images"
 LIVE_TIMEOUT = 45_000
 """ms: a release of a few nodes ends well within this on a busy machine."""
 
@@ -68,6 +70,19 @@ def release_status(page: Page) -> Any:
     return page.locator("#facts h1 .status")
 
 
+def verb(page: Page, name: str, reason: str) -> None:
+    """Press verb button ``name``: the dialog asks for a reason, then sends it once given."""
+    page.click(f"#verbs button[data-verb='{name}']")
+    dialog = page.locator("#confirm")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#confirm-title")).to_contain_text(name.split("-")[0].capitalize())
+    page.click("#confirm-ok")  # no reason yet: asked for one, nothing sent
+    expect(page.locator("#confirm-error")).to_have_text("a reason is required")
+    page.fill("#confirm-reason", reason)
+    page.click("#confirm-ok")
+    expect(dialog).to_be_hidden(timeout=LIVE_TIMEOUT)
+
+
 def only_this_origin(page: Page, base: str) -> None:
     requested: list[str] = page.requested  # type: ignore[attr-defined]
     assert requested, "the page made no request"
@@ -75,7 +90,7 @@ def only_this_origin(page: Page, base: str) -> None:
 
 
 async def test_sign_in_watch_a_release_go_live_to_success_and_a_failed_canary(
-    harness: Harness,
+    harness: Harness, screenshots: Path
 ) -> None:
     daemon = await harness.serve("d1")
     await harness.agent_sim(5, fail=[1], apply_time="0.8..1.2")
@@ -137,8 +152,7 @@ async def test_sign_in_watch_a_release_go_live_to_success_and_a_failed_canary(
         expect(row.locator(".status")).to_have_text("failed", timeout=LIVE_TIMEOUT)
         expect(row.locator(".by")).to_have_text("sre (operator)")
         expect(row).to_contain_text("0/3 ok, 1 failed, 2 skipped")
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(IMAGES / "dashboard-releases.png"))
+        page.screenshot(path=str(screenshots / "dashboard-releases.png"))
 
         row.locator("a").click()
         expect(release_status(page)).to_have_text("failed")
@@ -152,7 +166,7 @@ async def test_sign_in_watch_a_release_go_live_to_success_and_a_failed_canary(
         kinds.locator("button").click()
         expect(page.locator("#nodes tbody tr")).to_have_count(1)
         expect(page.locator("#nodes tbody tr")).to_contain_text("simulated failure")
-        page.screenshot(path=str(IMAGES / "dashboard-release.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "dashboard-release.png"), full_page=True)
         only_this_origin(page, base)
 
     await in_browser(scenario, daemon.api)
@@ -169,17 +183,6 @@ async def test_pause_resume_and_roll_back_from_the_page_and_a_viewer_sees_no_ver
     await harness.agent_sim(4, apply_time="1.0..1.5")
     operator = await harness.token("sre", "operator")
     viewer = await harness.token("watcher", "viewer")
-
-    def verb(page: Page, name: str, reason: str) -> None:
-        page.click(f"#verbs button[data-verb='{name}']")
-        dialog = page.locator("#confirm")
-        expect(dialog).to_be_visible()
-        expect(page.locator("#confirm-title")).to_contain_text(name.capitalize())
-        page.click("#confirm-ok")  # no reason yet: asked for one, nothing sent
-        expect(page.locator("#confirm-error")).to_have_text("a reason is required")
-        page.fill("#confirm-reason", reason)
-        page.click("#confirm-ok")
-        expect(dialog).to_be_hidden(timeout=LIVE_TIMEOUT)
 
     def scenario(page: Page, base: str) -> None:
         # A first config every node runs, for the rollback to put back.
@@ -217,7 +220,7 @@ async def test_pause_resume_and_roll_back_from_the_page_and_a_viewer_sees_no_ver
         verb(page, "resume", "false alarm")
         expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
         expect(page.locator("[data-batch='4'] .counts")).to_have_text("success 1 of 1")
-        # No promote button: the API offers no gate to promote past.
+        # No promote button: the release holds at no bake or gate.
         expect(page.locator("#verbs button[data-verb='promote']")).to_have_count(0)
 
         verb(page, "rollback", "bad config after all")
@@ -247,6 +250,119 @@ async def test_pause_resume_and_roll_back_from_the_page_and_a_viewer_sees_no_ver
         expect(page.locator("#drift")).to_have_text(
             f"all nodes run config {first['version']} (release #{rollback['id']})"
         )
+        only_this_origin(page, base)
+
+    await in_browser(scenario, daemon.api)
+
+
+async def test_a_bake_counts_down_a_gate_waits_and_promote_from_the_page_lets_it_go_on(
+    harness: Harness, screenshots: Path
+) -> None:
+    daemon = await harness.serve("d1")
+    await harness.agent_sim(4, apply_time="0.3..0.5")
+    operator = await harness.token("sre", "operator")
+
+    def step(page: Page) -> Any:
+        return page.locator("#step")
+
+    def scenario(page: Page, base: str) -> None:
+        sign_in(page, base, operator, "sre (operator)")
+        plan = [1, {"pause": 600}, 1, {"pause": None}, "100%"]
+        gated = api(
+            base,
+            operator,
+            "POST",
+            "/api/v1/releases",
+            {"target": "cdn", "reason": "new TLS ciphers", "plan": plan},
+        )["releaseId"]
+        page.goto(f"{base}/#/releases/{gated}")
+        expect(page.locator("#plan")).to_contain_text("1 · bake 10m 0s · 1 · gate · 100%")
+
+        # The canary done, the bake counts down to its end, live; the owner is alive and
+        # bakes (no node moves, and that is no stall); promote is offered, twice.
+        left = re.compile(r"^bake after batch 1: 9m \d+s left \(until ")
+        expect(step(page)).to_have_text(left, timeout=LIVE_TIMEOUT)
+        expect(page.locator("#step-marker")).to_have_text(left)
+        expect(page.locator("[data-batch='1'] .counts")).to_have_text("success 1 of 1")
+        expect(page.locator("[data-batch='2'] .counts")).to_have_text("pending 1 of 1")
+        expect(page.locator("#verdict [data-state='holding']")).to_have_text(
+            "owner d1 is alive and bakes after batch 1"
+        )
+        before = step(page).inner_text()
+        expect(step(page)).not_to_have_text(before, timeout=3_000)  # it ticks, by itself
+        expect(page.locator("#verbs button[data-verb='promote-full']")).to_have_text(
+            "Promote, skip all remaining steps"
+        )
+
+        # Back out: the bake goes on. Then promote ends it.
+        page.click("#verbs button[data-verb='promote']")
+        expect(page.locator("#confirm-text")).to_have_text(
+            "End the bake after batch 1 now: the release goes on to its next batch."
+        )
+        page.click("#confirm-cancel")
+        expect(step(page)).to_have_text(left)
+        verb(page, "promote", "canary looks fine")
+
+        # Batch 2, then the gate: it waits for a promote, and says so in the list too.
+        expect(step(page)).to_have_text(
+            "gate after batch 2: waiting for promote", timeout=LIVE_TIMEOUT
+        )
+        expect(page.locator("[data-batch='2'] .counts")).to_have_text("success 1 of 1")
+        expect(page.locator("[data-batch='3'] .counts")).to_have_text("pending 2 of 2")
+        expect(page.locator("#verdict [data-state='holding']")).to_contain_text(
+            "waits at the gate after batch 2 for a promote"
+        )
+        page.screenshot(path=str(screenshots / "dashboard-gate.png"), full_page=True)
+        page.goto(f"{base}/#/")
+        row = page.locator(f"#releases tr[data-release-id='{gated}']")
+        expect(row.locator(".step-brief")).to_have_text("gate: waiting for promote")
+        time.sleep(2)  # a gate holds, whatever the time
+        held = api(base, operator, "GET", f"/api/v1/releases/{gated}")["release"]
+        assert (held["status"], held["step"]["kind"], held["successNodes"]) == (
+            "running",
+            "gate",
+            2,
+        )
+
+        row.locator("a").click()
+        verb(page, "promote", "batch 2 healthy")
+        expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
+        expect(page.locator("[data-batch='3'] .counts")).to_have_text("success 2 of 2")
+        expect(page.locator("#verbs button[data-verb='promote']")).to_have_count(0)
+        expect(page.locator("#step-marker")).to_be_hidden()
+        events = page.locator("#events")
+        expect(events).to_contain_text("step 1: bake 600s")
+        expect(events).to_contain_text(
+            "promote by sre (bake after batch 1 passed): canary looks fine"
+        )
+        expect(events).to_contain_text(
+            "promote by sre (gate after batch 2 passed): batch 2 healthy"
+        )
+
+        # Promote, skip all remaining steps: from the first gate, past the bake after it too.
+        plan = [1, {"pause": None}, 1, {"pause": 600}, "100%"]
+        skipped = api(
+            base,
+            operator,
+            "POST",
+            "/api/v1/releases",
+            {"target": "cdn", "reason": "hotfix", "plan": plan},
+        )["releaseId"]
+        page.goto(f"{base}/#/releases/{skipped}")
+        expect(step(page)).to_have_text(
+            "gate after batch 1: waiting for promote", timeout=LIVE_TIMEOUT
+        )
+        page.click("#verbs button[data-verb='promote-full']")
+        expect(page.locator("#confirm-title")).to_have_text(
+            f"Promote, skipping all remaining steps, release #{skipped}?"
+        )
+        page.click("#confirm-cancel")
+        verb(page, "promote-full", "hotfix: no time to bake")
+        expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
+        expect(page.locator("#events")).to_contain_text(
+            "promote by sre (full: 2 remaining pause(s) skipped): hotfix: no time to bake"
+        )
+        assert "bake 600s" not in page.locator("#events").inner_text()
         only_this_origin(page, base)
 
     await in_browser(scenario, daemon.api)

@@ -4,6 +4,7 @@
 import * as api from "./api.js";
 import { actor, duration, h, pageOf, replace, status, when } from "./dom.js";
 import { coalesced, follow } from "./live.js";
+import { holding, planText, stepText } from "./step.js";
 
 const NODE_STATES = ["success", "failed", "running", "pending", "skipped", "cancelled"];
 const TERMINAL = new Set(["success", "failed", "cancelled"]);
@@ -25,8 +26,14 @@ const VERB_TEXT = {
   cancel: "Stop the release: nodes not yet sent the config are cancelled.",
   retry: "Run the release again over its failed, skipped and cancelled nodes.",
   rollback: "Create a release that puts back, on this release's nodes, the config they ran before.",
-  promote: "Let the release go past the step it waits at.",
 };
+
+// What a promote does at the step the release holds at (a bake or a gate), or with ``full``.
+function promoteText(step, full) {
+  if (full) return "Skip every bake and gate left: the release runs its remaining batches without pausing.";
+  if (step && step.kind === "bake") return `End the bake after batch ${step.batch} now: the release goes on to its next batch.`;
+  return `Pass the gate after batch ${step ? step.batch : "-"}: the release goes on to its next batch.`;
+}
 
 function counts(nodes) {
   const found = Object.fromEntries(NODE_STATES.map((s) => [s, 0]));
@@ -59,6 +66,8 @@ export async function releaseView(view, me, id) {
   const liveness = h("div", { class: "card", id: "liveness" });
   const verbs = h("div", { class: "verbs", id: "verbs" });
   const flash = h("p", { id: "flash", role: "status" });
+  const stepLine = h("dd", { id: "step" });
+  const stepMarker = h("div", { class: "step-marker", id: "step-marker" });
   const batches = h("div", { class: "card", id: "batches" });
   const failures = h("div", { id: "failures" });
   const nodesBody = h("tbody");
@@ -97,9 +106,9 @@ export async function releaseView(view, me, id) {
           r.heldFor ? h("span", {}, " paused behind rollback ", h("a", { href: `#/releases/${r.heldFor}` }, `#${r.heldFor}`)) : "",
         ),
         h("dt", {}, "plan"),
-        h("dd", {}, `${r.plan.join(", ")} · max failures ${r.maxFailures} · max parallel ${r.maxParallel ?? "-"}`),
+        h("dd", { id: "plan" }, planText(r), ` · max failures ${r.maxFailures ?? "-"}`, r.strategy && r.strategy.maxFailurePercent != null ? ` · max ${r.strategy.maxFailurePercent}% failed` : "", r.strategy ? ` · on failure ${r.strategy.onFailure}` : "", ` · max parallel ${r.maxParallel ?? "-"}`),
         h("dt", {}, "current step"),
-        h("dd", { id: "step" }, r.currentBatch ? `batch ${r.currentBatch} of ${data.batches.length}` : "-"),
+        stepLine,
         h("dt", {}, "times"),
         h("dd", {}, `created ${when(r.createdAt)} · started ${when(r.startedAt)} · finished ${when(r.finishedAt)}`),
         r.lastVerb ? [h("dt", {}, "last verb"), h("dd", { id: "last-verb" }, `${r.lastVerb.verb} by ${r.lastVerb.by || "-"}: ${r.lastVerb.reason || "no reason"}`)] : null,
@@ -107,6 +116,16 @@ export async function releaseView(view, me, id) {
         r.error ? [h("dt", {}, "error"), h("dd", { class: "error", id: "release-error" }, r.error)] : null,
       ),
     );
+  }
+
+  // The step, ticking: a bake counts down to its end (the server's clock); a gate waits.
+  function renderStep() {
+    const r = data.release;
+    const text = stepText(r, data.batches.length, now());
+    replace(stepLine, text || (r.currentBatch && !TERMINAL.has(r.status) ? `batch ${r.currentBatch} of ${data.batches.length}` : "-"));
+    const hold = holding(r);
+    stepMarker.hidden = !hold;
+    if (hold) replace(stepMarker, stepText(r, data.batches.length, now()));
   }
 
   // Slow, stuck and dead look different: a live lease with recent progress is moving; a live
@@ -123,6 +142,10 @@ export async function releaseView(view, me, id) {
       verdict = h("span", { dataset: { state: "unowned" } }, r.status === "pending" ? "waiting to be claimed" : "no daemon owns it: waiting for one to claim it");
     } else if (l.leaseExpiresAt && Date.parse(l.leaseExpiresAt) <= now()) {
       verdict = h("span", { class: "warn", dataset: { state: "owner-lost" } }, `owner ${l.owner} stopped renewing its lease ${ago(l.leaseExpiresAt)}: another daemon takes the release over`);
+    } else if (holding(r)) {
+      // No node moves during a bake or at a gate: that is the plan, not a stall.
+      const what = r.step.kind === "gate" ? `waits at the gate after batch ${r.step.batch} for a promote` : `bakes after batch ${r.step.batch}`;
+      verdict = h("span", { dataset: { state: "holding" } }, `owner ${l.owner} is alive and ${what}`);
     } else if (r.status === "running" && l.lastProgressAt && now() - Date.parse(l.lastProgressAt) > STALLED_AFTER_SEC * 1000) {
       verdict = h("span", { class: "warn", dataset: { state: "stalled" } }, `owner ${l.owner} is alive, but no node moved for ${duration((now() - Date.parse(l.lastProgressAt)) / 1000)}: slow or stuck agents`);
     } else {
@@ -141,31 +164,38 @@ export async function releaseView(view, me, id) {
 
   function renderVerbs() {
     const operator = me.role === "operator" || me.role === "admin";
-    // The API lists the verbs that would change the release now; promote shows up only if
-    // the API ever lists it (a release waiting at a gate).
+    // The API lists the verbs that would change the release now; promote only while the
+    // release holds at a bake or gate, offered twice: past this step, or past every step left.
+    const button = (name, label, full = false) =>
+      h("button", { type: "button", class: `verb ${name}`, dataset: { verb: full ? "promote-full" : name }, onclick: () => ask(name, full) }, label);
     replace(
       verbs,
       operator
-        ? data.verbs.map((name) =>
-            h("button", { type: "button", class: `verb ${name}`, dataset: { verb: name }, onclick: () => ask(name) }, name[0].toUpperCase() + name.slice(1)),
+        ? data.verbs.flatMap((name) =>
+            name === "promote"
+              ? [button(name, "Promote"), button(name, "Promote, skip all remaining steps", true)]
+              : [button(name, name[0].toUpperCase() + name.slice(1))],
           )
         : h("span", { class: "muted" }, `signed in as ${me.role}: no verbs`),
     );
   }
 
   function renderBatches() {
+    const step = data.release.step;
     replace(
       batches,
       h("h2", {}, "Batches"),
       data.batches.map((batch) => {
         const found = counts(batch.nodes);
-        return h(
+        const row = h(
           "div",
           { class: "batch", dataset: { batch: batch.batch } },
           h("strong", {}, `batch ${batch.batch}`),
           batchBar(batch.nodes),
           h("span", { class: "counts" }, NODE_STATES.filter((s) => found[s]).map((s) => `${s} ${found[s]}`).join(" · "), ` of ${batch.nodes.length}`),
         );
+        // The bake or gate the release holds at, under the batch it follows.
+        return step && step.batch === batch.batch ? [row, stepMarker] : row;
       }),
     );
   }
@@ -275,6 +305,7 @@ export async function releaseView(view, me, id) {
   function render() {
     allNodes = data.batches.flatMap((b) => b.nodes.map((n) => ({ ...n, batch: b.batch })));
     renderFacts();
+    renderStep();
     renderLiveness();
     renderVerbs();
     renderBatches();
@@ -310,10 +341,11 @@ export async function releaseView(view, me, id) {
     }, () => refresh());
   }
 
-  function ask(name) {
+  function ask(name, full = false) {
     const dialog = document.getElementById("confirm");
-    document.getElementById("confirm-title").textContent = `${name[0].toUpperCase() + name.slice(1)} release #${id}?`;
-    document.getElementById("confirm-text").textContent = VERB_TEXT[name] || "";
+    const title = full ? "Promote, skipping all remaining steps," : name[0].toUpperCase() + name.slice(1);
+    document.getElementById("confirm-title").textContent = `${title} release #${id}?`;
+    document.getElementById("confirm-text").textContent = name === "promote" ? promoteText(data.release.step, full) : VERB_TEXT[name] || "";
     const reason = document.getElementById("confirm-reason");
     const to = document.getElementById("confirm-to");
     const error = document.getElementById("confirm-error");
@@ -330,6 +362,7 @@ export async function releaseView(view, me, id) {
       }
       const body = { reason: reason.value.trim() };
       if (name === "rollback" && to.value.trim()) body.toVersion = Number(to.value.trim());
+      if (full) body.full = true;
       try {
         const answer = await api.verb(id, name, body);
         dialog.close();
@@ -381,7 +414,10 @@ export async function releaseView(view, me, id) {
   );
   render();
   if (!TERMINAL.has(data.release.status)) startStream();
-  const clock = setInterval(renderLiveness, 1000);
+  const clock = setInterval(() => {
+    renderStep();
+    renderLiveness();
+  }, 1000);
 
   return {
     dispose() {

@@ -3,6 +3,7 @@
 import * as api from "./api.js";
 import { actor, duration, h, replace, status } from "./dom.js";
 import { coalesced, follow } from "./live.js";
+import { stepBrief } from "./step.js";
 
 const PAGE_SIZE = 50;
 
@@ -20,8 +21,10 @@ export function progress(release) {
   );
 }
 
+const now = () => Date.now() + api.serverSkew();
+
 function ageOf(iso) {
-  return duration((Date.now() - Date.parse(iso)) / 1000);
+  return duration((now() - Date.parse(iso)) / 1000);
 }
 
 export async function releasesView(view, page) {
@@ -42,7 +45,13 @@ export async function releasesView(view, page) {
           "tr",
           { dataset: { releaseId: item.id, status: item.status } },
           h("td", {}, h("a", { href: `#/releases/${item.id}` }, `#${item.id}`)),
-          h("td", {}, status(item.status), item.cancelling ? " cancelling" : ""),
+          h(
+            "td",
+            {},
+            status(item.status),
+            item.cancelling ? " cancelling" : "",
+            h("span", { class: "step-brief muted" }, stepBrief(item, now())),
+          ),
           h(
             "td",
             {},
@@ -108,6 +117,10 @@ export async function releasesView(view, page) {
   const clock = setInterval(() => {
     for (const cell of body.querySelectorAll("td.age")) {
       cell.textContent = ageOf(cell.dataset.created);
+    }
+    for (const row of body.querySelectorAll("tr[data-release-id]")) {
+      const item = data.items.find((r) => String(r.id) === row.dataset.releaseId);
+      if (item) row.querySelector(".step-brief").textContent = stepBrief(item, now());
     }
   }, 1000);
   return {
