@@ -9,6 +9,7 @@ keep their harness and the browser never shares trio's thread. No browser is dow
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +25,7 @@ from tests.e2e.conftest import (
     postgres_server,
     pytest_runtest_makereport,
 )
+from tests.e2e.harness import REPO
 
 __all__ = [
     "_leftovers",
@@ -48,11 +50,25 @@ VIEWPORT = {"width": 1440, "height": 900}
 
 T = TypeVar("T")
 
+UPDATE_SCREENSHOTS = "FLEETWAVE_UPDATE_SCREENSHOTS"
+"""Set to 1 to write the screenshots to docs/images (the pictures docs/dashboard.md shows)."""
+IMAGES = REPO / "docs" / "images"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _chromium() -> None:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run make test-browser (it installs Debian's chromium)")
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tests save their screenshots: a temporary directory of this run (pytest
+    keeps the last few), or docs/images when FLEETWAVE_UPDATE_SCREENSHOTS=1."""
+    if os.environ.get(UPDATE_SCREENSHOTS) == "1":
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        return IMAGES
+    return tmp_path_factory.mktemp("screenshots")
 
 
 async def in_browser(scenario: Callable[..., T], *args: object) -> T:
