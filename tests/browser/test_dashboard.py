@@ -265,16 +265,13 @@ async def test_a_bake_counts_down_a_gate_waits_and_promote_from_the_page_lets_it
     def step(page: Page) -> Any:
         return page.locator("#step")
 
+    def create(base: str, reason: str, plan: list[object]) -> int:
+        body = {"target": "cdn", "reason": reason, "plan": plan}
+        return int(api(base, operator, "POST", "/api/v1/releases", body)["releaseId"])
+
     def scenario(page: Page, base: str) -> None:
         sign_in(page, base, operator, "sre (operator)")
-        plan = [1, {"pause": 600}, 1, {"pause": None}, "100%"]
-        gated = api(
-            base,
-            operator,
-            "POST",
-            "/api/v1/releases",
-            {"target": "cdn", "reason": "new TLS ciphers", "plan": plan},
-        )["releaseId"]
+        gated = create(base, "new TLS ciphers", [1, {"pause": 600}, 1, {"pause": None}, "100%"])
         page.goto(f"{base}/#/releases/{gated}")
         expect(page.locator("#plan")).to_contain_text("1 · bake 10m 0s · 1 · gate · 100%")
 
@@ -340,14 +337,7 @@ async def test_a_bake_counts_down_a_gate_waits_and_promote_from_the_page_lets_it
         )
 
         # Promote, skip all remaining steps: from the first gate, past the bake after it too.
-        plan = [1, {"pause": None}, 1, {"pause": 600}, "100%"]
-        skipped = api(
-            base,
-            operator,
-            "POST",
-            "/api/v1/releases",
-            {"target": "cdn", "reason": "hotfix", "plan": plan},
-        )["releaseId"]
+        skipped = create(base, "hotfix", [1, {"pause": None}, 1, {"pause": 600}, "100%"])
         page.goto(f"{base}/#/releases/{skipped}")
         expect(step(page)).to_have_text(
             "gate after batch 1: waiting for promote", timeout=LIVE_TIMEOUT
