@@ -1,10 +1,13 @@
-"""HealthWatcher: one HTTP health check of a release, probed every interval while the
-ReleaseActor watches (during a bake, after a batch), reporting over a memory channel.
+"""HealthWatcher: one health check of a release, probed every interval while the
+ReleaseActor watches (during a bake, after a batch), reporting over a memory channel. The
+HTTP probe is here; a Prometheus check's probe is actors/health_prometheus.py, driven by the
+same watcher.
 
-Healthy: a 2xx answer whose JSON object says ``"healthy": true``. Any other answer, a timeout
-or a connection error is a failure; its reason (the answer's ``reason`` when it gives one) is
-kept. ``failure_limit`` consecutive failures make the check unhealthy: the watcher reports it
-and ends. A first success is reported too, so a watch after a batch can end on it.
+An HTTP check is healthy on a 2xx answer whose JSON object says ``"healthy": true``. Any
+other answer, a timeout or a connection error is a failure; its reason (the answer's
+``reason`` when it gives one) is kept. ``failure_limit`` consecutive failures make the
+check unhealthy: the watcher reports it and ends. A first success is reported too, so a
+watch after a batch can end on it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import httpx
 import structlog
 import trio
 
+from fleetwave.actors import health_prometheus
 from fleetwave.store.strategy import HealthCheck
 
 log = structlog.get_logger("fleetwave.health")
@@ -49,6 +53,8 @@ class HealthWatcher:
     """The check's URL filled in for this release and batch."""
     http: httpx.AsyncClient
     outbox: trio.MemorySendChannel[HealthReport]
+    query: str = ""
+    """A Prometheus check's query filled in for this release and batch."""
 
     async def run(self) -> None:
         with self.outbox:
@@ -77,6 +83,8 @@ class HealthWatcher:
 
     async def probe(self) -> str | None:
         """None when healthy, else why not."""
+        if self.check.prometheus is not None:
+            return await health_prometheus.probe(self.check, self.http, self.url, self.query)
         timeout = self.check.timeout
         response: httpx.Response | None = None
         with trio.move_on_after(timeout):
@@ -120,7 +128,9 @@ async def watch(
     result: Unhealthy | None = None
     async with send, receive, trio.open_nursery() as nursery:
         for check in checks:
-            watcher = HealthWatcher(check, check.url_for(values), http, send.clone())
+            watcher = HealthWatcher(
+                check, check.url_for(values), http, send.clone(), query=_query(check, values)
+            )
             nursery.start_soon(watcher.run)
         with trio.move_on_at(deadline):
             async for report in receive:
@@ -132,3 +142,34 @@ async def watch(
                     break
         nursery.cancel_scope.cancel()
     return result
+
+
+def _query(check: HealthCheck, values: dict[str, object]) -> str:
+    return "" if check.prometheus is None else check.prometheus.query_for(values)
+
+
+async def preflight(
+    checks: tuple[HealthCheck, ...], http: httpx.AsyncClient, values: dict[str, object]
+) -> Unhealthy | None:
+    """Ask each Prometheus check's query once, all at once, before a release dispatches
+    anything: the first (in the checks' order) that its server rejects, or None. Any other
+    problem is left to the watch and its failure limit."""
+    rejected: dict[int, str] = {}
+
+    async def ask(index: int, check: HealthCheck) -> None:
+        why, other = await health_prometheus.rejection(
+            check, http, check.url_for(values), _query(check, values)
+        )
+        if why is not None:
+            rejected[index] = why
+        elif other is not None:
+            log.warning("health.preflight_inconclusive", check=check.name, reason=other)
+
+    async with trio.open_nursery() as nursery:
+        for index, check in enumerate(checks):
+            if check.prometheus is not None:
+                nursery.start_soon(ask, index, check)
+    if not rejected:
+        return None
+    first = min(rejected)
+    return Unhealthy(checks[first].name, rejected[first])

@@ -212,6 +212,9 @@ class ReleaseActor:
             if release.crash_count >= self.config.max_crashes:
                 await self._give_up()
                 return
+            if not resumed and not await self._preflight():
+                await self._finish()  # nothing was dispatched: onFailure has nothing to do
+                return
             limiter = trio.CapacityLimiter(release.max_parallel or self.config.max_parallel)
             for batch in sorted({node.batch for node in nodes}):
                 with structlog.contextvars.bound_contextvars(batch=batch):
@@ -338,27 +341,50 @@ class ReleaseActor:
         checks = self._strategy.health_checks
         if not checks or self._unhealthy:
             return not self._unhealthy
-        release = self.claim.release
         http = self.config.checks_http
         if http is None:
             report: health.Unhealthy | None = health.Unhealthy(
                 checks[0].name, "this daemon has no HTTP client for health checks"
             )
         else:
-            values = {
-                "release": release.id,
-                "version": release.version,
-                "batch": batch,
-                "scope": release.scope or "",
-            }
             report = await health.watch(
-                checks, http, values, until_healthy=deadline == math.inf, deadline=deadline
+                checks,
+                http,
+                self._check_values(batch),
+                until_healthy=deadline == math.inf,
+                deadline=deadline,
             )
         if report is None:
             return True
         self._unhealthy = True
         self._error = f"health check {report.name} failed: {report.reason}"
         log.warning("release.unhealthy", check=report.name, reason=report.reason)
+        return False
+
+    def _check_values(self, batch: int) -> dict[str, object]:
+        """What a check's URL and query are filled in with after ``batch``."""
+        release = self.claim.release
+        return {
+            "release": release.id,
+            "version": release.version,
+            "batch": batch,
+            "scope": release.scope or "",
+            "nodes": [node.node_name for node in self._nodes.values() if node.batch == batch],
+        }
+
+    async def _preflight(self) -> bool:
+        """Ask each Prometheus check's query once, as after the canary: False when a server
+        rejects one, and the release fails naming it before anything is dispatched."""
+        http = self.config.checks_http
+        checks = self._strategy.health_checks
+        if http is None or all(check.prometheus is None for check in checks):
+            return True
+        report = await health.preflight(checks, http, self._check_values(1))
+        if report is None:
+            return True
+        self._unhealthy = True
+        self._error = f"health check {report.name}: query rejected: {report.reason}"
+        log.warning("release.query_rejected", check=report.name, reason=report.reason)
         return False
 
     def _over_budget(self) -> str | None:

@@ -23,6 +23,7 @@ import attrs
 from fleetwave.store.errors import Conflict, InvalidInput
 from fleetwave.store.models import DEFAULT_PLAN, PlanStep, Release, ReleaseSpec, ReleaseStatus
 from fleetwave.store.plan import MAX_PLAN_STEPS, MAX_STEP, split, validate_plan
+from fleetwave.store.promql import PrometheusQuery, validate_prometheus
 
 MAX_PAUSE_SEC = 30 * 24 * 3600
 """A bake longer than 30 days is a typo, not a strategy."""
@@ -405,24 +406,30 @@ def promote_target(release: Release, full: bool) -> tuple[int, str]:
 URL_FIELDS = frozenset({"release", "version", "batch", "scope"})
 """What a check's URL may name: ``{release}``, ``{version}``, ``{batch}``, ``{scope}``."""
 MAX_CHECKS = 20
-CHECK_FIELDS = ("name", "http", "interval", "failureLimit", "timeout")
+CHECK_FIELDS = ("name", "http", "prometheus", "interval", "failureLimit", "timeout")
 
 
 @attrs.frozen
 class HealthCheck:
     """An HTTP check: GET ``url`` (templated); healthy when it answers 2xx with a JSON object
-    saying ``"healthy": true``. Past ``failure_limit`` consecutive failures the release fails."""
+    saying ``"healthy": true``. Or, with ``prometheus``, a Prometheus check: ``url`` is the
+    server's, asked for the query (store/promql.py). Past ``failure_limit`` consecutive
+    failures the release fails."""
 
     name: str
     url: str
     interval: float = 10.0
     failure_limit: int = 3
     timeout: float = 5.0
+    prometheus: PrometheusQuery | None = None
 
     def to_json(self) -> dict[str, object]:
+        kind: dict[str, object] = {"http": {"url": self.url}}
+        if self.prometheus is not None:
+            kind = {"prometheus": {"url": self.url, **self.prometheus.to_json()}}
         return {
             "name": self.name,
-            "http": {"url": self.url},
+            **kind,
             "interval": self.interval,
             "failureLimit": self.failure_limit,
             "timeout": self.timeout,
@@ -473,7 +480,7 @@ def _check_url(field: str, value: object) -> str:
 
 
 def validate_health_checks(value: object) -> tuple[HealthCheck, ...]:
-    """The ``healthChecks`` field: a list of HTTP checks, each named once."""
+    """The ``healthChecks`` field: a list of HTTP and Prometheus checks, each named once."""
     if value is None:
         return ()
     if not isinstance(value, list | tuple):
@@ -487,10 +494,7 @@ def validate_health_checks(value: object) -> tuple[HealthCheck, ...]:
             raise _problem(field, f"must be an object, got {_shown(item)}")
         unknown = sorted(str(key) for key in set(item) - set(CHECK_FIELDS))
         if unknown:
-            kind = "prometheus checks are not supported" if "prometheus" in unknown else ""
-            raise _problem(
-                field, kind or f"unknown field {unknown[0]} (known: {', '.join(CHECK_FIELDS)})"
-            )
+            raise _problem(field, f"unknown field {unknown[0]} (known: {', '.join(CHECK_FIELDS)})")
         name = item.get("name")
         if (
             not isinstance(name, str)
@@ -504,9 +508,17 @@ def validate_health_checks(value: object) -> tuple[HealthCheck, ...]:
             )
         if any(check.name == name for check in checks):
             raise _problem(f"{field}.name", f"{name!r} is already the name of another check")
+        if ("http" in item) == ("prometheus" in item):
+            raise _problem(field, "give exactly one of http or prometheus")
         http = item.get("http")
-        if not isinstance(http, Mapping) or set(http) != {"url"}:
+        prometheus: PrometheusQuery | None = None
+        if "prometheus" in item:
+            prometheus = validate_prometheus(f"{field}.prometheus", item["prometheus"])
+            url = _check_url(f"{field}.prometheus.url", item["prometheus"]["url"])
+        elif not isinstance(http, Mapping) or set(http) != {"url"}:
             raise _problem(f"{field}.http", 'must be {"url": "http(s)://..."}')
+        else:
+            url = _check_url(f"{field}.http.url", http["url"])
         limit = item.get("failureLimit", 3)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise _problem(
@@ -516,10 +528,11 @@ def validate_health_checks(value: object) -> tuple[HealthCheck, ...]:
         checks.append(
             HealthCheck(
                 name,
-                _check_url(f"{field}.http.url", http["url"]),
+                url,
                 _seconds(f"{field}.interval", item.get("interval"), 10.0, 3600),
                 limit,
                 _seconds(f"{field}.timeout", item.get("timeout"), 5.0, 300),
+                prometheus,
             )
         )
     return tuple(checks)

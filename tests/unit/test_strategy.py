@@ -19,6 +19,17 @@ CHECK = {
     "http": {"url": "https://status.example/edge?r={release}&v={version}&b={batch}&s={scope}"},
 }
 
+PROM = {
+    "name": "5xx",
+    "prometheus": {"url": "http://prometheus:9090", "query": "up", "max": 0.01},
+}
+
+
+def prom(**fields: object) -> dict[str, object]:
+    """PROM with its ``prometheus`` fields changed (None: left out)."""
+    changed = {**PROM["prometheus"], **fields}  # type: ignore[dict-item]
+    return {**PROM, "prometheus": {k: v for k, v in changed.items() if v is not None}}
+
 
 @pytest.mark.parametrize(
     ("fields", "message"),
@@ -67,8 +78,58 @@ CHECK = {
             "healthChecks[0].failureLimit: must be a whole number from 1 to 1000",
         ),
         (
-            {"healthChecks": [{"name": "p", "prometheus": {"url": "http://p/"}}]},
-            "healthChecks[0]: prometheus checks are not supported",
+            {"healthChecks": [PROM | {"http": {"url": "http://h/"}}]},
+            "healthChecks[0]: give exactly one of http or prometheus",
+        ),
+        ({"healthChecks": [{"name": "p"}]}, "healthChecks[0]: give exactly one of http or"),
+        ({"healthChecks": [PROM | {"prometheus": []}]}, "healthChecks[0].prometheus: must be"),
+        (
+            {"healthChecks": [prom(url="ftp://p:9090")]},
+            "healthChecks[0].prometheus.url: must be an http or https URL",
+        ),
+        (
+            {"healthChecks": [prom(url="http://p:9090/api/v1/query?query=up")]},
+            "healthChecks[0].prometheus.url: the server's base URL",
+        ),
+        (
+            {"healthChecks": [{"name": "p", "prometheus": {"query": "up", "max": 1}}]},
+            "healthChecks[0].prometheus.url: is required",
+        ),
+        (
+            {"healthChecks": [prom(step="1m")]},
+            "healthChecks[0].prometheus: unknown field step (known: url, query, max, min)",
+        ),
+        ({"healthChecks": [prom(query="")]}, "healthChecks[0].prometheus.query: must be a non"),
+        ({"healthChecks": [prom(query="  ")]}, "healthChecks[0].prometheus.query: must be a non"),
+        ({"healthChecks": [prom(query=None)]}, "healthChecks[0].prometheus.query: must be a non"),
+        ({"healthChecks": [prom(query=7)]}, "healthChecks[0].prometheus.query: must be a non"),
+        (
+            {"healthChecks": [prom(query="x" * 4001)]},
+            "healthChecks[0].prometheus.query: must be a non-empty PromQL query of at most 4000"
+            " characters, got 4001 characters",
+        ),
+        (
+            {"healthChecks": [prom(query="up\x00")]},
+            "healthChecks[0].prometheus.query: must not contain control characters",
+        ),
+        (
+            {"healthChecks": [prom(query='up{node=~"{node}"}')]},
+            "healthChecks[0].prometheus.query: names {node}; a query may name {release},",
+        ),
+        ({"healthChecks": [prom(max="0.01")]}, "healthChecks[0].prometheus.max: must be a finite"),
+        ({"healthChecks": [prom(max=True)]}, "healthChecks[0].prometheus.max: must be a finite"),
+        (
+            {"healthChecks": [prom(max=float("inf"))]},
+            "healthChecks[0].prometheus.max: must be a finite number, got inf",
+        ),
+        (
+            {"healthChecks": [prom(max=float("nan"))]},
+            "healthChecks[0].prometheus.max: must be a finite number, got nan",
+        ),
+        ({"healthChecks": [prom(max=None)]}, "healthChecks[0].prometheus: give max, min or both"),
+        (
+            {"healthChecks": [prom(max=1, min=2)]},
+            "healthChecks[0].prometheus.min: 2 is above max 1",
         ),
     ],
 )
