@@ -356,8 +356,12 @@ class ReleaseActor:
             )
         if report is None:
             return True
+        return self._health_failed(f"health check {report.name} failed: {report.reason}", report)
+
+    def _health_failed(self, error: str, report: health.Unhealthy) -> bool:
+        """The release fails with ``error`` (nodes stay as recorded); False."""
         self._unhealthy = True
-        self._error = f"health check {report.name} failed: {report.reason}"
+        self._error = error
         log.warning("release.unhealthy", check=report.name, reason=report.reason)
         return False
 
@@ -382,10 +386,9 @@ class ReleaseActor:
         report = await health.preflight(checks, http, self._check_values(1))
         if report is None:
             return True
-        self._unhealthy = True
-        self._error = f"health check {report.name}: query rejected: {report.reason}"
-        log.warning("release.query_rejected", check=report.name, reason=report.reason)
-        return False
+        return self._health_failed(
+            f"health check {report.name}: query rejected: {report.reason}", report
+        )
 
     def _over_budget(self) -> str | None:
         """Why the failures so far stop the release (store/strategy.py), or None."""
