@@ -2,9 +2,12 @@
 
 The release's batches come from one detail request; everything after comes from the SSE
 stream (``GET /api/v1/releases/{id}/events?follow=true``), read from the first event, so the
-view is rebuilt from the audit trail whatever happened before the watch began. On a terminal
-the view is drawn with rich (a bar per batch, counts, the current step, an ETA from the apply
-times seen so far, failures with their reasons as they arrive); elsewhere each event is one
+view is rebuilt from the audit trail whatever happened before the watch began; the step a
+release with pauses is at (its ``step``: a bake and its end, a gate) is read again from the
+detail after each release event (a step, a verb). On a terminal
+the view is drawn with rich (a bar per batch, counts, the current step with a bake's time
+left ticking each second, an ETA from the apply times seen so far, failures with their
+reasons as they arrive); elsewhere each event is one
 plain line; with ``--json`` one JSON object a line. A dropped stream is resumed with
 ``Last-Event-ID`` for up to ``patience`` seconds. Exit 0 when the release succeeded.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 import attrs
@@ -33,6 +36,8 @@ EXIT_FAILED: Final = 1
 PATIENCE: Final = 30.0
 RETRY_DELAY: Final = 1.0
 FAILURES_SHOWN: Final = 8
+TICK: Final = 1.0
+"""Seconds between redraws of a bake's time left (events redraw at once)."""
 _ENDED: Final = frozenset({"success", "failed", "cancelled", "skipped"})
 _RELEASE_ENDED: Final = frozenset({"success", "failed", "cancelled"})
 
@@ -67,6 +72,14 @@ class WatchState:
     error: str | None = None
     first_at: datetime | None = None
     last_at: datetime | None = None
+    has_pauses: bool = False
+    """Its plan has bakes or gates: its ``step`` is worth reading again after a release event."""
+    at_step: Mapping[str, Any] | None = None
+    """The API's ``release.step``: kind (batch, bake, gate), batch, until, promoted."""
+    step_read_at: datetime | None = None
+    """The ``updatedAt`` of the release item ``at_step`` came from: older events are in it."""
+    step_stale: bool = False
+    """A release event newer than ``step_read_at`` arrived: ``at_step`` may be behind."""
 
     @classmethod
     def from_detail(cls, detail: Mapping[str, Any]) -> WatchState:
@@ -89,7 +102,18 @@ class WatchState:
             names=names,
         )
         state.nodes = {node_id: "pending" for ids in batches.values() for node_id in ids}
+        strategy = release.get("strategy") or {}
+        state.has_pauses = any(
+            isinstance(step, dict) and "pause" in step for step in strategy.get("plan", ())
+        )
+        state.take_step(release)
         return state
+
+    def take_step(self, release: Mapping[str, Any]) -> None:
+        """The step of ``release`` (a release item of the API), read just now."""
+        self.at_step = release.get("step")
+        self.step_read_at = _time(release["updatedAt"]) if release.get("updatedAt") else None
+        self.step_stale = False
 
     def apply(self, event: Mapping[str, Any]) -> None:
         at = _time(event["createdAt"])
@@ -99,6 +123,9 @@ class WatchState:
         status = event["toStatus"]
         if node_id is None:
             self.status = status
+            newer = self.step_read_at is None or at >= self.step_read_at
+            if self.has_pauses and newer and status not in _RELEASE_ENDED:
+                self.step_stale = True
             if status in _RELEASE_ENDED and status != "success":
                 self.error = event.get("message")
             return
@@ -133,12 +160,35 @@ class WatchState:
     def ended(self) -> bool:
         return self.status in _RELEASE_ENDED
 
-    def step(self) -> str:
+    def holding(self) -> str | None:
+        """ "bake" or "gate" while the release holds at one not yet promoted past."""
+        step = self.at_step
+        if self.status != "running" or step is None or step.get("promoted"):
+            return None
+        kind = step.get("kind")
+        return kind if kind in ("bake", "gate") else None
+
+    def bake_left(self, wall: datetime) -> float | None:
+        """Seconds until the bake held at ends, by ``wall`` (this machine's clock)."""
+        until = self.at_step.get("until") if self.at_step else None
+        return None if not until else (_time(until) - wall).total_seconds()
+
+    def step(self, wall: datetime | None = None) -> str:
         if self.ended:
             return f"ended: {self.status}"
         current = self.current_batch
         if self.status == "pending":
             return "waiting for a daemon to claim it"
+        holding = self.holding()
+        if holding is not None:
+            assert self.at_step is not None
+            after = f"{holding} after batch {self.at_step['batch']}"
+            if holding == "gate":
+                return f"{after}: waiting for promote (fleetwave release promote {self.release_id})"
+            left = self.bake_left(wall or datetime.now(UTC))
+            if left is None:
+                return after
+            return f"{after}: {_left(left)}"
         if current is None:
             return "finishing"
         counts = self.counts(current)
@@ -187,6 +237,14 @@ class WatchState:
         return line
 
 
+def _left(seconds: float) -> str:
+    """A bake's time left: "4m 10s left", "ending" once it is over."""
+    if seconds <= 0:
+        return "ending"
+    whole = math.ceil(seconds)
+    return f"{whole // 60}m {whole % 60}s left" if whole >= 60 else f"{whole}s left"
+
+
 def plain_line(state: WatchState, event: Mapping[str, Any]) -> str:
     when = event["createdAt"][11:19]
     change = f"{event['fromStatus'] or '-'} -> {event['toStatus']}"
@@ -196,18 +254,30 @@ def plain_line(state: WatchState, event: Mapping[str, Any]) -> str:
         text = f"{when} batch {event['batch']} {state.name(event['nodeId'])}: {change}"
     if event.get("message"):
         text += f": {event['message']}"
+    until = state.at_step.get("until") if state.at_step else None
+    if event["nodeId"] is None and state.holding() == "bake" and until:
+        text += f" (until {until[11:19]})"
     return text
 
 
-def live_view(state: WatchState, now: datetime) -> Group:
-    """The rich view: header, a bar per batch with its counts, the latest failures."""
+def live_view(state: WatchState, now: datetime, wall: datetime | None = None) -> Group:
+    """The rich view: header, the step, a bar per batch with its counts, the latest failures. ``now``:
+    the time of the latest event (for the ETA); ``wall``: this machine's clock (for a bake)."""
+    wall = wall or datetime.now(UTC)
     eta = state.eta(now)
     eta_text = "unknown until a node finishes" if eta is None else f"~{eta:.0f}s"
+    holding = state.holding()
+    if holding == "gate":
+        eta_text = "after the promote" + ("" if eta is None else f" ~{eta:.0f}s")
+    elif holding == "bake" and eta is not None:
+        eta += max(0.0, state.bake_left(wall) or 0.0)
+        eta_text = f"~{eta:.0f}s"
     header = Text.assemble(
         (f"release {state.release_id} (version {state.version}) ", "bold"),
         (state.status, _style(state.status)),
-        f"  ·  {state.step()}  ·  ETA {eta_text}",
+        f"  ·  ETA {eta_text}",
     )
+    step = Text.assemble("step: ", (state.step(wall), "bold yellow" if holding else ""))
     bars = Progress(
         TextColumn("batch {task.fields[batch]:>3}"),
         BarColumn(bar_width=30),
@@ -219,7 +289,7 @@ def live_view(state: WatchState, now: datetime) -> Group:
         done = len(ids) - counts["running"] - counts["pending"]
         shown = "  ".join(f"{name} {value}" for name, value in counts.items() if value)
         bars.add_task("", total=len(ids), completed=done, batch=batch, counts=shown)
-    parts: list[Any] = [header, bars]
+    parts: list[Any] = [header, step, bars]
     if state.failures:
         table = Table("node", "batch", "reason", title="failures", title_justify="left")
         for failure in state.failures[-FAILURES_SHOWN:]:
@@ -270,7 +340,10 @@ async def watch(
             live_view(state, datetime.now().astimezone()), console=console, refresh_per_second=8
         ) as live:
             output.live = live
-            await _follow(client, state, output, err, patience)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_tick, state, live)
+                await _follow(client, state, output, err, patience)
+                nursery.cancel_scope.cancel()
             live.update(live_view(state, state.last_at or datetime.now().astimezone()))
     else:
         await _follow(client, state, output, err, patience)
@@ -278,6 +351,20 @@ async def watch(
         out.write(state.summary() + "\n")
         out.flush()
     return EXIT_OK if state.status == "success" else EXIT_FAILED
+
+
+async def _tick(state: WatchState, live: Live) -> None:
+    """Redraw each second while the release bakes: its time left counts down."""
+    while True:
+        await trio.sleep(TICK)
+        if state.holding() == "bake":
+            live.update(live_view(state, state.last_at or datetime.now(UTC)))
+
+
+async def _read_step(client: ApiClient, state: WatchState) -> None:
+    """Read the release's step again once a release event may have moved it."""
+    if state.step_stale:
+        state.take_step((await client.release(state.release_id))["release"])
 
 
 @attrs.define
@@ -320,6 +407,7 @@ async def _follow(
     waiting = _Patience(patience, err)
     while True:
         try:
+            await _read_step(client, state)  # still to do after an error while reading it
             async for message in client.follow_release(state.release_id, last_id):
                 if message.kind == "end":
                     if state.ended:
@@ -335,6 +423,7 @@ async def _follow(
                     continue
                 seen.add(event["id"])
                 state.apply(event)
+                await _read_step(client, state)
                 output.event(state, event)
             else:
                 waiting.away(

@@ -24,7 +24,8 @@ from fleetwave.api.events import EventHub
 from fleetwave.api.server import serve_api
 from fleetwave.config import load_settings
 from fleetwave.store.memory import MemoryStore
-from fleetwave.store.models import ReleaseSpec
+from fleetwave.store.models import Actor, ReleaseSpec, Role
+from fleetwave.store.strategy import current_step, validate_strategy
 from fleetwave.supervisor import Supervisor
 
 FLEETWAVE = Path(sys.executable).with_name("fleetwave")
@@ -130,3 +131,49 @@ async def test_watch_shows_a_failed_canary_with_its_reason_and_exits_1(daemon: D
     assert "failures" in text and "nginx: [emerg] bad config" in text
     assert f"release {created.release.id} (version 1) failed" in text
     assert "0 succeeded, 1 failed" in text
+
+
+async def test_watch_shows_a_bake_counting_down_then_a_gate_until_promoted(
+    daemon: Daemon,
+) -> None:
+    await daemon.store.update_node(4, enabled=False)
+    strategy = validate_strategy([1, {"pause": 4}, 1, {"pause": None}, "100%"], None, 0, "stop")
+    created = await daemon.store.create_release(
+        ReleaseSpec(reason="tty steps", plan=strategy.plan, strategy=strategy.to_json())
+    )
+    release_id = created.release.id
+    result: list[tuple[int, str]] = []
+
+    async def watching() -> None:
+        result.append(await watch_in_a_terminal(daemon, release_id))
+
+    async def at_gate() -> None:
+        while True:
+            release = await daemon.store.get_release(release_id)
+            assert release is not None
+            step = current_step(release)
+            if step is not None and step.kind == "gate":
+                return
+            await trio.sleep(0.1)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watching)
+            await at_gate()
+            await trio.sleep(2.5)  # held: the watch shows the gate for a few frames
+            await daemon.store.promote(
+                release_id, by=Actor("alice", Role.OPERATOR), reason="batch 2 healthy"
+            )
+
+    [(code, screen)] = result
+    text = _ANSI.sub("", screen)
+    assert code == 0, text
+    # The bake's time left ticks down by itself between events (a 4 s bake: 4s, 3s, 2s...).
+    left = {int(n) for n in re.findall(r"bake after batch 1: (\d)s left", text)}
+    assert len(left) >= 2 and max(left) <= 4, (left, text)
+    assert (
+        f"gate after batch 2: waiting for promote (fleetwave release promote {release_id})" in text
+    )
+    assert "ETA after the promote" in text
+    assert f"release {release_id} (version 1) success" in text
+    assert "3 succeeded, 0 failed, 0 skipped, 0 cancelled" in text

@@ -74,3 +74,59 @@ def test_failures_arrive_with_their_reasons_and_end_in_the_summary() -> None:
         "error: node edge-1 failed: disk full",
         "  failed: edge-1 (batch 1): disk full",
     ]
+
+
+def _gated(step: dict[str, object] | None, updated: float) -> WatchState:
+    plan = [1, {"pause": 300}, "100%"]
+    detail = {
+        "release": {"id": 7, "version": 3, "strategy": {"plan": plan}, "step": step,
+                    "updatedAt": _at(updated)},
+        "batches": [
+            {"batch": 1, "nodes": [{"nodeId": 1, "nodeName": "edge-1"}]},
+            {"batch": 2, "nodes": [{"nodeId": 2, "nodeName": "edge-2"}]},
+        ],
+    }  # fmt: skip
+    return WatchState.from_detail(detail)
+
+
+def test_a_bake_shows_its_time_left_and_a_gate_the_promote_it_waits_for() -> None:
+    bake = {"position": 1, "kind": "bake", "batch": 1, "until": _at(50), "promoted": False}
+    state = _gated(bake, 5)
+    state.apply(_event(1, 0, "running", came="pending"))
+    state.apply(_event(2, 1, "running", node=1, batch=1, came="pending"))
+    state.apply(_event(3, 4, "success", node=1, batch=1, came="running"))
+    wall = datetime.fromisoformat("2026-12-03T08:00:10+00:00")
+    assert state.holding() == "bake" and state.bake_left(wall) == 40.0
+    assert state.step(wall) == "bake after batch 1: 40s left"
+    assert state.step(datetime.fromisoformat("2026-12-03T07:58:00+00:00")) == (
+        "bake after batch 1: 2m 50s left"
+    )
+    assert state.step(datetime.fromisoformat("2026-12-03T08:00:51+00:00")) == (
+        "bake after batch 1: ending"
+    )
+    bake_event = _event(4, 5, "running", came="running", message="step 1: bake 300s")
+    assert plain_line(state, bake_event) == (
+        "08:00:05 release 7: running -> running: step 1: bake 300s (until 08:00:50)"
+    )
+    state.take_step({"step": {**bake, "promoted": True}, "updatedAt": _at(6)})
+    assert state.holding() is None and state.step(wall) == "batch 2 of 2: dispatching"
+    gate = {"position": 1, "kind": "gate", "batch": 1, "until": None, "promoted": False}
+    state.take_step({"step": gate, "updatedAt": _at(7)})
+    assert (
+        state.step(wall) == "gate after batch 1: waiting for promote (fleetwave release promote 7)"
+    )
+
+
+def test_only_release_events_newer_than_the_step_read_make_it_worth_reading_again() -> None:
+    state = _gated({"position": 0, "kind": "batch", "batch": 1, "until": None}, 5)
+    state.apply(_event(1, 0, "running", came="pending"))  # replayed: in the step read at 5 s
+    state.apply(_event(2, 6, "running", node=1, batch=1, came="pending"))  # a node's
+    assert not state.step_stale
+    state.apply(_event(3, 8, "running", came="running", message="step 1: bake 300s"))
+    assert state.step_stale
+    state.take_step({"step": None, "updatedAt": _at(8)})
+    assert not state.step_stale
+    # Without pauses in its plan, no release event makes the step worth reading.
+    plain = _state()
+    plain.apply(_event(1, 0, "running", came="pending"))
+    assert not plain.has_pauses and not plain.step_stale
