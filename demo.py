@@ -29,20 +29,26 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import attrs
 import httpx
 import trio
+from hypercorn.trio import serve as hypercorn_serve
 
 from fleetwave.agent.certs import CertPaths, api_env_lines, init_certs, mtls_env_lines
+from fleetwave.agent.health_sim import PATH as HEALTH_PATH
+from fleetwave.agent.health_sim import HealthEndpoint
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from fleetwave.api import render
 from fleetwave.api.client import ApiClient, ApiFailure, ClientError, ClientTls, open_http
+from fleetwave.api.server import hypercorn_config
 from fleetwave.store.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 DEFAULT_DIR: Final = Path(".fleetwave/demo")
@@ -195,7 +201,8 @@ class _Result:
 
 
 async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _Result) -> None:
-    say(f"fleetwave demo: {options.agents} edge agents, 5 releases; files in {base}")
+    releases = 4 + (3 if options.agents >= ACT_THREE_AGENTS else 0)
+    say(f"fleetwave demo: {options.agents} edge agents, {releases} releases; files in {base}")
     say("- database: embedded PostgreSQL ...")
     async with _database(base / "pg") as (server, url):
         say(f"  PostgreSQL on 127.0.0.1:{server.actual_port}, database {DATABASE} (fresh)")
@@ -209,6 +216,9 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                 f"- fleet: {len(fleet)} simulated agents over mutual TLS, "
                 f"{first.host}:{first.port} ... {last.host}:{last.port}"
             )
+            health = HealthEndpoint()
+            health_url = await services.start(_serve_health, health)
+            say(f"- health endpoint: {health_url} (plain HTTP; healthy until the last act)")
             env = _child_env(certs, url)
             async with _daemon(env, base / "serve.log", _client_tls(certs)) as api:
                 say(f"- daemon: `fleetwave serve`, API on {api}, log {base / 'serve.log'}")
@@ -216,7 +226,7 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                 say("- API token created with `fleetwave token create demo --role admin`")
                 async with open_http(api, token, tls=_client_tls(certs)) as http:
                     client = ApiClient(http)
-                    result.code = await _releases(client, fleet, say)
+                    result.code = await _releases(client, fleet, health, health_url, say)
                     say("")
                     say(f"API:   {api}")
                     say(f"token: {token}")
@@ -238,8 +248,9 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                     if options.keep_running:
                         command = command_as_typed()
                         say("")
-                        say("Everything keeps running, the canary's agent healthy again, so a new")
-                        say("release succeeds on every node. In another terminal:")
+                        say("Everything keeps running, the canary's agent and the health endpoint")
+                        say("healthy again, so a new release succeeds on every node. In another")
+                        say("terminal:")
                         say(
                             f"  export FLEETWAVE_API={api} FLEETWAVE_API_CA={certs.ca_cert} "
                             f"FLEETWAVE_TOKEN={token}"
@@ -254,7 +265,9 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
             services.cancel_scope.cancel()
 
 
-async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
+async def _releases(
+    client: ApiClient, fleet: SimulatedFleet, health: HealthEndpoint, health_url: str, say: _Say
+) -> int:
     node_ids = await _register(client, fleet)
     say(f"- nodes: {len(node_ids)} registered through the API (POST /api/v1/nodes)")
 
@@ -276,35 +289,44 @@ async def _releases(client: ApiClient, fleet: SimulatedFleet, say: _Say) -> int:
     # The failing act is over: the fleet is left healthy for whoever keeps it running.
     fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME))
 
-    fleet.set_behaviour(1, Behaviour(apply_time=APPLY_TIME))
+    lines = ["  " + first.line(), "  " + second.line()]
+    problems = _first_acts_problems(first, second)
+    untouched = " and never touched the other nodes (batch 2 skipped)" if second.total > 1 else ""
+    expected = [f"the first release succeeded; the second stopped at its canary{untouched};"]
     if len(fleet) < ACT_THREE_AGENTS:
         say("")
         say(
             f"Act three (pause, resume, rollback) needs {ACT_THREE_AGENTS} agents or more: skipped."
         )
-        return _summary(say, [first, second], _first_acts_problems(first, second))
-    third, paused_view, fourth, rollback, fleet_data = await _third_act(client, fleet, say)
+    else:
+        third, paused_view, fourth, rollback, fleet_data = await _third_act(client, fleet, say)
+        lines += [
+            "  " + third.line(),
+            f"    {paused_view}",
+            "  " + fourth.line(),
+            "  " + rollback.line(),
+            f"    the rollback of release {fourth.release_id}, canary first",
+            f"    {_fleet_line(fleet_data)}",
+        ]
+        problems += _third_act_problems(third, fourth, rollback, fleet_data, len(fleet))
+        expected.append(
+            "the third, paused mid-batch, went on where it stopped once resumed; the fourth, a "
+            "bad version, was rolled back and every node ran the last good config again;"
+        )
+    act = await _health_act(client, health, health_url, say)
+    lines += act.lines()
+    problems += act.problems(len(fleet))
+    expected.append(act.expected())
 
     say("")
     say("Summary")
-    say("  " + first.line())
-    say("  " + second.line())
-    say("  " + third.line())
-    say(f"    {paused_view}")
-    say("  " + fourth.line())
-    say("  " + rollback.line())
-    say(f"    the rollback of release {fourth.release_id}, canary first")
-    say(f"    {_fleet_line(fleet_data)}")
-    problems = _first_acts_problems(first, second) + _third_act_problems(
-        third, fourth, rollback, fleet_data, len(fleet)
-    )
+    for line in lines:
+        say(line)
     for problem in problems:
         say(f"  UNEXPECTED: {problem}")
     if not problems:
-        say("  as expected: the first release succeeded; the second stopped at its canary and")
-        say("  never touched the other nodes (batch 2 skipped); the third, paused mid-batch,")
-        say("  went on where it stopped once resumed; the fourth, a bad version, was rolled")
-        say("  back and every node runs the last good config again.")
+        for line in textwrap.wrap("as expected: " + " ".join(expected), width=SUMMARY_WIDTH):
+            say("  " + line)
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -317,19 +339,6 @@ def _first_acts_problems(first: Outcome, second: Outcome) -> list[str]:
     return problems
 
 
-def _summary(say: _Say, outcomes: Sequence[Outcome], problems: Sequence[str]) -> int:
-    say("")
-    say("Summary")
-    for outcome in outcomes:
-        say("  " + outcome.line())
-    for problem in problems:
-        say(f"  UNEXPECTED: {problem}")
-    if not problems:
-        say("  as expected: the first release succeeded; the second stopped at its canary and")
-        say("  never touched the other nodes (batch 2 skipped).")
-    return EXIT_FAILED if problems else EXIT_OK
-
-
 ACT_THREE_AGENTS: Final = 3
 """Act three pauses a release in its second batch: a canary and two nodes at least."""
 PAUSE_AFTER: Final = 5
@@ -339,6 +348,7 @@ BAD_AGENTS: Final = (7, 8)
 """Agents that reject the bad version (in its second batch, after some nodes applied it);
 in a smaller fleet, its last agent."""
 STEERED_PARALLEL: Final = 3
+SUMMARY_WIDTH: Final = 86
 
 
 async def _third_act(
@@ -441,6 +451,216 @@ def _fleet_line(data: Any) -> str:
     return f"fleet after the rollback: {versions}; {len(data['differing'])} differ"
 
 
+HEALTH_BAKE: Final = 10
+"""Seconds of each bake of the health-checked release; its check cuts the first one short."""
+HEALTH_CHECK: Final = "edge"
+HEALTH_INTERVAL: Final = 0.2
+HEALTH_LIMIT: Final = 3
+HEALTH_TIMEOUT: Final = 1
+HEALTHY_FIRST: Final = 3
+"""Healthy answers the check gets during the canary's bake before the canary serves 5xx."""
+UNHEALTHY: Final = "{node} serves 5xx: 41% of its requests since it applied version {version}"
+"""Why the health endpoint turns unhealthy mid-bake (the canary's errors, as a health page
+would say)."""
+
+
+@attrs.frozen
+class HealthAct:
+    """The release baked under a health check that failed, and the rollback it made itself."""
+
+    failed: Outcome
+    expected_error: str
+    applied: tuple[str, ...]
+    """Nodes that applied the failed release."""
+    healthy: int
+    unhealthy: int
+    watched: float
+    """Seconds from the first probe to the last (the bake until the check failed)."""
+    previous: int | None
+    """The config every node ran before the release."""
+    rollback: Outcome | None = None
+    rollback_config: int | None = None
+    rolled: tuple[str, ...] = ()
+    """Nodes of the rollback release."""
+    restored: tuple[tuple[str, int | None], ...] = ()
+    """Each node that applied the failed release and the config it runs now (nodes list)."""
+    fleet_data: Any = None
+
+    def lines(self) -> list[str]:
+        lines = [
+            "  " + self.failed.line(),
+            f"    health check {HEALTH_CHECK}: healthy {self.healthy} times in the canary's "
+            f"{HEALTH_BAKE}s bake, then {self.unhealthy} failures in a row (failureLimit "
+            f"{HEALTH_LIMIT}): the bake ended after {self.watched:.1f}s",
+        ]
+        if self.rollback is not None:
+            lines += [
+                "  " + self.rollback.line(),
+                f"    the rollback of release {self.failed.release_id} by its onFailure, canary "
+                f"first; now {_runs(self.restored)}",
+                f"    {_fleet_line(self.fleet_data)}",
+            ]
+        return lines
+
+    def expected(self) -> str:
+        rollback = "" if self.rollback is None else f" (release {self.rollback.release_id})"
+        return (
+            f"{_ordinal(self.failed.release_id)} baked its canary under a health check that "
+            "turned unhealthy mid-bake: it failed naming the check, went no further than its "
+            f"canary, and rolled itself back{rollback}: every node runs the last good config "
+            "again."
+        )
+
+    def problems(self, agents: int) -> list[str]:
+        failed, rollback = self.failed, self.rollback
+        number = f"release {failed.release_id}"
+        problems = []
+        if failed.status != "failed" or failed.error != self.expected_error:
+            problems.append(f"{number} should have failed with: {self.expected_error}")
+        if failed.success != 1 or failed.skipped != failed.total - 1:
+            problems.append(f"{number} should have gone no further than its canary")
+        if self.unhealthy != HEALTH_LIMIT:
+            problems.append(f"its check should have failed {HEALTH_LIMIT} times, not more")
+        if rollback is None:
+            problems.append(f"{number} should have rolled itself back")
+            return problems
+        if rollback.status != "success" or rollback.success != rollback.total:
+            problems.append(f"the rollback of {number} should have succeeded on every node")
+        if self.rolled != self.applied:
+            problems.append(f"the rollback should have run on the nodes that applied {number}")
+        if self.rollback_config != self.previous or any(
+            version != self.previous for _, version in self.restored
+        ):
+            problems.append(f"the nodes that applied {number} should run config {self.previous}")
+        versions = [(v["configVersion"], v["nodes"]) for v in self.fleet_data["versions"]]
+        if self.fleet_data["differing"] or versions != [(self.previous, agents)]:
+            problems.append(f"every node should run config {self.previous} again")
+        return problems
+
+
+async def _health_act(
+    client: ApiClient, health: HealthEndpoint, health_url: str, say: _Say
+) -> HealthAct:
+    before = await client.fleet()
+    previous = [v["configVersion"] for v in before["versions"]]
+    plan: list[object] = [1, {"pause": HEALTH_BAKE}, "50%", {"pause": HEALTH_BAKE}, "100%"]
+    check = {
+        "name": HEALTH_CHECK,
+        "http": {"url": health_url + "?release={release}&batch={batch}"},
+        "interval": HEALTH_INTERVAL,
+        "failureLimit": HEALTH_LIMIT,
+        "timeout": HEALTH_TIMEOUT,
+    }
+    created = await client.create_release(
+        {
+            "target": "cdn",
+            "reason": "demo: a config the canary applies, then serves errors with",
+            "plan": plan,
+            "healthChecks": [check],
+            "onFailure": "rollback",
+        }
+    )
+    release_id = int(created["releaseId"])
+    say("")
+    say(
+        f"Release {release_id}: plan {json.dumps(plan)}, health check {HEALTH_CHECK} (GET "
+        f"{health_url} every {HEALTH_INTERVAL:g}s, failureLimit {HEALTH_LIMIT}), onFailure "
+        "rollback. The canary applies it, then serves errors during its bake."
+    )
+    say(render.created(created))
+    canary = _names(await client.release(release_id))[0]
+    reason = UNHEALTHY.format(node=canary, version=created["version"])
+    notes: list[str] = []
+
+    async def turn_unhealthy() -> None:
+        await health.wait_for(
+            lambda _: sum(p.healthy for p in health.of(release_id, 1)) >= HEALTHY_FIRST
+        )
+        health.turn_unhealthy(reason)
+        notes.append(
+            f"  during the canary's bake: health check {HEALTH_CHECK} answered healthy "
+            f"{HEALTHY_FIRST} times; now {reason}: the health endpoint answers 503"
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(turn_unhealthy)
+        failed = await _follow(client, release_id, say, notes)
+        nursery.cancel_scope.cancel()
+    probes = health.of(release_id)
+    detail = await client.release(release_id)
+    act = HealthAct(
+        failed=failed,
+        expected_error=f"health check {HEALTH_CHECK} failed: HTTP 503: {reason}",
+        applied=_names(detail, "success"),
+        healthy=sum(p.healthy for p in probes),
+        unhealthy=sum(not p.healthy for p in probes),
+        watched=probes[-1].at - probes[0].at if probes else 0.0,
+        previous=previous[0] if len(previous) == 1 else None,
+    )
+    health.turn_healthy()  # for whoever keeps the demo running
+    if failed.status != "failed":
+        return act
+    with trio.move_on_after(RELEASE_TIMEOUT):
+        while (rollback_id := await _rollback_of(client, release_id)) is None:  # noqa: ASYNC110
+            await trio.sleep(0.1)
+    if rollback_id is None:
+        say(f"  release {release_id} was not rolled back within {RELEASE_TIMEOUT:g}s")
+        return act
+    rollback_detail = await client.release(rollback_id)
+    say(
+        f"  onFailure rollback: release {rollback_id} restores config "
+        f"{rollback_detail['release']['configVersion']} on the node(s) that applied release "
+        f"{release_id}, canary first"
+    )
+    rollback = await _follow(client, rollback_id, say)
+    fleet_data = await client.fleet()
+    say(render.fleet_view(fleet_data))
+    versions = {n["name"]: n["appliedVersion"] for n in (await client.list_nodes())["items"]}
+    restored = tuple((name, versions.get(name)) for name in act.applied)
+    say(f"  nodes list: {_runs(restored)}")
+    return attrs.evolve(
+        act,
+        rollback=rollback,
+        rollback_config=rollback_detail["release"]["configVersion"],
+        rolled=_names(rollback_detail),
+        restored=restored,
+        fleet_data=fleet_data,
+    )
+
+
+def _runs(nodes: Sequence[tuple[str, int | None]]) -> str:
+    return ", ".join(f"{name} runs config {version}" for name, version in nodes) or "no node"
+
+
+ORDINALS: Final = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh")
+
+
+def _ordinal(release_id: int) -> str:
+    """How the summary names a release of the demo: "the third", else "release 12"."""
+    if 1 <= release_id <= len(ORDINALS):
+        return f"the {ORDINALS[release_id - 1]}"
+    return f"release {release_id}"
+
+
+def _names(detail: Any, status: str | None = None) -> tuple[str, ...]:
+    """Names of the release's nodes (those of ``status``, when given), in batch order."""
+    return tuple(
+        node["nodeName"]
+        for batch in detail["batches"]
+        for node in batch["nodes"]
+        if status is None or node["status"] == status
+    )
+
+
+async def _rollback_of(client: ApiClient, release_id: int) -> int | None:
+    """The id of the rollback release of ``release_id``, once there is one."""
+    listed = await client.list_releases(page_size=5)
+    for item in listed["items"]:
+        if item["rollbackOf"] == release_id:
+            return int(item["id"])
+    return None
+
+
 def _counts(data: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for batch in data["batches"]:
@@ -456,9 +676,11 @@ def _batch_two_under_way(data: Any, done: int) -> bool:
     return counts["pending"] == 0 or (counts["success"] >= 1 + done and counts["running"] > 0)
 
 
-async def _follow(client: ApiClient, release_id: int, say: _Say) -> Outcome:
+async def _follow(
+    client: ApiClient, release_id: int, say: _Say, notes: list[str] | None = None
+) -> Outcome:
     with trio.move_on_after(RELEASE_TIMEOUT) as waited:
-        data = await _watch(client, release_id, say)
+        data = await _watch(client, release_id, say, notes)
     if waited.cancelled_caught:
         raise DemoError(f"release {release_id} did not end within {RELEASE_TIMEOUT:g}s")
     return Outcome.from_detail(data)
@@ -488,18 +710,39 @@ async def _release(client: ApiClient, reason: str, say: _Say) -> Outcome:
     return await _follow(client, int(created["releaseId"]), say)
 
 
-async def _watch(client: ApiClient, release_id: int, say: _Say) -> Any:
-    """The CLI's watch view, redrawn in place on a terminal, until the release ends."""
+async def _watch(
+    client: ApiClient, release_id: int, say: _Say, notes: list[str] | None = None
+) -> Any:
+    """The CLI's watch view, redrawn in place on a terminal, until the release ends. Lines
+    put in ``notes`` meanwhile are written below the view, the next view after them."""
     shown: str | None = None
     while True:
         data = await client.release(release_id)
         view = render.watch_view(data)
+        if notes:
+            for note in notes:
+                say(note)
+            notes.clear()
+            shown = None
         if view != shown:
             say.redraw(view, replacing=shown)
             shown = view
         if data["release"]["status"] in {"success", "failed", "cancelled"}:
             return data
         await trio.sleep(WATCH_INTERVAL)
+
+
+async def _serve_health(
+    endpoint: HealthEndpoint, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The health endpoint over plain HTTP on a free loopback port until cancelled; reports
+    its URL once listening."""
+    config = hypercorn_config("127.0.0.1:0")
+    # hypercorn types scopes as TypedDicts; Starlette's are looser: the protocol is the same.
+    app: Any = endpoint.app()
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config))
+        task_status.started(binds[0] + HEALTH_PATH)
 
 
 # --- children and the database ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``fleetwave demo`` from nothing: its own database, certificates, agents and daemon; every
-release ends as it says (act three: a pause and resume, a rollback), and it exits 0 leaving
-nothing running."""
+release ends as it says (act three: a pause and resume, a rollback; act four: a bake under a
+health check that fails, and the release rolls itself back), the database says the same, and
+it exits 0 leaving nothing running."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from fleetwave.demo import DATABASE
 from fleetwave.store.embedded import EmbeddedPostgres
 from tests.e2e.harness import REPO, fleetwave, processes_using
 
@@ -58,6 +60,18 @@ async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
     assert "release 5 (version 5): success" in text, text
     assert "the rollback of release 4, canary first" in text, text
     assert "fleet after the rollback: config 3: 20 nodes; 0 differ" in text, text
+    # Act four: the canary's bake under a health check the demo turns unhealthy; the release
+    # fails naming the check and rolls itself back on the one node that had applied it.
+    assert "health endpoint: http://127.0.0.1:" in text, text
+    assert "release 6 (version 6): failed   success 1/20, failed 0, skipped 19" in text, text
+    assert f"error: {HEALTH_ERROR}" in text, text
+    assert "answered healthy 3 times; now edge-001 serves 5xx" in text, text
+    assert "then 3 failures in a row (failureLimit 3)" in text, text
+    assert "release 7 (version 7): success  success 1/1, failed 0" in text, text
+    rolled_back = "the rollback of release 6 by its onFailure, canary first; now edge-001 runs"
+    assert f"{rolled_back} config 3" in text, text
+    assert text.count("fleet after the rollback: config 3: 20 nodes; 0 differ") == 2, text
+    assert "UNEXPECTED" not in text and "as expected: " in text, text
     assert "token: fw_" in text
     # The API was served over HTTPS with the demo's API certificate, and used so.
     assert "API:   https://127.0.0.1:" in text, text
@@ -73,6 +87,39 @@ async def test_demo_runs_both_releases_and_exits_0_leaving_nothing_running(
     assert "/api/v1/events?follow=true" in text and "fleetwave release watch" in text
     assert processes_using(demo_dir) == []
     assert not EmbeddedPostgres(demo_dir / "pg").running
+    await trio.to_thread.run_sync(_assert_rolled_back_in_the_database, demo_dir)
+
+
+HEALTH_ERROR = (
+    "health check edge failed: HTTP 503: edge-001 serves 5xx: 41% of its requests since it "
+    "applied version 6"
+)
+
+
+def _assert_rolled_back_in_the_database(demo_dir: Path) -> None:
+    """The demo's database, read after it stopped, as another program would (psql)."""
+    with EmbeddedPostgres(demo_dir / "pg") as server:
+
+        def rows(sql: str) -> list[list[str]]:
+            return [line.split("|") for line in server.psql(sql, database=DATABASE).splitlines()]
+
+        assert rows("SELECT status, error FROM release_tasks WHERE id = 6") == [
+            ["failed", HEALTH_ERROR]
+        ]
+        nodes_of = (
+            "SELECT n.name, r.status FROM release_task_nodes r JOIN nodes n ON n.id = r.node_id "
+            "WHERE r.release_task_id = {} ORDER BY r.batch, n.name"
+        )
+        failed = rows(nodes_of.format(6))
+        assert failed[0] == ["edge-001", "success"]
+        assert [status for _, status in failed[1:]] == ["skipped"] * 19
+        assert rows(
+            "SELECT id, status, coalesce(config_version, version) FROM release_tasks "
+            "WHERE rollback_of = 6"
+        ) == [["7", "success", "3"]]
+        assert rows(nodes_of.format(7)) == [["edge-001", "success"]]
+        assert rows("SELECT DISTINCT applied_version FROM nodes") == [["3"]]
+        assert rows("SELECT applied_release_version FROM nodes WHERE name = 'edge-001'") == [["7"]]
 
 
 def _hint(text: str, containing: str) -> str:
@@ -106,6 +153,8 @@ async def test_demo_keep_running_leaves_a_healthy_fleet_and_hints_that_run_as_pr
                     await trio.sleep(0.2)
             text = output.read_text(errors="replace")
             assert "release 2 (version 2): failed   success 0/3, failed 1, skipped 2" in text
+            assert "release 6 (version 6): failed   success 1/3, failed 0, skipped 2" in text
+            assert "rolled itself back (release 7)" in text, text
             exports = _hint(text, "export FLEETWAVE_API=").removeprefix("export ")
             hinted = _hint(text, " release list; ").split(" release list")[0]
             assert hinted == ".venv/bin/fleetwave", text
