@@ -5,7 +5,8 @@ database each run), a private CA and certificates (``DIR/certs``), a simulated f
 edge agents serving HTTPS with mutual TLS on 127.0.0.2, 127.0.0.3, ... (in this process), and
 the daemon as a child process (``fleetwave serve``, API over HTTPS on a free loopback port
 with the certificate ``DIR/certs/api.crt`` of the same private CA, logs in
-``DIR/serve.log``). Then releases through the API, shown live, in three acts:
+``DIR/serve.log``), and a health endpoint over plain HTTP on a free loopback port
+(agent/health_sim.py). Then releases through the API, shown live, in four acts:
 
 1. every agent applies the config: the release succeeds;
 2. the canary's agent (the first node, alone in batch 1) is switched to report every apply
@@ -13,7 +14,12 @@ with the certificate ``DIR/certs/api.crt`` of the same private CA, logs in
 3. a release is paused mid-batch (the answer comes once no dispatch will start; the nodes
    in flight finish) and resumed, and goes on where it stopped; then a bad version fails in
    its second batch and is rolled back: a new release restores the config its nodes ran
-   before, canary first, and the fleet view shows every node on it again.
+   before, canary first, and the fleet view shows every node on it again (3 agents or more);
+4. a release whose strategy bakes after each batch under an HTTP health check of that
+   endpoint, with ``onFailure`` rollback: the canary applies it, and during its bake the
+   endpoint turns unhealthy (the canary "serves 5xx"); past its failure limit the check fails
+   the release ("health check edge failed: ..."), no later batch is dispatched, and the
+   release rolls itself back: the canary runs the previous config again.
 
 Exit status 0 when every release ended as expected, 1 otherwise, 130 when interrupted. With
 ``keep_running`` everything stays up (API, daemon, fleet, database) until Ctrl-C. Every
