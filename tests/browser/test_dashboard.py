@@ -19,7 +19,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import in_browser
+from tests.browser.conftest import VIEWPORT, in_browser
 from tests.e2e.harness import Harness
 
 pytestmark = [pytest.mark.postgres, pytest.mark.browser]
@@ -81,6 +81,21 @@ def verb(page: Page, name: str, reason: str) -> None:
     page.fill("#confirm-reason", reason)
     page.click("#confirm-ok")
     expect(dialog).to_be_hidden(timeout=LIVE_TIMEOUT)
+
+
+def readable_on_a_laptop_and_a_large_monitor(page: Page) -> None:
+    """The page fits a laptop's width (no sideways scrolling, the step and verbs in view) and
+    uses a large monitor's (a larger font, a wider column); back to the test's viewport."""
+    for width, height, font in ((1280, 720, "14px"), (2560, 1440, "16px")):
+        page.set_viewport_size({"width": width, "height": height})
+        fits = page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        assert fits, f"the page scrolls sideways at {width}x{height}"
+        assert page.evaluate("getComputedStyle(document.body).fontSize") == font
+        expect(page.locator("#step")).to_be_in_viewport()
+        expect(page.locator("#verbs button").last).to_be_in_viewport()
+    main = page.evaluate("document.getElementById('main').getBoundingClientRect().width")
+    assert main > 1800, main  # a large monitor's width is used, not a laptop's column
+    page.set_viewport_size(VIEWPORT)
 
 
 def only_this_origin(page: Page, base: str) -> None:
@@ -310,6 +325,7 @@ async def test_a_bake_counts_down_a_gate_waits_and_promote_from_the_page_lets_it
             "waits at the gate after batch 2 for a promote"
         )
         page.screenshot(path=str(screenshots / "dashboard-gate.png"), full_page=True)
+        readable_on_a_laptop_and_a_large_monitor(page)
         page.goto(f"{base}/#/")
         row = page.locator(f"#releases tr[data-release-id='{gated}']")
         expect(row.locator(".step-brief")).to_have_text("gate: waiting for promote")
