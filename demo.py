@@ -203,7 +203,7 @@ async def _demo(options: DemoOptions, out: TextIO) -> int:
 @attrs.define
 class _Result:
     code: int | None = None
-    """Set once both releases have ended."""
+    """Set once every act has ended."""
 
 
 async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _Result) -> None:
@@ -265,6 +265,7 @@ async def _run_everything(options: DemoOptions, base: Path, say: _Say, result: _
                         say(f'  {command} release create --reason "my first release"')
                         say(f"  {command} nodes list; {command} nodes maintenance edge-002")
                         say(f"  {command} release watch 2   # or a new release, live")
+                        say(f"  curl -s '{health_url}'   # what the health check reads")
                         say("Ctrl-C stops the daemon, the fleet and the database.")
                         await trio.sleep_forever()
                     say("stopping everything (--keep-running would keep it up)")
@@ -526,7 +527,10 @@ class HealthAct:
         if failed.success != 1 or failed.skipped != failed.total - 1:
             problems.append(f"{number} should have gone no further than its canary")
         if self.unhealthy != HEALTH_LIMIT:
-            problems.append(f"its check should have failed {HEALTH_LIMIT} times, not more")
+            problems.append(
+                f"its check should have failed {HEALTH_LIMIT} times in a row and no more, "
+                f"not {self.unhealthy}"
+            )
         if rollback is None:
             problems.append(f"{number} should have rolled itself back")
             return problems
@@ -606,6 +610,7 @@ async def _health_act(
     health.turn_healthy()  # for whoever keeps the demo running
     if failed.status != "failed":
         return act
+    rollback_id: int | None = None
     with trio.move_on_after(RELEASE_TIMEOUT):
         while (rollback_id := await _rollback_of(client, release_id)) is None:  # noqa: ASYNC110
             await trio.sleep(0.1)

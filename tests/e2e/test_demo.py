@@ -11,6 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -155,6 +156,11 @@ async def test_demo_keep_running_leaves_a_healthy_fleet_and_hints_that_run_as_pr
             assert "release 2 (version 2): failed   success 0/3, failed 1, skipped 2" in text
             assert "release 6 (version 6): failed   success 1/3, failed 0, skipped 2" in text
             assert "rolled itself back (release 7)" in text, text
+            # The health endpoint stays up, healthy again, as the hint says.
+            health_url = _hint(text, "curl -s 'http://127.0.0.1:").split("'")[1]
+            async with httpx.AsyncClient() as http:
+                answer = await http.get(health_url)
+            assert (answer.status_code, answer.json()) == (200, {"healthy": True})
             exports = _hint(text, "export FLEETWAVE_API=").removeprefix("export ")
             hinted = _hint(text, " release list; ").split(" release list")[0]
             assert hinted == ".venv/bin/fleetwave", text
