@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-faults test-browser demo lint typecheck install clean
+.PHONY: test test-faults test-browser demo lint typecheck install install-prometheus clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,29 @@ typecheck: $(STAMP)
 
 install: $(STAMP)
 
-# Lint, types, then unit, simulation, API, integration and end-to-end tests.
+# Lint, types, then unit, simulation, API, integration and end-to-end tests. The Prometheus
+# health check's integration test runs Debian's prometheus: installed first when missing.
 test: lint typecheck
+	test -x /usr/bin/prometheus || $(MAKE) --no-print-directory install-prometheus
 	$(BIN)/pytest -q tests --ignore=tests/faults --ignore=tests/browser
+
+# Debian's prometheus package (never a download), as root or else through sudo. While it
+# installs, a policy-rc.d answering 101 keeps its maintainer scripts from starting a
+# Prometheus service (the tests run their own; a container has no init system to run one);
+# a policy-rc.d already there (Docker images ship one) is left as it is.
+AS_ROOT := $(if $(filter 0,$(shell id -u)),,sudo)
+POLICY_RC := /usr/sbin/policy-rc.d
+install-prometheus:
+	@set -e; added=; \
+	if [ ! -e $(POLICY_RC) ]; then \
+	  printf '#!/bin/sh\nexit 101\n' | $(AS_ROOT) tee $(POLICY_RC) >/dev/null; \
+	  $(AS_ROOT) chmod 755 $(POLICY_RC); added=1; \
+	fi; \
+	trap 'if [ -n "$$added" ]; then $(AS_ROOT) rm -f $(POLICY_RC); fi' EXIT; \
+	$(AS_ROOT) apt-get update -qq; \
+	$(AS_ROOT) env DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus
+	/usr/bin/prometheus --version
 
 # Fault injection with real processes: killed and stalled daemons, database restarts, agent
 # faults, API fuzzing. Sizes are environment settings (docs/reliability.md).

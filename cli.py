@@ -110,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="upsert the agents into the database as enabled, online nodes",
     )
+    sim.add_argument(
+        "--metrics-bind",
+        type=_loopback_bind,
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve each agent's error ratio for Prometheus (GET /metrics, labelled with "
+        "its node name sim-HOST) and set it (PUT /errors), plain HTTP on a loopback address",
+    )
 
     certs = commands.add_parser("certs", help="development certificates")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True, metavar="ACTION")
@@ -192,6 +200,15 @@ def _port(text: str) -> int:
     try:
         return check_agent_port(value)
     except InvalidAddress as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _loopback_bind(text: str) -> str:
+    from fleetwave.agent.sim_metrics import check_loopback
+
+    try:
+        return check_loopback(text)
+    except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
@@ -749,16 +766,22 @@ async def _agent_sim(settings: Settings, args: argparse.Namespace) -> None:
     for index in args.hang:
         fleet.set_behaviour(index, Behaviour(hang=True))
     log = structlog.get_logger("fleetwave.agent_sim")
+    names = [f"sim-{host}" for host in fleet.hosts]
     if args.register:
         from fleetwave.store.factory import open_store
 
         async with open_store(settings) as store:
-            for host in fleet.hosts:
-                await store.upsert_node(f"sim-{host}", host, port)
+            for name, host in zip(names, fleet.hosts, strict=True):
+                await store.upsert_node(name, host, port)
         log.info("agent_sim.registered", count=args.count)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.serve, args.certs)
         log.info("agent_sim.listening", count=args.count, first=fleet.hosts[0], port=port)
+        if args.metrics_bind is not None:
+            from fleetwave.agent.sim_metrics import SimMetrics
+
+            bound = await nursery.start(SimMetrics(names).serve, args.metrics_bind)
+            log.info("agent_sim.metrics", address=bound, metrics=f"http://{bound}/metrics")
         await _stop_on_signal(nursery.cancel_scope.cancel)
 
 
