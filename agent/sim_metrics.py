@@ -30,11 +30,10 @@ from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from fleetwave.agent.sim import _lifespan
+from fleetwave.agent.sim import _lifespan, _read_body
 from fleetwave.config.api_tls import is_loopback
 
 METRIC = "fleetwave_sim_edge_errors_ratio"
-BODY_MAX = 64 * 1024
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -87,12 +86,11 @@ class SimMetrics:
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI: the metrics and the control endpoint."""
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
             return
-        body = await _body(receive)
+        body = await _read_body(receive)
         method, path = scope["method"], scope["path"]
         if path == "/metrics" and method == "GET":
             await _answer(send, 200, generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4)
@@ -138,21 +136,6 @@ class SimMetrics:
         async with trio.open_nursery() as nursery:
             [bound] = await nursery.start(partial(hypercorn_serve, app, config, mode="asgi"))
             task_status.started(bound.removeprefix("http://"))
-
-
-async def _body(receive: Receive) -> bytes | None:
-    """The request body, None when it is larger than BODY_MAX."""
-    chunks = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks += message.get("body", b"")
-        if len(chunks) > BODY_MAX:
-            return None
-        if not message.get("more_body", False):
-            break
-    return bytes(chunks)
 
 
 async def _json(send: Send, status: int, document: object) -> None:

@@ -16,8 +16,22 @@ from urllib.parse import parse_qs
 import attrs
 import httpx
 
+from fleetwave.api.schemas import parse_release_spec
+from fleetwave.store.base import Store
+from fleetwave.store.models import Release
+
 URL = "http://prometheus.test:9090"
 """Where the in-process server answers (any host does: the transport routes every request)."""
+
+
+async def create_checked(store: Store, check: Mapping[str, object], **fields: object) -> Release:
+    """A release watched by ``check`` (5xx, at most 0.01, failure limit 2 unless it says
+    otherwise), created from the API's body with ``fields``."""
+    given = check.get("prometheus")
+    prometheus = {"max": 0.01, **(given if isinstance(given, Mapping) else {})}
+    watched = {"name": "5xx", "failureLimit": 2, **check, "prometheus": prometheus}
+    spec = parse_release_spec({"target": "cdn", "healthChecks": [watched], **fields})
+    return (await store.create_release(spec)).release
 
 
 def vector(values: Mapping[str, float], metric: str = "edge_errors_ratio") -> dict[str, Any]:

@@ -27,12 +27,13 @@ from fleetwave.agent.certs import CertPaths
 from fleetwave.agent.client import AgentClient, build_http_client
 from fleetwave.agent.sim import SimulatedFleet, free_agent_port
 from fleetwave.agent.sim_metrics import METRIC, SimMetrics
-from fleetwave.api.schemas import parse_release_spec, step_item
+from fleetwave.api.schemas import step_item
 from fleetwave.store.models import NodeStatus, Release, ReleaseStatus
 from fleetwave.store.postgres import PostgresStore
 from fleetwave.store.promql import PrometheusQuery
 from fleetwave.store.strategy import HealthCheck
 from fleetwave.supervisor import Supervisor
+from tests.prometheus_api import create_checked
 from tests.world import World, daemon_settings, open_world
 
 PROMETHEUS = Path("/usr/bin/prometheus")
@@ -115,16 +116,11 @@ class Stack:
 
     async def release(self, query: str = QUERY, **fields: object) -> Release:
         check = {
-            "name": "5xx",
-            "prometheus": {"url": self.prometheus, "query": query, "max": 0.01},
+            "prometheus": {"url": self.prometheus, "query": query},
             "interval": 0.5,
-            "failureLimit": 2,
             "timeout": 3,
         }
-        created = await self.world.store.create_release(
-            parse_release_spec({"target": "cdn", "healthChecks": [check], **fields})
-        )
-        return created.release
+        return await create_checked(self.world.store, check, **fields)
 
     async def current(self, release: Release) -> Release:
         now = await self.world.store.get_release(release.id)

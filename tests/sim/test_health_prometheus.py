@@ -13,10 +13,9 @@ import trio
 from trio.testing import MockClock
 
 from fleetwave.agent.sim import Behaviour
-from fleetwave.api.schemas import parse_release_spec
 from fleetwave.store.models import NodeStatus, Release, ReleaseStatus
 from fleetwave.supervisor import Supervisor
-from tests.prometheus_api import URL, ScriptedPrometheus, rejected, vector
+from tests.prometheus_api import URL, ScriptedPrometheus, create_checked, rejected, vector
 from tests.sim.conftest import Sim
 
 QUERY = 'max by (node) (edge_errors_ratio{node=~"{nodes}", release="{release}"})'
@@ -28,17 +27,8 @@ class World:
     prometheus: ScriptedPrometheus
 
     async def release(self, **fields: object) -> Release:
-        check = {
-            "name": "5xx",
-            "prometheus": {"url": URL, "query": QUERY, "max": 0.01},
-            "interval": 15,
-            "failureLimit": 2,
-            "timeout": 5,
-        }
-        created = await self.sim.store.create_release(
-            parse_release_spec({"target": "cdn", "healthChecks": [check], **fields})
-        )
-        return created.release
+        check = {"prometheus": {"url": URL, "query": QUERY}, "interval": 15, "timeout": 5}
+        return await create_checked(self.sim.store, check, **fields)
 
 
 @pytest.fixture
