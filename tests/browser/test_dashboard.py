@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import VIEWPORT, in_browser
@@ -370,5 +371,53 @@ async def test_a_bake_counts_down_a_gate_waits_and_promote_from_the_page_lets_it
         )
         assert "bake 600s" not in page.locator("#events").inner_text()
         only_this_origin(page, base)
+
+    await in_browser(scenario, daemon.api)
+
+
+async def test_a_killed_owner_looks_different_from_a_live_one_and_a_new_owner_keeps_the_gate(
+    harness: Harness,
+) -> None:
+    # The page's API is a daemon that runs no release; w1 owns it, and is killed with -9.
+    daemon = await harness.serve("d-api", RELEASE_EXECUTOR_ENABLED="false")
+    worker = await harness.serve("w1", FLEETWAVE_LEASE_TTL_SEC="9")  # renewed every 3 s
+    await harness.agent_sim(3, apply_time="0.3..0.5")
+    operator = await harness.token("sre", "operator")
+
+    def scenario(page: Page, base: str) -> None:
+        sign_in(page, base, operator, "sre (operator)")
+        body = {"target": "cdn", "reason": "failover", "plan": [1, {"pause": None}, "100%"]}
+        release = api(base, operator, "POST", "/api/v1/releases", body)["releaseId"]
+        page.goto(f"{base}/#/releases/{release}")
+        gate = "gate after batch 1: waiting for promote"
+        expect(page.locator("#step")).to_have_text(gate, timeout=LIVE_TIMEOUT)
+        expect(page.locator("#verdict [data-state='holding']")).to_have_text(
+            "owner w1 is alive and waits at the gate after batch 1 for a promote"
+        )
+        # Alive: its lease is renewed, though no event says so (the page looks again before
+        # the lease it shows runs out), and it never looks lost meanwhile.
+        deadline = time.monotonic() + 12  # beyond the 9 s lease
+        while time.monotonic() < deadline:
+            expect(page.locator("#verdict [data-state='holding']")).to_be_visible(timeout=100)
+            expect(page.locator("#lease")).to_have_text(re.compile(r"^expires in \d+s$"))
+            time.sleep(0.1)
+
+        trio.from_thread.run_sync(worker.kill)  # kill -9: its lease is no longer renewed
+        lost = page.locator("#verdict [data-state='owner-lost']")
+        expect(lost).to_contain_text("owner w1 stopped renewing its lease", timeout=LIVE_TIMEOUT)
+        expect(lost).to_contain_text("another daemon takes the release over")
+        expect(page.locator("#lease")).to_have_text(re.compile(r"^expired \d+s ago$"))
+        expect(page.locator("#step")).to_have_text(gate)
+
+        trio.from_thread.run(harness.serve, "w2")
+        expect(page.locator("#owner")).to_have_text("w2", timeout=LIVE_TIMEOUT)
+        expect(page.locator("#verdict [data-state='holding']")).to_have_text(
+            "owner w2 is alive and waits at the gate after batch 1 for a promote",
+            timeout=LIVE_TIMEOUT,
+        )
+        expect(page.locator("#step")).to_have_text(gate)  # the gate still holds
+        verb(page, "promote", "after the failover")
+        expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
+        expect(page.locator("[data-batch='2'] .counts")).to_have_text("success 2 of 2")
 
     await in_browser(scenario, daemon.api)

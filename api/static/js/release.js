@@ -320,14 +320,18 @@ export async function releaseView(view, me, id) {
     if (!TERMINAL.has(data.release.status) && (!stream || stream.closed)) startStream();
   }
 
-  // No event comes while a release is stuck, and lease renewals are not events: once the
-  // lease shown has run out with no event since, fetch once to see whether it was renewed.
+  // No event comes while a release is stuck or holds at a step, and lease renewals are not
+  // events: fetch once when five sixths of the lease shown have run (a live owner renews
+  // every third of its lease, so by then it has), and, if it was not renewed, once more
+  // after it ran out. A live owner never shows as lost in between.
   function scheduleLeaseCheck() {
     clearTimeout(leaseCheck);
     const l = data.liveness;
     if (TERMINAL.has(data.release.status) || !l.leaseExpiresAt) return;
     const left = Date.parse(l.leaseExpiresAt) - now();
-    if (left > 0) leaseCheck = setTimeout(() => refresh(), left + 1000);
+    if (left <= 0) return; // expired: a takeover's claim is an event
+    const early = left / 6;
+    leaseCheck = setTimeout(() => refresh(), early >= 250 ? left - early : left + 1000);
   }
 
   // A bigger release costs more to fetch: at 10,000 nodes, at most one fetch every 2 s.
