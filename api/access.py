@@ -39,7 +39,7 @@ class Endpoint:
 
 
 def public(handler: Handler) -> Endpoint:
-    """No token: health checks only."""
+    """No token: health checks, the API's OpenAPI document, the dashboard's page and sign-in."""
     return Endpoint(None, handler)
 
 

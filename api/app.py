@@ -35,6 +35,7 @@ from fleetwave.api.envelope import ApiError, Code, error_response, ok
 from fleetwave.api.events import EventHub, EventStream
 from fleetwave.api.liveness import actor_item, available_verbs, creators, liveness_item
 from fleetwave.api.metrics import metrics_response
+from fleetwave.api.openapi import OPENAPI_PATH, openapi_endpoint
 from fleetwave.api.preview import parse_dry_run, preview_item
 from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
@@ -43,6 +44,7 @@ from fleetwave.api.schemas import (
     fleet_summary,
     node_detail,
     node_item,
+    parse_detail_query,
     parse_events_query,
     parse_follow_query,
     parse_id,
@@ -180,10 +182,7 @@ class _Handlers:
 
     async def show_release_by_query(self, request: Request) -> Response:
         """``GET /api/v1/releases/detail?id=N``, the original's later form of the detail."""
-        text = request.query_params.get("id")
-        if not text:
-            raise ApiError(400, Code.PARAM_MISSING, "id: is required (?id=N)")
-        return await self._release_detail(parse_id(text))
+        return await self._release_detail(parse_detail_query(request.query_params))
 
     async def _release_detail(self, release_id: int) -> Response:
         release = await self.store.get_release(release_id)
@@ -522,6 +521,8 @@ def create_app(
     ]
     if serve_metrics:
         routes.append(route("/metrics", GET=viewer(api.scrape_metrics)))
+    # Public: it describes the API, not its data, and clients read it before they have a token.
+    routes.append(route(OPENAPI_PATH, GET=public(openapi_endpoint(routes))))
     undeclared = undeclared_routes(routes)
     if undeclared:
         raise RuntimeError(f"routes without a declared role: {', '.join(undeclared)}")

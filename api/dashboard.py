@@ -19,8 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleetwave.api.access import Access, Handler, public, viewer
 from fleetwave.api.auth import check_token
 from fleetwave.api.envelope import ApiError, Code, ok
-from fleetwave.api.schemas import parse_json, timestamp
+from fleetwave.api.schemas import SignInBody, parse_json, timestamp
 from fleetwave.api.session import end_session, start_session
+from fleetwave.api.validation import validated
 
 STATIC = Path(__file__).resolve().parent / "static"
 SIGN_IN_MAX_BYTES = 4096
@@ -67,18 +68,15 @@ def _sign_in(access: Access) -> Handler:
                 raise ApiError(
                     413, Code.PARAM_INVALID, f"body: larger than {SIGN_IN_MAX_BYTES} bytes"
                 )
-        document = parse_json(body)
-        token = document.get("token") if isinstance(document, dict) else None
-        if not isinstance(token, str) or not token.strip():
-            raise ApiError(400, Code.PARAM_MISSING, "token: is required (a string)")
-        info = await check_token(access.store, token.strip())
+        token = validated(SignInBody, parse_json(body)).token
+        info = await check_token(access.store, token)
         access.token_use.note(info.id)
         request.state.token_name = info.name
         request.state.token_role = info.role.value
         response = ok(
             {"name": info.name, "role": info.role.value, "expiresAt": timestamp(info.expires_at)}
         )
-        start_session(response, request, token.strip())
+        start_session(response, request, token)
         return response
 
     return sign_in

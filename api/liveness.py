@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from fleetwave.api import shapes
 from fleetwave.api.schemas import timestamp
 from fleetwave.store.base import Store
 from fleetwave.store.models import Actor, Release, ReleaseNode, ReleaseStatus
@@ -36,9 +37,7 @@ def last_progress(release: Release, nodes: Sequence[ReleaseNode]) -> datetime | 
     return max(moments, default=None)
 
 
-def liveness_item(
-    release: Release, nodes: Sequence[ReleaseNode], now: datetime
-) -> dict[str, object]:
+def liveness_item(release: Release, nodes: Sequence[ReleaseNode], now: datetime) -> shapes.Liveness:
     expires = None if release.lease_expires_at is None else _aware(release.lease_expires_at)
     return {
         "owner": release.lease_owner,
@@ -48,7 +47,7 @@ def liveness_item(
     }
 
 
-def actor_item(actor: Actor | None) -> dict[str, object] | None:
+def actor_item(actor: Actor | None) -> shapes.ActorShape | None:
     return None if actor is None else {"tokenName": actor.token_name, "role": actor.role.value}
 
 

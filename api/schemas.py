@@ -1,8 +1,10 @@
-"""Input validation and output shapes of the API.
+"""The API's request types and the answers it builds from store rows.
 
-Input: a JSON body or a query string becomes a typed value, or an ApiError whose message
-names the field and the problem. Output: store rows become the original's camelCase objects
-with ISO-8601 UTC timestamps.
+Input: a JSON body or a query string is validated by a pydantic model below (api/validation.py
+maps its first problem to the envelope, naming the field); the checks the stores share
+(store/inputs.py, store/address.py, store/selection.py, store/strategy.py) run inside the types.
+Output: store rows become the original's camelCase objects (api/shapes.py) with ISO-8601 UTC
+timestamps. The OpenAPI document (api/openapi.py) is generated from both.
 """
 
 from __future__ import annotations
@@ -10,15 +12,46 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal, cast
 
 import attrs
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    create_model,
+    model_validator,
+)
 
+from fleetwave.api import shapes
 from fleetwave.api.envelope import ApiError, Code
 from fleetwave.api.failures import failure_kind
+from fleetwave.api.strategy_schema import STRATEGY_SCHEMAS
+from fleetwave.api.validation import (
+    MAX_ID,
+    NAME_MAX,
+    TEXT_MAX,
+    Between,
+    Body,
+    Query,
+    QueryInteger,
+    Text,
+    absent,
+    checked,
+    got,
+    invalid,
+    kind,
+    query_document,
+    query_integer,
+    refusal,
+    shown,
+    validated,
+)
 from fleetwave.api.verbs import VerbAnswer
 from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
 from fleetwave.store.errors import InvalidInput
-from fleetwave.store.inputs import text_problem
+from fleetwave.store.inputs import INT_MAX, check_integer, check_text
 from fleetwave.store.models import (
     Event,
     Node,
@@ -36,51 +69,17 @@ from fleetwave.store.strategy import FIELDS as STRATEGY_FIELDS
 from fleetwave.store.strategy import Strategy, current_step, validate_strategy
 from fleetwave.store.verbs import Verb
 
-MAX_BODY_BYTES = 1024 * 1024
-MAX_ID = 2**63 - 1
-"""Ids are PostgreSQL bigints; anything larger cannot name a row."""
-PAGE_SIZE_DEFAULT = 20
-PAGE_SIZE_MAX = 100
-EVENTS_LIMIT_DEFAULT = 1000
-EVENTS_LIMIT_MAX = 1000
-NAME_MAX = 255
-TEXT_MAX = 1000
-DEFAULT_AGENT_PORT = 8443
-MULTILINE_FIELDS = frozenset({"reason"})
-"""Text fields that may hold tabs and line breaks; every other text is one line."""
-_DIGITS_MAX = 30
-"""An integer spelled with more digits than this is beyond every bound (and int() refuses
-strings of more than 4,300 digits)."""
-
-
-def _shown(value: object) -> str:
-    """A short, printable rendering of an input value for an error message."""
-    try:
-        text = json.dumps(value)
-    except ValueError:  # an int beyond 4,300 digits
-        return "a number too long to show"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _kind(value: object) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "a boolean"
-        case int() | float():
-            return "a number"
-        case str():
-            return "a string"
-        case list():
-            return "a list"
-        case dict():
-            return "an object"
-    return type(value).__name__  # pragma: no cover
-
-
-def invalid(field: str, problem: str, code: Code = Code.PARAM_INVALID) -> ApiError:
-    return ApiError(400, code, f"{field}: {problem}")
+MAX_BODY_BYTES: Final = 1024 * 1024
+PAGE_SIZE_DEFAULT: Final = 20
+PAGE_SIZE_MAX: Final = 100
+PAGE_MAX: Final = MAX_ID // PAGE_SIZE_MAX
+"""The largest page keeps offsets inside a bigint."""
+EVENTS_LIMIT_DEFAULT: Final = 1000
+EVENTS_LIMIT_MAX: Final = 1000
+DEFAULT_AGENT_PORT: Final = 8443
+TARGETS: Final = ("cdn",)
+"""What a release can apply to: the original knows only ``cdn``, and refuses anything else
+(a typo must not release to the whole fleet)."""
 
 
 # --- request bodies --------------------------------------------------------------------------
@@ -109,139 +108,155 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not a JSON number")
 
 
-@attrs.frozen
-class _Fields:
-    """The members of a JSON object, checked against the allowed names."""
+def choice(choices: Sequence[str], convert: Any = str) -> BeforeValidator:
+    """A value among ``choices`` (then ``convert``-ed: an enum), else a refusal listing them."""
 
-    values: Mapping[str, object]
+    def check(value: object) -> object:
+        if not isinstance(value, str) or value not in choices:
+            raise refusal(f"must be one of {', '.join(choices)}, {got(value)}")
+        return convert(value)
 
-    @classmethod
-    def of(cls, document: object, allowed: Sequence[str]) -> _Fields:
-        if not isinstance(document, dict):
-            raise invalid("body", f"must be a JSON object, got {_kind(document)}")
-        for name in document:
-            if name not in allowed:
-                raise invalid(
-                    name if name.isprintable() and len(name) <= NAME_MAX else _shown(name),
-                    f"unknown field (allowed: {', '.join(allowed)})",
-                    Code.PARAM_ILLEGAL,
-                )
-        return cls(document)
-
-    def has(self, name: str) -> bool:
-        return name in self.values
-
-    def required(self, name: str) -> object:
-        if name not in self.values:
-            raise invalid(name, "is required", Code.PARAM_MISSING)
-        return self.values[name]
-
-    def text(
-        self, name: str, *, required: bool = False, empty: bool = True, max_length: int = TEXT_MAX
-    ) -> str | None:
-        value = self.required(name) if required else self.values.get(name)
-        if value is None:
-            if required:
-                raise invalid(name, "must be a string, got null")
-            return None
-        if not isinstance(value, str):
-            raise invalid(name, f"must be a string, got {_kind(value)} {_shown(value)}")
-        if not empty and not value.strip():
-            raise invalid(name, "must not be empty")
-        if len(value) > max_length:
-            raise invalid(name, f"must be at most {max_length} characters, got {len(value)}")
-        problem = text_problem(value, multiline=name in MULTILINE_FIELDS)
-        if problem is not None:
-            raise invalid(name, problem)
-        return value
-
-    def integer(
-        self, name: str, *, minimum: int, maximum: int = MAX_ID, nullable: bool = False
-    ) -> int | None:
-        value = self.values.get(name)
-        if value is None:
-            if name in self.values and not nullable:
-                raise invalid(name, "must be an integer, got null")
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise invalid(name, f"must be an integer, got {_kind(value)} {_shown(value)}")
-        if not minimum <= value <= maximum:
-            raise invalid(name, f"must be between {minimum} and {maximum}, got {_shown(value)}")
-        return value
-
-    def boolean(self, name: str) -> bool | None:
-        value = self.values.get(name)
-        if value is None and name not in self.values:
-            return None
-        if not isinstance(value, bool):
-            raise invalid(name, f"must be true or false, got {_kind(value)} {_shown(value)}")
-        return value
-
-    def health(self, name: str) -> NodeHealth | None:
-        value = self.values.get(name)
-        if value is None and name not in self.values:
-            return None
-        choices = ", ".join(health.value for health in NodeHealth)
-        if not isinstance(value, str) or value not in {health.value for health in NodeHealth}:
-            raise invalid(name, f"must be one of {choices}, got {_shown(value)}")
-        return NodeHealth(value)
+    return BeforeValidator(check)
 
 
-RELEASE_FIELDS = (
-    "target",
-    "reason",
-    "plan",
-    "maxParallel",
-    "maxFailures",
-    "scope",
-    "nodeIds",
-    "nodeNames",
-    "selector",
-    "maxFailurePercent",
-    "onFailure",
-    "healthChecks",
-)
-SELECTION_FIELDS = ("nodeIds", "nodeNames", "selector")
-TARGETS = ("cdn",)
-"""What a release can apply to: the original knows only ``cdn``, and refuses anything else
-(a typo must not release to the whole fleet)."""
+Name = Annotated[str, Text(NAME_MAX)]
+Reason = Annotated[str, Text(TEXT_MAX, blank=True, multiline=True)]
+Health = Annotated[NodeHealth, choice([health.value for health in NodeHealth], NodeHealth)]
+NodeId = Annotated[int, Between(1, MAX_ID)]
 
 
-def parse_selection(fields: _Fields) -> NodeSelection | None:
-    """At most one of nodeIds, nodeNames and selector; none: every enabled, online node."""
-    given = [name for name in SELECTION_FIELDS if fields.values.get(name) is not None]
-    if not given:
-        return None
-    if len(given) > 1:
-        raise invalid(", ".join(given), "give only one of nodeIds, nodeNames or selector")
-    [name] = given
-    value = fields.values[name]
+def _target(value: object) -> object:
+    if value not in TARGETS:
+        choices = ", ".join(f'"{target}"' for target in TARGETS)
+        raise refusal(f"must be one of {choices}, {got(value)}")
+    return value
+
+
+def _listed(value: object) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise refusal(f"must be a non-empty list, got {shown(value)}")
+    return value
+
+
+def _node_ids(value: object) -> object:
+    """The shared checks of a selection by ids (store/selection.py, store/inputs.py)."""
     try:
-        if name == "selector":
-            if not isinstance(value, dict) or not value:
-                raise invalid(name, f"must be a non-empty object of labels, got {_shown(value)}")
-            return NodeSelection.by_selector(value)
-        if not isinstance(value, list) or not value:
-            raise invalid(name, f"must be a non-empty list, got {_shown(value)}")
-        if name == "nodeIds":
-            return NodeSelection.by_ids(value)
-        return NodeSelection.by_names(value)
+        ids = NodeSelection.by_ids(_listed(value)).node_ids or ()
+        for node_id in ids:
+            check_integer("nodeIds", node_id, 1)
     except InvalidInput as error:
-        message = str(error)
-        raise invalid(name, message.removeprefix(f"{name}: ")) from None
+        raise refusal(str(error).removeprefix("nodeIds: ")) from None
+    return value
+
+
+def _node_names(value: object) -> object:
+    try:
+        names = NodeSelection.by_names(_listed(value)).node_names or ()
+        for name in names:
+            check_text("nodeNames", name)
+    except InvalidInput as error:
+        raise refusal(str(error).removeprefix("nodeNames: ")) from None
+    return value
+
+
+def _selector(value: object) -> object:
+    if not isinstance(value, dict) or not value:
+        raise refusal(f"must be a non-empty object of labels, got {shown(value)}")
+    try:
+        NodeSelection.by_selector(value)
+    except InvalidInput as error:
+        raise refusal(str(error).removeprefix("selector: ")) from None
+    return value
+
+
+class _ReleaseFields(Body):
+    """``POST /api/v1/releases``: what to release, why, to which nodes, in what steps. Every
+    field but ``target`` is optional, as in the original (its clients send ``{"target":
+    "cdn"}`` alone)."""
+
+    target: Annotated[Literal["cdn"], BeforeValidator(_target)]
+    reason: Reason | None = None
+    maxParallel: Annotated[int, Between(1, INT_MAX)] | None = None
+    scope: Name | None = None
+    nodeIds: Annotated[list[NodeId], Field(min_length=1), BeforeValidator(_node_ids)] | None = None
+    nodeNames: Annotated[list[Name], Field(min_length=1), BeforeValidator(_node_names)] | None = (
+        None
+    )
+    selector: (
+        Annotated[
+            dict[str, str],
+            Field(min_length=1, description="labels every chosen node carries"),
+            BeforeValidator(_selector),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_target(cls, document: Any) -> Any:
+        if isinstance(document, dict) and "target" not in document:
+            choices = ", ".join(f'"{target}"' for target in TARGETS)
+            raise refusal(f"is required (one of {choices})", field="target")
+        return document
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> _ReleaseFields:
+        given = [
+            name for name in ("nodeIds", "nodeNames", "selector") if getattr(self, name) is not None
+        ]
+        if len(given) > 1:
+            raise refusal("give only one of nodeIds, nodeNames or selector", field=", ".join(given))
+        return self
+
+    @model_validator(mode="after")
+    def _strategy(self) -> _ReleaseFields:
+        try:
+            validate_strategy(*(getattr(self, name) for name in STRATEGY_FIELDS))
+        except InvalidInput as error:
+            field, _, problem = str(error).partition(": ")
+            raise refusal(problem, field=field) from None
+        return self
+
+    def strategy(self) -> Strategy | None:
+        """The strategy fields (store/strategy.py); None when none is given."""
+        values = [getattr(self, name) for name in STRATEGY_FIELDS]
+        if all(value is None for value in values):
+            return None
+        return validate_strategy(*values)
+
+    def selection(self) -> NodeSelection | None:
+        """At most one of nodeIds, nodeNames and selector; none: every enabled, online node."""
+        if self.nodeIds is not None:
+            return NodeSelection.by_ids(self.nodeIds)
+        if self.nodeNames is not None:
+            return NodeSelection.by_names(self.nodeNames)
+        if self.selector is not None:
+            return NodeSelection.by_selector(self.selector)
+        return None
+
+
+_STRATEGY_BODY_FIELDS: dict[str, Any] = {
+    # Validated together by store/strategy.py (see _strategy); described by their types.
+    name: (Annotated[STRATEGY_SCHEMAS.get(name, Any) | None, SkipValidation], None)
+    for name in STRATEGY_FIELDS
+}
+ReleaseBody = create_model(
+    "ReleaseBody",
+    __base__=_ReleaseFields,
+    __doc__=_ReleaseFields.__doc__,
+    **_STRATEGY_BODY_FIELDS,
+)
 
 
 def parse_release_spec(document: object) -> ReleaseSpec:
-    fields = _Fields.of(document, RELEASE_FIELDS)
-    target = _target(fields)
-    # Optional, as in the original (its clients send {"target": "cdn"} alone).
-    reason = fields.text("reason") or ""
-    strategy = parse_strategy(fields)
-    max_parallel = fields.integer("maxParallel", minimum=1, maximum=2**31 - 1, nullable=True)
-    scope = fields.text("scope", empty=False, max_length=NAME_MAX)
-    selection = parse_selection(fields)
+    body = validated(ReleaseBody, document)
+    strategy = body.strategy()
     spec = ReleaseSpec(
-        target=target, reason=reason, max_parallel=max_parallel, scope=scope, selection=selection
+        target=body.target,
+        reason=body.reason or "",
+        max_parallel=body.maxParallel,
+        scope=body.scope,
+        selection=body.selection(),
     )
     if strategy is not None:
         spec = attrs.evolve(spec, plan=strategy.plan, max_failures=strategy.max_failures or 0)
@@ -250,28 +265,22 @@ def parse_release_spec(document: object) -> ReleaseSpec:
     return spec
 
 
-def parse_strategy(fields: _Fields) -> Strategy | None:
-    """The strategy fields of a release (store/strategy.py); None when none is given."""
-    values = {name: fields.values.get(name) for name in STRATEGY_FIELDS}
-    if all(value is None for value in values.values()):
-        return None
-    try:
-        return validate_strategy(*values.values())
-    except InvalidInput as error:
-        field, _, problem = str(error).partition(": ")
-        raise invalid(field, problem) from None
+class NodeBody(Body):
+    """``POST /api/v1/nodes``: a node to register (or update, by name)."""
 
-
-def _target(fields: _Fields) -> str:
-    """The release's target: missing or unknown is 400 / 2002, as the original answers."""
-    choices = ", ".join(f'"{target}"' for target in TARGETS)
-    if not fields.has("target"):
-        raise invalid("target", f"is required (one of {choices})")
-    value = fields.values["target"]
-    if value not in TARGETS:
-        raise invalid("target", f"must be one of {choices}, got {_kind(value)} {_shown(value)}")
-    assert isinstance(value, str)
-    return value
+    name: Name
+    mainIp: Annotated[
+        str,
+        checked(check_agent_host, InvalidAddress),
+        Field(description="the agent's IPv4 or IPv6 address (no name, port or zone)"),
+    ]
+    agentPort: Annotated[
+        int | None,
+        checked(check_agent_port, InvalidAddress),
+        Field(description="the daemon's agent_port setting when absent"),
+    ] = None
+    enabled: bool = True
+    status: Health = NodeHealth.ONLINE
 
 
 @attrs.frozen
@@ -283,35 +292,48 @@ class NodeRegistration:
     status: NodeHealth
 
 
-NODE_FIELDS = ("name", "mainIp", "agentPort", "enabled", "status")
-
-
 def parse_node_registration(
     document: object, default_port: int = DEFAULT_AGENT_PORT
 ) -> NodeRegistration:
-    fields = _Fields.of(document, NODE_FIELDS)
-    name = fields.text("name", required=True, empty=False, max_length=NAME_MAX)
-    assert name is not None
-    # The check every node address passes (the CLI's and the actors' too).
-    try:
-        main_ip = check_agent_host(fields.required("mainIp"))
-    except InvalidAddress as error:
-        raise invalid("mainIp", str(error)) from None
-    port: int | None = None
-    if fields.has("agentPort"):
-        try:
-            port = check_agent_port(fields.values["agentPort"])
-        except InvalidAddress as error:
-            raise invalid("agentPort", str(error)) from None
-    enabled = fields.boolean("enabled")
-    status = fields.health("status")
+    body = validated(NodeBody, document)
     return NodeRegistration(
-        name=name,
-        main_ip=main_ip,
-        agent_port=default_port if port is None else port,
-        enabled=True if enabled is None else enabled,
-        status=NodeHealth.ONLINE if status is None else status,
+        name=body.name,
+        main_ip=body.mainIp,
+        agent_port=default_port if body.agentPort is None else body.agentPort,
+        enabled=body.enabled,
+        status=body.status,
     )
+
+
+def _label_changes(value: object) -> object:
+    if not isinstance(value, dict):
+        raise refusal(f"must be an object of labels, got {kind(value)}")
+    try:
+        return check_label_changes(value)
+    except InvalidInput as error:
+        raise refusal(str(error)) from None
+
+
+class NodePatchBody(Body):
+    """``PATCH /api/v1/nodes/{id}``: what to change (at least one); absent: left as it is."""
+
+    status: Health = absent()
+    enabled: bool = absent()
+    labels: Annotated[
+        dict[str, str | None],
+        BeforeValidator(_label_changes),
+        Field(description="merged into the node's labels: a value sets one, null removes it"),
+    ] = absent()
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> NodePatchBody:
+        if self.status is None and self.enabled is None and self.labels is None:
+            raise refusal(
+                "nothing to change: give status, enabled and/or labels",
+                code=Code.PARAM_MISSING,
+                field="body",
+            )
+        return self
 
 
 @attrs.frozen
@@ -322,76 +344,121 @@ class NodePatch:
     """Merged into the node's labels: a value sets a label, null removes it."""
 
 
-NODE_PATCH_FIELDS = ("status", "enabled", "labels")
-
-
 def parse_node_patch(document: object) -> NodePatch:
-    fields = _Fields.of(document, NODE_PATCH_FIELDS)
-    labels = fields.values.get("labels")
-    if labels is not None:
-        if not isinstance(labels, dict):
-            raise invalid("labels", f"must be an object of labels, got {_kind(labels)}")
-        try:
-            labels = check_label_changes(labels)
-        except InvalidInput as error:
-            raise invalid("labels", str(error)) from None
-    patch = NodePatch(
-        status=fields.health("status"), enabled=fields.boolean("enabled"), labels=labels
+    body = validated(NodePatchBody, document)
+    return NodePatch(status=body.status, enabled=body.enabled, labels=body.labels)
+
+
+class VerbBody(Body):
+    """The body of a release verb: all optional; a reason is recorded with its event."""
+
+    reason: Reason | None = None
+
+
+class RollbackBody(VerbBody):
+    toVersion: (
+        Annotated[
+            int,
+            Between(1, MAX_ID),
+            Field(description="the config version to go back to; default: the previous one"),
+        ]
+        | None
+    ) = None
+
+
+class PromoteBody(VerbBody):
+    full: Annotated[bool, Field(description="skip every remaining pause, not only this one")] = (
+        False
     )
-    if patch.status is None and patch.enabled is None and patch.labels is None:
-        raise invalid(
-            "body", "nothing to change: give status, enabled and/or labels", Code.PARAM_MISSING
-        )
-    return patch
+
+
+VERB_BODIES: Final[Mapping[Verb, type[VerbBody]]] = {
+    **dict.fromkeys(Verb, VerbBody),
+    Verb.ROLLBACK: RollbackBody,
+    Verb.PROMOTE: PromoteBody,
+}
+
+
+@attrs.frozen
+class VerbRequest:
+    reason: str = ""
+    to_version: int | None = None
+    full: bool = False
+
+
+def parse_verb_body(document: object, verb: Verb) -> VerbRequest:
+    """``{"reason"}`` for every verb, ``{"toVersion"}`` for a rollback and ``{"full"}`` for
+    a promote; all optional."""
+    body = validated(VERB_BODIES[verb], document)
+    return VerbRequest(
+        (body.reason or "").strip(),
+        body.toVersion if isinstance(body, RollbackBody) else None,
+        body.full if isinstance(body, PromoteBody) else False,
+    )
+
+
+def _token(value: object) -> object:
+    if not isinstance(value, str) or not value.strip():
+        raise refusal("is required (a string)", code=Code.PARAM_MISSING)
+    return value.strip()
+
+
+class SignInBody(Body):
+    """``POST /api/v1/session``: the token a dashboard signs in with (other members are
+    ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    token: Annotated[str, BeforeValidator(_token), Field(description="an API token (fw_...)")]
 
 
 # --- path and query ----------------------------------------------------------------------------
 
 
-def _integer_text(digits: str) -> int:
-    """The value of ASCII ``digits``; past _DIGITS_MAX significant digits, 10**_DIGITS_MAX,
-    which is above every bound as the real value is."""
-    significant = digits.lstrip("0")
-    return int(significant or "0") if len(significant) <= _DIGITS_MAX else 10**_DIGITS_MAX
+def _id_text(value: object) -> object:
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise refusal(f"must be a positive integer, got {shown(value)}")
+    return query_integer(value)
 
 
-def _shown_integer(value: int, text: str) -> str:
-    """An integer from a query or path as the message shows it: its digits, or its first."""
-    return str(value) if abs(value) < 10**_DIGITS_MAX else text.strip()[:37] + "..."
+PathId = Annotated[int, BeforeValidator(_id_text), Between(1, MAX_ID)]
+
+
+class _IdPath(Query):
+    id: PathId
 
 
 def parse_id(text: str, field: str = "id") -> int:
-    if not text.isascii() or not text.isdigit():
-        raise invalid(field, f"must be a positive integer, got {_shown(text)}")
-    value = _integer_text(text)
-    if not 1 <= value <= MAX_ID:
-        raise invalid(field, f"must be between 1 and {MAX_ID}, got {_shown_integer(value, text)}")
-    return value
+    try:
+        return validated(_IdPath, {"id": text}).id
+    except ApiError as error:
+        raise invalid(field, error.message.removeprefix("id: ")) from None
 
 
-def _query_integer(query: Mapping[str, str], name: str, default: int) -> int:
-    """An integer parameter of any length: beyond 30 digits it counts as 10**30, past every
-    bound (Python refuses to convert very long digit strings)."""
-    text = query.get(name)
-    if text is None or text == "":
-        return default
-    stripped = text.strip()
-    negative = stripped.startswith("-")
-    digits = stripped[1:] if negative else stripped
-    if not digits.isascii() or not digits.isdigit():
-        raise invalid(name, f"must be an integer, got {_shown(text)}")
-    value = _integer_text(digits)
-    return -value if negative else value
+class ReleaseQuery(Query):
+    """``GET /api/v1/releases``: newest first, a page at a time."""
 
-
-def _query_int(
-    query: Mapping[str, str], name: str, default: int, minimum: int, maximum: int
-) -> int:
-    value = _query_integer(query, name, default)
-    if not minimum <= value <= maximum:
-        shown = _shown_integer(value, query[name])
-        raise invalid(name, f"must be between {minimum} and {maximum}, got {shown}")
-    return value
+    status: (
+        Annotated[ReleaseStatus, choice([status.value for status in ReleaseStatus], ReleaseStatus)]
+        | None
+    ) = None
+    page: Annotated[
+        int,
+        BeforeValidator(lambda value: min(max(value, 1), PAGE_MAX)),
+        QueryInteger,
+        Field(description=f"from 1 (0 or less is 1; above {PAGE_MAX} is {PAGE_MAX})"),
+    ] = 1
+    pageSize: Annotated[
+        int,
+        BeforeValidator(
+            lambda value: PAGE_SIZE_DEFAULT if value <= 0 else min(value, PAGE_SIZE_MAX)
+        ),
+        QueryInteger,
+        Field(
+            description=f"0 or less is {PAGE_SIZE_DEFAULT}; above {PAGE_SIZE_MAX} is "
+            f"{PAGE_SIZE_MAX}",
+        ),
+    ] = PAGE_SIZE_DEFAULT
 
 
 @attrs.frozen
@@ -406,55 +473,97 @@ class Page:
 
 
 def parse_release_query(query: Mapping[str, str]) -> Page:
-    raw_status = query.get("status") or None
-    status = None
-    if raw_status is not None:
-        try:
-            status = ReleaseStatus(raw_status)
-        except ValueError:
-            choices = ", ".join(status.value for status in ReleaseStatus)
-            raise invalid("status", f"must be one of {choices}, got {_shown(raw_status)}") from None
-    # As in the original, out-of-range numbers are clamped, never an error: page <= 0 is 1,
-    # pageSize <= 0 is the default and above the maximum is the maximum. The largest page
-    # keeps offsets inside a bigint. A value that is not an integer stays an error.
-    page = _query_integer(query, "page", 1)
-    page = min(max(page, 1), MAX_ID // PAGE_SIZE_MAX)
-    page_size = _query_integer(query, "pageSize", PAGE_SIZE_DEFAULT)
-    page_size = PAGE_SIZE_DEFAULT if page_size <= 0 else min(page_size, PAGE_SIZE_MAX)
-    return Page(status=status, page=page, page_size=page_size)
+    found = validated(ReleaseQuery, query_document(query, ReleaseQuery))
+    return Page(status=found.status, page=found.page, page_size=found.pageSize)
 
 
-@attrs.frozen
-class EventsQuery:
-    after_id: int
-    limit: int
+AfterId = Annotated[
+    int,
+    QueryInteger,
+    Between(0, MAX_ID),
+    Field(description="events after this id (0: from the first)"),
+]
+
+
+class EventsQuery(Query):
+    """A page of events: those after ``afterId``, oldest first."""
+
+    afterId: AfterId = 0
+    limit: Annotated[int, QueryInteger, Between(1, EVENTS_LIMIT_MAX)] = EVENTS_LIMIT_DEFAULT
+
+    @property
+    def after_id(self) -> int:
+        return self.afterId
 
 
 def parse_events_query(query: Mapping[str, str]) -> EventsQuery:
-    return EventsQuery(
-        after_id=_query_int(query, "afterId", 0, 0, MAX_ID),
-        limit=_query_int(query, "limit", EVENTS_LIMIT_DEFAULT, 1, EVENTS_LIMIT_MAX),
-    )
+    return validated(EventsQuery, query_document(query, EventsQuery))
+
+
+def _flag(value: object) -> object:
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in ("true", "false", "1", "0"):
+        raise refusal(f"must be true or false, got {shown(value)}")
+    return text in ("true", "1")
+
+
+class FollowQuery(Query):
+    """``follow=true``: a stream of server-sent events instead of a page."""
+
+    follow: Annotated[
+        bool, BeforeValidator(_flag), Field(description="true or 1: server-sent events")
+    ] = False
+    afterId: AfterId | None = None
+
+
+class _LastEventId(Query):
+    lastEventId: AfterId
 
 
 @attrs.frozen
-class FollowQuery:
+class Follow:
     follow: bool
     after_id: int | None
     """Where a stream resumes: ``Last-Event-ID`` (what EventSource sends), else ``afterId``;
     None when neither is given."""
 
 
-def parse_follow_query(query: Mapping[str, str], last_event_id: str | None) -> FollowQuery:
-    raw = (query.get("follow") or "false").strip().lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise invalid("follow", f"must be true or false, got {_shown(query.get('follow'))}")
-    after_id = None
+def parse_follow_query(query: Mapping[str, str], last_event_id: str | None) -> Follow:
+    found = validated(FollowQuery, query_document(query, FollowQuery))
+    after_id = found.afterId
     if last_event_id is not None and last_event_id.strip():
-        after_id = _query_int({"Last-Event-ID": last_event_id}, "Last-Event-ID", 0, 0, MAX_ID)
-    elif query.get("afterId"):
-        after_id = _query_int(query, "afterId", 0, 0, MAX_ID)
-    return FollowQuery(follow=raw in ("true", "1"), after_id=after_id)
+        try:
+            after_id = validated(_LastEventId, {"lastEventId": last_event_id}).lastEventId
+        except ApiError as error:
+            raise invalid("Last-Event-ID", error.message.partition(": ")[2]) from None
+    return Follow(follow=found.follow, after_id=after_id)
+
+
+class RegisterQuery(Query):
+    ifExists: Annotated[
+        Literal["update", "refuse"],
+        choice(["update", "refuse"]),
+        Field(description="refuse: 409 when a node of that name exists"),
+    ] = "update"
+
+
+def parse_if_exists(query: Mapping[str, str]) -> bool:
+    """``ifExists`` of a node registration: ``update`` (default) or ``refuse``; True when an
+    existing node of that name may be replaced."""
+    return validated(RegisterQuery, query_document(query, RegisterQuery)).ifExists == "update"
+
+
+class DetailQuery(Query):
+    """``GET /api/v1/releases/detail?id=N``, the original's later form of the detail."""
+
+    id: PathId
+
+
+def parse_detail_query(query: Mapping[str, str]) -> int:
+    text = query.get("id")
+    if not text:
+        raise ApiError(400, Code.PARAM_MISSING, "id: is required (?id=N)")
+    return parse_id(text)
 
 
 # --- answers -----------------------------------------------------------------------------------
@@ -469,7 +578,7 @@ def timestamp(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def release_item(release: Release, wait: Wait | None = None) -> dict[str, object]:
+def release_item(release: Release, wait: Wait | None = None) -> shapes.ReleaseItem:
     """A release as the list and the detail show it; ``wait`` says what a pending one waits
     for (``waitingFor``, null otherwise)."""
     return {
@@ -508,7 +617,7 @@ def release_item(release: Release, wait: Wait | None = None) -> dict[str, object
     }
 
 
-def step_item(release: Release) -> dict[str, object] | None:
+def step_item(release: Release) -> shapes.StepShape | None:
     """Where in its schedule a release with pauses is: the step, its kind and, for a bake,
     until when. Null for a release without pauses, and past the schedule's end."""
     if release.strategy is None or release.status.terminal:
@@ -526,12 +635,14 @@ def step_item(release: Release) -> dict[str, object] | None:
     }
 
 
-def selection_item(release: Release) -> dict[str, object] | None:
+def selection_item(release: Release) -> shapes.Selection | None:
     """How the release's nodes were chosen; null: every enabled, online node at creation."""
-    return None if release.selection is None else release.selection.to_json()
+    return (
+        None if release.selection is None else cast(shapes.Selection, release.selection.to_json())
+    )
 
 
-def wait_item(wait: Wait) -> dict[str, object]:
+def wait_item(wait: Wait) -> shapes.WaitShape:
     return {
         "releaseId": wait.ahead_id,
         "scope": wait.scope,
@@ -541,8 +652,8 @@ def wait_item(wait: Wait) -> dict[str, object]:
     }
 
 
-def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:
-    batches: dict[int, list[dict[str, object]]] = {}
+def release_batches(nodes: Sequence[ReleaseNode]) -> list[shapes.BatchShape]:
+    batches: dict[int, list[shapes.ReleaseNodeItem]] = {}
     for node in nodes:
         batches.setdefault(node.batch, []).append(
             {
@@ -562,7 +673,7 @@ def release_batches(nodes: Sequence[ReleaseNode]) -> list[dict[str, object]]:
     return [{"batch": batch, "nodes": members} for batch, members in sorted(batches.items())]
 
 
-def node_item(node: Node) -> dict[str, object]:
+def node_item(node: Node) -> shapes.NodeItem:
     return {
         "id": node.id,
         "name": node.name,
@@ -577,7 +688,7 @@ def node_item(node: Node) -> dict[str, object]:
     }
 
 
-def node_detail(node: Node, runs: Sequence[NodeRun]) -> dict[str, object]:
+def node_detail(node: Node, runs: Sequence[NodeRun]) -> shapes.NodeDetail:
     return {
         **node_item(node),
         "releases": [
@@ -595,16 +706,7 @@ def node_detail(node: Node, runs: Sequence[NodeRun]) -> dict[str, object]:
     }
 
 
-def parse_if_exists(query: Mapping[str, str]) -> bool:
-    """``ifExists`` of a node registration: ``update`` (default) or ``refuse``; True when an
-    existing node of that name may be replaced."""
-    value = query.get("ifExists") or "update"
-    if value not in ("update", "refuse"):
-        raise invalid("ifExists", f"must be update or refuse, got {_shown(value)}")
-    return value == "update"
-
-
-def event_item(event: Event) -> dict[str, object]:
+def event_item(event: Event) -> shapes.EventItem:
     return {
         "id": event.id,
         "releaseId": event.release_id,
@@ -621,7 +723,7 @@ def event_item(event: Event) -> dict[str, object]:
     }
 
 
-def token_item(token: TokenInfo) -> dict[str, object]:
+def token_item(token: TokenInfo) -> shapes.TokenItem:
     return {
         "id": token.id,
         "name": token.name,
@@ -632,28 +734,7 @@ def token_item(token: TokenInfo) -> dict[str, object]:
     }
 
 
-# --- verbs ------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class VerbRequest:
-    reason: str = ""
-    to_version: int | None = None
-    full: bool = False
-
-
-def parse_verb_body(document: object, verb: Verb) -> VerbRequest:
-    """``{"reason"}`` for every verb, ``{"toVersion"}`` for a rollback and ``{"full"}`` for
-    a promote; all optional."""
-    allowed = {Verb.ROLLBACK: ("reason", "toVersion"), Verb.PROMOTE: ("reason", "full")}
-    fields = _Fields.of(document, allowed.get(verb, ("reason",)))
-    reason = fields.text("reason") or ""
-    to_version = fields.integer("toVersion", minimum=1, nullable=True)
-    full = fields.boolean("full") or False
-    return VerbRequest(reason.strip(), to_version, full)
-
-
-def verb_answer(answer: VerbAnswer) -> dict[str, object]:
+def verb_answer(answer: VerbAnswer) -> shapes.VerbDone:
     result = answer.result
     return {
         "verb": result.verb.value,
@@ -669,7 +750,7 @@ def verb_answer(answer: VerbAnswer) -> dict[str, object]:
     }
 
 
-def fleet_summary(nodes: Sequence[Node], newest: Release | None) -> dict[str, object]:
+def fleet_summary(nodes: Sequence[Node], newest: Release | None) -> shapes.FleetSummary:
     """How many nodes run which config version, and which differ from the config of
     ``newest`` (the newest release that succeeded)."""
     counts: dict[int | None, int] = {}
@@ -680,7 +761,7 @@ def fleet_summary(nodes: Sequence[Node], newest: Release | None) -> dict[str, ob
             label = by_label.setdefault(f"{key}={value}", {})
             label[node.applied_version] = label.get(node.applied_version, 0) + 1
 
-    def versions(found: dict[int | None, int]) -> list[dict[str, object]]:
+    def versions(found: dict[int | None, int]) -> list[shapes.VersionCount]:
         ordered = sorted(found.items(), key=lambda item: (item[0] is None, -(item[0] or 0)))
         return [{"configVersion": version, "nodes": count} for version, count in ordered]
 

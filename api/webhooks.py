@@ -5,38 +5,61 @@ registers the hook; it is never listed."""
 from __future__ import annotations
 
 import secrets
-from typing import Final
+from typing import Annotated, Final
 
-from fleetwave.api.schemas import _Fields, _kind, _shown, invalid, timestamp
-from fleetwave.store.webhooks import WEBHOOK_KINDS, Delivery, Webhook, WebhookSpec
+from pydantic import BeforeValidator, Field
+
+from fleetwave.api import shapes
+from fleetwave.api.schemas import timestamp
+from fleetwave.api.validation import Body, Text, got, refusal, validated
+from fleetwave.store.webhooks import (
+    WEBHOOK_KINDS,
+    Delivery,
+    Webhook,
+    WebhookSpec,
+)
 
 WEBHOOK_FIELDS: Final = ("url", "events", "secret", "description")
 SECRET_BYTES: Final = 32
 DELIVERIES_SHOWN: Final = 20
 
 
+def _kinds(value: object) -> object:
+    if not isinstance(value, list) or not all(isinstance(kind, str) for kind in value):
+        raise refusal(f"must be a list of event kinds ({', '.join(WEBHOOK_KINDS)}), {got(value)}")
+    return value
+
+
+class WebhookBody(Body):
+    """``POST /api/v1/webhooks``: where to send which events. Kinds are checked by the store
+    (store/webhooks.py): known, at least one, none twice."""
+
+    url: Annotated[str, Text(2048), Field(description="http or https URL of the receiver")]
+    events: Annotated[
+        list[str],
+        BeforeValidator(_kinds),
+        Field(json_schema_extra={"items": {"type": "string", "enum": list(WEBHOOK_KINDS)}}),
+    ]
+    secret: (
+        Annotated[str, Text(256), Field(description="the HMAC-SHA256 key; generated when absent")]
+        | None
+    ) = None
+    description: Annotated[str, Text(1000, blank=True)] | None = None
+
+
 def parse_webhook_spec(document: object) -> WebhookSpec:
-    fields = _Fields.of(document, WEBHOOK_FIELDS)
-    url = fields.text("url", required=True, empty=False, max_length=2048)
-    events = fields.required("events")
-    if not isinstance(events, list) or not all(isinstance(kind, str) for kind in events):
-        raise invalid(
-            "events",
-            f"must be a list of event kinds ({', '.join(WEBHOOK_KINDS)}), got "
-            f"{_kind(events)} {_shown(events)}",
-        )
-    secret = fields.text("secret", empty=False, max_length=256)
-    description = fields.text("description") or ""
-    assert url is not None
+    body = validated(WebhookBody, document)
     return WebhookSpec(
-        url=url.strip(),
-        events=tuple(events),
-        secret=secret if secret is not None else "whsec_" + secrets.token_urlsafe(SECRET_BYTES),
-        description=description,
+        url=body.url.strip(),
+        events=tuple(body.events),
+        secret=body.secret
+        if body.secret is not None
+        else "whsec_" + secrets.token_urlsafe(SECRET_BYTES),
+        description=body.description or "",
     )
 
 
-def webhook_item(hook: Webhook) -> dict[str, object]:
+def webhook_item(hook: Webhook) -> shapes.WebhookItem:
     return {
         "id": hook.id,
         "url": hook.url,
@@ -46,7 +69,7 @@ def webhook_item(hook: Webhook) -> dict[str, object]:
     }
 
 
-def delivery_item(delivery: Delivery) -> dict[str, object]:
+def delivery_item(delivery: Delivery) -> shapes.DeliveryItem:
     return {
         "id": delivery.id,
         "eventId": delivery.event_id,

@@ -20,10 +20,13 @@ BIGINT_MAX: Final = 2**63 - 1
 INT_MAX: Final = 2**31 - 1
 
 # C0 controls, DEL, C1 controls and the surrogate range (in a str, a surrogate is always lone:
-# a valid pair decodes to one code point).
-_NOT_IN_LINE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# Free text may span lines and hold tabs.
-_NOT_IN_TEXT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+# a valid pair decodes to one code point). Free text may span lines and hold tabs. The ranges
+# are also what the API's JSON Schema patterns refuse (api/schemas.py).
+CONTROLS_IN_LINE: Final = "\x00-\x1f\x7f-\x9f"
+CONTROLS_IN_TEXT: Final = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_SURROGATES: Final = "\ud800-\udfff"
+_NOT_IN_LINE: Final = re.compile(f"[{CONTROLS_IN_LINE}{_SURROGATES}]")
+_NOT_IN_TEXT: Final = re.compile(f"[{CONTROLS_IN_TEXT}{_SURROGATES}]")
 
 
 def text_problem(value: str, *, multiline: bool = False) -> str | None:

@@ -5,8 +5,8 @@ JSON bodies of random shapes, bodies shaped like the real ones with wrong values
 are not JSON, and Authorization headers valid, missing or wrong. Each example sends a few
 requests to ``create_app(store)`` through httpx's ASGI transport, on a store holding nodes and
 a release. Every answer: no 5xx; an envelope ``{"code": int, "message": str, "data"}``; a 4xx
-carries a documented code for its status. On PostgreSQL, a rejected request leaves every
-table as it was.
+carries a documented code for its status (the OpenAPI document is served as it is). On
+PostgreSQL, a rejected request leaves every table as it was.
 
 Sizes: FLEETWAVE_FUZZ_REQUESTS (default 2400) requests in all, POSTGRES_SHARE of them on
 PostgreSQL; the count sent is asserted.
@@ -126,6 +126,7 @@ ids = st.one_of(
 PATHS = [
     "/healthz",
     "/readyz",
+    "/api/v1/openapi.json",
     "/api/v1/releases",
     "/api/v1/releases/{id}",
     "/api/v1/releases/{id}/events",
@@ -135,6 +136,7 @@ PATHS = [
 ALLOWED = {
     "/healthz": ["GET"],
     "/readyz": ["GET"],
+    "/api/v1/openapi.json": ["GET"],
     "/api/v1/releases": ["GET", "POST"],
     "/api/v1/releases/{id}": ["GET"],
     "/api/v1/releases/{id}/events": ["GET"],
@@ -357,6 +359,9 @@ def check(request: FuzzRequest, response: httpx.Response, tally: Tally) -> None:
         answer: Any = response.json()
     except ValueError:
         raise AssertionError((request, status, response.text[:500])) from None
+    if request.path == "/api/v1/openapi.json" and status == 200:
+        assert answer["openapi"].startswith("3.1"), answer  # the document, for tools as it is
+        return
     assert isinstance(answer, dict) and set(answer) == {"code", "message", "data"}, answer
     code, message = answer["code"], answer["message"]
     assert isinstance(code, int) and not isinstance(code, bool), answer
