@@ -261,8 +261,9 @@ def plain_line(state: WatchState, event: Mapping[str, Any]) -> str:
 
 
 def live_view(state: WatchState, now: datetime, wall: datetime | None = None) -> Group:
-    """The rich view: header, the step, a bar per batch with its counts, the latest failures. ``now``:
-    the time of the latest event (for the ETA); ``wall``: this machine's clock (for a bake)."""
+    """The rich view: header, the step, a bar per batch with its counts, the latest
+    failures. ``now``: the time of the latest event (for the ETA); ``wall``: this machine's
+    clock (for a bake's time left)."""
     wall = wall or datetime.now(UTC)
     eta = state.eta(now)
     eta_text = "unknown until a node finishes" if eta is None else f"~{eta:.0f}s"
@@ -361,9 +362,10 @@ async def _tick(state: WatchState, live: Live) -> None:
             live.update(live_view(state, state.last_at or datetime.now(UTC)))
 
 
-async def _read_step(client: ApiClient, state: WatchState) -> None:
-    """Read the release's step again once a release event may have moved it."""
-    if state.step_stale:
+async def _read_step(client: ApiClient, state: WatchState, output: _Output) -> None:
+    """Read the release's step again once a release event may have moved it (not for
+    ``--json``, which prints the events alone)."""
+    if state.step_stale and not output.as_json:
         state.take_step((await client.release(state.release_id))["release"])
 
 
@@ -407,7 +409,7 @@ async def _follow(
     waiting = _Patience(patience, err)
     while True:
         try:
-            await _read_step(client, state)  # still to do after an error while reading it
+            await _read_step(client, state, output)  # still to do after an error while reading it
             async for message in client.follow_release(state.release_id, last_id):
                 if message.kind == "end":
                     if state.ended:
@@ -423,7 +425,7 @@ async def _follow(
                     continue
                 seen.add(event["id"])
                 state.apply(event)
-                await _read_step(client, state)
+                await _read_step(client, state, output)
                 output.event(state, event)
             else:
                 waiting.away(

@@ -236,7 +236,11 @@ async def test_liveness_of_an_owned_release_tells_a_live_lease_from_an_expired_o
     assert last_progress(owned, []) == started
 
 
-GATED = {"target": "cdn", "reason": "r", "plan": [1, {"pause": 300}, "50%", {"pause": None}, "100%"]}
+GATED = {
+    "target": "cdn",
+    "reason": "r",
+    "plan": [1, {"pause": 300}, "50%", {"pause": None}, "100%"],
+}
 
 
 async def test_promote_is_offered_only_at_a_bake_or_gate_not_yet_promoted_past(
