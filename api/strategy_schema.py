@@ -3,8 +3,10 @@
 A strategy is validated by store/strategy.py alone (``validate_strategy``: the one validator of
 the API, the CLI and the stored column, whose messages name the step at fault). These types only
 describe what it accepts, bounds included, so that the document's schema of ``plan``,
-``maxFailures``, ``maxFailurePercent``, ``onFailure`` and ``healthChecks`` says what a request
-may hold; tests/api/test_openapi.py sends the document's examples through the real validator.
+``maxFailures``, ``maxFailurePercent``, ``onFailure`` and ``healthChecks`` (HTTP and Prometheus
+checks) says what a request may hold. tests/api/test_openapi.py holds the two to each other:
+the document's examples go through the real validator, and the strategies it stores through
+these schemas.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetwave.store.plan import MAX_PLAN_STEPS, MAX_STEP
+from fleetwave.store.promql import MAX_QUERY, QUERY_FIELDS
 from fleetwave.store.strategy import MAX_CHECKS, MAX_PAUSE_SEC, OnFailure
 
 PERCENT_PATTERN = r"^\s*\d+(\.\d+)?\s*%\s*$"
@@ -73,17 +76,45 @@ class HttpProbe(_Described):
     ]
 
 
-class HealthCheck(_Described):
-    """GET ``http.url``: healthy when it answers 2xx with a JSON object saying "healthy": true;
-    past ``failureLimit`` consecutive failures the release fails."""
+class PrometheusProbe(_Described):
+    """A PromQL query asked of a Prometheus server (store/promql.py); healthy while its
+    value stays within ``max`` and ``min``."""
 
+    url: Annotated[str, Field(min_length=1, max_length=2000, description="the server's base URL")]
+    query: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_QUERY,
+            description="may name " + ", ".join(f"{{{name}}}" for name in QUERY_FIELDS),
+        ),
+    ]
+    max: float | None = None
+    min: float | None = None
+
+
+class _Check(_Described):
     name: Annotated[str, Field(min_length=1, max_length=64)]
-    http: HttpProbe
     interval: Annotated[float, Field(gt=0, le=3600)] = 10.0
     failureLimit: Annotated[int, Field(ge=1, le=1000)] = 3
     timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
 
 
+class HttpCheck(_Check):
+    """GET ``http.url``: healthy when it answers 2xx with a JSON object saying "healthy":
+    true; past ``failureLimit`` consecutive failures the release fails."""
+
+    http: HttpProbe
+
+
+class PrometheusCheck(_Check):
+    """Ask ``prometheus.query``; past ``failureLimit`` consecutive failures (a value out of
+    bounds, no answer) the release fails."""
+
+    prometheus: PrometheusProbe
+
+
+HealthCheck = HttpCheck | PrometheusCheck
 HealthChecks = Annotated[list[HealthCheck], Field(max_length=MAX_CHECKS)]
 OnFailureChoice = Literal["stop", "pause", "rollback"]
 assert set(OnFailureChoice.__args__) == {choice.value for choice in OnFailure}  # type: ignore[attr-defined]
