@@ -693,11 +693,12 @@ async def _token_list(settings: Settings, as_json: bool) -> int:
 
     from fleetwave.api.render import token_list
     from fleetwave.api.schemas import token_item
+    from fleetwave.api.shapes import TokenList
     from fleetwave.store.factory import open_store
 
     async with open_store(settings) as store:
         tokens = await store.list_tokens()
-    data = {"items": [token_item(token) for token in tokens], "total": len(tokens)}
+    data: TokenList = {"items": [token_item(token) for token in tokens], "total": len(tokens)}
     print(json.dumps(data, indent=2) if as_json else token_list(data))
     return 0
 

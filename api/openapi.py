@@ -70,7 +70,9 @@ code an error with `data` null and a message naming what was wrong. Every GET al
 HEAD. `x-fleetwave-role` on each operation is the least role its token needs (viewer <
 operator < admin; public: none). `x-fleetwave-examples` lists an operation's example requests:
 the examples of the same name in its parameters and body are their values, and
-`x-fleetwave-status` the status each answers.
+`x-fleetwave-status` the status each answers. Beyond the answers listed: a path that is not
+here answers 404 / 3001, a method a path does not take 405 / 2003 (with `Allow`), and an
+unexpected failure 500 / 5001 (its details in the daemon's log only).
 """
 
 

@@ -1,9 +1,15 @@
-"""Plain-text tables of API answers, for people at a terminal (``--json`` is for scripts)."""
+"""Plain-text tables of API answers, for people at a terminal (``--json`` is for scripts).
+
+Each takes the answer's ``data`` typed by its shape (api/shapes.py, the types the server builds
+it with and the OpenAPI document describes), so mypy holds every key read here to the API."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the client's commands need no pydantic to print
+    from fleetwave.api import shapes
 
 NODE_STATES = ("success", "failed", "running", "pending", "skipped", "cancelled")
 BAR_WIDTH = 20
@@ -36,7 +42,7 @@ def _when(value: object) -> str:
     return value[:19].replace("T", " ") + "Z"
 
 
-def created(data: Mapping[str, Any]) -> str:
+def created(data: shapes.ReleaseCreated) -> str:
     batches = ", ".join(
         f"batch {batch['batch']}: {len(batch['nodeIds'])}" for batch in data["batches"]
     )
@@ -52,7 +58,7 @@ def _seconds(value: float | None) -> str:
     return "unknown" if value is None else f"{value:g}s"
 
 
-def preview(data: Mapping[str, Any]) -> str:
+def preview(data: shapes.ReleasePreview) -> str:
     """A release plan: each batch's nodes and blast radius, the steps, the predicted time."""
     lines = [
         f"dry run: {data['totalNodes']} nodes in {len(data['batches'])} batches, nothing created"
@@ -93,7 +99,7 @@ def _labels(labels: Mapping[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or "-"
 
 
-def release_list(data: Mapping[str, Any]) -> str:
+def release_list(data: shapes.ReleaseList) -> str:
     rows = [
         (
             item["id"],
@@ -115,7 +121,7 @@ def release_list(data: Mapping[str, Any]) -> str:
     return f"{text}\npage {data['page']} of {pages}, {data['total']} releases"
 
 
-def _summary(release: Mapping[str, Any]) -> list[str]:
+def _summary(release: shapes.ReleaseItem) -> list[str]:
     lines = [
         f"release {release['id']}  version {release['version']}  status {release['status']}",
         f"target {release['target']}  scope {release['scope']}  plan {release['plan']}  "
@@ -126,8 +132,9 @@ def _summary(release: Mapping[str, Any]) -> list[str]:
         f"created {_when(release['createdAt'])}  started {_when(release['startedAt'])}  "
         f"finished {_when(release['finishedAt'])}",
     ]
-    if release.get("waitingFor"):
-        lines.append(f"waiting: {release['waitingFor']['reason']}")
+    waiting = release.get("waitingFor")
+    if waiting:
+        lines.append(f"waiting: {waiting['reason']}")
     step = release.get("step")
     if step and step["kind"] != "batch":
         held = f"until {_when(step['until'])}" if step["kind"] == "bake" else "waits for promote"
@@ -139,7 +146,7 @@ def _summary(release: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def release_detail(data: Mapping[str, Any]) -> str:
+def release_detail(data: shapes.ReleaseDetail) -> str:
     rows = [
         (
             batch["batch"],
@@ -157,7 +164,7 @@ def release_detail(data: Mapping[str, Any]) -> str:
     return "\n".join([*_summary(data["release"]), "", nodes])
 
 
-def batch_counts(batch: Mapping[str, Any]) -> dict[str, int]:
+def batch_counts(batch: shapes.BatchShape) -> dict[str, int]:
     counts = dict.fromkeys(NODE_STATES, 0)
     for node in batch["nodes"]:
         counts[node["status"]] = counts.get(node["status"], 0) + 1
@@ -169,7 +176,7 @@ def _bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "." * (BAR_WIDTH - filled) + "]"
 
 
-def watch_view(data: Mapping[str, Any]) -> str:
+def watch_view(data: shapes.ReleaseDetail) -> str:
     """Per batch: a progress bar and its node counts; then the release's status."""
     rows = []
     for batch in data["batches"]:
@@ -185,7 +192,7 @@ def watch_view(data: Mapping[str, Any]) -> str:
     return f"{table(headers, rows)}\n{status}"
 
 
-def node_list(data: Mapping[str, Any]) -> str:
+def node_list(data: shapes.NodeList) -> str:
     rows = [
         (
             item["id"],
@@ -205,14 +212,14 @@ def node_list(data: Mapping[str, Any]) -> str:
     return table((*headers, "LAST SEEN", "LABELS"), rows)
 
 
-def node_added(data: Mapping[str, Any]) -> str:
+def node_added(data: shapes.NodeItem) -> str:
     return (
         f"node {data['id']} {data['name']} at {data['mainIp']}:{data['agentPort']} "
         f"({data['status']}, {'enabled' if data['enabled'] else 'disabled'})"
     )
 
 
-def token_list(data: Mapping[str, Any]) -> str:
+def token_list(data: shapes.TokenList) -> str:
     rows = [
         (
             item["id"],
@@ -227,7 +234,7 @@ def token_list(data: Mapping[str, Any]) -> str:
     return table(("ID", "NAME", "ROLE", "CREATED", "EXPIRES", "LAST USED"), rows)
 
 
-def node_detail(data: Mapping[str, Any]) -> str:
+def node_detail(data: shapes.NodeDetail) -> str:
     summary = (
         f"node {data['id']} {data['name']} at {data['mainIp']}:{data['agentPort']}  "
         f"status {data['status']}  {'enabled' if data['enabled'] else 'disabled'}  "
@@ -251,14 +258,14 @@ def node_detail(data: Mapping[str, Any]) -> str:
     return f"{summary}\nlatest releases:\n{table(headers, rows)}"
 
 
-def node_changed(data: Mapping[str, Any]) -> str:
+def node_changed(data: shapes.NodeItem) -> str:
     return (
         f"node {data['id']} {data['name']}: {'enabled' if data['enabled'] else 'disabled'}, "
         f"{data['status']}"
     )
 
 
-def events(data: Mapping[str, Any]) -> str:
+def events(data: shapes.EventPage) -> str:
     rows = [
         (
             item["id"],
@@ -273,11 +280,11 @@ def events(data: Mapping[str, Any]) -> str:
     return table(("EVENT", "TIME", "BATCH", "NODE", "TRANSITION", "MESSAGE"), rows)
 
 
-def node_labelled(data: Mapping[str, Any]) -> str:
+def node_labelled(data: shapes.NodeItem) -> str:
     return f"node {data['id']} {data['name']}: labels {_labels(data.get('labels') or {})}"
 
 
-def verb_done(data: Mapping[str, Any]) -> str:
+def verb_done(data: shapes.VerbDone) -> str:
     """A verb's answer: what it did, then the release as it is now."""
     release = data["release"]
     lines = [data["message"], f"release {release['id']} is now {release['status']}"]
@@ -296,7 +303,7 @@ def verb_done(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def fleet_view(data: Mapping[str, Any]) -> str:
+def fleet_view(data: shapes.FleetSummary) -> str:
     """How many nodes run which config version, and the nodes that differ from the newest
     config that succeeded."""
     newest = data["newestSucceeded"]
@@ -333,7 +340,7 @@ def fleet_view(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def webhook_added(data: Mapping[str, Any]) -> str:
+def webhook_added(data: shapes.WebhookCreated) -> str:
     return (
         f"webhook {data['id']} sends {', '.join(data['events'])} to {data['url']}\n"
         f"signing secret (shown once; receivers verify X-Fleetwave-Signature with it):\n"
@@ -341,7 +348,7 @@ def webhook_added(data: Mapping[str, Any]) -> str:
     )
 
 
-def webhook_list(data: Mapping[str, Any]) -> str:
+def webhook_list(data: shapes.WebhookList) -> str:
     rows = [
         (item["id"], item["url"], ",".join(item["events"]), item["description"] or None)
         for item in data["items"]
@@ -349,7 +356,7 @@ def webhook_list(data: Mapping[str, Any]) -> str:
     return table(("ID", "URL", "EVENTS", "DESCRIPTION"), rows)
 
 
-def webhook_detail(data: Mapping[str, Any]) -> str:
+def webhook_detail(data: shapes.WebhookDetail) -> str:
     hook = data["webhook"]
     rows = [
         (
@@ -375,5 +382,5 @@ def webhook_detail(data: Mapping[str, Any]) -> str:
     )
 
 
-def webhook_removed(data: Mapping[str, Any]) -> str:
+def webhook_removed(data: shapes.WebhookDeleted) -> str:
     return f"webhook {data['id']} removed"
