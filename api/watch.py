@@ -3,8 +3,9 @@
 The release's batches come from one detail request; everything after comes from the SSE
 stream (``GET /api/v1/releases/{id}/events?follow=true``), read from the first event, so the
 view is rebuilt from the audit trail whatever happened before the watch began; the step a
-release with pauses is at (its ``step``: a bake and its end, a gate) is read again from the
-detail after each release event (a step, a verb). On a terminal
+release with pauses is at (its ``step``: a bake and its end, a gate) and its liveness (the
+owning daemon, its lease: api/watch_liveness.py) are read again from the detail after each
+release event (a claim, a verb, a step) and when the lease known is due a renewal. On a terminal
 the view is drawn with rich (a bar per batch, counts, the current step with a bake's time
 left ticking each second, an ETA from the apply times seen so far, failures with their
 reasons as they arrive); elsewhere each event is one
@@ -14,6 +15,7 @@ plain line; with ``--json`` one JSON object a line. A dropped stream is resumed 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ from rich.text import Text
 
 from fleetwave.api.client import ApiClient, ApiUnreachable
 from fleetwave.api.sse import StreamFormatError
+from fleetwave.api.watch_liveness import Liveness
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -72,17 +75,17 @@ class WatchState:
     error: str | None = None
     first_at: datetime | None = None
     last_at: datetime | None = None
-    has_pauses: bool = False
-    """Its plan has bakes or gates: its ``step`` is worth reading again after a release event."""
     at_step: Mapping[str, Any] | None = None
     """The API's ``release.step``: kind (batch, bake, gate), batch, until, promoted."""
-    step_read_at: datetime | None = None
-    """The ``updatedAt`` of the release item ``at_step`` came from: older events are in it."""
-    step_stale: bool = False
-    """A release event newer than ``step_read_at`` arrived: ``at_step`` may be behind."""
+    liveness: Liveness = attrs.field(factory=Liveness)
+    read_at: datetime | None = None
+    """The ``updatedAt`` of the release in the detail last read: older events are in it."""
+    detail_stale: bool = False
+    """A release event newer than ``read_at`` arrived (a claim, a verb, a step): the step
+    and the owner in the detail may be behind."""
 
     @classmethod
-    def from_detail(cls, detail: Mapping[str, Any]) -> WatchState:
+    def from_detail(cls, detail: Mapping[str, Any], wall: datetime | None = None) -> WatchState:
         release = detail["release"]
         batches = {
             batch["batch"]: [node["nodeId"] for node in batch["nodes"]]
@@ -102,18 +105,21 @@ class WatchState:
             names=names,
         )
         state.nodes = {node_id: "pending" for ids in batches.values() for node_id in ids}
-        strategy = release.get("strategy") or {}
-        state.has_pauses = any(
-            isinstance(step, dict) and "pause" in step for step in strategy.get("plan", ())
-        )
-        state.take_step(release)
+        state.take_detail(detail, wall or datetime.now(UTC))
         return state
 
-    def take_step(self, release: Mapping[str, Any]) -> None:
-        """The step of ``release`` (a release item of the API), read just now."""
+    def take_detail(self, detail: Mapping[str, Any], wall: datetime) -> None:
+        """The release's detail, read at ``wall``: its step and liveness."""
+        release = detail["release"]
         self.at_step = release.get("step")
-        self.step_read_at = _time(release["updatedAt"]) if release.get("updatedAt") else None
-        self.step_stale = False
+        self.read_at = _time(release["updatedAt"]) if release.get("updatedAt") else None
+        self.liveness = Liveness.read(detail.get("liveness"), wall)
+        self.detail_stale = False
+
+    def worth_reading(self, wall: datetime) -> bool:
+        """The detail may say something the events did not: a step, a new owner, a lease
+        renewed."""
+        return self.detail_stale or (not self.ended and self.liveness.due(wall))
 
     def apply(self, event: Mapping[str, Any]) -> None:
         at = _time(event["createdAt"])
@@ -123,13 +129,15 @@ class WatchState:
         status = event["toStatus"]
         if node_id is None:
             self.status = status
-            newer = self.step_read_at is None or at >= self.step_read_at
-            if self.has_pauses and newer and status not in _RELEASE_ENDED:
-                self.step_stale = True
+            newer = self.read_at is None or at >= self.read_at
+            if newer and status not in _RELEASE_ENDED:
+                self.detail_stale = True
             if status in _RELEASE_ENDED and status != "success":
                 self.error = event.get("message")
             return
         self.nodes[node_id] = status
+        if status in ("running", "success", "failed"):
+            self.liveness.progressed(at)
         if status == "running":
             self.started_at.setdefault(node_id, at)
         elif status in ("success", "failed") and node_id in self.started_at:
@@ -290,7 +298,12 @@ def live_view(state: WatchState, now: datetime, wall: datetime | None = None) ->
         done = len(ids) - counts["running"] - counts["pending"]
         shown = "  ".join(f"{name} {value}" for name, value in counts.items() if value)
         bars.add_task("", total=len(ids), completed=done, batch=batch, counts=shown)
-    parts: list[Any] = [header, step, bars]
+    parts: list[Any] = [header, step]
+    verdict, alive = state.liveness.verdict(state.status, holding, wall)
+    if alive:
+        style = {"owner-lost": "bold red", "stalled": "bold yellow"}.get(verdict, "dim")
+        parts.append(Text.assemble("daemon: ", (alive, style)))
+    parts.append(bars)
     if state.failures:
         table = Table("node", "batch", "reason", title="failures", title_justify="left")
         for failure in state.failures[-FAILURES_SHOWN:]:
@@ -309,6 +322,8 @@ class _Output:
     as_json: bool
     interactive: bool
     live: Live | None = None
+    verdict: str = "alive"
+    """The last liveness verdict a plain line reported (only changes to and from trouble)."""
 
     def event(self, state: WatchState, event: Mapping[str, Any]) -> None:
         if self.as_json:
@@ -320,6 +335,19 @@ class _Output:
         else:
             self.out.write(plain_line(state, event) + "\n")
         self.out.flush()
+
+    def tick(self, state: WatchState, wall: datetime) -> None:
+        """A second passed without an event: redraw (a bake's time left, the lease), or in
+        plain lines say when the owner looks lost or stalled, and when that is over."""
+        if self.live is not None:
+            self.live.update(live_view(state, state.last_at or wall, wall))
+            return
+        verdict, text = state.liveness.verdict(state.status, state.holding(), wall)
+        trouble = ("owner-lost", "stalled")
+        if verdict != self.verdict and (verdict in trouble or self.verdict in trouble) and text:
+            self.out.write(f"{wall.astimezone(UTC):%H:%M:%S} release {state.release_id}: {text}\n")
+            self.out.flush()
+        self.verdict = verdict
 
 
 async def watch(
@@ -341,32 +369,46 @@ async def watch(
             live_view(state, datetime.now().astimezone()), console=console, refresh_per_second=8
         ) as live:
             output.live = live
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_tick, state, live)
-                await _follow(client, state, output, err, patience)
-                nursery.cancel_scope.cancel()
+            await _follow_and_tick(client, state, output, err, patience)
             live.update(live_view(state, state.last_at or datetime.now().astimezone()))
-    else:
+    elif as_json:
         await _follow(client, state, output, err, patience)
+    else:
+        await _follow_and_tick(client, state, output, err, patience)
     if not as_json:
         out.write(state.summary() + "\n")
         out.flush()
     return EXIT_OK if state.status == "success" else EXIT_FAILED
 
 
-async def _tick(state: WatchState, live: Live) -> None:
-    """Redraw each second while the release bakes: its time left counts down."""
+async def _follow_and_tick(
+    client: ApiClient, state: WatchState, output: _Output, err: TextIO, patience: float
+) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_tick, client, state, output)
+        await _follow(client, state, output, err, patience)
+        nursery.cancel_scope.cancel()
+
+
+async def _tick(client: ApiClient, state: WatchState, output: _Output) -> None:
+    """Each second: the detail again when the lease known is due a renewal (renewals are not
+    events), then the output's tick."""
     while True:
         await trio.sleep(TICK)
-        if state.holding() == "bake":
-            live.update(live_view(state, state.last_at or datetime.now(UTC)))
+        wall = datetime.now(UTC)
+        if not state.detail_stale and state.worth_reading(wall):
+            # Unreachable: _follow notices it too, and reads the detail once back.
+            with contextlib.suppress(ApiUnreachable):
+                await _read_detail(client, state, output)
+        output.tick(state, datetime.now(UTC))
 
 
-async def _read_step(client: ApiClient, state: WatchState, output: _Output) -> None:
-    """Read the release's step again once a release event may have moved it (not for
-    ``--json``, which prints the events alone)."""
-    if state.step_stale and not output.as_json:
-        state.take_step((await client.release(state.release_id))["release"])
+async def _read_detail(client: ApiClient, state: WatchState, output: _Output) -> None:
+    """Read the release's detail again once an event may have moved its step, or its lease
+    is due a renewal (not for ``--json``, which prints the events alone)."""
+    if not output.as_json and state.worth_reading(datetime.now(UTC)):
+        detail = await client.release(state.release_id)
+        state.take_detail(detail, datetime.now(UTC))
 
 
 @attrs.define
@@ -409,7 +451,7 @@ async def _follow(
     waiting = _Patience(patience, err)
     while True:
         try:
-            await _read_step(client, state, output)  # still to do after an error while reading it
+            await _read_detail(client, state, output)  # still to do after an error while reading it
             async for message in client.follow_release(state.release_id, last_id):
                 if message.kind == "end":
                     if state.ended:
@@ -425,7 +467,7 @@ async def _follow(
                     continue
                 seen.add(event["id"])
                 state.apply(event)
-                await _read_step(client, state, output)
+                await _read_detail(client, state, output)
                 output.event(state, event)
             else:
                 waiting.away(

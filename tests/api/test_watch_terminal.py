@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import pty
 import re
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -39,8 +41,10 @@ class Daemon:
     token: str
 
 
-@pytest.fixture
-async def daemon() -> AsyncIterator[Daemon]:
+@asynccontextmanager
+async def serving(supervised: bool) -> AsyncIterator[tuple[Daemon, Callable[[], Awaitable[None]]]]:
+    """The API over a MemoryStore and 4 simulated agents (node 4 fails), with a Supervisor
+    running, or not yet (then the second item starts it)."""
     store = MemoryStore()
     fleet = SimulatedFleet(4, behaviour=Behaviour(apply_time=(0.4, 0.8)))
     fleet.set_behaviour(4, Behaviour(apply_time=(0.3, 0.3), fail="nginx: [emerg] bad config"))
@@ -57,19 +61,49 @@ async def daemon() -> AsyncIterator[Daemon]:
         address = await nursery.start(
             partial(serve_api, create_app(store, events=hub), "127.0.0.1:0")
         )
-        await nursery.start(Supervisor(store, AgentClient(http, request_timeout=5), settings).run)
-        yield Daemon(store, f"http://{address}", token)
+        supervisor = Supervisor(store, AgentClient(http, request_timeout=5), settings)
+
+        async def supervise() -> None:
+            await nursery.start(supervisor.run)
+
+        if supervised:
+            await supervise()
+        yield Daemon(store, f"http://{address}", token), supervise
         nursery.cancel_scope.cancel()
 
 
-async def watch_in_a_terminal(daemon: Daemon, release_id: int) -> tuple[int, str]:
-    """Run the program with a pty as its terminal; (exit code, what the screen received)."""
-    primary, secondary = pty.openpty()
+@pytest.fixture
+async def daemon() -> AsyncIterator[Daemon]:
+    async with serving(supervised=True) as (running, _):
+        yield running
+
+
+def _env(daemon: Daemon) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWAVE_")}
     env.update(
         FLEETWAVE_API=daemon.url, FLEETWAVE_TOKEN=daemon.token, TERM="xterm-256color",
         COLUMNS="120", LINES="40",
     )  # fmt: skip
+    return env
+
+
+async def watch_in_a_pipe(daemon: Daemon, release_id: int) -> tuple[int, str]:
+    """Run the program with its output to a pipe; (exit code, what it printed)."""
+    process = await trio.run_process(
+        [str(FLEETWAVE), "release", "watch", str(release_id)],
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        capture_stderr=True,
+        env=_env(daemon),
+        check=False,
+    )
+    return process.returncode, (process.stdout + process.stderr).decode(errors="replace")
+
+
+async def watch_in_a_terminal(daemon: Daemon, release_id: int) -> tuple[int, str]:
+    """Run the program with a pty as its terminal; (exit code, what the screen received)."""
+    primary, secondary = pty.openpty()
+    env = _env(daemon)
     chunks: list[bytes] = []
 
     def read_all() -> None:
@@ -177,3 +211,37 @@ async def test_watch_shows_a_bake_counting_down_then_a_gate_until_promoted(
     assert "ETA after the promote" in text
     assert f"release {release_id} (version 1) success" in text
     assert "3 succeeded, 0 failed, 0 skipped, 0 cancelled" in text
+
+
+@pytest.mark.parametrize("output", ["terminal", "pipe"])
+async def test_watch_tells_a_live_owner_from_one_that_stopped_renewing_its_lease(
+    output: str,
+) -> None:
+    async with serving(supervised=False) as (daemon, supervise):
+        await daemon.store.update_node(4, enabled=False)
+        created = await daemon.store.create_release(ReleaseSpec(reason="ghost"))
+        release_id = created.release.id
+        # "ghost" claims it and is never heard of again, as after a kill -9.
+        await daemon.store.claim("ghost", 1, ttl=3)
+        watcher = watch_in_a_terminal if output == "terminal" else watch_in_a_pipe
+        result: list[tuple[int, str]] = []
+
+        async def watching() -> None:
+            result.append(await watcher(daemon, release_id))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watching)
+                await trio.sleep(6)  # the lease ran out 3 s ago, unrenewed
+                await supervise()  # a live daemon takes it over, and finishes it
+
+    [(code, screen)] = result
+    text = _ANSI.sub("", screen)
+    assert code == 0, text
+    lost = r"owner ghost stopped renewing its lease \d+s ago: another daemon takes the release"
+    assert re.search(lost, text), text
+    if output == "terminal":
+        assert re.search(r"daemon: owner ghost is alive \(lease expires in [123]s\)", text), text
+    # Taken over: the new owner is named as soon as its claim is an event.
+    assert re.search(r"owner tty is alive \(lease expires in \d+s\)", text), text
+    assert f"release {release_id} (version 1) success" in text

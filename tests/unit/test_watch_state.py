@@ -108,25 +108,25 @@ def test_a_bake_shows_its_time_left_and_a_gate_the_promote_it_waits_for() -> Non
     assert plain_line(state, bake_event) == (
         "08:00:05 release 7: running -> running: step 1: bake 300s (until 08:00:50)"
     )
-    state.take_step({"step": {**bake, "promoted": True}, "updatedAt": _at(6)})
+    state.take_detail({"release": {"step": {**bake, "promoted": True}, "updatedAt": _at(6)}}, wall)
     assert state.holding() is None and state.step(wall) == "batch 2 of 2: dispatching"
     gate = {"position": 1, "kind": "gate", "batch": 1, "until": None, "promoted": False}
-    state.take_step({"step": gate, "updatedAt": _at(7)})
+    state.take_detail({"release": {"step": gate, "updatedAt": _at(7)}}, wall)
     assert (
         state.step(wall) == "gate after batch 1: waiting for promote (fleetwave release promote 7)"
     )
 
 
-def test_only_release_events_newer_than_the_step_read_make_it_worth_reading_again() -> None:
+def test_only_release_events_newer_than_the_detail_read_make_it_worth_reading_again() -> None:
     state = _gated({"position": 0, "kind": "batch", "batch": 1, "until": None}, 5)
-    state.apply(_event(1, 0, "running", came="pending"))  # replayed: in the step read at 5 s
+    wall = datetime.fromisoformat("2026-12-03T08:00:10+00:00")
+    state.apply(_event(1, 0, "running", came="pending"))  # replayed: in the detail read at 5 s
     state.apply(_event(2, 6, "running", node=1, batch=1, came="pending"))  # a node's
-    assert not state.step_stale
+    assert not state.detail_stale and not state.worth_reading(wall)
     state.apply(_event(3, 8, "running", came="running", message="step 1: bake 300s"))
-    assert state.step_stale
-    state.take_step({"step": None, "updatedAt": _at(8)})
-    assert not state.step_stale
-    # Without pauses in its plan, no release event makes the step worth reading.
-    plain = _state()
-    plain.apply(_event(1, 0, "running", came="pending"))
-    assert not plain.has_pauses and not plain.step_stale
+    assert state.detail_stale and state.worth_reading(wall)
+    state.take_detail({"release": {"step": None, "updatedAt": _at(8)}}, wall)
+    assert not state.detail_stale
+    # The release's end is in its events: nothing more to read.
+    state.apply(_event(4, 9, "success", came="running"))
+    assert not state.detail_stale
