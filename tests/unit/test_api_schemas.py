@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime, timedelta, timezone
 
+import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleetwave.api.commands import parse_plan
 from fleetwave.api.envelope import ApiError, Code
 from fleetwave.api.schemas import (
+    ReleaseBody,
+    parse_events_query,
     parse_id,
     parse_json,
     parse_node_registration,
@@ -18,6 +23,7 @@ from fleetwave.api.schemas import (
     timestamp,
 )
 from fleetwave.store.models import DEFAULT_PLAN, ReleaseStatus
+from fleetwave.store.strategy import FIELDS as STRATEGY_FIELDS
 
 
 def test_release_spec_defaults_to_the_original_plan() -> None:
@@ -108,3 +114,47 @@ def test_cli_plan_takes_counts_and_percentages() -> None:
     assert parse_plan("1,25%,100%") == [1, "25%", "100%"]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_plan("1,,2")
+
+
+TEXTS = st.text(
+    st.characters(exclude_categories=("Cs",)) | st.sampled_from(["\x00", "\x1b", "\x85", "\t"]),
+    max_size=300,
+)
+
+
+@pytest.mark.parametrize("field", ["scope", "reason"])
+@given(value=TEXTS)
+@settings(max_examples=300)
+def test_the_schema_of_a_text_field_takes_what_its_type_takes(field: str, value: str) -> None:
+    """The document's pattern and bounds for a one-line name and for free text accept exactly
+    what the API accepts (store/inputs.py's checks); lone surrogates aside, which no JSON
+    Schema pattern can name."""
+    schema = ReleaseBody.model_json_schema()["properties"][field]["anyOf"][0]
+    try:
+        parse_release_spec({"target": "cdn", field: value})
+        accepted = True
+    except ApiError as error:
+        assert error.message.startswith(f"{field}: "), error.message
+        accepted = False
+
+    assert jsonschema.Draft202012Validator(schema).is_valid(value) == accepted
+
+
+def test_every_strategy_field_is_a_release_body_field() -> None:
+    aliases = {field.alias or name for name, field in ReleaseBody.model_fields.items()}
+
+    assert set(STRATEGY_FIELDS) <= aliases
+
+
+def test_numbers_beyond_any_bound_are_named_by_their_side() -> None:
+    with pytest.raises(ApiError) as above:
+        parse_release_spec({"target": "cdn", "maxParallel": 10**4000})
+    with pytest.raises(ApiError) as below:
+        parse_events_query({"afterId": "-" + "9" * 40})
+
+    assert above.value.message == (
+        "maxParallel: must be between 1 and 2147483647, got a larger number"
+    )
+    assert below.value.message == (
+        "afterId: must be between 0 and 9223372036854775807, got a smaller number"
+    )
