@@ -28,7 +28,7 @@ from fleetwave.api.envelope import OK_MESSAGE, Code
 from fleetwave.api.operations import OPERATIONS, Example, Operation, Raw
 from fleetwave.api.schemas import PathId
 from fleetwave.api.session import CSRF_HEADER, SESSION_COOKIE
-from fleetwave.api.shapes import EventItem
+from fleetwave.api.shapes import EventItem, StreamEnd
 from fleetwave.store.models import Role
 
 OPENAPI_PATH: Final = "/api/v1/openapi.json"
@@ -38,8 +38,8 @@ ROLE_KEY: Final = "x-fleetwave-role"
 EXAMPLES_KEY: Final = "x-fleetwave-examples"
 """On an operation: every example request, by name (its values are in the parameters' and
 the body's examples of that name; none for a request with neither)."""
-EVENT_KEY: Final = "x-fleetwave-event"
-"""On a text/event-stream answer: the schema of each message's JSON data."""
+EVENT_KEY: Final = "x-fleetwave-events"
+"""On a text/event-stream answer: the schema of the JSON data of each kind of event."""
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 
 ERRORS: Final[dict[int, tuple[str, tuple[Code, ...]]]] = {
@@ -113,6 +113,7 @@ class _Schemas:
         wanted: list[tuple[Any, JsonSchemaMode, TypeAdapter[Any]]] = [
             ("id", "validation", TypeAdapter(PathId)),
             ("event", "serialization", TypeAdapter(EventItem)),
+            ("end", "serialization", TypeAdapter(StreamEnd)),
         ]
         for operation in operations:
             if operation.body is not None:
@@ -213,7 +214,7 @@ def _answer(operation: Operation, schemas: _Schemas) -> dict[str, Any]:
     if operation.stream:
         content["text/event-stream"] = {
             "schema": {"type": "string", "description": "server-sent events"},
-            EVENT_KEY: schemas.of["event"],
+            EVENT_KEY: {"message": schemas.of["event"], "end": schemas.of["end"]},
         }
     return {"description": operation.summary, "content": content}
 

@@ -184,6 +184,14 @@ class EventItem(TypedDict):
     createdAt: Timestamp | None
 
 
+class StreamEnd(TypedDict):
+    """The data of a stream's ``end`` event: why the server closes it (the release ended,
+    with its ``status``; the server stops; a client too slow, to resume with Last-Event-ID)."""
+
+    reason: str
+    status: NotRequired[str]
+
+
 class EventPage(TypedDict):
     items: list[EventItem]
     nextAfterId: int

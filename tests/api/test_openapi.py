@@ -6,6 +6,7 @@ document's schema for its status."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -283,8 +284,11 @@ def request_errors(document: dict[str, Any], sent: Sent) -> list[str]:
     return errors
 
 
-def response_validator(document: dict[str, Any], sent: Sent, status: int, media: str) -> Any:
-    """A validator of the answer's body: the document's schema for its status and type."""
+def response_validator(
+    document: dict[str, Any], sent: Sent, status: int, media: str, kind: str = "message"
+) -> Any:
+    """A validator of the answer's body: the document's schema for its status and type (and
+    for a stream, the kind of event)."""
     registry = registry_of(document)
     response = sent.operation["responses"][str(status)]
     if "$ref" in response:
@@ -293,7 +297,7 @@ def response_validator(document: dict[str, Any], sent: Sent, status: int, media:
     else:
         escaped = sent.path.replace("~", "~0").replace("/", "~1")
         pointer = f"/paths/{escaped}/{sent.method.lower()}/responses/{status}"
-    key = EVENT_KEY if media == "text/event-stream" else "schema"
+    key = f"{EVENT_KEY}/{kind}" if media == "text/event-stream" else "schema"
     media_pointer = media.replace("~", "~0").replace("/", "~1")
     assert media in response["content"], (sent, media)
     schema = {"$ref": f"{DOCUMENT_URI}#{pointer}/content/{media_pointer}/{key}"}
@@ -314,19 +318,30 @@ async def live_api() -> AsyncIterator[tuple[str, str]]:
         nursery.cancel_scope.cancel()
 
 
-async def send(client: httpx.AsyncClient, sent: Sent) -> tuple[int, str, list[object]]:
-    """(status, media type, bodies): the JSON answer, or the data of a stream's first event."""
+STREAMED = 5
+"""Events read from the stream of every release, which does not end; a release's is read
+to its end."""
+
+
+async def send(client: httpx.AsyncClient, sent: Sent) -> tuple[int, str, list[tuple[str, object]]]:
+    """(status, media type, [(kind, body)]): the JSON answer, or a stream's events up to its
+    end (or STREAMED of them)."""
     content = None if sent.body is None else json.dumps(sent.body).encode()
     headers = {} if content is None else {"content-type": "application/json"}
     async with client.stream(sent.method, sent.url, content=content, headers=headers) as answer:
         media = answer.headers.get("content-type", "").split(";")[0]
         if media == "text/event-stream":
+            got: list[tuple[str, object]] = []
             async for message in messages(answer.aiter_lines()):
-                return answer.status_code, media, [message.data]
+                got.append((message.kind, message.data))
+                endless = "{id}" not in sent.path
+                if message.kind == "end" or (endless and len(got) == STREAMED):
+                    break
+            return answer.status_code, media, got
         raw = await answer.aread()
     if media == "application/json":
-        return answer.status_code, media, [json.loads(raw)]
-    return answer.status_code, media, [raw.decode("utf-8", "replace")]
+        return answer.status_code, media, [("answer", json.loads(raw))]
+    return answer.status_code, media, [("answer", raw.decode("utf-8", "replace"))]
 
 
 async def test_every_example_in_the_document_answers_as_documented() -> None:
@@ -334,6 +349,7 @@ async def test_every_example_in_the_document_answers_as_documented() -> None:
         document = (await client.get("/api/v1/openapi.json")).json()
     examples = list(requests_of(document))
     statuses = {sent.status for sent in examples}
+    kinds: defaultdict[str, set[str]] = defaultdict(set)
     checked = 0
     for sent in examples:
         if sent.status == 200:  # what the API takes, its schemas take
@@ -345,11 +361,13 @@ async def test_every_example_in_the_document_answers_as_documented() -> None:
                 with trio.fail_after(30):
                     status, media, bodies = await send(client, sent)
         assert status == sent.status, (sent, status, bodies)
-        validator = response_validator(document, sent, status, media)
-        for body in bodies:
+        for kind, body in bodies:
+            validator = response_validator(document, sent, status, media, kind)
             errors = [error.message for error in validator.iter_errors(body)]
             assert not errors, (sent, errors[:3], str(body)[:500])
+        kinds[media] |= {kind for kind, _ in bodies}
         checked += 1
     print(f"{checked} examples sent, statuses {sorted(statuses)}")
     assert checked == len(examples) >= 50
     assert {200, 400, 404, 409} <= statuses
+    assert kinds["text/event-stream"] == {"message", "end"}  # a stream read to its end
