@@ -187,6 +187,8 @@ class WatchState:
         current = self.current_batch
         if self.status == "pending":
             return "waiting for a daemon to claim it"
+        if self.status == "paused":
+            return f"paused (fleetwave release resume {self.release_id})"
         holding = self.holding()
         if holding is not None:
             assert self.at_step is not None

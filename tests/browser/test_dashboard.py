@@ -317,9 +317,8 @@ async def test_a_bake_counts_down_a_gate_waits_and_promote_from_the_page_lets_it
         verb(page, "promote", "canary looks fine")
 
         # Batch 2, then the gate: it waits for a promote, and says so in the list too.
-        expect(step(page)).to_have_text(
-            "gate after batch 2: waiting for promote", timeout=LIVE_TIMEOUT
-        )
+        gate = "gate after batch 2: waiting for promote"
+        expect(step(page)).to_have_text(gate, timeout=LIVE_TIMEOUT)
         expect(page.locator("[data-batch='2'] .counts")).to_have_text("success 1 of 1")
         expect(page.locator("[data-batch='3'] .counts")).to_have_text("pending 2 of 2")
         expect(page.locator("#verdict [data-state='holding']")).to_contain_text(
@@ -338,7 +337,14 @@ async def test_a_bake_counts_down_a_gate_waits_and_promote_from_the_page_lets_it
             2,
         )
 
+        # Paused at the gate, it takes no promote until resumed; then the gate still holds.
         row.locator("a").click()
+        api(base, operator, "POST", f"/api/v1/releases/{gated}/pause", {"reason": "lunch"})
+        expect(step(page)).to_have_text(f"{gate} · release paused: resume it first")
+        expect(page.locator("#verbs button[data-verb='resume']")).to_be_visible()
+        expect(page.locator("#verbs button[data-verb='promote']")).to_have_count(0)
+        api(base, operator, "POST", f"/api/v1/releases/{gated}/resume", {"reason": "back"})
+        expect(step(page)).to_have_text(gate, timeout=LIVE_TIMEOUT)
         verb(page, "promote", "batch 2 healthy")
         expect(release_status(page)).to_have_text("success", timeout=LIVE_TIMEOUT)
         expect(page.locator("[data-batch='3'] .counts")).to_have_text("success 2 of 2")

@@ -115,6 +115,9 @@ def test_a_bake_shows_its_time_left_and_a_gate_the_promote_it_waits_for() -> Non
     assert (
         state.step(wall) == "gate after batch 1: waiting for promote (fleetwave release promote 7)"
     )
+    # Paused there: it takes no promote before a resume.
+    state.apply(_event(5, 8, "paused", came="running", message="pause by sre: lunch"))
+    assert state.holding() is None and state.step(wall) == "paused (fleetwave release resume 7)"
 
 
 def test_only_release_events_newer_than_the_detail_read_make_it_worth_reading_again() -> None:

@@ -35,6 +35,12 @@ export function bakeLeft(step, now) {
 export function stepText(release, batches, now) {
   const step = release.step;
   if (!step) return null;
+  const text = stepNow(step, batches, now);
+  // A paused release holds wherever it is, and takes no promote until it is resumed.
+  return release.status === "paused" ? [text, h("span", { class: "muted" }, " · release paused: resume it first")] : text;
+}
+
+function stepNow(step, batches, now) {
   const after = `after batch ${step.batch}`;
   if (step.kind === "batch") {
     return h("span", { dataset: { kind: "batch" } }, `batch ${step.batch} of ${batches}`);
