@@ -243,6 +243,12 @@ def _selector(text: str) -> dict[str, str]:
     return parse_selector(text)
 
 
+def _caps(text: str) -> dict[str, object]:
+    from fleetwave.api.commands import parse_caps
+
+    return parse_caps(text)
+
+
 def _label_change(text: str) -> tuple[str, str | None]:
     from fleetwave.api.commands import parse_label_change
 
@@ -328,8 +334,8 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     create.add_argument(
         "--strategy",
         metavar="FILE",
-        help="a JSON object of plan, maxFailures, maxFailurePercent, onFailure and healthChecks "
-        "(docs/strategies.md); the options given beside it win",
+        help="a JSON object of plan, maxFailures, maxFailurePercent, onFailure, healthChecks, "
+        "batchBy and maxInFlightPer (docs/strategies.md); the options given beside it win",
     )
     create.add_argument(
         "--max-failure-percent",
@@ -341,6 +347,17 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--on-failure",
         metavar="ACTION",
         help="what a failure beyond the budget does: stop (default), pause or rollback",
+    )
+    create.add_argument(
+        "--batch-by",
+        metavar="LABEL",
+        help="after the canary, one value of this node label per batch, e.g. pop",
+    )
+    create.add_argument(
+        "--max-in-flight-per",
+        type=_caps,
+        metavar="LABEL=N[,LABEL=N]",
+        help="at most N nodes of one value of the label applying at once, e.g. pop=1",
     )
     create.add_argument("--max-parallel", type=_positive_int, help="nodes at once in a batch")
     create.add_argument(

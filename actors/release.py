@@ -27,6 +27,7 @@ from fleetwave.actors.messages import (
 from fleetwave.actors.node import NodeActor, last_error
 from fleetwave.actors.steering import Steering
 from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare, jittered
+from fleetwave.actors.topology import LabelCaps
 from fleetwave.agent.client import AgentClient
 from fleetwave.agent.errors import AgentError
 from fleetwave.agent.protocol import AgentAddress, TaskStatus
@@ -197,7 +198,12 @@ class ReleaseActor:
                 if node.status is NodeStatus.FAILED:
                     self._failed[node.batch] = self._failed.get(node.batch, 0) + 1
             self._strategy = strategy_of(release)
-            self._schedule = self._strategy.schedule(len(nodes))
+            if self._strategy.batch_by is None:
+                self._schedule = self._strategy.schedule(len(nodes))
+            else:  # batches by a label: as many as the rows hold, not as the plan splits
+                self._schedule = self._strategy.schedule_batches(
+                    max((node.batch for node in nodes), default=0)
+                )
             self._step = release.step
             # Claimed beyond its budget: resumed after an onFailure pause (or taken over
             # before the pause was written), it ends failed.
@@ -545,6 +551,13 @@ class ReleaseActor:
         limiter: trio.CapacityLimiter,
         pacing: PollShare,
     ) -> None:
+        caps = None
+        if self._strategy.max_in_flight_per:
+            caps = LabelCaps(self._strategy.max_in_flight_per)
+            # Before any other node can take a slot: nodes running already are in flight.
+            for node in todo:
+                if node.status is NodeStatus.RUNNING:
+                    caps.hold_nowait(node.labels)
         async with send:
             for spawned, node in enumerate(todo, 1):
                 if not self.steering.open:
@@ -564,7 +577,17 @@ class ReleaseActor:
                 )
                 # start_soon, not start: start waits a scheduling round per actor. The actor
                 # owns its outbox clone from its first statement, so nothing can leak.
-                nursery.start_soon(actor.run)
+                if caps is None:
+                    nursery.start_soon(actor.run)
+                else:
+                    place = (
+                        None
+                        if node.status is NodeStatus.RUNNING
+                        else caps.queue_nowait(node.labels)
+                    )
+                    nursery.start_soon(
+                        caps.run_in_lanes, place, node.labels, actor.run, actor.outbox
+                    )
                 if spawned % SPAWN_GROUP == 0:
                     # Let the started ones dispatch while the rest of a large batch is spawned.
                     await trio.lowlevel.checkpoint()

@@ -5,7 +5,7 @@ list|show|add|enable|disable|maintenance|label, fleet, webhook add|list|show|rem
 Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
 Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
 succeed; 2 a node named on the command line does not exist, or a strategy is not valid
-(nothing was changed).
+(also when the API refuses it for the nodes it selects; nothing was changed).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def parse_plan(text: str) -> list[object]:
 
 def strategy_fields(args: argparse.Namespace) -> dict[str, object]:
     """The strategy of ``release create``: ``--strategy FILE`` (a JSON object of the strategy
-    fields: plan, maxFailures, maxFailurePercent, onFailure, healthChecks), then the options,
-    which win. Checked
-    here as the API checks it: InvalidInput names the field."""
+    fields: plan, maxFailures, maxFailurePercent, onFailure, healthChecks, batchBy,
+    maxInFlightPer), then the options, which win. Checked here as the API checks it:
+    InvalidInput names the field."""
     fields: dict[str, object] = {}
     if args.strategy is not None:
         try:
@@ -77,6 +77,8 @@ def strategy_fields(args: argparse.Namespace) -> dict[str, object]:
         ("maxFailures", args.max_failures),
         ("maxFailurePercent", args.max_failure_percent),
         ("onFailure", args.on_failure),
+        ("batchBy", args.batch_by),
+        ("maxInFlightPer", args.max_in_flight_per),
     ):
         if value is not None:
             fields[name] = value
@@ -93,6 +95,18 @@ def parse_selector(text: str) -> dict[str, str]:
             raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE], got {text!r}")
         labels[key] = value
     return labels
+
+
+def parse_caps(text: str) -> dict[str, object]:
+    """``pop=1,region=5`` -> ``{"pop": 1, "region": 5}`` (maxInFlightPer); the keys and
+    counts themselves are checked by validate_strategy."""
+    caps: dict[str, object] = {}
+    for part in text.split(","):
+        key, sep, count = part.strip().partition("=")
+        if not sep or not key or not count.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected LABEL=N[,LABEL=N], got {text!r}")
+        caps[key] = int(count)
+    return caps
 
 
 def parse_label_change(text: str) -> tuple[str, str | None]:
@@ -299,9 +313,20 @@ async def release_create(
         spec["nodeNames"] = args.node_names
     if args.selector:
         spec["selector"] = args.selector
-    if args.action == "plan":
-        _emit(await client.preview_release(spec), render.preview, args.json, out)
-        return EXIT_OK
-    data = await client.create_release(spec)
+    try:
+        if args.action == "plan":
+            _emit(await client.preview_release(spec), render.preview, args.json, out)
+            return EXIT_OK
+        data = await client.create_release(spec)
+    except ApiFailure as error:
+        # A strategy the API refuses for the nodes it selects (a label none of them has) is
+        # bad input like one refused here.
+        field = error.message.partition(":")[0].partition(".")[0].partition("[")[0]
+        if error.status != 400 or field not in STRATEGY_FIELDS:
+            raise
+        err.write(
+            f"fleetwave: {error}; nothing was {'planned' if args.action == 'plan' else 'created'}\n"
+        )
+        return EXIT_USAGE
     _emit(data, render.created, args.json, out)
     return EXIT_OK

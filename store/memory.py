@@ -43,6 +43,7 @@ from fleetwave.store.models import (
     NodeRun,
     NodeStatus,
     Outcome,
+    PlanStep,
     Release,
     ReleaseNode,
     ReleaseSpec,
@@ -64,7 +65,8 @@ from fleetwave.store.selection import (
     labels_value,
     merge_labels,
 )
-from fleetwave.store.strategy import promote_target, stored_strategy
+from fleetwave.store.strategy import Strategy, promote_target, stored_strategy
+from fleetwave.store.topology import place_nodes
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
@@ -830,8 +832,8 @@ class MemoryStore:
         await self._available()
         plan = check_release_spec(spec)
         online = self._select_nodes(spec.selection)
+        placed = self._place(spec_strategy(spec, plan), plan, online)
         version = max((row.version for row in self._releases.values()), default=0) + 1
-        placed = assign_batches(plan, online)
         row = self._insert(
             version,
             placed,
@@ -857,8 +859,7 @@ class MemoryStore:
     async def preview_release(self, spec: ReleaseSpec) -> ReleasePreview:
         await self._available()
         plan = check_release_spec(spec)
-        spec_strategy(spec, plan)
-        placed = assign_batches(plan, self._select_nodes(spec.selection))
+        placed = self._place(spec_strategy(spec, plan), plan, self._select_nodes(spec.selection))
         done = [
             node
             for rows in self._release_nodes.values()
@@ -877,6 +878,16 @@ class MemoryStore:
                 latest.append((node.finished_at - node.started_at).total_seconds())
         nodes = {node_id: self._nodes[node_id] for node_id, _ in placed}
         return build_preview(spec, plan, placed, nodes, recent)
+
+    def _place(
+        self, strategy: Strategy, plan: Sequence[PlanStep], node_ids: list[int]
+    ) -> list[tuple[int, int]]:
+        """(node id, batch) of a new release over ``node_ids`` (store/topology.py)."""
+        if not strategy.topology_labels:
+            return assign_batches(plan, node_ids)
+        return place_nodes(
+            strategy, plan, [(node_id, self._nodes[node_id].labels) for node_id in node_ids]
+        )
 
     def _select_nodes(self, selection: NodeSelection | None) -> list[int]:
         def usable(node: Node) -> bool:
@@ -1029,6 +1040,7 @@ class MemoryStore:
                     finished_at=row.finished_at,
                     attempt=row.attempt,
                     previous_version=row.previous_version,
+                    labels=node.labels,
                 )
             )
         return result
@@ -1515,6 +1527,7 @@ class MemoryStore:
             not_before=row.not_before,
             last_crash=row.last_crash,
             strategy=row.strategy,
+            batch_count=max((node.batch for node in nodes), default=0),
             step=row.step,
             step_ends_at=row.step_ends_at,
             promoted_to=row.promoted_to,

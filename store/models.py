@@ -180,6 +180,8 @@ class Release:
     """When the bake the release is at ends (database clock); None outside a bake."""
     promoted_to: int = 0
     """A promote passes every pause before this position."""
+    batch_count: int = 0
+    """The highest batch number its node rows hold (0: none)."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Release:
@@ -224,6 +226,7 @@ class Release:
             step=record.get("step") or 0,
             step_ends_at=record.get("step_ends_at"),
             promoted_to=record.get("promoted_to") or 0,
+            batch_count=record.get("batch_count") or 0,
         )
 
 
@@ -270,6 +273,8 @@ class ReleaseNode:
     previous_version: int | None = None
     """The config the node ran when this release first dispatched it (what a rollback
     restores)."""
+    labels: Labels = ()
+    """The node's labels as read with the row (what a batch's maxInFlightPer groups by)."""
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> ReleaseNode:
@@ -289,6 +294,7 @@ class ReleaseNode:
             finished_at=record["finished_at"],
             attempt=record.get("attempt") or 1,
             previous_version=record.get("previous_version"),
+            labels=labels_from_column(record.get("labels")),
         )
 
 

@@ -69,6 +69,7 @@ from fleetwave.store.models import (
     NodeRun,
     NodeStatus,
     Outcome,
+    PlanStep,
     Release,
     ReleaseNode,
     ReleaseSpec,
@@ -86,9 +87,11 @@ from fleetwave.store.selection import (
     NodeSelection,
     check_label_changes,
     check_named,
+    labels_from_column,
     merge_labels,
 )
-from fleetwave.store.strategy import promote_target, stored_strategy
+from fleetwave.store.strategy import Strategy, promote_target, stored_strategy
+from fleetwave.store.topology import place_nodes
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
@@ -233,13 +236,15 @@ SELECT r.id, r.type, r.target, r.scope, r.version, r.status,
        coalesce(r.config_version, r.version) AS config_version, r.rollback_of, r.held_for,
        r.verb, r.verb_by, r.verb_reason, r.verb_seq, r.verb_acked,
        r.crash_count, r.not_before, r.last_crash,
-       r.strategy, r.step, r.step_ends_at, r.promoted_to
+       r.strategy, r.step, r.step_ends_at, r.promoted_to,
+       coalesce(c.batch_count, 0) AS batch_count
 FROM {source} r
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE n.status = 'skipped') AS skipped_nodes,
            count(*) FILTER (WHERE n.status = 'cancelled') AS cancelled_nodes,
            min(n.batch) FILTER (WHERE n.status IN ('pending', 'running', 'failed'))
-               AS current_batch
+               AS current_batch,
+           max(n.batch) AS batch_count
     FROM release_task_nodes n
     WHERE n.release_task_id = r.id
 ) c ON true
@@ -692,7 +697,7 @@ SELECT pg_notify($3, $1::text)
 _RELEASE_NODES = """
 SELECT n.id, n.release_task_id, n.node_id, d.name AS node_name, d.main_ip, d.agent_port,
        n.batch, n.status, n.error_msg, n.task_id, n.attempts, n.started_at, n.finished_at,
-       n.attempt, n.previous_version
+       n.attempt, n.previous_version, d.labels
 FROM release_task_nodes n
 JOIN nodes d ON d.id = n.node_id
 WHERE n.release_task_id = $1
@@ -1168,7 +1173,7 @@ class PostgresStore:
         async with self._acquired() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
             node_ids = await _select_nodes(connection, spec.selection)
-            assigned = assign_batches(plan, node_ids)
+            assigned = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
             version = await connection.fetchval(
                 "SELECT coalesce(max(version), 0) + 1 FROM release_tasks"
             )
@@ -1222,7 +1227,7 @@ class PostgresStore:
     ) -> ReleasePreview:
         async with self._acquired() as connection, connection.transaction(readonly=True):
             node_ids = await _select_nodes(connection, spec.selection)
-            placed = assign_batches(plan, node_ids)
+            placed = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
             rows = await connection.fetch(
                 f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ANY($1::bigint[])", node_ids
             )
@@ -1642,6 +1647,24 @@ async def _select_nodes(connection: PooledConnection, selection: NodeSelection |
         detail = "" if selection is None else f" matching {selection.describe()}"
         raise Conflict(f"no online nodes{detail}")
     return [row["id"] for row in rows]
+
+
+async def _place(
+    connection: PooledConnection,
+    strategy: Strategy,
+    plan: Sequence[PlanStep],
+    node_ids: list[int],
+) -> list[tuple[int, int]]:
+    """Asyncio-flavored: (node id, batch) of a new release over ``node_ids`` (in id order);
+    the nodes' labels are read only when the strategy names some (store/topology.py)."""
+    if not strategy.topology_labels:
+        return assign_batches(plan, node_ids)
+    rows = await connection.fetch(
+        "SELECT id, labels FROM nodes WHERE id = ANY($1::bigint[]) ORDER BY id", node_ids
+    )
+    return place_nodes(
+        strategy, plan, [(row["id"], labels_from_column(row["labels"])) for row in rows]
+    )
 
 
 def _cancel_note(outcome: Outcome | None, error: str | None) -> str | None:

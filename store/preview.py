@@ -113,7 +113,13 @@ def build_preview(
         batches.append(PreviewBatch(batch, tuple(entries), pops, regions, predicted))
     by_number = {batch.batch: batch for batch in batches}
     steps: list[PreviewStep] = []
-    for step in spec_strategy(spec, plan).schedule(len(placed)):
+    strategy = spec_strategy(spec, plan)
+    schedule = (
+        strategy.schedule(len(placed))
+        if strategy.batch_by is None
+        else strategy.schedule_batches(len(batches))
+    )
+    for step in schedule:
         if step.pause is None:
             seconds = by_number[step.batch].predicted_seconds
         else:

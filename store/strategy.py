@@ -24,10 +24,19 @@ from fleetwave.store.errors import Conflict, InvalidInput
 from fleetwave.store.models import DEFAULT_PLAN, PlanStep, Release, ReleaseSpec, ReleaseStatus
 from fleetwave.store.plan import MAX_PLAN_STEPS, MAX_STEP, split, validate_plan
 from fleetwave.store.promql import PrometheusQuery, validate_prometheus
+from fleetwave.store.topology import validate_batch_by, validate_max_in_flight_per
 
 MAX_PAUSE_SEC = 30 * 24 * 3600
 """A bake longer than 30 days is a typo, not a strategy."""
-FIELDS = ("plan", "maxFailures", "maxFailurePercent", "onFailure", "healthChecks")
+FIELDS = (
+    "plan",
+    "maxFailures",
+    "maxFailurePercent",
+    "onFailure",
+    "healthChecks",
+    "batchBy",
+    "maxInFlightPer",
+)
 BATCH_FIELDS = ("batch", "maxFailures", "maxFailurePercent")
 
 
@@ -131,6 +140,18 @@ class Strategy:
     max_failure_percent: float | None = None
     on_failure: OnFailure = OnFailure.STOP
     health_checks: tuple[HealthCheck, ...] = ()
+    batch_by: str | None = None
+    """After the canary, one value of this node label per batch (store/topology.py)."""
+    max_in_flight_per: tuple[tuple[str, int], ...] = ()
+    """(label key, N), sorted by key: at most N nodes of one value of the label applying at
+    once inside a batch (actors/topology.py)."""
+
+    @property
+    def topology_labels(self) -> tuple[str, ...]:
+        """The label keys the strategy names: each must be carried by a node of the release."""
+        keys = [] if self.batch_by is None else [self.batch_by]
+        keys.extend(key for key, _ in self.max_in_flight_per if key not in keys)
+        return tuple(keys)
 
     @property
     def plan(self) -> tuple[PlanStep, ...]:
@@ -146,13 +167,19 @@ class Strategy:
         return any(isinstance(step, Pause) for step in self.steps)
 
     def to_json(self) -> dict[str, object]:
-        return {
+        shown: dict[str, object] = {
             "plan": [step.to_json() for step in self.steps],
             "maxFailures": self.max_failures,
             "maxFailurePercent": self.max_failure_percent,
             "onFailure": self.on_failure.value,
             "healthChecks": [check.to_json() for check in self.health_checks],
         }
+        # Shown only when set: strategies without them keep the shape they had before.
+        if self.batch_by is not None:
+            shown["batchBy"] = self.batch_by
+        if self.max_in_flight_per:
+            shown["maxInFlightPer"] = dict(self.max_in_flight_per)
+        return shown
 
     @classmethod
     def of_plan(cls, plan: Sequence[PlanStep], max_failures: int = 0) -> Strategy:
@@ -167,7 +194,10 @@ class Strategy:
     def schedule(self, total_nodes: int) -> tuple[ScheduledStep, ...]:
         """Every step a release of ``total_nodes`` nodes goes through, in order. After the
         final batch only bakes remain (a gate there would let nothing through)."""
-        count = len(split(self.plan, total_nodes)) if total_nodes > 0 else 0
+        return self.schedule_batches(len(split(self.plan, total_nodes)) if total_nodes > 0 else 0)
+
+    def schedule_batches(self, count: int) -> tuple[ScheduledStep, ...]:
+        """The schedule of a release of ``count`` batches (batchBy: as its rows hold them)."""
         result: list[ScheduledStep] = []
         for batch in range(1, count + 1):
             index, _ = self.batch_step(batch)
@@ -297,6 +327,8 @@ def validate_strategy(
     max_failure_percent: object = None,
     on_failure: object = None,
     health_checks: object = None,
+    batch_by: object = None,
+    max_in_flight_per: object = None,
 ) -> Strategy:
     """A strategy from the operator's fields (None: not given); raises InvalidInput naming
     the field at fault."""
@@ -329,7 +361,15 @@ def validate_strategy(
         if not isinstance(on_failure, str) or on_failure not in set(OnFailure):
             raise _problem("onFailure", f"must be one of {choices}, got {_shown(on_failure)}")
         action = OnFailure(on_failure)
-    return Strategy(steps, failures, percent, action, validate_health_checks(health_checks))
+    return Strategy(
+        steps,
+        failures,
+        percent,
+        action,
+        validate_health_checks(health_checks),
+        validate_batch_by(batch_by),
+        validate_max_in_flight_per(max_in_flight_per),
+    )
 
 
 def strategy_from_json(value: Any) -> Strategy:
@@ -349,6 +389,8 @@ def strategy_from_json(value: Any) -> Strategy:
         value.get("maxFailurePercent"),
         value.get("onFailure"),
         value.get("healthChecks"),
+        value.get("batchBy"),
+        value.get("maxInFlightPer"),
     )
 
 
@@ -370,9 +412,18 @@ def strategy_of(release: Release) -> Strategy:
     return Strategy.of_plan(release.plan, release.max_failures)
 
 
+def release_schedule(release: Release) -> tuple[ScheduledStep, ...]:
+    """The schedule of a release: of the batches its rows hold when it batches by a label
+    (their count is not the plan's), else of its plan over its nodes."""
+    strategy = strategy_of(release)
+    if strategy.batch_by is not None:
+        return strategy.schedule_batches(release.batch_count)
+    return strategy.schedule(release.total_nodes)
+
+
 def current_step(release: Release) -> ScheduledStep | None:
     """The step of its schedule the release is at (None: beyond its end)."""
-    schedule = strategy_of(release).schedule(release.total_nodes)
+    schedule = release_schedule(release)
     return schedule[release.step] if release.step < len(schedule) else None
 
 
@@ -388,7 +439,7 @@ def promote_target(release: Release, full: bool) -> tuple[int, str]:
             f"release {release.id} (version {release.version}) is {state}: promote applies "
             "to a running release (promote --full also to a pending one)"
         )
-    schedule = strategy_of(release).schedule(release.total_nodes)
+    schedule = release_schedule(release)
     if full:
         left = sum(1 for step in schedule[release.step :] if step.pause is not None)
         return len(schedule), f"full: {left} remaining pause(s) skipped"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from itertools import pairwise
 
 from fleetwave.agent.sim import SimulatedFleet
 from fleetwave.store.base import Store
 from fleetwave.store.models import Event, NodeStatus, ReleaseNode, ReleaseStatus, task_id_for
 from fleetwave.store.plan import assign_batches
+from fleetwave.store.strategy import strategy_of
 
 TERMINAL_NODE = {s.value for s in NodeStatus if s.terminal}
 TERMINAL_RELEASE = {s.value for s in ReleaseStatus if s.terminal}
@@ -83,6 +85,66 @@ async def assert_release_invariants(
             raise AssertionError(f"node {event.node_id} changed after its success: {event}")
         if event.to_status == NodeStatus.SUCCESS:
             succeeded.add(event.node_id)
+
+    strategy = strategy_of(release)
+    if strategy.batch_by is not None:
+        assert_batched_by(nodes, strategy.batch_by)
+    if fleet is not None:
+        # Never more than N nodes of one label value in flight, by the agents' own record.
+        for key, cap in strategy.max_in_flight_per:
+            peaks = peak_in_flight(fleet, nodes, release.version, key)
+            over = {value: peak for value, peak in peaks.items() if peak > cap}
+            assert not over, f"maxInFlightPer {key}={cap} exceeded: {over}"
+
+
+def assert_batched_by(nodes: Sequence[ReleaseNode], key: str) -> None:
+    """Each batch of a release batched by label ``key`` holds one value of it (or only nodes
+    without it); the values come in ascending order, each in consecutive batches, and nodes
+    without the label last."""
+    values: list[str | None] = []
+    for batch in sorted({node.batch for node in nodes}):
+        found = {dict(node.labels).get(key) for node in nodes if node.batch == batch}
+        assert len(found) == 1, f"batch {batch} mixes values of {key}: {found}"
+        [value] = found
+        if not values or values[-1] != value:
+            assert value not in values, f"{key}={value} comes back in batch {batch}"
+            values.append(value)
+    named = [value for value in values if value is not None]
+    assert named == sorted(named)
+    assert None not in values or values[-1] is None
+
+
+def agent_applies(
+    fleet: SimulatedFleet, nodes: Sequence[ReleaseNode], version: int
+) -> list[tuple[float, float, ReleaseNode]]:
+    """(start, end, node) of every apply of this release the agents hold, by their own clock:
+    from the task's arrival to the end of the apply time it drew."""
+    by_host = {node.main_ip: node for node in nodes}
+    applies = []
+    for task in fleet.task_times():
+        node = by_host.get(task.host)
+        if node is not None and task.task_id in release_task_ids(fleet, node, version):
+            applies.append((task.dispatched_at, task.dispatched_at + task.apply_time, node))
+    return applies
+
+
+def peak_in_flight(
+    fleet: SimulatedFleet, nodes: Sequence[ReleaseNode], version: int, key: str
+) -> dict[str | None, int]:
+    """The most applies of the release at once on the agents, per value of label ``key``
+    (None: nodes without it)."""
+    moments: dict[str | None, list[tuple[float, int]]] = {}
+    for start, end, node in agent_applies(fleet, nodes, version):
+        value = dict(node.labels).get(key)
+        moments.setdefault(value, []).extend([(start, 1), (end, -1)])
+    peaks: dict[str | None, int] = {}
+    for value, changes in moments.items():
+        current = peak = 0
+        for _, change in sorted(changes):  # an end before a start at the same moment
+            current += change
+            peak = max(peak, current)
+        peaks[value] = peak
+    return peaks
 
 
 def _attempt(task_id: str) -> int:
