@@ -34,10 +34,7 @@ import trio
 
 from fleetwave.actors.messages import NodeMessage
 from fleetwave.store.selection import Labels
-from fleetwave.store.topology import group_key
-
-Lane = tuple[str, str | None]
-"""(label key, value); None: the nodes without that label."""
+from fleetwave.store.topology import Lane, group_key
 
 
 @attrs.define(eq=False)

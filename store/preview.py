@@ -10,13 +10,17 @@ unknown and so is the predicted duration.
 
 from __future__ import annotations
 
+import collections
+import heapq
 import statistics
 from collections.abc import Mapping, Sequence
 
 import attrs
 
 from fleetwave.store.models import Node, PlanStep, ReleaseSpec
+from fleetwave.store.selection import Labels
 from fleetwave.store.strategy import Strategy, strategy_from_json
+from fleetwave.store.topology import Lane, group_key
 
 RECENT_APPLIES = 5
 """How many of a node's latest successes predict its apply time."""
@@ -83,6 +87,54 @@ def batch_seconds(durations: Sequence[float], max_parallel: int | None) -> float
     return max(lanes, default=0.0)
 
 
+def capped_batch_seconds(
+    nodes: Sequence[tuple[float, Labels]],
+    max_parallel: int | None,
+    caps: Sequence[tuple[str, int]],
+) -> float:
+    """The time of a batch whose nodes ((seconds, labels) in order) run at most
+    ``max_parallel`` at once and at most N of one value of each capped label (maxInFlightPer):
+    whenever a node ends, the first waiting nodes that fit start (actors/topology.py)."""
+    width = max(1, min(max_parallel or DEFAULT_PARALLEL, len(nodes)))
+    limit = dict(caps)
+    groups: dict[tuple[Lane, ...], collections.deque[int]] = {}
+    for index, (_, labels) in enumerate(nodes):
+        lanes = tuple((key, group_key(labels, key)) for key, _ in caps)
+        groups.setdefault(lanes, collections.deque()).append(index)
+    sharing: dict[Lane, list[tuple[Lane, ...]]] = {}
+    for lanes in groups:
+        for lane in lanes:
+            sharing.setdefault(lane, []).append(lanes)
+    holding: collections.Counter[Lane] = collections.Counter()
+    ready = [(queue[0], lanes) for lanes, queue in groups.items()]
+    heapq.heapify(ready)
+    running: list[tuple[float, int, tuple[Lane, ...]]] = []
+    now = 0.0
+    while True:
+        while ready and len(running) < width:
+            head, lanes = heapq.heappop(ready)
+            queue = groups[lanes]
+            if not queue or queue[0] != head:
+                continue  # an entry left behind by an earlier start
+            if any(holding[lane] >= limit[lane[0]] for lane in lanes):
+                continue  # back in when one of its lanes frees a slot
+            queue.popleft()
+            holding.update(lanes)
+            heapq.heappush(running, (now + nodes[head][0], head, lanes))
+            if queue:
+                heapq.heappush(ready, (queue[0], lanes))
+        if not running:
+            return now
+        now, _, lanes = heapq.heappop(running)
+        holding.subtract(lanes)
+        for lane in lanes:
+            if holding[lane] != limit[lane[0]] - 1:
+                continue  # it was below its cap: it held nothing back
+            for waiting in sharing[lane]:
+                if groups[waiting]:
+                    heapq.heappush(ready, (groups[waiting][0], waiting))
+
+
 def build_preview(
     spec: ReleaseSpec,
     plan: Sequence[PlanStep],
@@ -94,6 +146,7 @@ def build_preview(
     node's row in ``nodes`` and the recent apply times of the fleet's nodes in ``recent``."""
     samples = [seconds for durations in recent.values() for seconds in durations]
     fleet = statistics.median(samples) if samples else None
+    strategy = spec_strategy(spec, plan)
     by_batch: dict[int, list[PreviewNode]] = {}
     for node_id, batch in placed:
         own = recent.get(node_id)
@@ -109,11 +162,21 @@ def build_preview(
             tuple(sorted({found[key] for found in labels if key in found}))
             for key in TOPOLOGY_LABELS
         )
-        predicted = batch_seconds(known, spec.max_parallel) if len(known) == len(times) else None
+        predicted = None
+        if len(known) == len(times) and strategy.max_in_flight_per:
+            predicted = capped_batch_seconds(
+                [
+                    (seconds, entry.node.labels)
+                    for seconds, entry in zip(known, entries, strict=True)
+                ],
+                spec.max_parallel,
+                strategy.max_in_flight_per,
+            )
+        elif len(known) == len(times):
+            predicted = batch_seconds(known, spec.max_parallel)
         batches.append(PreviewBatch(batch, tuple(entries), pops, regions, predicted))
     by_number = {batch.batch: batch for batch in batches}
     steps: list[PreviewStep] = []
-    strategy = spec_strategy(spec, plan)
     schedule = (
         strategy.schedule(len(placed))
         if strategy.batch_by is None

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 MAX_CAPS: Final = 16
 """Label keys one maxInFlightPer may name."""
 
+Lane = tuple[str, str | None]
+"""(label key, value) of maxInFlightPer's slots; None: the nodes without that label."""
+
 
 def _shown(value: object) -> str:
     try:

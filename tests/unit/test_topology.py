@@ -9,6 +9,7 @@ import pytest
 
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import Release, ReleaseStatus
+from fleetwave.store.preview import capped_batch_seconds
 from fleetwave.store.selection import Labels
 from fleetwave.store.strategy import (
     Strategy,
@@ -195,3 +196,41 @@ def test_a_release_batched_by_a_label_is_scheduled_over_the_batches_its_rows_hol
     ]
     unbatched = release_with(Strategy.of_plan((1, "100%")), total_nodes=10, batch_count=7)
     assert len(release_schedule(unbatched)) == 2
+
+
+FRA: Labels = (("pop", "fra1"),)
+AMS: Labels = (("pop", "ams1"),)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "max_parallel", "caps", "seconds"),
+    [
+        ([(10.0, FRA)] * 5, None, (("pop", 1),), 50),
+        ([(10.0, FRA)] * 5, None, (("pop", 2),), 30),
+        ([(10.0, FRA)] * 5 + [(10.0, AMS)] * 5, None, (("pop", 1),), 50),
+        ([(10.0, FRA)] * 5 + [(10.0, AMS)] * 5, 1, (("pop", 1),), 100),
+        # Nodes without the label share one lane: their pop is unknown.
+        ([(10.0, ())] * 3 + [(10.0, FRA)], None, (("pop", 1),), 30),
+        ([(30.0, FRA), (10.0, AMS), (10.0, AMS), (10.0, AMS)], None, (("pop", 1),), 30),
+        ([(10.0, FRA)] * 4, None, (("region", 1),), 40),
+    ],
+)
+def test_a_preview_predicts_a_batch_under_its_caps(
+    nodes: list[tuple[float, Labels]],
+    max_parallel: int | None,
+    caps: tuple[tuple[str, int], ...],
+    seconds: float,
+) -> None:
+    assert capped_batch_seconds(nodes, max_parallel, caps) == seconds
+
+
+def test_a_preview_of_ten_thousand_nodes_under_caps_is_computed_whole() -> None:
+    nodes = [
+        (1.0, (("pop", f"p{k % 100}"), ("rack", f"r{k % 1000}"), ("region", f"g{k % 5}")))
+        for k in range(10_000)
+    ]
+    # 100 pops of 100 nodes, two at once each: 50 s; one node per rack at once and 1000 per
+    # region never bind before that.
+    caps = (("pop", 2), ("rack", 1), ("region", 1000))
+    assert capped_batch_seconds(nodes, None, caps) == 50
+    assert capped_batch_seconds(nodes, 100, caps) == 100
