@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import PlanStep
-from fleetwave.store.plan import MAX_STEP, assign_batches, step_size
+from fleetwave.store.plan import MAX_STEP, _shown, assign_batches, step_size
 from fleetwave.store.selection import Labels, check_label_key
 
 if TYPE_CHECKING:
@@ -37,14 +37,6 @@ MAX_CAPS: Final = 16
 
 Lane = tuple[str, str | None]
 """(label key, value) of maxInFlightPer's slots; None: the nodes without that label."""
-
-
-def _shown(value: object) -> str:
-    try:
-        text = repr(value)
-    except ValueError:
-        return "a number too long to show"
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _key(field: str, value: object) -> str:
