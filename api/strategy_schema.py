@@ -3,10 +3,10 @@
 A strategy is validated by store/strategy.py alone (``validate_strategy``: the one validator of
 the API, the CLI and the stored column, whose messages name the step at fault). These types only
 describe what it accepts, bounds included, so that the document's schema of ``plan``,
-``maxFailures``, ``maxFailurePercent``, ``onFailure`` and ``healthChecks`` (HTTP and Prometheus
-checks) says what a request may hold. tests/api/test_openapi.py holds the two to each other:
-the document's examples go through the real validator, and the strategies it stores through
-these schemas.
+``maxFailures``, ``maxFailurePercent``, ``onFailure``, ``healthChecks`` (HTTP and Prometheus
+checks), ``batchBy`` and ``maxInFlightPer`` says what a request may hold.
+tests/api/test_openapi.py holds the two to each other: the document's examples go through the
+real validator, and the strategies it stores through these schemas.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetwave.store.plan import MAX_PLAN_STEPS, MAX_STEP
 from fleetwave.store.promql import MAX_QUERY, QUERY_FIELDS
+from fleetwave.store.selection import LABEL_KEY_MAX, LABEL_KEY_PATTERN
 from fleetwave.store.strategy import MAX_CHECKS, MAX_PAUSE_SEC, OnFailure
+from fleetwave.store.topology import MAX_CAPS
 
 PERCENT_PATTERN = r"^\s*\d+(\.\d+)?\s*%\s*$"
 
@@ -120,14 +122,41 @@ OnFailureChoice = Literal["stop", "pause", "rollback"]
 assert set(OnFailureChoice.__args__) == {choice.value for choice in OnFailure}  # type: ignore[attr-defined]
 
 
+LabelKey = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=LABEL_KEY_MAX, pattern=LABEL_KEY_PATTERN, description="a label key"
+    ),
+]
+BatchBy = Annotated[
+    LabelKey,
+    Field(
+        description="After the canary, one value of this node label per batch (values in "
+        "ascending order, nodes without the label last); a key no selected node has is refused."
+    ),
+]
+MaxInFlightPer = Annotated[
+    dict[LabelKey, Annotated[int, Field(ge=1, le=MAX_STEP)]],
+    Field(
+        max_length=MAX_CAPS,
+        description="Label key -> N: inside a batch, at most N nodes of one value of the label "
+        "applying at once (nodes without it share one cap); a key no selected node has is "
+        "refused.",
+    ),
+]
+
+
 class StoredStrategy(_Described):
-    """A release's strategy as stored and shown: every field filled in."""
+    """A release's strategy as stored and shown: every field filled in (the topology fields
+    when set)."""
 
     plan: Plan
     maxFailures: Failures | None
     maxFailurePercent: FailurePercent | None
     onFailure: OnFailureChoice
     healthChecks: HealthChecks
+    batchBy: BatchBy | None = None
+    maxInFlightPer: MaxInFlightPer | None = None
 
 
 STRATEGY_SCHEMAS: dict[str, Any] = {
@@ -136,5 +165,7 @@ STRATEGY_SCHEMAS: dict[str, Any] = {
     "maxFailurePercent": FailurePercent,
     "onFailure": OnFailureChoice,
     "healthChecks": HealthChecks,
+    "batchBy": BatchBy,
+    "maxInFlightPer": MaxInFlightPer,
 }
 """The type each strategy field of a release body is described by."""

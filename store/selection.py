@@ -24,7 +24,8 @@ MAX_LABELS: Final = 64
 MAX_SELECTED: Final = 100_000
 """Ids or names one selection may list."""
 
-_KEY = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]*[A-Za-z0-9])?$")
+LABEL_KEY_PATTERN: Final = r"^[A-Za-z0-9](?:[A-Za-z0-9._/-]*[A-Za-z0-9])?$"
+_KEY = re.compile(LABEL_KEY_PATTERN)
 _VALUE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
 
 Labels = tuple[tuple[str, str], ...]

@@ -160,8 +160,11 @@ GUARDED = {
             "failureLimit": 2,
         },
     ],
+    "batchBy": "pop",
+    "maxInFlightPer": {"pop": 1, "region": 2},
 }
-"""The pending release's strategy: every kind of step and check, as stored and shown."""
+"""The pending release's strategy: every kind of step and check, and the topology fields, as
+stored and shown."""
 
 
 async def example_fleet(store: MemoryStore) -> str:
