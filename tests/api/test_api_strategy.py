@@ -13,6 +13,7 @@ from fleetwave.store.memory import MemoryStore
 from tests.api.conftest import Served, add_nodes
 
 GATED = {"target": "cdn", "plan": [1, {"pause": 300}, "50%", {"pause": None}, "100%"]}
+PROM = "http://prometheus.internal:9090"
 
 
 async def test_a_release_with_a_strategy_shows_it_and_its_step(
@@ -54,6 +55,24 @@ async def test_a_release_without_a_strategy_has_none(
     assert (release["strategy"], release["step"], release["maxFailures"]) == (None, None, 1)
 
 
+async def test_a_prometheus_check_is_kept_in_the_strategy_as_given(
+    client: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    await add_nodes(store, 2)
+    check = {
+        "name": "5xx",
+        "prometheus": {"url": PROM, "query": 'errors{node=~"{nodes}"}', "max": 0.01, "min": 0},
+        "interval": 15,
+        "failureLimit": 2,
+        "timeout": 5,
+    }
+    response = await client.post("/api/v1/releases", json={**GATED, "healthChecks": [check]})
+    assert response.status_code == 200, response.text
+    release_id = response.json()["data"]["releaseId"]
+    release = (await client.get(f"/api/v1/releases/{release_id}")).json()["data"]["release"]
+    assert release["strategy"]["healthChecks"] == [check]
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -64,6 +83,14 @@ async def test_a_release_without_a_strategy_has_none(
         ({"maxFailurePercent": 101}, "maxFailurePercent: must be from 0 to 100"),
         ({"onFailure": "explode"}, "onFailure: must be one of stop, pause, rollback"),
         ({"maxFailures": "2"}, "maxFailures: must be a whole number"),
+        (
+            {"healthChecks": [{"name": "5xx", "prometheus": {"url": PROM, "query": "up"}}]},
+            "healthChecks[0].prometheus: give max, min or both",
+        ),
+        (
+            {"healthChecks": [{"name": "5xx", "prometheus": {"url": "ftp://p", "query": "up"}}]},
+            "healthChecks[0].prometheus",
+        ),
     ],
 )
 async def test_a_bad_strategy_is_400_2002_naming_the_field_and_creates_nothing(
