@@ -113,3 +113,34 @@ async def test_an_empty_result_is_unhealthy(world: World, autojump_clock: MockCl
     assert done.error == (
         "health check 5xx failed: the query returned no series (an empty result is unhealthy)"
     )
+
+
+async def test_a_range_vector_query_is_rejected_at_the_start_too(
+    world: World, autojump_clock: MockClock
+) -> None:
+    world.prometheus.answer({"status": "success", "data": {"resultType": "matrix", "result": []}})
+    release = await world.release(plan=[1, "100%"])
+
+    done = await world.sim.wait_terminal(release.id)
+
+    assert done.error == (
+        "health check 5xx: query rejected: the query returns a range vector (matrix); a check "
+        "needs an instant vector or a scalar"
+    )
+    assert world.sim.fleet.dispatch_log() == []
+
+
+async def test_prometheus_unavailable_at_the_start_is_left_to_the_watch_and_its_limit(
+    world: World, autojump_clock: MockClock
+) -> None:
+    world.prometheus.answer({"status": "error", "errorType": "unavailable"}, status=503)
+    release = await world.release(plan=[1, {"pause": 300}, "100%"])
+
+    done = await world.sim.wait_terminal(release.id)
+
+    # The canary went out (a passing outage does not stop a release before it starts); the
+    # bake's probes then failed past the limit.
+    assert done.error == "health check 5xx failed: HTTP 503: unavailable"
+    nodes = await world.sim.store.release_nodes(release.id)
+    assert [node.status for node in nodes] == [NodeStatus.SUCCESS] + [NodeStatus.SKIPPED] * 3
+    assert len(world.prometheus.queries) == 1 + 2
