@@ -24,7 +24,6 @@ from pydantic import (
     GetJsonSchemaHandler,
     ValidationError,
 )
-from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
 
@@ -247,21 +246,17 @@ QueryInteger = BeforeValidator(query_integer)
 
 
 class Body(BaseModel):
-    """A JSON request body: camelCase members, no unknown one, no coercion (``"1"`` is not
-    an integer)."""
+    """A JSON request body: no unknown member, no coercion (``"1"`` is not an integer). Fields
+    are named as the API names them (camelCase)."""
 
-    model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class Query(BaseModel):
     """A query string: parameters this model does not name are ignored; an empty one is
     absent."""
 
-    model_config = ConfigDict(
-        extra="ignore", strict=True, frozen=True, alias_generator=to_camel, populate_by_name=True
-    )
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
 
 def _no_default(schema: dict[str, Any]) -> None:
