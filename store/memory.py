@@ -65,8 +65,8 @@ from fleetwave.store.selection import (
     labels_value,
     merge_labels,
 )
-from fleetwave.store.strategy import Strategy, promote_target, stored_strategy
-from fleetwave.store.topology import place_nodes
+from fleetwave.store.strategy import Strategy, promote_target, stored_strategy, strategy_of
+from fleetwave.store.topology import place_nodes, rollback_topology
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
@@ -764,7 +764,10 @@ class MemoryStore:
             wait = self._cancel(row, by, why, "rollback")
         version = max(other.version for other in self._releases.values()) + 1
         steps = validate_plan(list(row.plan or DEFAULT_PLAN))
-        placed = assign_batches(steps, plan.node_ids)
+        labels = {node.node_id: node.labels for node in nodes}
+        placed, topology = rollback_topology(
+            strategy_of(release), steps, [(node_id, labels[node_id]) for node_id in plan.node_ids]
+        )
         created = self._insert(
             version,
             placed,
@@ -780,6 +783,7 @@ class MemoryStore:
             rollback_of=row.id,
             selection=NodeSelection(node_ids=plan.node_ids),
         )
+        created.strategy = None if topology is None else topology.to_json()
         self._event(
             created.id,
             None,

@@ -90,8 +90,8 @@ from fleetwave.store.selection import (
     labels_from_column,
     merge_labels,
 )
-from fleetwave.store.strategy import Strategy, promote_target, stored_strategy
-from fleetwave.store.topology import place_nodes
+from fleetwave.store.strategy import Strategy, promote_target, stored_strategy, strategy_of
+from fleetwave.store.topology import place_nodes, rollback_topology
 from fleetwave.store.verbs import (
     Verb,
     VerbEffect,
@@ -503,9 +503,9 @@ FOR UPDATE
 _INSERT_ROLLBACK = """
 INSERT INTO release_tasks
     (type, target, version, status, total_nodes, scope, plan, max_parallel, max_failures,
-     reason, config_version, rollback_of, selection)
+     reason, config_version, rollback_of, selection, strategy)
 SELECT type, target, $2, 'pending', $3, scope, plan, max_parallel, max_failures, $4, $5, id,
-       $6::jsonb
+       $6::jsonb, $7::jsonb
 FROM release_tasks
 WHERE id = $1
 RETURNING id
@@ -1858,7 +1858,12 @@ class _Steering:
         version = await self._connection.fetchval(
             "SELECT coalesce(max(version), 0) + 1 FROM release_tasks"
         )
-        placed = assign_batches(validate_plan(list(release.plan or DEFAULT_PLAN)), plan.node_ids)
+        labels = {node.node_id: node.labels for node in nodes}
+        placed, topology = rollback_topology(
+            strategy_of(release),
+            validate_plan(list(release.plan or DEFAULT_PLAN)),
+            [(node_id, labels[node_id]) for node_id in plan.node_ids],
+        )
         reason = rollback_reason(release, plan.config_version, self._by, self._reason)
         created_id = await self._connection.fetchval(
             _INSERT_ROLLBACK,
@@ -1868,6 +1873,7 @@ class _Steering:
             reason,
             plan.config_version,
             json.dumps(NodeSelection(node_ids=plan.node_ids).to_json()),
+            None if topology is None else json.dumps(topology.to_json()),
         )
         await self._connection.execute(
             _INSERT_RELEASE_NODES,

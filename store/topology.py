@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import PlanStep
 from fleetwave.store.plan import MAX_STEP, _shown, assign_batches, step_size
@@ -141,3 +143,24 @@ def topology_batches(
             placed.extend((node_id, batch) for node_id in taken)
             position += len(taken)
     return placed
+
+
+def rollback_topology(
+    strategy: Strategy, plan: Sequence[PlanStep], nodes: Sequence[tuple[int, Labels]]
+) -> tuple[list[tuple[int, int]], Strategy | None]:
+    """(node id, batch) and strategy of a rollback of a release run with ``strategy``, over
+    ``nodes`` ((id, labels) in the release's order). A rollback is a rollout too: it keeps the
+    release's batchBy and maxInFlightPer, with its plan's sizes and no pause or check (it goes
+    at once, as every rollback). Without topology: the plan alone, and no strategy. Labels are
+    not checked: a rollback is never refused for them (nodes without them go last, sharing a
+    cap)."""
+    if not strategy.topology_labels:
+        return assign_batches(plan, [node_id for node_id, _ in nodes]), None
+    topology = attrs.evolve(
+        type(strategy).of_plan(plan, strategy.max_failures or 0),
+        batch_by=strategy.batch_by,
+        max_in_flight_per=strategy.max_in_flight_per,
+    )
+    if strategy.batch_by is None:
+        return assign_batches(plan, [node_id for node_id, _ in nodes]), topology
+    return topology_batches(plan, nodes, strategy.batch_by), topology

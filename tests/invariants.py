@@ -186,7 +186,8 @@ def assert_no_dispatch_while_stopped(
 
 async def assert_rollback_follows_plan(store: Store, rollback_id: int) -> None:
     """A rollback runs over the rolled-back release's nodes in that release's order, split
-    by its plan (canary first), and applies an earlier config."""
+    by its plan (canary first) and its batchBy, under its maxInFlightPer, and applies an
+    earlier config."""
     rollback = await store.get_release(rollback_id)
     assert rollback is not None and rollback.rollback_of is not None
     original = await store.get_release(rollback.rollback_of)
@@ -197,7 +198,14 @@ async def assert_rollback_follows_plan(store: Store, rollback_id: int) -> None:
     mine = await store.release_nodes(rollback_id)
     ids = [node.node_id for node in mine]
     assert ids == [node_id for node_id in order if node_id in set(ids)]
-    assert [(node.node_id, node.batch) for node in mine] == assign_batches(rollback.plan, ids)
+    topology = strategy_of(original)
+    if topology.batch_by is None:
+        assert [(node.node_id, node.batch) for node in mine] == assign_batches(rollback.plan, ids)
+    else:
+        # A rollback of a release batched by a label is batched by it too, capped the same.
+        assert strategy_of(rollback).batch_by == topology.batch_by
+        assert_batched_by(mine, topology.batch_by)
+    assert strategy_of(rollback).max_in_flight_per == topology.max_in_flight_per
 
 
 async def assert_applied_versions(store: Store, fleet: SimulatedFleet | None = None) -> None:

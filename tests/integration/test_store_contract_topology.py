@@ -10,11 +10,13 @@ import pytest
 from fleetwave.store.base import Store
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.memory import MemoryStore
-from fleetwave.store.models import ReleaseSpec
+from fleetwave.store.models import Actor, NodeStatus, Outcome, ReleaseSpec, ReleaseStatus, Role
 from fleetwave.store.selection import NodeSelection
 from fleetwave.store.strategy import current_step, validate_strategy
+from fleetwave.store.verbs import Verb
 from tests.integration.conftest import run_sql
-from tests.integration.test_store_contract import add_nodes
+from tests.integration.test_store_contract import add_nodes, claim_one
+from tests.integration.test_store_contract_verbs import run_to
 
 POPS = ["lhr1", "ams1", "fra1", None, "ams1", "lhr1", "fra1"]
 
@@ -140,3 +142,40 @@ async def test_the_labels_checked_are_those_of_the_selected_nodes(store: Store) 
     with pytest.raises(InvalidInput, match=r"^batchBy: no node of the release has the label"):
         await store.create_release(unlabelled)
     assert await store.list_releases() == ([], 0)
+
+
+async def test_a_rollback_keeps_the_topology_of_the_release_it_rolls_back(store: Store) -> None:
+    ids = await labelled(store)
+    await store.create_release(ReleaseSpec(plan=(1, "100%")))
+    good = await claim_one(store)
+    await run_to(store, good, [NodeStatus.SUCCESS] * len(ids))
+    assert await store.record(good, [], Outcome(ReleaseStatus.SUCCESS))
+    await store.create_release(spec(max_in_flight_per={"pop": 1}))
+    bad = await claim_one(store)
+    await run_to(store, bad, [NodeStatus.SUCCESS] * len(ids))
+    assert await store.record(bad, [], Outcome(ReleaseStatus.FAILED, "5xx"))
+
+    result = await store.steer(bad.release_id, Verb.ROLLBACK, by=Actor("ops", Role.OPERATOR))
+
+    rollback = result.rollback
+    assert rollback is not None and rollback.config_version == 1
+    assert rollback.strategy == {
+        "plan": [1, "100%"],
+        "maxFailures": 0,
+        "maxFailurePercent": None,
+        "onFailure": "stop",
+        "healthChecks": [],
+        "batchBy": "pop",
+        "maxInFlightPer": {"pop": 1},
+    }
+    assert rollback.batch_count == 5
+    nodes = await store.release_nodes(rollback.id)
+    assert [(node.node_id, node.batch) for node in nodes] == [
+        (ids[1], 1),
+        (ids[4], 2),
+        (ids[2], 3),
+        (ids[6], 3),
+        (ids[0], 4),
+        (ids[5], 4),
+        (ids[3], 5),
+    ]

@@ -15,8 +15,22 @@ from fleetwave.agent.protocol import AgentAddress, DispatchRequest
 from fleetwave.agent.sim import Behaviour
 from fleetwave.api.schemas import parse_release_spec
 from fleetwave.store.errors import InvalidInput
-from fleetwave.store.models import NodeChange, NodeStatus, ReleaseNode, ReleaseStatus, task_id_for
-from tests.invariants import agent_applies, assert_release_invariants, peak_in_flight
+from fleetwave.store.models import (
+    Actor,
+    NodeChange,
+    NodeStatus,
+    ReleaseNode,
+    ReleaseStatus,
+    Role,
+    task_id_for,
+)
+from fleetwave.store.verbs import Verb
+from tests.invariants import (
+    agent_applies,
+    assert_release_invariants,
+    assert_rollback_follows_plan,
+    peak_in_flight,
+)
 from tests.sim.conftest import Sim
 
 SLOW = Behaviour(apply_time=(20, 40))
@@ -212,9 +226,6 @@ async def test_the_cap_holds_across_a_takeover_of_a_dead_daemon(
 async def test_pause_and_resume_under_a_cap_keep_it(
     make_sim: Callable[..., Sim], autojump_clock: MockClock
 ) -> None:
-    from fleetwave.store.models import Actor, Role
-    from fleetwave.store.verbs import Verb
-
     ops = Actor("ops", Role.OPERATOR)
     sim = make_sim(9, behaviour=Behaviour(apply_time=(30, 30)))
     await label(sim, ["ams1"] + ["fra1"] * 8)
@@ -245,3 +256,30 @@ async def test_a_label_no_node_of_the_release_has_is_refused_and_nothing_is_crea
         # The selected node has no pop, though others do.
         await create(sim, nodeNames=["edge-002"], maxInFlightPer={"pop": 1})
     assert await sim.store.list_releases() == ([], 0)
+
+
+async def test_a_rollback_of_a_release_batched_by_pop_goes_by_pop_under_the_same_cap(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    sim = make_sim(8, behaviour=Behaviour(apply_time=(20, 30)))
+    await label(sim, ["ams1"] * 3 + ["fra1"] * 3 + ["lhr1"] * 2)
+    await sim.start_daemon()
+    good = await create(sim)
+    assert (await sim.wait_terminal(good)).status is ReleaseStatus.SUCCESS
+    # Version 2 fails in lhr1, after ams1 and fra1 took it; the operator rolls it back.
+    sim.fleet.set_behaviour(8, Behaviour(apply_time=(20, 20), fail="config test failed"))
+    bad = await create(sim, batchBy="pop", maxInFlightPer={"pop": 1})
+    failed = await sim.wait_terminal(bad)
+    assert failed.status is ReleaseStatus.FAILED
+    sim.fleet.set_behaviour(8, Behaviour(apply_time=(20, 30)))
+
+    result = await sim.store.steer(bad, Verb.ROLLBACK, by=Actor("ops", Role.OPERATOR))
+    rollback = result.rollback
+    assert rollback is not None
+    nodes, version = await finished(sim, rollback.id)
+
+    await assert_rollback_follows_plan(sim.store, rollback.id)
+    assert rollback.config_version == 1
+    pops = [{dict(n.labels)["pop"] for n in nodes if n.batch == b} for b in (1, 2, 3, 4)]
+    assert pops == [{"ams1"}, {"ams1"}, {"fra1"}, {"lhr1"}]
+    assert peak_in_flight(sim.fleet, nodes, version, "pop") == {"ams1": 1, "fra1": 1, "lhr1": 1}
