@@ -33,6 +33,7 @@ from fleetwave.api.access import (
 from fleetwave.api.dashboard import dashboard_routes
 from fleetwave.api.envelope import ApiError, Code, error_response, ok
 from fleetwave.api.events import EventHub, EventStream
+from fleetwave.api.fleet import fleet_summary
 from fleetwave.api.liveness import actor_item, available_verbs, creators, liveness_item
 from fleetwave.api.metrics import metrics_response
 from fleetwave.api.openapi import OPENAPI_PATH, openapi_endpoint
@@ -41,7 +42,6 @@ from fleetwave.api.schemas import (
     DEFAULT_AGENT_PORT,
     MAX_BODY_BYTES,
     event_item,
-    fleet_summary,
     node_detail,
     node_item,
     parse_detail_query,
@@ -286,9 +286,7 @@ class _Handlers:
         return ok({"items": [node_item(node) for node in nodes], "total": len(nodes)})
 
     async def fleet(self, request: Request) -> Response:
-        nodes = await self.store.list_nodes()
-        newest, _ = await self.store.list_releases(status=ReleaseStatus.SUCCESS, limit=1)
-        return ok(fleet_summary(nodes, newest[0] if newest else None))
+        return ok(fleet_summary(await self.store.fleet_state()))
 
     async def register_node(self, request: Request) -> Response:
         replace = parse_if_exists(request.query_params)

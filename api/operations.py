@@ -295,8 +295,15 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
         for verb in Verb
     },
     ("GET", "/api/v1/fleet"): Operation(
-        "Which config version each node runs, and which differ from the newest success",
+        "Which config version each node runs, per label and per scope, and which nodes drift",
         shapes.FleetSummary,
+        description=(
+            "A node's expected config is that of the newest release, by its end, that "
+            "succeeded and included it (a rollback: the config it restored); it drifts when "
+            "its appliedVersion differs. A node no successful release included expects "
+            "nothing and does not drift. byScope groups releases by scope (scope null: the "
+            "releases that name none)."
+        ),
         examples=(Example("fleet", "the fleet's versions"),),
         tags=("nodes",),
     ),

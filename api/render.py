@@ -304,8 +304,8 @@ def verb_done(data: shapes.VerbDone) -> str:
 
 
 def fleet_view(data: shapes.FleetSummary) -> str:
-    """How many nodes run which config version, and the nodes that differ from the newest
-    config that succeeded."""
+    """How many nodes run which config version, each scope's newest success, and the nodes
+    that drift from the config their newest successful release set."""
     newest = data["newestSucceeded"]
     rows = [(_cell(item["configVersion"]), item["nodes"]) for item in data["versions"]]
     lines = [table(("CONFIG", "NODES"), rows)]
@@ -316,6 +316,28 @@ def fleet_view(data: shapes.FleetSummary) -> str:
     ]
     if labelled:
         lines.append(table(("LABEL", "CONFIG", "NODES"), labelled))
+    scopes = data.get("byScope") or []
+    if scopes:
+        lines.append(
+            table(
+                ("SCOPE", "RELEASES", "NEWEST SUCCESS", "CONFIG", "RUNNING IT", "DRIFTING"),
+                [
+                    (
+                        "(no scope)" if group["scope"] is None else group["scope"],
+                        group["releases"],
+                        "-"
+                        if group["newestSucceeded"] is None
+                        else f"release {group['newestSucceeded']['releaseId']}",
+                        "-"
+                        if group["newestSucceeded"] is None
+                        else group["newestSucceeded"]["configVersion"],
+                        f"{group['runningConfig']}/{group['releaseNodes']}",
+                        group["differingNodes"],
+                    )
+                    for group in scopes
+                ],
+            )
+        )
     if newest is None:
         lines.append("no release has succeeded yet")
     else:
@@ -325,19 +347,31 @@ def fleet_view(data: shapes.FleetSummary) -> str:
         )
     differing = data["differing"]
     if differing:
-        lines.append(f"{len(differing)} node(s) differ from it:")
+        lines.append(f"{len(differing)} node(s) drift from their newest successful release:")
         lines.append(
             table(
-                ("NODE", "NAME", "APPLIED", "APPLIED AT"),
+                ("NODE", "NAME", "APPLIED", "EXPECTED", "SET BY", "APPLIED AT"),
                 [
-                    (n["nodeId"], n["nodeName"], _cell(n["appliedVersion"]), _when(n["appliedAt"]))
+                    (
+                        n["nodeId"],
+                        n["nodeName"],
+                        _cell(n["appliedVersion"]),
+                        n["expectedVersion"],
+                        _set_by(n["expectedRelease"]),
+                        _when(n["appliedAt"]),
+                    )
                     for n in differing
                 ],
             )
         )
     elif newest is not None:
-        lines.append(f"all {data['totalNodes']} node(s) run it")
+        lines.append("no node drifts from its newest successful release")
     return "\n".join(lines)
+
+
+def _set_by(release: shapes.ExpectedRelease) -> str:
+    scope = release["scope"]
+    return f"release {release['releaseId']}" + ("" if scope is None else f" ({scope})")
 
 
 def webhook_added(data: shapes.WebhookCreated) -> str:

@@ -245,11 +245,41 @@ class NewestSucceeded(TypedDict):
     configVersion: int | None
 
 
+class ExpectedRelease(TypedDict):
+    """The newest release, by its end, that succeeded and included the node."""
+
+    releaseId: int
+    version: int
+    scope: str | None
+
+
 class DifferingNode(TypedDict):
+    """A node whose applied version is not the config its expected release set."""
+
     nodeId: int
     nodeName: str
     appliedVersion: int | None
     appliedAt: Timestamp | None
+    expectedVersion: int
+    expectedRelease: ExpectedRelease
+
+
+class ScopeFleetShape(TypedDict):
+    """One scope's releases (scope null: the releases that name no scope)."""
+
+    scope: str | None
+    releases: int
+    newestSucceeded: NewestSucceeded | None
+    releaseNodes: Annotated[int, Field(description="the nodes of newestSucceeded")]
+    runningConfig: Annotated[int, Field(description="of them, those that run its config")]
+    expectedNodes: Annotated[
+        int, Field(description="nodes whose expected config a release of this scope set")
+    ]
+    differingNodes: Annotated[int, Field(description="of them, those that drift")]
+    differing: Annotated[
+        list[DifferingNode],
+        Field(description="the first 20 drifting nodes, in id order"),
+    ]
 
 
 class FleetSummary(TypedDict):
@@ -258,6 +288,11 @@ class FleetSummary(TypedDict):
     byLabel: list[LabelVersions]
     newestSucceeded: NewestSucceeded | None
     differing: list[DifferingNode]
+    unreleasedNodes: Annotated[
+        int,
+        Field(description="nodes no successful release included: none expected, not drifting"),
+    ]
+    byScope: list[ScopeFleetShape]
 
 
 class TokenItem(TypedDict):

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import trio
 
+from fleetwave.store.fleet import FleetState
 from fleetwave.store.models import (
     Actor,
     Claim,
@@ -249,6 +250,12 @@ class Store(Protocol):
 
     async def node_runs(self, node_id: int, *, limit: int = 10) -> list[NodeRun]:
         """The node's part in its latest ``limit`` releases, newest release first."""
+        ...
+
+    async def fleet_state(self) -> FleetState:
+        """Every node with the config the record expects it to run, and every scope's newest
+        release that succeeded (store/fleet.py), as of one moment. A fixed number of reads
+        whatever the fleet's size."""
         ...
 
     async def waits(self, release_ids: Sequence[int]) -> dict[int, Wait]:

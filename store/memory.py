@@ -17,6 +17,14 @@ import attrs
 import trio
 
 from fleetwave.store.errors import AlreadyExists, Conflict, InvalidInput, NotFound, StoreUnavailable
+from fleetwave.store.fleet import (
+    Expectation,
+    FleetNode,
+    FleetState,
+    ScopeFleet,
+    end_order,
+    scope_order,
+)
 from fleetwave.store.inputs import (
     INT_MAX,
     check_integer,
@@ -1153,6 +1161,52 @@ class MemoryStore:
         ]
         runs.sort(key=lambda run: run.release_id, reverse=True)
         return runs[: max(limit, 0)]
+
+    async def fleet_state(self) -> FleetState:
+        await self._available()
+
+        def expectation(row: _ReleaseRow) -> Expectation:
+            return Expectation(
+                release_id=row.id,
+                version=row.version,
+                config_version=row.config_version or row.version,
+                scope=row.scope,
+            )
+
+        def newest(rows: Sequence[_ReleaseRow]) -> _ReleaseRow | None:
+            ended = [row for row in rows if row.status is ReleaseStatus.SUCCESS]
+            if not ended:
+                return None
+            return max(ended, key=lambda row: end_order(row.finished_at, expectation(row)))
+
+        included: dict[int, list[_ReleaseRow]] = {}
+        scopes: dict[str | None, list[_ReleaseRow]] = {}
+        for row in self._releases.values():
+            scopes.setdefault(row.scope, []).append(row)
+            for member in self._release_nodes[row.id]:
+                included.setdefault(member.node_id, []).append(row)
+        nodes = []
+        for node in sorted(self._nodes.values(), key=lambda node: node.id):
+            expected = newest(included.get(node.id, []))
+            nodes.append(FleetNode(node, None if expected is None else expectation(expected)))
+        groups = []
+        for scope, rows in sorted(scopes.items(), key=lambda item: scope_order(item[0])):
+            latest = newest(rows)
+            members = [] if latest is None else self._release_nodes[latest.id]
+            config = None if latest is None else expectation(latest).config_version
+            groups.append(
+                ScopeFleet(
+                    scope=scope,
+                    releases=len(rows),
+                    newest=None if latest is None else expectation(latest),
+                    newest_finished_at=None if latest is None else latest.finished_at,
+                    release_nodes=len(members),
+                    running_config=sum(
+                        1 for m in members if self._nodes[m.node_id].applied_version == config
+                    ),
+                )
+            )
+        return FleetState(nodes=tuple(nodes), scopes=tuple(groups))
 
     async def waits(self, release_ids: Sequence[int]) -> dict[int, Wait]:
         await self._available()

@@ -43,6 +43,7 @@ from fleetwave.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from fleetwave.store.fleet import Expectation, FleetNode, FleetState, ScopeFleet, scope_order
 from fleetwave.store.inputs import (
     INT_MAX,
     check_integer,
@@ -734,6 +735,42 @@ LIMIT $2
 # A pending release's wait: the release ahead of it (active ones first, the oldest; else the
 # nearest older pending one), among those sharing a node or its explicit scope, as the claim
 # decides; then the nodes they share, the first few by name and a count.
+# "Newest by its end": a row without finished_at (written by another program) counts as the
+# oldest, as store/fleet.py's end_order has it.
+_FLEET_NODES = f"""
+SELECT {_NODE_COLUMNS}, e.release_id AS expected_release_id, e.version AS expected_version,
+       e.config_version AS expected_config_version, e.scope AS expected_scope
+FROM nodes
+LEFT JOIN (
+    SELECT DISTINCT ON (rn.node_id) rn.node_id, r.id AS release_id, r.version,
+           coalesce(r.config_version, r.version) AS config_version, r.scope
+    FROM release_task_nodes rn
+    JOIN release_tasks r ON r.id = rn.release_task_id
+    WHERE r.status = 'success'
+    ORDER BY rn.node_id, r.finished_at DESC NULLS LAST, r.version DESC
+) e ON e.node_id = nodes.id
+ORDER BY nodes.id
+"""
+
+_FLEET_SCOPES = """
+WITH newest AS (
+    SELECT DISTINCT ON (scope) scope, id, version,
+           coalesce(config_version, version) AS config_version, finished_at
+    FROM release_tasks
+    WHERE status = 'success'
+    ORDER BY scope, finished_at DESC NULLS LAST, version DESC
+)
+SELECT s.scope, s.releases, w.id AS release_id, w.version, w.config_version,
+       w.scope AS release_scope, w.finished_at,
+       (SELECT count(*) FROM release_task_nodes rn
+        WHERE rn.release_task_id = w.id) AS release_nodes,
+       (SELECT count(*) FROM release_task_nodes rn JOIN nodes n ON n.id = rn.node_id
+        WHERE rn.release_task_id = w.id AND n.applied_version = w.config_version)
+           AS running_config
+FROM (SELECT scope, count(*) AS releases FROM release_tasks GROUP BY scope) s
+LEFT JOIN newest w ON w.scope IS NOT DISTINCT FROM s.scope
+"""
+
 _WAITS = f"""
 SELECT r.id, r.scope, a.id AS ahead_id, a.status AS ahead_status,
        coalesce(s.names, '{{}}') AS shared_names, coalesce(s.total, 0) AS shared_count
@@ -1399,6 +1436,46 @@ class PostgresStore:
         check_integer("node_id", node_id, 1)
         records = await self._call(self._fetch, _NODE_RUNS, node_id, max(limit, 0))
         return [NodeRun.from_record(_row(record)) for record in records]
+
+    async def fleet_state(self) -> FleetState:
+        nodes, scopes = await self._call(self._fleet_state)
+        return FleetState(
+            nodes=tuple(
+                FleetNode(
+                    Node.from_record(_row(record)),
+                    Expectation.from_record(_row(record), "expected_"),
+                )
+                for record in nodes
+            ),
+            scopes=tuple(
+                sorted(
+                    (
+                        ScopeFleet(
+                            scope=record["scope"],
+                            releases=record["releases"],
+                            newest=Expectation.from_record(
+                                {**_row(record), "scope": record["release_scope"]}
+                            ),
+                            newest_finished_at=record["finished_at"],
+                            release_nodes=record["release_nodes"] or 0,
+                            running_config=record["running_config"] or 0,
+                        )
+                        for record in scopes
+                    ),
+                    key=lambda scope: scope_order(scope.scope),
+                )
+            ),
+        )
+
+    async def _fleet_state(self) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        # One snapshot for both reads: the scopes' counts agree with the nodes' expectations.
+        async with (
+            self._acquired() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            nodes = await connection.fetch(_FLEET_NODES)
+            scopes = await connection.fetch(_FLEET_SCOPES)
+        return nodes, scopes
 
     async def waits(self, release_ids: Sequence[int]) -> dict[int, Wait]:
         records = await self._call(self._fetch, _WAITS, list(release_ids))

@@ -12,8 +12,9 @@ import trio_asyncio
 
 from fleetwave.api.app import create_app
 from fleetwave.api.auth import create_token
-from fleetwave.store.models import ReleaseSpec
+from fleetwave.store.models import NodeChange, NodeStatus, Outcome, ReleaseSpec, ReleaseStatus
 from fleetwave.store.postgres import PostgresStore
+from fleetwave.store.selection import NodeSelection
 
 pytestmark = pytest.mark.postgres
 
@@ -92,3 +93,37 @@ async def test_release_list_and_detail_use_a_fixed_number_of_queries(
     # lookup, release, its nodes, what it waits for (pending), who created it.
     assert list_small == list_large == 5
     assert detail_small == detail_large == 5
+
+
+async def _succeed(store: PostgresStore, spec: ReleaseSpec) -> None:
+    """Create a release and record every node of it a success, as the executor does."""
+    await store.create_release(spec)
+    [claim] = await store.claim("queries", 1, 30)
+    rows = await store.release_nodes(claim.release.id)
+    changes = [NodeChange(row.id, NodeStatus.SUCCESS, started=True, finished=True) for row in rows]
+    assert await store.record(claim.lease, changes, Outcome(ReleaseStatus.SUCCESS))
+
+
+async def test_the_fleet_uses_a_fixed_number_of_queries(
+    pg_store: PostgresStore, counted: tuple[PostgresStore, QueryCount]
+) -> None:
+    store, count = counted
+    token = await create_token(pg_store, "queries")
+    nodes = [await pg_store.upsert_node(f"edge-{k}", f"127.0.0.{k + 1}", 8443) for k in (1, 2)]
+    await _succeed(pg_store, ReleaseSpec(scope="eu", selection=NodeSelection.by_ids([nodes[0].id])))
+    small = await _queries(store, count, token, "/api/v1/fleet")
+
+    for k in range(3, 81):
+        nodes.append(
+            await pg_store.upsert_node(f"edge-{k}", f"127.0.{k // 200}.{k % 200 + 1}", 8443)
+        )
+    for scope in ("eu", "us", "apac", None):
+        await _succeed(pg_store, ReleaseSpec(scope=scope, plan=("100%",)))
+    await _succeed(
+        pg_store,
+        ReleaseSpec(scope="us", selection=NodeSelection.by_ids([n.id for n in nodes[:40]])),
+    )
+    large = await _queries(store, count, token, "/api/v1/fleet")
+
+    # Token lookup, the nodes with their expectations, the scopes.
+    assert small == large == 3
