@@ -36,6 +36,7 @@ from fleetwave.store.models import (
     Wait,
 )
 from fleetwave.store.preview import ReleasePreview
+from fleetwave.store.scopes import ScopeStrategy
 from fleetwave.store.verbs import Verb, VerbEffect, VerbResult
 from fleetwave.store.webhooks import Delivery, DueDelivery, Webhook, WebhookSpec
 
@@ -181,6 +182,10 @@ class Store(Protocol):
 
         Version = previous maximum + 1, race-safe. One transaction. Raises Conflict("no online
         nodes ...") when nothing is selected, InvalidInput for a bad plan or tolerance.
+
+        With ``spec.strategy_fields`` (an operator's request), the strategy fields it does not
+        give come from the default of the release's scope, read in the same transaction
+        (store/scopes.py); the "created" event says so and ``default_scope`` names it.
         """
         ...
 
@@ -210,6 +215,30 @@ class Store(Protocol):
         """What create_release(spec) would create, writing nothing: the same checks and errors,
         the same nodes in the same batches, with each node's recent apply times (store/
         preview.py). A bounded number of reads whatever the fleet's size."""
+        ...
+
+    # --- scope default strategies -----------------------------------------------------------
+
+    async def scope_strategy(self, scope: str) -> ScopeStrategy | None:
+        """The default strategy of ``scope``, or None (store/scopes.py)."""
+        ...
+
+    async def list_scope_strategies(self) -> list[ScopeStrategy]:
+        """Every scope's default, by scope name."""
+        ...
+
+    async def set_scope_strategy(
+        self, scope: str, strategy: Mapping[str, object], *, by: Actor | None = None
+    ) -> ScopeStrategy:
+        """Set or replace the default of ``scope``: ``strategy`` (the strategy fields) is
+        validated as a release's are and stored in its validated form, with who set it (the
+        API token) and when (the store's clock; a replaced default keeps its created_at).
+        Raises InvalidInput naming the field at fault (a bad scope name: ``scope``)."""
+        ...
+
+    async def clear_scope_strategy(self, scope: str) -> ScopeStrategy:
+        """Remove the default of ``scope`` and return what it was; raises NotFound. Releases
+        already created keep the strategy they copied."""
         ...
 
     # --- nodes -----------------------------------------------------------------------------

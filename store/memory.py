@@ -66,6 +66,15 @@ from fleetwave.store.models import (
 )
 from fleetwave.store.plan import assign_batches, validate_plan
 from fleetwave.store.preview import RECENT_APPLIES, ReleasePreview, build_preview, spec_strategy
+from fleetwave.store.scopes import (
+    ScopeStrategy,
+    check_scope,
+    created_note,
+    default_scopes,
+    first_default,
+    stored_default,
+    with_default,
+)
 from fleetwave.store.selection import (
     NodeSelection,
     check_label_changes,
@@ -218,6 +227,7 @@ class MemoryStore:
     _in_statement: bool = False
     _hooks: dict[int, _HookRow] = attrs.field(factory=dict)
     _deliveries: dict[int, _DeliveryRow] = attrs.field(factory=dict)
+    _scope_strategies: dict[str, ScopeStrategy] = attrs.field(factory=dict)
     _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _token_ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
     _base: datetime | None = None
@@ -843,6 +853,8 @@ class MemoryStore:
     async def create_release(self, spec: ReleaseSpec) -> CreatedRelease:
         await self._available()
         plan = check_release_spec(spec)
+        spec, used = with_default(spec, first_default(default_scopes(spec), self._scope_strategies))
+        plan = check_release_spec(spec)
         online = self._select_nodes(spec.selection)
         placed = self._place(spec_strategy(spec, plan), plan, online)
         version = max((row.version for row in self._releases.values()), default=0) + 1
@@ -861,15 +873,19 @@ class MemoryStore:
         )
         row.strategy = stored_strategy(spec)
         batches = len({batch for _, batch in placed})
-        message = created_message(version, len(online), batches, spec.reason)
+        message = created_note(created_message(version, len(online), batches, spec.reason), used)
         self._event(row.id, None, None, None, row.status, message, None, actor=spec.requested_by)
         for wake in list(self._wakers):
             wake()
         nodes = await self.release_nodes(row.id)
-        return CreatedRelease(self._release(row), node_ids_by_batch(nodes))
+        return CreatedRelease(
+            self._release(row), node_ids_by_batch(nodes), None if used is None else used.scope
+        )
 
     async def preview_release(self, spec: ReleaseSpec) -> ReleasePreview:
         await self._available()
+        plan = check_release_spec(spec)
+        spec, used = with_default(spec, first_default(default_scopes(spec), self._scope_strategies))
         plan = check_release_spec(spec)
         placed = self._place(spec_strategy(spec, plan), plan, self._select_nodes(spec.selection))
         done = [
@@ -889,7 +905,39 @@ class MemoryStore:
             if len(latest) < RECENT_APPLIES:
                 latest.append((node.finished_at - node.started_at).total_seconds())
         nodes = {node_id: self._nodes[node_id] for node_id, _ in placed}
-        return build_preview(spec, plan, placed, nodes, recent)
+        preview = build_preview(spec, plan, placed, nodes, recent)
+        return preview if used is None else attrs.evolve(preview, default_scope=used.scope)
+
+    # --- scope default strategies -----------------------------------------------------------
+
+    async def scope_strategy(self, scope: str) -> ScopeStrategy | None:
+        await self._available()
+        return self._scope_strategies.get(check_scope(scope))
+
+    async def list_scope_strategies(self) -> list[ScopeStrategy]:
+        await self._available()
+        return [self._scope_strategies[scope] for scope in sorted(self._scope_strategies)]
+
+    async def set_scope_strategy(
+        self, scope: str, strategy: Mapping[str, object], *, by: Actor | None = None
+    ) -> ScopeStrategy:
+        await self._available()
+        check_scope(scope)
+        stored = stored_default(strategy)
+        if by is not None:
+            check_text("set_by", by.token_name)
+        now = self.now()
+        before = self._scope_strategies.get(scope)
+        row = ScopeStrategy(scope, stored, by, before.created_at if before else now, now)
+        self._scope_strategies[scope] = row
+        return row
+
+    async def clear_scope_strategy(self, scope: str) -> ScopeStrategy:
+        await self._available()
+        row = self._scope_strategies.pop(check_scope(scope), None)
+        if row is None:
+            raise NotFound(f"scope {scope} has no default strategy")
+        return row
 
     def _place(
         self, strategy: Strategy, plan: Sequence[PlanStep], node_ids: list[int]

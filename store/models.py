@@ -398,6 +398,10 @@ class ReleaseSpec:
     strategy: Mapping[str, Any] | None = None
     """The strategy's stored form (store/strategy.py), checked again by the store; its plan
     and maxFailures then override ``plan`` and ``max_failures``."""
+    strategy_fields: tuple[str, ...] | None = None
+    """The strategy fields an operator's request gave (store/scopes.py): the store takes the
+    others from the default of the release's scope. None: no default applies (the spec is
+    complete as it is)."""
 
 
 @attrs.frozen
@@ -405,6 +409,8 @@ class CreatedRelease:
     release: Release
     batches: tuple[tuple[int, tuple[int, ...]], ...]
     """(batch number, node ids) in plan order."""
+    default_scope: str | None = None
+    """The scope whose default strategy completed the release's (store/scopes.py), or None."""
 
 
 @attrs.frozen

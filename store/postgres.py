@@ -30,6 +30,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeAlias, TypeVar, cast
 
 import asyncpg
+import attrs
 import structlog
 import trio
 import trio_asyncio
@@ -84,6 +85,15 @@ from fleetwave.store.models import (
 )
 from fleetwave.store.plan import assign_batches, validate_plan
 from fleetwave.store.preview import RECENT_APPLIES, ReleasePreview, build_preview, spec_strategy
+from fleetwave.store.scopes import (
+    ScopeStrategy,
+    check_scope,
+    created_note,
+    default_scopes,
+    first_default,
+    stored_default,
+    with_default,
+)
 from fleetwave.store.selection import (
     NodeSelection,
     check_label_changes,
@@ -249,6 +259,17 @@ LEFT JOIN LATERAL (
     FROM release_task_nodes n
     WHERE n.release_task_id = r.id
 ) c ON true
+"""
+
+
+_SCOPE_COLUMNS: Final = "scope, strategy, set_by, set_by_role, created_at, updated_at"
+_SET_SCOPE_STRATEGY: Final = f"""
+INSERT INTO scope_strategies (scope, strategy, set_by, set_by_role)
+VALUES ($1, $2::jsonb, $3, $4)
+ON CONFLICT (scope) DO UPDATE
+SET strategy = EXCLUDED.strategy, set_by = EXCLUDED.set_by, set_by_role = EXCLUDED.set_by_role,
+    updated_at = now()
+RETURNING {_SCOPE_COLUMNS}
 """
 
 
@@ -1209,6 +1230,8 @@ class PostgresStore:
     ) -> CreatedRelease:
         async with self._acquired() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", CREATE_LOCK_KEY)
+            spec, used = with_default(spec, await _scope_default(connection, spec))
+            plan = check_release_spec(spec)
             node_ids = await _select_nodes(connection, spec.selection)
             assigned = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
             version = await connection.fetchval(
@@ -1237,7 +1260,9 @@ class PostgresStore:
             batches: dict[int, list[int]] = {}
             for node_id, batch in assigned:
                 batches.setdefault(batch, []).append(node_id)
-            message = created_message(version, len(node_ids), len(batches), spec.reason)
+            message = created_note(
+                created_message(version, len(node_ids), len(batches), spec.reason), used
+            )
             actor = spec.requested_by
             await connection.execute(
                 _ANNOUNCE_RELEASE,
@@ -1252,6 +1277,7 @@ class PostgresStore:
         return CreatedRelease(
             release=Release.from_record(_row(record)),
             batches=tuple((batch, tuple(ids)) for batch, ids in sorted(batches.items())),
+            default_scope=None if used is None else used.scope,
         )
 
     async def preview_release(self, spec: ReleaseSpec) -> ReleasePreview:
@@ -1263,6 +1289,8 @@ class PostgresStore:
         self, spec: ReleaseSpec, plan: tuple[int | str, ...]
     ) -> ReleasePreview:
         async with self._acquired() as connection, connection.transaction(readonly=True):
+            spec, used = with_default(spec, await _scope_default(connection, spec))
+            plan = check_release_spec(spec)
             node_ids = await _select_nodes(connection, spec.selection)
             placed = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
             rows = await connection.fetch(
@@ -1273,7 +1301,54 @@ class PostgresStore:
         recent: dict[int, list[float]] = {}
         for row in durations:
             recent.setdefault(row["node_id"], []).append(float(row["seconds"]))
-        return build_preview(spec, plan, placed, nodes, recent)
+        preview = build_preview(spec, plan, placed, nodes, recent)
+        return preview if used is None else attrs.evolve(preview, default_scope=used.scope)
+
+    # --- scope default strategies -------------------------------------------------------------
+
+    async def scope_strategy(self, scope: str) -> ScopeStrategy | None:
+        check_scope(scope)
+        record = await self._call(
+            self._fetchrow,
+            f"SELECT {_SCOPE_COLUMNS} FROM scope_strategies WHERE scope = $1",
+            scope,
+        )
+        return None if record is None else ScopeStrategy.from_record(_row(record))
+
+    async def list_scope_strategies(self) -> list[ScopeStrategy]:
+        records = await self._call(
+            self._fetch, f"SELECT {_SCOPE_COLUMNS} FROM scope_strategies ORDER BY scope"
+        )
+        return [ScopeStrategy.from_record(_row(record)) for record in records]
+
+    async def set_scope_strategy(
+        self, scope: str, strategy: Mapping[str, object], *, by: Actor | None = None
+    ) -> ScopeStrategy:
+        check_scope(scope)
+        stored = stored_default(strategy)
+        if by is not None:
+            check_text("set_by", by.token_name)
+        record = await self._call(
+            self._fetchrow,
+            _SET_SCOPE_STRATEGY,
+            scope,
+            json.dumps(stored),
+            None if by is None else by.token_name,
+            None if by is None else by.role.value,
+        )
+        assert record is not None
+        return ScopeStrategy.from_record(_row(record))
+
+    async def clear_scope_strategy(self, scope: str) -> ScopeStrategy:
+        check_scope(scope)
+        record = await self._call(
+            self._fetchrow,
+            f"DELETE FROM scope_strategies WHERE scope = $1 RETURNING {_SCOPE_COLUMNS}",
+            scope,
+        )
+        if record is None:
+            raise NotFound(f"scope {scope} has no default strategy")
+        return ScopeStrategy.from_record(_row(record))
 
     async def get_release(self, release_id: int) -> Release | None:
         check_integer("release_id", release_id, 1)
@@ -1685,6 +1760,19 @@ class PostgresStore:
     async def _execute(self, query: str, *args: object) -> None:
         async with self._acquired() as connection:
             await connection.execute(query, *args)
+
+
+async def _scope_default(connection: PooledConnection, spec: ReleaseSpec) -> ScopeStrategy | None:
+    """Asyncio-flavored: the default strategy a release of ``spec`` takes (store/scopes.py)."""
+    keys = default_scopes(spec)
+    if not keys:
+        return None
+    records = await connection.fetch(
+        f"SELECT {_SCOPE_COLUMNS} FROM scope_strategies WHERE scope = ANY($1::text[])",
+        list(keys),
+    )
+    found = {record["scope"]: ScopeStrategy.from_record(_row(record)) for record in records}
+    return first_default(keys, found)
 
 
 async def _lock_release(connection: PooledConnection, release_id: int) -> bool:

@@ -67,6 +67,8 @@ class ReleasePreview:
     predicted_seconds: float | None
     """Every batch and bake; gates wait for promote and count nothing. None: no apply time
     is known."""
+    default_scope: str | None = None
+    """The scope whose default strategy completed the release's (store/scopes.py), or None."""
 
 
 def spec_strategy(spec: ReleaseSpec, plan: Sequence[PlanStep]) -> Strategy:

@@ -25,6 +25,7 @@ TABLES = {
     "schema_migrations",
     "webhooks",
     "webhook_deliveries",
+    "scope_strategies",
 }
 
 
