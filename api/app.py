@@ -61,6 +61,12 @@ from fleetwave.api.schemas import (
     token_item,
     verb_answer,
 )
+from fleetwave.api.scopes import (
+    given_strategy_fields,
+    parse_scope,
+    parse_scope_strategy,
+    scope_item,
+)
 from fleetwave.api.token_use import TokenUse
 from fleetwave.api.verbs import promote, steer
 from fleetwave.api.webhooks import (
@@ -136,7 +142,10 @@ class _Handlers:
 
     async def create_release(self, request: Request) -> Response:
         dry_run = parse_dry_run(request.query_params)
-        spec = parse_release_spec(await read_json(request))
+        document = await read_json(request)
+        spec = parse_release_spec(document)
+        # The fields not given come from the default of the release's scope (store/scopes.py).
+        spec = attrs.evolve(spec, strategy_fields=given_strategy_fields(document))
         if dry_run:
             return ok(preview_item(await self.store.preview_release(spec)))
         created = await self.store.create_release(
@@ -152,6 +161,7 @@ class _Handlers:
                     for batch, node_ids in created.batches
                 ],
                 "selection": selection_item(created.release),
+                "defaultScope": created.default_scope,
             }
         )
 
@@ -361,6 +371,38 @@ class _Handlers:
         await self.store.delete_webhook(webhook_id)
         return ok({"id": webhook_id, "deleted": True})
 
+    async def list_scopes(self, request: Request) -> Response:
+        rows = await self.store.list_scope_strategies()
+        return ok({"items": [scope_item(row) for row in rows], "total": len(rows)})
+
+    async def show_scope_strategy(self, request: Request) -> Response:
+        scope = parse_scope(request.path_params["scope"])
+        row = await self.store.scope_strategy(scope)
+        if row is None:
+            raise ApiError(404, Code.NOT_FOUND, f"scope {scope} has no default strategy")
+        return ok(scope_item(row))
+
+    async def set_scope_strategy(self, request: Request) -> Response:
+        scope = parse_scope(request.path_params["scope"])
+        strategy = parse_scope_strategy(await read_json(request))
+        row = await self.store.set_scope_strategy(scope, strategy.to_json(), by=request.state.actor)
+        self._scope_audit("api.scope_strategy_set", request, scope)
+        return ok(scope_item(row))
+
+    async def clear_scope_strategy(self, request: Request) -> Response:
+        scope = parse_scope(request.path_params["scope"])
+        row = await self.store.clear_scope_strategy(scope)
+        self._scope_audit("api.scope_strategy_cleared", request, scope)
+        return ok({**scope_item(row), "cleared": True})
+
+    def _scope_audit(self, event: str, request: Request, scope: str) -> None:
+        log.info(
+            event,
+            scope=loggable(scope),
+            token_name=request.state.token_name,
+            token_role=request.state.token_role,
+        )
+
     async def scrape_metrics(self, request: Request) -> Response:
         return await metrics_response(self.store)
 
@@ -515,6 +557,14 @@ def create_app(
         route("/api/v1/tokens/{id}", DELETE=admin(api.revoke_token)),
         *(route(f"/api/v1/releases/{{id}}/{verb}", POST=operator(api.verb(verb))) for verb in Verb),
         route("/api/v1/fleet", GET=viewer(api.fleet)),
+        route("/api/v1/scopes", GET=viewer(api.list_scopes)),
+        # Any characters: a scope name may hold a "/" (sent as %2F); parse_scope checks it.
+        route(
+            "/api/v1/scopes/{scope:any}/strategy",
+            GET=viewer(api.show_scope_strategy),
+            PUT=operator(api.set_scope_strategy),
+            DELETE=operator(api.clear_scope_strategy),
+        ),
         *dashboard_routes(access),
     ]
     if serve_metrics:

@@ -77,4 +77,5 @@ def preview_item(preview: ReleasePreview) -> shapes.ReleasePreview:
         "bakeSeconds": preview.bake_seconds,
         "gates": preview.gates,
         "predictedSeconds": preview.predicted_seconds,
+        "defaultScope": preview.default_scope,
     }

@@ -259,6 +259,14 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _finite(value: float) -> bool:
+    """Whether a JSON number is finite; an integer too large for a float is not."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _count(field: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _problem(field, f"must be a whole number, got {_shown(value)}")
@@ -270,7 +278,7 @@ def _count(field: str, value: object) -> int:
 def _percent(field: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _problem(field, f"must be a number from 0 to 100, got {_shown(value)}")
-    if not (math.isfinite(value) and 0 <= value <= 100):
+    if not (_finite(value) and 0 <= value <= 100):
         raise _problem(field, f"must be from 0 to 100, got {_shown(value)}")
     return float(value)
 
@@ -296,7 +304,7 @@ def _step(index: int, value: object) -> Step:
             raise _problem(
                 f"{field}.pause", f"must be seconds or null (a gate), got {_shown(seconds)}"
             )
-        if not (math.isfinite(seconds) and 0 < seconds <= MAX_PAUSE_SEC):
+        if not (_finite(seconds) and 0 < seconds <= MAX_PAUSE_SEC):
             raise _problem(
                 f"{field}.pause",
                 f"must be above 0 and at most {MAX_PAUSE_SEC} seconds, got {_shown(seconds)}",
@@ -498,8 +506,10 @@ def _seconds(field: str, value: object, default: float, maximum: float) -> float
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _problem(field, f"must be seconds, got {_shown(value)}")
-    if not (math.isfinite(value) and 0 < value <= maximum):
-        raise _problem(field, f"must be above 0 and at most {maximum:g} seconds, got {value!r}")
+    if not (_finite(value) and 0 < value <= maximum):
+        raise _problem(
+            field, f"must be above 0 and at most {maximum:g} seconds, got {_shown(value)}"
+        )
     return float(value)
 
 
@@ -525,8 +535,9 @@ def _check_url(field: str, value: object) -> str:
             f"names {{{unknown[0]}}}; a URL may name {{release}}, {{version}}, {{batch}}, "
             "{scope}",
         )
-    if any(char.isspace() or ord(char) < 32 for char in value):
-        raise _problem(field, "must not contain spaces or control characters")
+    # A lone surrogate cannot be stored (PostgreSQL refuses it in jsonb) nor sent.
+    if any(char.isspace() or ord(char) < 32 or 0xD800 <= ord(char) <= 0xDFFF for char in value):
+        raise _problem(field, "must not contain spaces, control characters or lone surrogates")
     return value
 
 

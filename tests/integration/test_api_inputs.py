@@ -200,3 +200,75 @@ async def test_hostile_query_parameters_are_a_400_naming_them(
         else:
             await assert_refused(response, name)
         await assert_listings_answer(client)
+
+
+async def assert_no_scope_defaults(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/v1/scopes")).json()["data"] == {"items": [], "total": 0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("eu%00", "scope: contains NUL"),
+        ("x%1By", "scope: contains a control character"),
+        ("x%7F", "scope: contains a control character"),
+        ("%C2%85", "scope: contains a control character"),
+        ("%20%20", "scope: must not be empty"),
+        ("e" * 300, "scope: must be at most 255 characters"),
+    ],
+)
+async def test_hostile_scope_names_in_the_path_are_a_400_naming_the_scope(
+    client: httpx.AsyncClient, raw: str, message: str
+) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        response = await client.request(
+            method,
+            f"/api/v1/scopes/{raw}/strategy",
+            json={"plan": [1]} if method == "PUT" else None,
+        )
+        await assert_refused(response, "scope")
+        assert response.json()["message"].startswith(message)
+    await assert_no_scope_defaults(client)
+    await assert_listings_answer(client)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('{"plan": [' + DIGITS + "]}", "body"),
+        ('{"plan": [1, {"pause": 1e999}, 2]}', "plan[1].pause"),
+        ('{"plan": [1, {"pause": 1' + "0" * 400 + "}, 2]}", "plan[1].pause"),
+        ('{"maxFailurePercent": 1' + "0" * 400 + "}", "maxFailurePercent"),
+        (
+            '{"healthChecks": [{"name": "a", "http": {"url": "http://h"}, "interval": 1'
+            + "0" * 400
+            + "}]}",
+            "healthChecks[0].interval",
+        ),
+        ('{"onFailure": "stop\\u0000"}', "onFailure"),
+        (
+            '{"healthChecks": [{"name": "\\ud800", "http": {"url": "http://h"}}]}',
+            "healthChecks[0].name",
+        ),
+        (
+            '{"healthChecks": [{"name": "a", "http": {"url": "http://h/\\u0000"}}]}',
+            "healthChecks[0].http.url",
+        ),
+        (
+            '{"healthChecks": [{"name": "a", "http": {"url": "http://h/\\ud800"}}]}',
+            "healthChecks[0].http.url",
+        ),
+        ('{"\\ud800": 1}', '"\\ud800"'),
+    ],
+)
+async def test_hostile_strategy_fields_of_a_default_are_a_400_naming_them(
+    client: httpx.AsyncClient, raw: str, field: str
+) -> None:
+    response = await client.put("/api/v1/scopes/cdn/strategy", content=raw.encode())
+
+    await assert_refused(response, field)
+    await assert_no_scope_defaults(client)
+    # The same fields in a release are refused the same way, naming the same field.
+    release = raw[:-1] + ', "target": "cdn"}'
+    await assert_refused(await client.post("/api/v1/releases", content=release.encode()), field)
+    await assert_listings_answer(client)
