@@ -462,6 +462,36 @@ def _add_api_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     hook_show.add_argument("webhook_id", type=_positive_int, metavar="ID")
     hook_remove = webhook_actions.add_parser("remove", parents=[client], help="remove a webhook")
     hook_remove.add_argument("webhook_id", type=_positive_int, metavar="ID")
+    _add_scope_commands(commands, client)
+
+
+def _add_scope_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser
+) -> None:
+    scope = commands.add_parser(
+        "scope", help="scopes' default strategies (what releases without strategy fields run)"
+    )
+    scope_actions = scope.add_subparsers(dest="action", required=True, metavar="ACTION")
+    scope_actions.add_parser("list", parents=[client], help="every scope's default strategy")
+    strategy = scope_actions.add_parser("strategy", help="show, set or clear a scope's default")
+    strategy_actions = strategy.add_subparsers(
+        dest="strategy_action", required=True, metavar="ACTION"
+    )
+    about = "the scope a release names, else its target (cdn: every release without a scope)"
+    show = strategy_actions.add_parser("show", parents=[client], help="a scope's default")
+    show.add_argument("scope", metavar="SCOPE", help=about)
+    set_default = strategy_actions.add_parser(
+        "set", parents=[client], help="set or replace a scope's default from a JSON file"
+    )
+    set_default.add_argument("scope", metavar="SCOPE", help=about)
+    set_default.add_argument(
+        "file",
+        metavar="FILE",
+        help="a JSON object of plan, maxFailures, maxFailurePercent, onFailure and "
+        "healthChecks (docs/strategies.md); - reads standard input",
+    )
+    clear = strategy_actions.add_parser("clear", parents=[client], help="remove a default")
+    clear.add_argument("scope", metavar="SCOPE", help=about)
 
 
 def _add_nodes_commands(
@@ -581,7 +611,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             # stdout carries the command's answer alone (the token, once); logs go to stderr.
             configure_logging(settings, stream=sys.stderr)
             return _token(args, settings)
-        case "release" | "nodes" | "fleet" | "webhook":
+        case "release" | "nodes" | "fleet" | "webhook" | "scope":
             if not args.token:
                 raise UsageError("no API token: set FLEETWAVE_TOKEN or pass --token")
             if (args.cert is None) != (args.key is None):

@@ -1,6 +1,7 @@
 """The API's commands of ``fleetwave``: release create|list|show|watch|events, the release
 verbs pause|resume|cancel|retry|rollback|promote, nodes
-list|show|add|enable|disable|maintenance|label, fleet, webhook add|list|show|remove.
+list|show|add|enable|disable|maintenance|label, fleet, webhook add|list|show|remove, scope
+list and scope strategy show|set|clear.
 
 Each command makes its calls through ApiClient and writes a table, or JSON with ``--json``.
 Exit codes: 0 done; 1 the API refused, could not be reached, or a watched release did not
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from fleetwave.api import render
 from fleetwave.api.client import ApiClient, ApiFailure, ClientError
 from fleetwave.api.watch import watch
 from fleetwave.store.errors import InvalidInput
+from fleetwave.store.scopes import check_scope
 from fleetwave.store.strategy import FIELDS as STRATEGY_FIELDS
 from fleetwave.store.strategy import validate_strategy
 
@@ -59,19 +63,7 @@ def strategy_fields(args: argparse.Namespace) -> dict[str, object]:
     InvalidInput names the field."""
     fields: dict[str, object] = {}
     if args.strategy is not None:
-        try:
-            with open(args.strategy, encoding="utf-8") as source:
-                document = json.load(source)
-        except (OSError, ValueError) as error:
-            raise InvalidInput(f"--strategy: cannot read {args.strategy}: {error}") from None
-        if not isinstance(document, dict):
-            raise InvalidInput("--strategy: the file must hold a JSON object")
-        unknown = sorted(set(document) - set(STRATEGY_FIELDS))
-        if unknown:
-            raise InvalidInput(
-                f"{unknown[0]}: not a strategy field (known: {', '.join(STRATEGY_FIELDS)})"
-            )
-        fields.update(document)
+        fields.update(read_strategy_file(args.strategy))
     for name, value in (
         ("plan", args.plan),
         ("maxFailures", args.max_failures),
@@ -84,6 +76,28 @@ def strategy_fields(args: argparse.Namespace) -> dict[str, object]:
             fields[name] = value
     validate_strategy(*(fields.get(name) for name in STRATEGY_FIELDS))
     return fields
+
+
+def read_strategy_file(path: str, option: str = "--strategy") -> dict[str, object]:
+    """The JSON object of strategy fields in the file at ``path`` (``-``: standard input);
+    InvalidInput when it cannot be read or holds anything else (the values are checked by
+    validate_strategy)."""
+    try:
+        if path == "-":
+            document = json.load(sys.stdin)
+        else:
+            with open(path, encoding="utf-8") as source:
+                document = json.load(source)
+    except (OSError, ValueError) as error:
+        raise InvalidInput(f"{option}: cannot read {path}: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"{option}: the file must hold a JSON object")
+    unknown = sorted(set(document) - set(STRATEGY_FIELDS))
+    if unknown:
+        raise InvalidInput(
+            f"{unknown[0]}: not a strategy field (known: {', '.join(STRATEGY_FIELDS)})"
+        )
+    return document
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -192,6 +206,8 @@ async def run(args: argparse.Namespace, client: ApiClient, out: TextIO, err: Tex
             case ("webhook", "remove"):
                 data = await client.call("DELETE", f"/api/v1/webhooks/{args.webhook_id}")
                 _emit(data, render.webhook_removed, args.json, out)
+            case ("scope", _):
+                return await scope_command(client, args, out, err)
             case other:  # pragma: no cover - argparse only lets known commands through
                 raise AssertionError(f"unknown command {other}")
     except UnknownNodes as error:
@@ -329,4 +345,38 @@ async def release_create(
         )
         return EXIT_USAGE
     _emit(data, render.created, args.json, out)
+    return EXIT_OK
+
+
+async def scope_command(
+    client: ApiClient, args: argparse.Namespace, out: TextIO, err: TextIO
+) -> int:
+    """scope list, scope strategy show|set|clear SCOPE: the scope name and a strategy file are
+    checked here as the API checks them (exit 2, nothing sent)."""
+    if args.action == "list":
+        _emit(await client.call("GET", "/api/v1/scopes"), render.scope_list, args.json, out)
+        return EXIT_OK
+    try:
+        path = f"/api/v1/scopes/{quote(check_scope(args.scope), safe='')}/strategy"
+        body = None
+        if args.strategy_action == "set":
+            body = read_strategy_file(args.file, "FILE")
+            if not any(value is not None for value in body.values()):
+                raise InvalidInput(
+                    f"FILE: give at least one of {', '.join(STRATEGY_FIELDS)} "
+                    "(scope strategy clear removes a default)"
+                )
+            validate_strategy(*(body.get(name) for name in STRATEGY_FIELDS))
+    except InvalidInput as error:
+        err.write(f"fleetwave: {error}; nothing changed\n")
+        return EXIT_USAGE
+    match args.strategy_action:
+        case "show":
+            _emit(await client.call("GET", path), render.scope_strategy, args.json, out)
+        case "set":
+            data = await client.call("PUT", path, body=body)
+            _emit(data, render.scope_strategy_set, args.json, out)
+        case "clear":
+            data = await client.call("DELETE", path)
+            _emit(data, render.scope_strategy_cleared, args.json, out)
     return EXIT_OK

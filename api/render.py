@@ -48,9 +48,11 @@ def created(data: shapes.ReleaseCreated) -> str:
     )
     selection = data.get("selection")
     chosen = "" if selection is None else f" selected by {_selection(selection)}"
+    default = data.get("defaultScope")
+    taken = "" if default is None else f"; strategy: the default of scope {default}"
     return (
         f"release {data['releaseId']} (version {data['version']}) created over "
-        f"{data['totalNodes']} nodes{chosen}; {batches}"
+        f"{data['totalNodes']} nodes{chosen}; {batches}{taken}"
     )
 
 
@@ -63,6 +65,8 @@ def preview(data: shapes.ReleasePreview) -> str:
     lines = [
         f"dry run: {data['totalNodes']} nodes in {len(data['batches'])} batches, nothing created"
     ]
+    if data.get("defaultScope") is not None:
+        lines.append(f"strategy: the default of scope {data['defaultScope']}")
     for batch in data["batches"]:
         radius = batch["blastRadius"]
         lines.append(
@@ -418,3 +422,81 @@ def webhook_detail(data: shapes.WebhookDetail) -> str:
 
 def webhook_removed(data: shapes.WebhookDeleted) -> str:
     return f"webhook {data['id']} removed"
+
+
+def _step(step: object) -> str:
+    """A plan step as ``release create --plan`` spells it (a batch budget in brackets)."""
+    if isinstance(step, dict):
+        if "pause" in step:
+            return "gate" if step["pause"] is None else f"pause={step['pause']:g}"
+        budget = ",".join(f"{key} {value:g}" for key, value in step.items() if key != "batch")
+        return f"{step.get('batch')}[{budget}]"
+    return str(step)
+
+
+def _budget(strategy: Mapping[str, Any]) -> str:
+    parts = []
+    if strategy.get("maxFailures") is not None:
+        parts.append(f"{strategy['maxFailures']} failures")
+    if strategy.get("maxFailurePercent") is not None:
+        parts.append(f"{strategy['maxFailurePercent']:g}%")
+    return ", ".join(parts) or "-"
+
+
+def _set_by(item: Mapping[str, Any]) -> str:
+    by = item.get("setBy")
+    return "-" if by is None else f"{by['tokenName']} ({by['role']})"
+
+
+def _strategy_line(strategy: Mapping[str, Any]) -> str:
+    plan = strategy.get("plan")
+    steps = ",".join(_step(step) for step in plan) if isinstance(plan, list) else "-"
+    checks = strategy.get("healthChecks") or []
+    names = ",".join(str(check.get("name")) for check in checks if isinstance(check, dict))
+    return (
+        f"plan {steps}; budget {_budget(strategy)}; on failure {strategy.get('onFailure')}; "
+        f"checks {names or '-'}"
+    )
+
+
+def scope_list(data: Mapping[str, Any]) -> str:
+    rows = [
+        (
+            item["scope"],
+            _strategy_line(item["strategy"]) if item["problem"] is None else item["problem"],
+            _set_by(item),
+            _when(item["updatedAt"]),
+        )
+        for item in data["items"]
+    ]
+    if not rows:
+        return "no scope has a default strategy: releases without one run a canary, then the rest"
+    return table(("SCOPE", "DEFAULT STRATEGY", "SET BY", "UPDATED"), rows)
+
+
+def scope_strategy(data: Mapping[str, Any]) -> str:
+    import json
+
+    lines = [
+        f"scope {data['scope']}: default strategy set by {_set_by(data)} at "
+        f"{_when(data['updatedAt'])}",
+        _strategy_line(data["strategy"]),
+    ]
+    if data["problem"] is not None:
+        lines.append(f"not a valid strategy: {data['problem']} (releases of it are refused)")
+    lines.append(json.dumps(data["strategy"], indent=2, ensure_ascii=False))
+    return "\n".join(lines)
+
+
+def scope_strategy_set(data: Mapping[str, Any]) -> str:
+    return (
+        f"default strategy of scope {data['scope']} set: {_strategy_line(data['strategy'])}; "
+        "releases created without strategy fields take it from now on"
+    )
+
+
+def scope_strategy_cleared(data: Mapping[str, Any]) -> str:
+    return (
+        f"default strategy of scope {data['scope']} cleared; releases already created keep "
+        "the strategy they copied"
+    )

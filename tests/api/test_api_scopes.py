@@ -4,6 +4,9 @@ the default of their scope."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 from structlog.testing import capture_logs
@@ -11,7 +14,7 @@ from structlog.testing import capture_logs
 from fleetwave.api.auth import create_token
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Role
-from tests.api.conftest import add_nodes
+from tests.api.conftest import Served, add_nodes
 
 BAKED = {"plan": [1, {"pause": 300}, "100%"], "maxFailurePercent": 10, "onFailure": "pause"}
 BAKED_STORED = {
@@ -152,8 +155,7 @@ async def test_a_viewer_reads_defaults_an_operator_sets_and_clears_them(
     refused = await anonymous.put(CDN, json=BAKED, headers=viewer)
     assert refused.status_code == 403
     assert refused.json()["message"] == (
-        "forbidden: PUT /api/v1/scopes/cdn/strategy needs the operator role; "
-        "token 'dash' is viewer"
+        "forbidden: PUT /api/v1/scopes/cdn/strategy needs the operator role; token 'dash' is viewer"
     )
     assert await store.list_scope_strategies() == []
 
@@ -248,3 +250,108 @@ async def test_the_dry_run_takes_the_default_and_creates_nothing(
     assert [step["kind"] for step in data["steps"]] == ["batch", "bake", "batch"]
     assert data["bakeSeconds"] == 300
     assert await store.list_releases() == ([], 0)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+async def test_scope_commands_set_show_list_and_clear_a_default(
+    served: Served, store: MemoryStore, tmp_path: Path
+) -> None:
+    strategy = tmp_path / "strategy.json"
+    strategy.write_text(
+        json.dumps({**BAKED, "plan": [{"batch": 1, "maxFailures": 0}, *BAKED["plan"][1:]]})
+    )
+
+    code, out, err = await served.run("scope", "strategy", "set", "cdn", str(strategy))
+
+    assert (code, err) == (0, "")
+    assert out == (
+        "default strategy of scope cdn set: plan 1[maxFailures 0],pause=300,100%; "
+        "budget 10%; on failure pause; checks -; releases created without strategy fields "
+        "take it from now on\n"
+    )
+    row = await store.scope_strategy("cdn")
+    assert row is not None and row.set_by is not None and row.set_by.token_name == "tests"
+
+    code, out, _ = await served.run("scope", "strategy", "show", "cdn", "--json")
+    assert code == 0 and json.loads(out)["strategy"]["plan"][0] == {"batch": 1, "maxFailures": 0}
+    code, out, _ = await served.run("scope", "strategy", "show", "cdn")
+    assert code == 0 and out.startswith("scope cdn: default strategy set by tests (admin) at ")
+    code, out, _ = await served.run("scope", "list")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["SCOPE", "DEFAULT", "STRATEGY", "SET", "BY", "UPDATED"]
+    assert out.splitlines()[1].split()[:3] == ["cdn", "plan", "1[maxFailures"]
+    code, out, _ = await served.run("scope", "list", "--json")
+    assert code == 0 and [item["scope"] for item in json.loads(out)["items"]] == ["cdn"]
+
+    code, out, _ = await served.run("scope", "strategy", "clear", "cdn")
+    assert code == 0 and out.startswith("default strategy of scope cdn cleared")
+    assert await store.scope_strategy("cdn") is None
+    code, out, err = await served.run("scope", "strategy", "show", "cdn")
+    assert (code, out) == (1, "")
+    assert err == "fleetwave: scope cdn has no default strategy (code 3001)\n"
+    code, out, _ = await served.run("scope", "list")
+    assert out.startswith("no scope has a default strategy")
+
+
+async def test_a_scope_with_a_slash_goes_through_the_command_line(
+    served: Served, store: MemoryStore, tmp_path: Path
+) -> None:
+    strategy = tmp_path / "s.json"
+    strategy.write_text('{"plan": ["50%"]}')
+
+    code, _, err = await served.run("scope", "strategy", "set", "eu/west", str(strategy))
+
+    assert (code, err) == (0, "")
+    assert [row.scope for row in await store.list_scope_strategies()] == ["eu/west"]
+    code, out, _ = await served.run("scope", "strategy", "show", "eu/west", "--json")
+    assert json.loads(out)["scope"] == "eu/west"
+
+
+@pytest.mark.parametrize(
+    ("argv", "content", "message"),
+    [
+        (["cdn"], '{"plan": [1, {"pause": null}]}', "plan[1]: a gate cannot be the last step"),
+        (["cdn"], '{"batchSize": 3}', "batchSize: not a strategy field"),
+        (["cdn"], "[1, 2]", "FILE: the file must hold a JSON object"),
+        (["cdn"], '{"plan": [1,', "FILE: cannot read"),
+        (["cdn"], "{}", "FILE: give at least one of plan"),
+        ([""], '{"plan": [1]}', "scope: must not be empty"),
+        (["e" * 256], '{"plan": [1]}', "scope: must be at most 255 characters"),
+    ],
+)
+async def test_scope_strategy_set_refuses_bad_input_with_exit_2_and_changes_nothing(
+    served: Served,
+    store: MemoryStore,
+    tmp_path: Path,
+    argv: list[str],
+    content: str,
+    message: str,
+) -> None:
+    strategy = tmp_path / "bad.json"
+    strategy.write_text(content)
+
+    code, out, err = await served.run("scope", "strategy", "set", *argv, str(strategy))
+
+    assert (code, out) == (2, "")
+    assert err.startswith(f"fleetwave: {message}"), err
+    assert err.endswith("; nothing changed\n")
+    assert await store.list_scope_strategies() == []
+
+
+async def test_release_plan_and_create_show_the_scope_default_they_took(
+    served: Served, store: MemoryStore, tmp_path: Path
+) -> None:
+    await add_nodes(store, 3)
+    await store.set_scope_strategy("cdn", BAKED)
+
+    code, out, _ = await served.run("release", "plan", "--reason", "r")
+    assert code == 0
+    assert "strategy: the default of scope cdn" in out
+    assert "step 1: bake (batch 1)" in out
+
+    code, out, _ = await served.run("release", "create", "--reason", "r")
+    assert code == 0 and out.rstrip().endswith("; strategy: the default of scope cdn")
+    [release], _ = await store.list_releases()
+    assert release.strategy == BAKED_STORED

@@ -55,7 +55,14 @@ DOCUMENTED: dict[int, set[int]] = {
     409: {3002, 3003},
     413: {2002},
 }
-TABLES = ("nodes", "release_tasks", "release_task_nodes", "release_events", "api_tokens")
+TABLES = (
+    "nodes",
+    "release_tasks",
+    "release_task_nodes",
+    "release_events",
+    "api_tokens",
+    "scope_strategies",
+)
 
 
 @attrs.frozen
@@ -132,6 +139,8 @@ PATHS = [
     "/api/v1/releases/{id}/events",
     "/api/v1/nodes",
     "/api/v1/nodes/{id}",
+    "/api/v1/scopes",
+    "/api/v1/scopes/{scope}/strategy",
 ]
 ALLOWED = {
     "/healthz": ["GET"],
@@ -142,6 +151,8 @@ ALLOWED = {
     "/api/v1/releases/{id}/events": ["GET"],
     "/api/v1/nodes": ["GET", "POST"],
     "/api/v1/nodes/{id}": ["PATCH"],
+    "/api/v1/scopes": ["GET"],
+    "/api/v1/scopes/{scope}/strategy": ["GET", "PUT", "DELETE"],
 }
 METHODS = ["GET", "POST", "PATCH", "PUT", "DELETE", "HEAD", "OPTIONS"]
 ODD_PATHS = st.one_of(
@@ -198,6 +209,38 @@ node_bodies = st.fixed_dictionaries(
         "enabled": st.one_of(st.booleans(), json_scalars),
         "status": st.one_of(st.sampled_from(["online", "offline", "ONLINE"]), json_scalars),
         "id": json_scalars,
+    },
+)
+scopes = st.one_of(
+    st.sampled_from(["cdn", "a", "b", "eu%2Fwest", "", "%20", "%00", "%0A", "e" * 300]),
+    any_text.map(lambda text: quote(text.encode("utf-8", "surrogatepass"), safe="")),
+)
+strategy_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "plan": st.one_of(
+            st.lists(
+                st.one_of(plan_steps, st.fixed_dictionaries({"pause": json_scalars})), max_size=5
+            ),
+            json_values,
+        ),
+        "maxFailures": st.one_of(st.integers(min_value=-2, max_value=2**40), json_scalars),
+        "maxFailurePercent": st.one_of(st.floats(min_value=-1, max_value=101), json_scalars),
+        "onFailure": st.one_of(st.sampled_from(["stop", "pause", "rollback", "x"]), json_scalars),
+        "healthChecks": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": st.one_of(st.just("edge"), any_text)},
+                    optional={
+                        "http": st.fixed_dictionaries({"url": any_text}),
+                        "interval": json_scalars,
+                    },
+                ),
+                max_size=2,
+            ),
+            json_values,
+        ),
+        "target": json_scalars,
     },
 )
 patch_bodies = st.fixed_dictionaries(
@@ -266,6 +309,7 @@ SHAPED = {
     "/api/v1/releases": release_bodies,
     "/api/v1/nodes": node_bodies,
     "/api/v1/nodes/{id}": patch_bodies,
+    "/api/v1/scopes/{scope}/strategy": strategy_bodies,
 }
 
 
@@ -286,6 +330,7 @@ def requests(draw: st.DrawFn) -> FuzzRequest:
         method = draw(st.sampled_from(allowed if chance(draw, 80) else METHODS))
         small_id = st.integers(min_value=1, max_value=4).map(str)
         path = template.replace("{id}", draw(small_id if chance(draw, 50) else ids))
+        path = path.replace("{scope}", draw(scopes))
         if template in SHAPED and chance(draw, 70):
             body = json.dumps(draw(SHAPED[template])).encode()
     if body is None and (method in ("POST", "PATCH", "PUT") or chance(draw, 20)):
@@ -385,6 +430,8 @@ async def seed(store: Store) -> None:
         await store.upsert_node(f"edge-{k:03d}", f"127.0.0.{k + 1}", 8443)
     await store.upsert_node("edge-off", "127.0.0.9", 8443, status=NodeHealth.OFFLINE)
     await store.create_release(ReleaseSpec(reason="seeded"))
+    # Releases of scope "a" take this default (store/scopes.py).
+    await store.set_scope_strategy("a", {"plan": [1, {"pause": 60}, "100%"]})
 
 
 def run_examples(examples: int, body: Any) -> None:
