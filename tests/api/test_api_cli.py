@@ -89,6 +89,7 @@ async def test_release_create_json_is_the_api_data(served: Served, store: Memory
         "totalNodes": 1,
         "batches": [{"batch": 1, "nodeIds": [1]}],
         "selection": None,
+        "defaultScope": None,
     }
 
 

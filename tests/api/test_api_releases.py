@@ -82,7 +82,14 @@ async def test_create_release_answers_id_version_and_batches(
     body = response.json()
     assert body["code"] == 0 and body["message"] == "success"
     data = body["data"]
-    assert set(data) == {"releaseId", "version", "totalNodes", "batches", "selection"}
+    assert set(data) == {
+        "releaseId",
+        "version",
+        "totalNodes",
+        "batches",
+        "selection",
+        "defaultScope",
+    }
     assert data["selection"] is None
     assert data["version"] == 1
     assert data["totalNodes"] == 3
