@@ -62,6 +62,7 @@ from fleetwave.api.schemas import (
     verb_answer,
 )
 from fleetwave.api.scopes import (
+    SCOPE_PATH,
     given_strategy_fields,
     parse_scope,
     parse_scope_strategy,
@@ -558,9 +559,8 @@ def create_app(
         *(route(f"/api/v1/releases/{{id}}/{verb}", POST=operator(api.verb(verb))) for verb in Verb),
         route("/api/v1/fleet", GET=viewer(api.fleet)),
         route("/api/v1/scopes", GET=viewer(api.list_scopes)),
-        # Any characters: a scope name may hold a "/" (sent as %2F); parse_scope checks it.
         route(
-            "/api/v1/scopes/{scope:any}/strategy",
+            SCOPE_PATH,
             GET=viewer(api.show_scope_strategy),
             PUT=operator(api.set_scope_strategy),
             DELETE=operator(api.clear_scope_strategy),

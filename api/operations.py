@@ -7,7 +7,7 @@ real ones. Examples are requests against a small fleet over the in-memory store,
 shared by its tables (tests/api/test_openapi.py builds it and sends every one): nodes 1-4
 (edge-001..edge-004, in regions eu and us), releases 5 (succeeded, config 1, every node), 10
 (failed, nodes 1 and 2), 13 (paused, nodes 3 and 4) and 16 (pending); webhook 21; tokens 1
-(admin) and 2 (viewer).
+(admin) and 2 (viewer); scope eu has a default strategy (SCOPE_DEFAULT), no other scope has.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from fleetwave.api.schemas import (
     ReleaseQuery,
     SignInBody,
 )
+from fleetwave.api.scopes import SCOPE_PATH, ScopeStrategyBody
 from fleetwave.api.webhooks import WebhookBody
 from fleetwave.store.verbs import Verb
 
@@ -87,6 +88,8 @@ RELEASE_EXAMPLE: Final = {
     "maxFailurePercent": 5,
     "onFailure": "pause",
 }
+SCOPE_DEFAULT: Final = {"plan": [1, {"pause": 300}, "100%"], "onFailure": "pause"}
+"""The example fleet's default strategy of scope eu."""
 STREAM_NOTE: Final = (
     "With follow=true: server-sent events, one EventItem per message (`id:` is the resume "
     "point; send it back as Last-Event-ID), comment lines as keep-alives, and an `end` event "
@@ -428,6 +431,59 @@ OPERATIONS: Final[dict[tuple[str, str], Operation]] = {
             _missing("hook"),
         ),
         tags=("webhooks",),
+    ),
+    ("GET", "/api/v1/scopes"): Operation(
+        "Every scope's default strategy, by scope name",
+        shapes.ScopeList,
+        examples=(Example("defaults", "every default"),),
+        tags=("scopes",),
+    ),
+    ("GET", SCOPE_PATH): Operation(
+        "A scope's default strategy: what its releases without strategy fields run",
+        shapes.ScopeItem,
+        description="A release's scope, for its default, is the scope it names, else its "
+        "target (cdn); a named scope without a default of its own takes its target's.",
+        examples=(
+            Example("eu", "the default of scope eu", {"scope": "eu"}),
+            Example("none", "a scope without a default", {"scope": "us"}, status=404),
+            Example("blank", "a blank scope name", {"scope": " "}, status=400),
+        ),
+        tags=("scopes",),
+    ),
+    ("PUT", SCOPE_PATH): Operation(
+        "Set or replace a scope's default strategy (the strategy fields of a release)",
+        shapes.ScopeItem,
+        body=ScopeStrategyBody,
+        examples=(
+            Example(
+                "fleet",
+                "every release to cdn without a strategy bakes after its canary",
+                {"scope": "cdn"},
+                body={
+                    "plan": [1, {"pause": 300}, "10%", {"pause": None}, "100%"],
+                    "maxFailurePercent": 5,
+                    "onFailure": "rollback",
+                },
+            ),
+            Example(
+                "gate-last",
+                "a plan step at fault is named",
+                {"scope": "cdn"},
+                body={"plan": [1, {"pause": None}]},
+                status=400,
+            ),
+            Example("empty", "no strategy field", {"scope": "cdn"}, body={}, status=400),
+        ),
+        tags=("scopes",),
+    ),
+    ("DELETE", SCOPE_PATH): Operation(
+        "Clear a scope's default strategy (releases already created keep theirs)",
+        shapes.ScopeCleared,
+        examples=(
+            Example("eu", "clear the default of scope eu", {"scope": "eu"}),
+            Example("none", "a scope without a default", {"scope": "us"}, status=404),
+        ),
+        tags=("scopes",),
     ),
     ("GET", "/metrics"): Operation(
         "Prometheus exposition",

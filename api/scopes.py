@@ -1,4 +1,4 @@
-"""The API's shapes of scope default strategies (``/api/v1/scopes``): the scope named in a
+"""The API's types of scope default strategies (``/api/v1/scopes``): the scope named in a
 path, the strategy a PUT sets, how a default is shown, and which strategy fields a release's
 request gave itself (the others come from its scope's default, store/scopes.py)."""
 
@@ -6,34 +6,18 @@ from __future__ import annotations
 
 from typing import Final
 
-from starlette.convertors import Convertor, register_url_convertor
+from pydantic import create_model, model_validator
 
+from fleetwave.api import shapes
 from fleetwave.api.envelope import Code
-from fleetwave.api.schemas import _Fields, invalid, parse_strategy, timestamp
+from fleetwave.api.schemas import _STRATEGY_BODY_FIELDS, timestamp
+from fleetwave.api.validation import Body, invalid, refusal, validated
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.scopes import ScopeStrategy, check_scope
 from fleetwave.store.strategy import FIELDS as STRATEGY_FIELDS
-from fleetwave.store.strategy import Strategy
+from fleetwave.store.strategy import Strategy, validate_strategy
 
-SCOPE_STRATEGY_FIELDS: Final = STRATEGY_FIELDS
-"""A default holds what a release's strategy fields hold, nothing else."""
-
-
-class AnyText(Convertor[str]):
-    """A path parameter of any characters, "/" and line breaks included (``{scope:any}``):
-    a scope name reaches parse_scope, which says what is wrong with it, instead of the path
-    matching no route."""
-
-    regex = r"[\s\S]*"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("any", AnyText())
+SCOPE_PATH: Final = "/api/v1/scopes/{scope}/strategy"
 
 
 def parse_scope(text: str) -> str:
@@ -44,18 +28,40 @@ def parse_scope(text: str) -> str:
         raise invalid("scope", str(error).removeprefix("scope: ")) from None
 
 
+class _ScopeStrategyFields(Body):
+    """``PUT /api/v1/scopes/{scope}/strategy``: a scope's default strategy, the strategy fields
+    of a release (at least one), validated together by store/strategy.py as a release's are."""
+
+    @model_validator(mode="after")
+    def _strategy(self) -> _ScopeStrategyFields:
+        values = [getattr(self, name) for name in STRATEGY_FIELDS]
+        if all(value is None for value in values):
+            raise refusal(
+                f"give at least one of {', '.join(STRATEGY_FIELDS)} (DELETE clears a default)",
+                code=Code.PARAM_MISSING,
+                field="body",
+            )
+        try:
+            validate_strategy(*values)
+        except InvalidInput as error:
+            field, _, problem = str(error).partition(": ")
+            raise refusal(problem, field=field) from None
+        return self
+
+    def strategy(self) -> Strategy:
+        return validate_strategy(*(getattr(self, name) for name in STRATEGY_FIELDS))
+
+
+ScopeStrategyBody = create_model(
+    "ScopeStrategyBody",
+    __base__=_ScopeStrategyFields,
+    __doc__=_ScopeStrategyFields.__doc__,
+    **_STRATEGY_BODY_FIELDS,
+)
+
+
 def parse_scope_strategy(document: object) -> Strategy:
-    """The body of ``PUT /api/v1/scopes/{scope}/strategy``: the strategy fields of a release
-    (at least one), checked by the one validator."""
-    fields = _Fields.of(document, SCOPE_STRATEGY_FIELDS)
-    strategy = parse_strategy(fields)
-    if strategy is None:
-        raise invalid(
-            "body",
-            f"give at least one of {', '.join(SCOPE_STRATEGY_FIELDS)} (DELETE clears a default)",
-            Code.PARAM_MISSING,
-        )
-    return strategy
+    return validated(ScopeStrategyBody, document).strategy()
 
 
 def given_strategy_fields(document: object) -> tuple[str, ...]:
@@ -66,7 +72,7 @@ def given_strategy_fields(document: object) -> tuple[str, ...]:
     return tuple(name for name in STRATEGY_FIELDS if document.get(name) is not None)
 
 
-def scope_item(row: ScopeStrategy) -> dict[str, object]:
+def scope_item(row: ScopeStrategy) -> shapes.ScopeItem:
     return {
         "scope": row.scope,
         "strategy": dict(row.strategy),

@@ -135,6 +135,10 @@ class ReleaseCreated(TypedDict):
     totalNodes: int
     batches: list[CreatedBatch]
     selection: Selection | None
+    defaultScope: Annotated[
+        str | None,
+        Field(description="the scope whose default strategy the release took; null: none"),
+    ]
 
 
 class ReleaseNodeItem(TypedDict):
@@ -402,6 +406,33 @@ class ReleasePreview(TypedDict):
     bakeSeconds: float
     gates: int
     predictedSeconds: float | None
+    defaultScope: Annotated[
+        str | None,
+        Field(description="the scope whose default strategy it took, as creation would"),
+    ]
+
+
+class ScopeItem(TypedDict):
+    """A scope's default strategy, who set it last and when."""
+
+    scope: str
+    strategy: Strategy
+    problem: Annotated[
+        str | None,
+        Field(description="why a row another program wrote is not a strategy; null: it is"),
+    ]
+    setBy: ActorShape | None
+    createdAt: Timestamp | None
+    updatedAt: Timestamp | None
+
+
+class ScopeList(TypedDict):
+    items: list[ScopeItem]
+    total: int
+
+
+class ScopeCleared(ScopeItem):
+    cleared: Literal[True]
 
 
 class Alive(TypedDict):

@@ -38,7 +38,14 @@ from fleetwave.api.openapi import (
     openapi_document,
     undocumented,
 )
-from fleetwave.api.operations import FAILED, PAUSED, PENDING, SUCCEEDED, WEBHOOK
+from fleetwave.api.operations import (
+    FAILED,
+    PAUSED,
+    PENDING,
+    SCOPE_DEFAULT,
+    SUCCEEDED,
+    WEBHOOK,
+)
 from fleetwave.api.schemas import parse_release_spec
 from fleetwave.api.server import serve_api
 from fleetwave.api.sse import messages
@@ -199,6 +206,7 @@ async def example_fleet(store: MemoryStore) -> str:
     hook = await store.create_webhook(
         WebhookSpec("https://hooks.example.net/fleetwave", ("release.failed",), "whsec_" + "x" * 20)
     )
+    await store.set_scope_strategy("eu", SCOPE_DEFAULT, by=Actor("ops", Role.OPERATOR))
     token = await create_token(store, "tests")
     await create_token(store, "dashboard", role=Role.VIEWER)
     assert [n.id for n in nodes] == [1, 2, 3, 4]

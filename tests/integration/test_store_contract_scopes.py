@@ -103,6 +103,7 @@ async def test_a_bad_default_is_refused_naming_the_field_and_nothing_is_written(
         ("eu\nwest", "scope: contains a control character"),
         ("\ud800", "scope: contains a lone surrogate"),
         ("e" * 256, "scope: must be at most 255 characters, got 256"),
+        ("eu/west", 'scope: must not hold "/"'),
     ],
 )
 async def test_a_bad_scope_name_is_refused_by_every_method(
