@@ -4,6 +4,7 @@ the default of their scope."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -346,3 +347,16 @@ async def test_release_plan_and_create_show_the_scope_default_they_took(
     assert code == 0 and out.rstrip().endswith("; strategy: the default of scope cdn")
     [release], _ = await store.list_releases()
     assert release.strategy == BAKED_STORED
+
+
+async def test_scope_strategy_set_reads_the_strategy_from_standard_input(
+    served: Served, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"plan": [2, "100%"], "maxFailures": 1}'))
+
+    code, _, err = await served.run("scope", "strategy", "set", "eu", "-")
+
+    assert (code, err) == (0, "")
+    row = await store.scope_strategy("eu")
+    assert row is not None
+    assert (row.strategy["plan"], row.strategy["maxFailures"]) == ([2, "100%"], 1)

@@ -263,3 +263,18 @@ async def test_a_default_row_that_is_not_a_strategy_refuses_creation_naming_it(
     every = ("plan", "maxFailures", "onFailure", "healthChecks")
     created = await pg_store.create_release(request(*every))
     assert created.default_scope is None
+
+
+async def test_an_empty_list_of_checks_in_the_request_drops_the_defaults_checks(
+    store: Store,
+) -> None:
+    await add_nodes(store, 2)
+    await store.set_scope_strategy("cdn", BAKED)
+
+    created = await store.create_release(request("healthChecks"))
+
+    strategy = created.release.strategy
+    assert strategy is not None
+    assert strategy["healthChecks"] == []
+    assert strategy["plan"] == BAKED_STORED["plan"]
+    assert strategy["onFailure"] == "pause"
