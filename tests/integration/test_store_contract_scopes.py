@@ -12,7 +12,7 @@ from fleetwave.store.base import Store
 from fleetwave.store.errors import Conflict, InvalidInput, NotFound
 from fleetwave.store.models import Actor, ReleaseSpec, Role
 from fleetwave.store.postgres import PostgresStore
-from fleetwave.store.strategy import validate_strategy
+from fleetwave.store.strategy import FIELDS, validate_strategy
 from tests.integration.conftest import run_sql
 from tests.integration.test_store_contract import add_nodes
 
@@ -194,7 +194,7 @@ async def test_a_request_giving_every_field_or_a_spec_not_from_a_request_ignores
     await add_nodes(store, 2)
     await store.set_scope_strategy("cdn", BAKED)
     full = validate_strategy([1, "100%"], 0, None, "stop", [])
-    every = ("plan", "maxFailures", "onFailure", "healthChecks")
+    every = FIELDS
 
     given_all = await store.create_release(
         request(*every, spec=ReleaseSpec(plan=full.plan, strategy=full.to_json()))
@@ -260,7 +260,7 @@ async def test_a_default_row_that_is_not_a_strategy_refuses_creation_naming_it(
     with pytest.raises(Conflict, match=r"the default strategy of scope cdn is not valid \(plan"):
         await pg_store.create_release(request())
     assert (await pg_store.list_releases())[1] == 0
-    every = ("plan", "maxFailures", "onFailure", "healthChecks")
+    every = FIELDS
     created = await pg_store.create_release(request(*every))
     assert created.default_scope is None
 
@@ -278,3 +278,23 @@ async def test_an_empty_list_of_checks_in_the_request_drops_the_defaults_checks(
     assert strategy["healthChecks"] == []
     assert strategy["plan"] == BAKED_STORED["plan"]
     assert strategy["onFailure"] == "pause"
+
+
+async def test_topology_fields_of_a_default_apply_beside_a_requests_plan(store: Store) -> None:
+    nodes = await add_nodes(store, 4)
+    pops = dict(zip([node.id for node in nodes], ("fra1", "fra1", "ams1", "ams1"), strict=True))
+    for node_id, pop in pops.items():
+        await store.update_node(node_id, labels={"pop": pop})
+    await store.set_scope_strategy("cdn", {"batchBy": "pop", "maxInFlightPer": {"pop": 1}})
+    plan = validate_strategy([1, "100%"]).plan
+
+    created = await store.create_release(request("plan", spec=ReleaseSpec(plan=plan)))
+
+    strategy = created.release.strategy
+    assert strategy is not None
+    assert (strategy["batchBy"], strategy["maxInFlightPer"]) == ("pop", {"pop": 1})
+    # After the canary, one PoP per batch (without batchBy: the canary, then the other 3).
+    per_batch = [{pops[i] for i in ids} for _, ids in created.batches]
+    assert len(per_batch) == 3
+    assert all(len(found) == 1 for found in per_batch[1:])
+    assert set().union(*per_batch[1:]) == {"fra1", "ams1"}
