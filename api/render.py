@@ -443,7 +443,7 @@ def _budget(strategy: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
-def _set_by(item: Mapping[str, Any]) -> str:
+def _default_set_by(item: Mapping[str, Any]) -> str:
     by = item.get("setBy")
     return "-" if by is None else f"{by['tokenName']} ({by['role']})"
 
@@ -464,7 +464,7 @@ def scope_list(data: Mapping[str, Any]) -> str:
         (
             item["scope"],
             _strategy_line(item["strategy"]) if item["problem"] is None else item["problem"],
-            _set_by(item),
+            _default_set_by(item),
             _when(item["updatedAt"]),
         )
         for item in data["items"]
@@ -478,7 +478,7 @@ def scope_strategy(data: Mapping[str, Any]) -> str:
     import json
 
     lines = [
-        f"scope {data['scope']}: default strategy set by {_set_by(data)} at "
+        f"scope {data['scope']}: default strategy set by {_default_set_by(data)} at "
         f"{_when(data['updatedAt'])}",
         _strategy_line(data["strategy"]),
     ]
