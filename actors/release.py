@@ -513,6 +513,13 @@ class ReleaseActor:
     ) -> None:
         todo = [node for node in members if not node.status.terminal]
         log.info("batch.started", nodes=len(members), to_run=len(todo))
+        caps = None
+        if self._strategy.max_in_flight_per:
+            caps = LabelCaps(self._strategy.max_in_flight_per)
+            # Before any other node can take a slot: nodes running already are in flight.
+            for node in todo:
+                if node.status is NodeStatus.RUNNING:
+                    caps.hold_nowait(node.labels)
         # A buffer of one message per node: a node never waits for the writer, so dispatching
         # goes on while a tick is written (with no buffer every write stalled the whole batch).
         send, receive = trio.open_memory_channel[NodeMessage](max(1, len(todo)))
@@ -520,13 +527,15 @@ class ReleaseActor:
             with (
                 _unwrapped(LeaseLost, StoreUnavailable),
                 trio.CancelScope() as batch_scope,
-                self.config.pacer.share(len(todo)) as pacing,
+                self.config.pacer.share(
+                    len(todo), bound=None if caps is None else caps.most_in_flight(todo)
+                ) as pacing,
             ):
                 self.steering.enter_batch(batch_scope)
                 async with trio.open_nursery() as nursery:
                     # Spawn from a task of its own so that the first nodes report (and
                     # dispatch) while the last ones of a large batch are still being started.
-                    nursery.start_soon(self._spawn, nursery, todo, send, limiter, pacing)
+                    nursery.start_soon(self._spawn, nursery, todo, send, limiter, pacing, caps)
                     await self._collect(receive, batch_scope)
             self.steering.leave_batch()
             if batch_scope.cancelled_caught:
@@ -550,14 +559,8 @@ class ReleaseActor:
         send: trio.MemorySendChannel[NodeMessage],
         limiter: trio.CapacityLimiter,
         pacing: PollShare,
+        caps: LabelCaps | None,
     ) -> None:
-        caps = None
-        if self._strategy.max_in_flight_per:
-            caps = LabelCaps(self._strategy.max_in_flight_per)
-            # Before any other node can take a slot: nodes running already are in flight.
-            for node in todo:
-                if node.status is NodeStatus.RUNNING:
-                    caps.hold_nowait(node.labels)
         async with send:
             for spawned, node in enumerate(todo, 1):
                 if not self.steering.open:

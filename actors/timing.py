@@ -58,14 +58,16 @@ class PollPacer:
         return min(timing.poll_max, paced)
 
     @contextlib.contextmanager
-    def share(self, count: int) -> Iterator[PollShare]:
-        """Count a batch of ``count`` nodes as watched until each finishes or the block ends."""
-        share = PollShare(self, count)
-        self.watching += count
+    def share(self, count: int, *, bound: int | None = None) -> Iterator[PollShare]:
+        """Count a batch of ``count`` nodes as watched until each finishes or the block ends;
+        at most ``bound`` of them at once (a batch under maxInFlightPer: its nodes waiting for
+        their turn are not applying)."""
+        share = PollShare(self, count, bound)
+        self.watching += share.watched
         try:
             yield share
         finally:
-            self.watching -= share.remaining
+            self.watching -= share.watched
             share.remaining = 0
 
 
@@ -75,14 +77,21 @@ class PollShare:
 
     pacer: PollPacer
     remaining: int
+    bound: int | None = None
+    """At most this many of its nodes are watched at once (None: all that remain)."""
+
+    @property
+    def watched(self) -> int:
+        return self.remaining if self.bound is None else min(self.remaining, self.bound)
 
     def interval(self, age: float, timing: NodeTiming) -> float:
         return self.pacer.interval(age, timing)
 
     def finished(self) -> None:
         if self.remaining > 0:
+            before = self.watched
             self.remaining -= 1
-            self.pacer.watching -= 1
+            self.pacer.watching -= before - self.watched
 
 
 def jittered(value: float, timing: NodeTiming, rng: random.Random) -> float:

@@ -27,12 +27,13 @@ their value is unknown, so they might all sit in one PoP.
 from __future__ import annotations
 
 import collections
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 import trio
 
 from fleetwave.actors.messages import NodeMessage
+from fleetwave.store.models import ReleaseNode
 from fleetwave.store.selection import Labels
 from fleetwave.store.topology import Lane, group_key
 
@@ -83,6 +84,25 @@ class LabelCaps:
         if slots is None:
             slots = self._slots[lane] = _Slots(dict(self.caps)[lane[0]])
         return slots
+
+    def most_in_flight(self, nodes: Iterable[ReleaseNode]) -> int:
+        """The most of ``nodes`` that can be in flight at once under the caps (each lane's
+        nodes up to its cap, or up to those holding it already when more): what the batch's
+        share of the poll budget counts."""
+        per_lane: collections.Counter[Lane] = collections.Counter()
+        for node in nodes:
+            per_lane.update(self.lanes(node.labels))
+        most = sum(per_lane.values())
+        for key, _ in self.caps:
+            most = min(
+                most,
+                sum(
+                    min(count, max(self._of(lane).cap, self.in_flight(lane)))
+                    for lane, count in per_lane.items()
+                    if lane[0] == key
+                ),
+            )
+        return most
 
     def hold_nowait(self, labels: Labels) -> None:
         """Count a node already in flight (running when the batch starts): its slots are

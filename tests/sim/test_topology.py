@@ -283,3 +283,23 @@ async def test_a_rollback_of_a_release_batched_by_pop_goes_by_pop_under_the_same
     pops = [{dict(n.labels)["pop"] for n in nodes if n.batch == b} for b in (1, 2, 3, 4)]
     assert pops == [{"ams1"}, {"ams1"}, {"fra1"}, {"lhr1"}]
     assert peak_in_flight(sim.fleet, nodes, version, "pop") == {"ams1": 1, "fra1": 1, "lhr1": 1}
+
+
+async def test_nodes_waiting_for_their_pops_turn_do_not_slow_the_polls_of_those_applying(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    # A budget of one status query a second: 30 nodes counted as watched would space each
+    # node's polls 10 s apart (poll_max); one applying at a time is asked every second.
+    sim = make_sim(31, behaviour=Behaviour(apply_time=(10, 10)), poll_rate=1)
+    await label(sim, ["fra1"] * 31)
+    await sim.start_daemon()
+
+    release_id = await create(sim, maxInFlightPer={"pop": 1})
+    nodes, version = await finished(sim, release_id)
+
+    batch = [node for node in nodes if node.batch == 2]
+    assert len(batch) == 30
+    starts = sorted(start for start, _, node in agent_applies(sim.fleet, nodes, version))
+    # Each of the 30 found done within a second or two of its 10 s apply, then the next sent.
+    gaps = [later - earlier for earlier, later in pairwise(starts[1:])]
+    assert max(gaps) < 13, gaps

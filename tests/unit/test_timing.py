@@ -46,6 +46,19 @@ def test_a_batch_counts_in_full_until_its_nodes_finish() -> None:
     assert pacer.watching == 0  # the block's end releases what did not finish
 
 
+def test_a_bounded_share_counts_at_most_its_bound_until_fewer_remain() -> None:
+    pacer = PollPacer(rate=1000)
+    with pacer.share(5, bound=2) as share:
+        assert pacer.watching == 2  # three of them wait for their turn: not applying
+        share.finished()
+        share.finished()
+        share.finished()
+        assert pacer.watching == 2
+        share.finished()
+        assert pacer.watching == 1
+    assert pacer.watching == 0
+
+
 def test_a_batch_share_is_released_even_on_error() -> None:
     pacer = PollPacer(rate=1000)
     try:
