@@ -4,6 +4,7 @@ successful release that included it, and grouped per scope."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -11,7 +12,7 @@ import httpx
 from fleetwave.api.fleet import SCOPE_DIFFERING_SHOWN
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Node, NodeChange, NodeStatus, Outcome, ReleaseStatus
-from tests.api.conftest import add_nodes
+from tests.api.conftest import Served, add_nodes
 
 
 async def release(
@@ -137,3 +138,24 @@ async def test_a_scope_names_its_first_drifting_nodes_and_counts_them_all(
         node.id for node in nodes[1 : SCOPE_DIFFERING_SHOWN + 1]
     ]
     assert len(data["differing"]) == many
+
+
+async def test_fleetwave_fleet_prints_the_scopes_and_the_drifting_node(
+    served: Served, client: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    nodes = await add_nodes(store, 3)
+    eu = await release(client, store, nodes[:1], 1, scope="cdn-eu")
+    unscoped = await release(client, store, nodes[1:], 1)
+
+    code, out, err = await served.run("fleet")
+
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    scopes = [re.split(r"\s{2,}", line) for line in lines if line.startswith(("cdn", "(no"))]
+    assert scopes == [
+        ["cdn-eu", "1", f"release {eu}", "1", "1/1", "0"],
+        ["(no scope)", "1", f"release {unscoped}", "2", "1/2", "1"],
+    ]
+    assert "1 node(s) drift from their newest successful release:" in lines
+    [row] = [line for line in lines if "edge-003" in line]
+    assert row.split()[:6] == ["3", "edge-003", "-", "2", "release", str(unscoped)]

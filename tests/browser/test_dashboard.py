@@ -264,7 +264,8 @@ async def test_pause_resume_and_roll_back_from_the_page_and_a_viewer_sees_no_ver
             f"4 nodes · config {first['version']}: 4"
         )
         expect(page.locator("#drift")).to_have_text(
-            f"all nodes run config {first['version']} (release #{rollback['id']})"
+            "no node drifts: each runs the config of its newest successful release"
+            f" (newest: config {first['version']}, release #{rollback['id']})"
         )
         only_this_origin(page, base)
 

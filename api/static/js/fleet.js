@@ -1,5 +1,5 @@
-// The fleet: which config version each node runs, per label (scope), and where it drifts from
-// the newest config that succeeded.
+// The fleet: which config version each node runs, per label and per scope, and which nodes
+// drift from the config of the newest successful release that included them.
 
 import * as api from "./api.js";
 import { h, pageOf, replace, status, when } from "./dom.js";
@@ -24,12 +24,45 @@ function versionBar(versions, total) {
 const versionText = (versions) =>
   versions.map((v) => `config ${v.configVersion ?? "none"}: ${v.nodes}`).join(" · ");
 
+// Releases that name no scope are grouped under this name (a scope the API never answers).
+const NO_SCOPE = "(no scope)";
+const scopeName = (scope) => scope ?? NO_SCOPE;
+const expectedText = (d) =>
+  `config ${d.expectedVersion} (release #${d.expectedRelease.releaseId}, ${scopeName(d.expectedRelease.scope)})`;
+
+function scopeRow(s, show) {
+  const newest = s.newestSucceeded;
+  const names = s.differing.map((d) => d.nodeName).join(", ");
+  const more = s.differingNodes - s.differing.length;
+  return h(
+    "tr",
+    { dataset: { scope: scopeName(s.scope), drifting: s.differingNodes } },
+    h("td", {}, s.scope === null ? h("span", { class: "muted" }, NO_SCOPE) : s.scope),
+    h("td", {}, s.releases),
+    h("td", {}, newest === null ? "none succeeded" : h("a", { href: `#/releases/${newest.releaseId}` }, `#${newest.releaseId} · config ${newest.configVersion}`)),
+    h("td", {}, newest === null ? "-" : `${s.runningConfig} of ${s.releaseNodes}`),
+    h(
+      "td",
+      { class: s.differingNodes ? "warn" : "" },
+      s.differingNodes
+        ? [
+            `${s.differingNodes} of ${s.expectedNodes}: ${names}${more > 0 ? ` and ${more} more` : ""} `,
+            h("button", { type: "button", onclick: () => show(s.scope) }, "show"),
+          ]
+        : `none of ${s.expectedNodes}`,
+    ),
+  );
+}
+
 export async function fleetView(view) {
-  const filter = { text: "", drift: false, page: 0 };
+  // scope: undefined (every node) or a scope (null: no scope) whose drifting nodes are shown.
+  const filter = { text: "", drift: false, scope: undefined, page: 0 };
   let fleet = null;
   let nodes = [];
   const summary = h("div", { class: "card", id: "fleet-summary" });
   const labels = h("div", { id: "fleet-labels" });
+  const scopes = h("div", { id: "fleet-scopes" });
+  const scopeInfo = h("span", { class: "muted", id: "fleet-scope-filter" });
   const body = h("tbody");
   const info = h("span", { class: "muted", id: "fleet-info" });
 
@@ -40,7 +73,7 @@ export async function fleetView(view) {
 
   function render() {
     const newest = fleet.newestSucceeded;
-    const drifting = new Set(fleet.differing.map((n) => n.nodeId));
+    const drift = new Map(fleet.differing.map((d) => [d.nodeId, d]));
     replace(
       summary,
       h("h1", {}, "Fleet"),
@@ -52,10 +85,28 @@ export async function fleetView(view) {
         newest === null
           ? "no release has succeeded yet"
           : fleet.differing.length
-            ? h("span", { class: "warn" }, `${fleet.differing.length} node(s) drift from config ${newest.configVersion} (release #${newest.releaseId})`)
-            : `all nodes run config ${newest.configVersion} (release #${newest.releaseId})`,
+            ? h("span", { class: "warn" }, `${fleet.differing.length} node(s) drift from the config of their newest successful release`)
+            : `no node drifts: each runs the config of its newest successful release (newest: config ${newest.configVersion}, release #${newest.releaseId})`,
       ),
+      fleet.unreleasedNodes ? h("p", { class: "muted" }, `${fleet.unreleasedNodes} node(s) in no successful release: nothing expected of them`) : null,
     );
+    replace(
+      scopes,
+      fleet.byScope.length
+        ? [
+            h("h2", {}, "By scope"),
+            h(
+              "table",
+              { id: "fleet-by-scope" },
+              h("thead", {}, h("tr", {}, ["Scope", "Releases", "Newest success", "Running its config", "Drifting"].map((t) => h("th", {}, t)))),
+              h("tbody", {}, fleet.byScope.map((s) => scopeRow(s, (scope) => set({ scope, drift: true })))),
+            ),
+          ]
+        : null,
+    );
+    scopeInfo.replaceChildren();
+    if (filter.scope !== undefined)
+      replace(scopeInfo, `drifting in ${scopeName(filter.scope)} `, h("button", { type: "button", onclick: () => set({ scope: undefined }) }, "all scopes"));
     replace(
       labels,
       fleet.byLabel.length
@@ -80,7 +131,8 @@ export async function fleetView(view) {
     const text = filter.text.toLowerCase();
     const shown = nodes.filter(
       (n) =>
-        (!filter.drift || drifting.has(n.id)) &&
+        (!filter.drift || drift.has(n.id)) &&
+        (filter.scope === undefined || (drift.has(n.id) && drift.get(n.id).expectedRelease.scope === filter.scope)) &&
         (!text || n.name.toLowerCase().includes(text) || n.mainIp.includes(text) || Object.entries(n.labels || {}).some(([k, v]) => `${k}=${v}`.includes(text))),
     );
     const { page, start } = pageOf(shown, filter, NODES_PER_PAGE);
@@ -89,11 +141,12 @@ export async function fleetView(view) {
       page.map((n) =>
         h(
           "tr",
-          { dataset: { nodeId: n.id, drift: drifting.has(n.id) ? "yes" : "no" } },
+          { dataset: { nodeId: n.id, drift: drift.has(n.id) ? "yes" : "no" } },
           h("td", {}, n.name),
           h("td", {}, `${n.mainIp}:${n.agentPort}`),
           h("td", {}, status(n.status), n.enabled ? "" : " disabled"),
-          h("td", { class: drifting.has(n.id) ? "warn" : "" }, n.appliedVersion ?? "none"),
+          h("td", { class: drift.has(n.id) ? "warn" : "" }, n.appliedVersion ?? "none"),
+          h("td", { class: drift.has(n.id) ? "warn" : "muted" }, drift.has(n.id) ? expectedText(drift.get(n.id)) : "not drifting"),
           h("td", {}, when(n.appliedAt)),
           h("td", {}, Object.entries(n.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ")),
         ),
@@ -104,6 +157,8 @@ export async function fleetView(view) {
 
   const set = (change) => {
     Object.assign(filter, change, { page: change.page ?? 0 });
+    const only = document.getElementById("drift-only");
+    if (only) only.checked = filter.drift;
     render();
   };
 
@@ -111,6 +166,7 @@ export async function fleetView(view) {
   replace(
     view,
     summary,
+    scopes,
     labels,
     h("h2", {}, "Nodes"),
     h(
@@ -121,8 +177,9 @@ export async function fleetView(view) {
       h("button", { type: "button", onclick: () => set({ page: Math.max(0, filter.page - 1) }) }, "‹"),
       h("button", { type: "button", onclick: () => set({ page: filter.page + 1 }) }, "›"),
       info,
+      scopeInfo,
     ),
-    h("table", { id: "fleet-nodes" }, h("thead", {}, h("tr", {}, ["Node", "Agent", "Status", "Config", "Applied", "Labels"].map((t) => h("th", {}, t)))), body),
+    h("table", { id: "fleet-nodes" }, h("thead", {}, h("tr", {}, ["Node", "Agent", "Status", "Config", "Expected", "Applied", "Labels"].map((t) => h("th", {}, t)))), body),
   );
 
   // A node's applied version changes when it succeeds in a release: an event.
