@@ -46,6 +46,7 @@ from fleetwave.agent.protocol import AgentAddress, agent_hosts
 from fleetwave.agent.sim import Behaviour, SimulatedFleet, free_agent_port
 from fleetwave.config import Settings
 from fleetwave.config.logging import configure_logging
+from fleetwave.inprocess import DoneWatch, in_process_agents
 from fleetwave.store.embedded import EmbeddedPostgres, open_embedded_postgres
 from fleetwave.store.factory import open_store
 from fleetwave.store.metered import metered
@@ -61,8 +62,6 @@ QUERY_ATTEMPTS = 3
 AGENT_SIM_STARTS = 3
 """Tries to start scenario b's agents, each on a port found free on all their addresses."""
 """Tries per task when reading the served agents' task times after a run."""
-DONE_POLL = 0.005
-"""How often the bench looks at the supervisor's owned releases (no SQL)."""
 SERVER_SETTINGS = {
     "shared_preload_libraries": "pg_stat_statements",
     "pg_stat_statements.track": "top",
@@ -502,37 +501,6 @@ async def _enable_only(server: EmbeddedPostgres, first: int, last: int) -> None:
     )
 
 
-@attrs.define
-class _DoneWatch:
-    """Finish times of releases, read from the supervisor's owned set: no SQL."""
-
-    supervisor: Supervisor
-    clock: Callable[[], float]
-    expected: int
-    done: dict[int, float] = attrs.field(factory=dict)
-    _seen: set[int] = attrs.field(factory=set)
-
-    timed_out: bool = False
-
-    async def run(self, limit: float, release_ids: Callable[[], Sequence[int]]) -> None:
-        with trio.move_on_after(limit) as timer:
-            await self.wait_all(release_ids)
-        self.timed_out = timer.cancelled_caught
-
-    async def wait_all(self, release_ids: Callable[[], Sequence[int]]) -> None:
-        while True:
-            owned = self.supervisor.owned
-            now = self.clock()
-            self._seen |= owned
-            for release_id in self._seen - owned - set(self.done):
-                self.done[release_id] = now
-            if self.supervisor.claimed >= self.expected and not owned:
-                for release_id in release_ids():
-                    self.done.setdefault(release_id, now)
-                return
-            await trio.sleep(DONE_POLL)
-
-
 def _progress(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
@@ -588,8 +556,7 @@ async def _run_in_process(
 ) -> Measured:
     fleet = SimulatedFleet(sc.total_nodes, behaviour=Behaviour(apply_time=sc.apply_time))
     await _register_nodes(server, fleet.hosts, fleet.port, enabled=sc.name != "c")
-    async with build_http_client(settings, transport=fleet.transport()) as http:
-        agents = AgentClient(http, request_timeout=settings.agent_request_timeout_sec)
+    async with in_process_agents(fleet, settings) as agents:
         measured = await _drive(sc, settings, store, server, agents, trio.current_time)
     # In-process task ids are unique across the fleet: the host is part of each.
     times = {t.task_id: (t.dispatched_at, t.apply_time) for t in fleet.task_times()}
@@ -637,7 +604,7 @@ async def _drive(
     db_cpu_before = _server_cpu(server)
     cpu_before = _cpu_self()
     requests_before = agents.requests
-    watch = _DoneWatch(supervisor, clock, sc.releases)
+    watch = DoneWatch(supervisor, clock, sc.releases)
     async with trio.open_nursery() as nursery:
         daemon_started = clock()
         await nursery.start(supervisor.run)

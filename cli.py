@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_api_commands(commands)
     _add_bench_command(commands)
+    _add_simulate_command(commands)
     _add_demo_command(commands)
     return parser
 
@@ -178,6 +179,36 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--apply-time", type=_apply_time, metavar="MIN..MAX", help="agent apply time (5..15)"
     )
     bench.add_argument("--out", type=Path, metavar="FILE", help="also write the figures as JSON")
+
+
+SIMULATE_SUMMARY = "run a strategy many times against a simulated fleet in virtual time"
+SIMULATE_DESCRIPTION = (
+    "Run the real daemon on an in-memory store against simulated agents, in virtual time, "
+    "once per run; print the distribution of time to finish, nodes touched before a failure "
+    "is caught and nodes left on the old version, and how the runs ended. See docs/simulate.md."
+)
+
+
+def _add_simulate_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = commands.add_parser("simulate", help=SIMULATE_SUMMARY, description=SIMULATE_DESCRIPTION)
+    sim.add_argument("--strategy", required=True, type=Path, metavar="FILE", help="JSON strategy")
+    sim.add_argument("--nodes", required=True, metavar="N", help="nodes in the fleet")
+    sim.add_argument(
+        "--apply-time", required=True, metavar="MIN..MAX", help="seconds each node applies"
+    )
+    sim.add_argument(
+        "--fail-rate", required=True, metavar="P", help="probability that a node fails (0..1)"
+    )
+    sim.add_argument("--runs", required=True, metavar="K", help="releases simulated")
+    sim.add_argument("--seed", metavar="S", help="seed of every random draw (default: a new one)")
+    sim.add_argument(
+        "--gate-wait",
+        metavar="S",
+        help="promote each gate S virtual seconds after it is reached (without it a strategy "
+        "with a gate is refused)",
+    )
+    sim.add_argument("--jobs", metavar="J", help="processes to share the runs (default: CPUs)")
+    sim.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
 def _non_negative_int(text: str) -> int:
@@ -601,6 +632,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return _certs_init(args)
         case "bench":
             return _bench(args, settings)
+        case "simulate":
+            return _simulate(args, settings)
         case "demo":
             from fleetwave.demo import MAX_AGENTS, DemoOptions, run_demo
 
@@ -844,6 +877,26 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(str(error)) from None
     command = " ".join(["fleetwave", *(sys.argv[1:] if sys.argv else [])])
     bench.bench(scenario, settings, out=args.out, command=command)
+    return 0
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwave import simulate
+
+    try:
+        options = simulate.build_options(
+            strategy=args.strategy,
+            nodes=args.nodes,
+            apply_time=args.apply_time,
+            fail_rate=args.fail_rate,
+            runs=args.runs,
+            seed=args.seed,
+            gate_wait=args.gate_wait,
+            jobs=args.jobs,
+        )
+    except simulate.SimulateError as error:
+        raise UsageError(str(error)) from None
+    simulate.simulate(options, settings, as_json=args.json)
     return 0
 
 

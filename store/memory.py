@@ -217,8 +217,12 @@ class MemoryStore:
     as a database that went away would."""
 
     _nodes: dict[int, Node] = attrs.field(factory=dict)
+    _node_names: dict[str, int] = attrs.field(factory=dict)
+    """Node id by name (the first node of a name, as a scan in id order finds it)."""
     _releases: dict[int, _ReleaseRow] = attrs.field(factory=dict)
     _release_nodes: dict[int, list[_NodeRow]] = attrs.field(factory=dict)
+    _row_index: dict[int, dict[int, _NodeRow]] = attrs.field(factory=dict)
+    """A release's node rows by row id, built on first use (rows are added, never removed)."""
     _events: list[Event] = attrs.field(factory=list)
     _tokens: dict[int, _TokenRow] = attrs.field(factory=dict)
     _wakers: list[Callable[[], None]] = attrs.field(factory=list)
@@ -450,13 +454,17 @@ class MemoryStore:
         daemon_id: str | None,
     ) -> None:
         now = self.now()
-        by_id = {node.id: node for node in self._release_nodes[row.id]}
+        by_id = self._rows_by_id(row.id)
         for change in changes:
             node = by_id.get(change.row_id)
             if node is None:
                 continue
             previous = node.status
             node.status = change.status
+            row.success_nodes += (node.status is NodeStatus.SUCCESS) - (
+                previous is NodeStatus.SUCCESS
+            )
+            row.failed_nodes += (node.status is NodeStatus.FAILED) - (previous is NodeStatus.FAILED)
             node.error_msg = clip_error(change.error_msg)
             if change.task_id is not None:
                 node.task_id = storable(change.task_id)
@@ -495,7 +503,7 @@ class MemoryStore:
             row.finished_at = now
             row.lease_owner = None
             row.lease_expires_at = None
-        self._count(row)
+            self._count(row)  # counted in full once more at the end; per change before
         row.updated_at = now
 
     def _end_nodes(self, row: _ReleaseRow, outcome: Outcome, daemon_id: str | None) -> None:
@@ -531,6 +539,14 @@ class MemoryStore:
                     f"cancelled: release {outcome.status}",
                     daemon_id,
                 )
+
+    def _rows_by_id(self, release_id: int) -> dict[int, _NodeRow]:
+        rows = self._release_nodes[release_id]
+        index = self._row_index.get(release_id)
+        if index is None or len(index) != len(rows):
+            index = {node.id: node for node in rows}
+            self._row_index[release_id] = index
+        return index
 
     def _count(self, row: _ReleaseRow) -> None:
         statuses = [node.status for node in self._release_nodes[row.id]]
@@ -993,6 +1009,7 @@ class MemoryStore:
             enabled=True,
             status=NodeHealth.ONLINE,
         )
+        self._node_names.setdefault(name, node_id)
         return node_id
 
     def insert_seed_release(
@@ -1144,7 +1161,8 @@ class MemoryStore:
     ) -> Node:
         await self._available()
         check_node(name, main_ip, agent_port)
-        existing = next((n for n in self._nodes.values() if n.name == name), None)
+        known = self._node_names.get(name)
+        existing = None if known is None else self._nodes.get(known)
         if existing is not None and not replace:
             raise AlreadyExists(f"node {name!r} already exists")
         node_id = existing.id if existing is not None else self._next_id()
@@ -1159,6 +1177,7 @@ class MemoryStore:
             labels=existing.labels if existing else (),
         )
         self._nodes[node_id] = node
+        self._node_names.setdefault(name, node_id)
         return node
 
     async def update_node(

@@ -1,0 +1,505 @@
+"""``fleetwave simulate``: what a strategy does to a fleet, over many simulated releases.
+
+Each run is one release under the strategy, executed by the real daemon (Supervisor,
+ReleaseActor, NodeActors) on a MemoryStore of its own, against an in-process simulated fleet
+of ``nodes`` agents, in virtual time (trio's MockClock, autojumping: a run takes as long as
+the daemon needs to compute it, not as long as the release would take). Each agent draws its
+apply time uniformly from MIN..MAX and fails its task with probability ``fail_rate``
+(drawn per node and run from the seed). The fleet starts on config version 1, recorded as
+applied on every node; the simulated release applies version 2.
+
+Per run it records how the release ended (success, failed, rolled back, paused), the virtual
+seconds from its creation to that end, the nodes whose agents it reached (touched), and the
+nodes left on version 1. Over the runs it prints the distribution of each.
+
+What a simulation cannot do, it says at once: a gate (``{"pause": null}``) waits for a
+promote nobody gives, so a strategy with one is refused unless ``gate_wait`` says after how
+many seconds at a gate the simulation promotes it. Health checks (HTTP, Prometheus) reach no
+server here: they are ignored with a warning, and times then exclude their waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import structlog
+import trio
+import trio.testing
+
+from fleetwave.agent.sim import Behaviour, SimulatedFleet
+from fleetwave.bench import machine, percentile
+from fleetwave.config import Settings
+from fleetwave.config.logging import configure_logging
+from fleetwave.inprocess import DoneWatch, in_process_agents
+from fleetwave.store import models
+from fleetwave.store.errors import InvalidInput
+from fleetwave.store.memory import MemoryStore
+from fleetwave.store.models import Actor, ReleaseSpec, ReleaseStatus, Role, task_id_for
+from fleetwave.store.strategy import MAX_PAUSE_SEC, Strategy, strategy_from_json
+from fleetwave.supervisor import Supervisor
+
+MAX_NODES = 100_000
+MAX_RUNS = 10_000
+MAX_APPLY_SEC = 86_400.0
+MAX_JOBS = 64
+MAX_STRATEGY_BYTES = 1 << 20
+OLD_VERSION = 1
+"""The config every node runs before the simulated release (which applies version 2)."""
+FAILURE = "simulated failure"
+"""The lastError of a task a simulated agent fails."""
+WATCH_POLL = 0.5
+"""Virtual seconds between two looks at whether the release has left the daemon."""
+GATE_POLL = 0.5
+"""Virtual seconds between two looks at whether the release waits at a gate."""
+DAEMON = "simulate"
+SIMULATION = Actor("simulate", Role.OPERATOR)
+OUTCOMES = ("success", "failed", "rolled back", "paused")
+FIGURES = ("min", "p50", "p90", "p99", "max")
+LABEL = 52
+"""Width of the table's first column."""
+
+
+class SimulateError(ValueError):
+    """A strategy file or an option that cannot be simulated; the message names it."""
+
+
+@attrs.frozen
+class Options:
+    """One simulation: the strategy, the fleet, how many runs, from which seed."""
+
+    strategy: Strategy
+    """As validated, health checks removed (see ``ignored_checks``)."""
+    source: str
+    """Where the strategy came from (the file), for the output."""
+    nodes: int
+    apply_time: tuple[float, float]
+    fail_rate: float
+    runs: int
+    seed: int
+    gate_wait: float | None = None
+    """Seconds a gate waits before the simulation promotes it; None: a gate is refused."""
+    jobs: int = 1
+    """Processes the runs are shared among."""
+    ignored_checks: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RunResult:
+    index: int
+    outcome: str
+    seconds: float
+    """Virtual seconds from the release's creation to its end (or its pause)."""
+    touched: int
+    """Nodes whose agent received the release's task."""
+    left_old: int
+    """Nodes still on the old config version when the release ended."""
+    failed_nodes: int
+    error: str | None
+
+    @property
+    def caught_failure(self) -> bool:
+        """The release stopped on a failure (a budget exceeded) rather than finishing."""
+        return self.outcome != "success"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "run": self.index,
+            "outcome": self.outcome,
+            "seconds": self.seconds,
+            "touched": self.touched,
+            "leftOnOldVersion": self.left_old,
+            "failedNodes": self.failed_nodes,
+            "error": self.error,
+        }
+
+
+# --- input -------------------------------------------------------------------------------
+
+
+def _number(option: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SimulateError(f"{option} {text!r}: not a number") from None
+    if not math.isfinite(value):
+        raise SimulateError(f"{option} {text!r}: must be a finite number")
+    return value
+
+
+def _whole(option: str, text: str, low: int, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise SimulateError(f"{option} {text!r}: not a whole number") from None
+    if not low <= value <= high:
+        raise SimulateError(f"{option} {value}: must be from {low} to {high}")
+    return value
+
+
+def parse_apply_time(text: str) -> tuple[float, float]:
+    """``MIN..MAX`` seconds (or one number: always that long)."""
+    low_text, sep, high_text = text.partition("..")
+    if not low_text or (sep and not high_text):
+        raise SimulateError(f"--apply-time {text!r}: expected MIN..MAX seconds, e.g. 5..15")
+    low = _number("--apply-time", low_text)
+    high = _number("--apply-time", high_text) if sep else low
+    if not 0 <= low <= high <= MAX_APPLY_SEC:
+        raise SimulateError(
+            f"--apply-time {text!r}: expected 0 <= MIN <= MAX <= {MAX_APPLY_SEC:g} seconds"
+        )
+    return low, high
+
+
+def parse_fail_rate(text: str) -> float:
+    value = _number("--fail-rate", text)
+    if not 0 <= value <= 1:
+        raise SimulateError(
+            f"--fail-rate {text!r}: a probability per node, from 0 (none fails) to 1 (all do)"
+        )
+    return value
+
+
+def parse_gate_wait(text: str | None) -> float | None:
+    if text is None:
+        return None
+    value = _number("--gate-wait", text)
+    if not 0 <= value <= MAX_PAUSE_SEC:
+        raise SimulateError(f"--gate-wait {text!r}: seconds from 0 to {MAX_PAUSE_SEC}")
+    return value
+
+
+def load_strategy(path: Path) -> Strategy:
+    """The strategy in ``path`` (the fields a release takes), checked by the one validator."""
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_STRATEGY_BYTES + 1)
+    except OSError as error:
+        raise SimulateError(f"--strategy {path}: cannot read it: {error.strerror}") from None
+    if len(raw) > MAX_STRATEGY_BYTES:
+        raise SimulateError(f"--strategy {path}: larger than {MAX_STRATEGY_BYTES} bytes")
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise SimulateError(f"--strategy {path}: not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise SimulateError(
+            f"--strategy {path}: not JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        ) from None
+    try:
+        return strategy_from_json(value)
+    except InvalidInput as error:
+        raise SimulateError(f"--strategy {path}: {error}") from None
+
+
+def build_options(
+    *,
+    strategy: Path,
+    nodes: str,
+    apply_time: str,
+    fail_rate: str,
+    runs: str,
+    seed: str | None = None,
+    gate_wait: str | None = None,
+    jobs: str | None = None,
+) -> Options:
+    """Options from the command line's words; SimulateError names the first one wrong."""
+    count = _whole("--nodes", nodes, 1, MAX_NODES)
+    bounds = parse_apply_time(apply_time)
+    rate = parse_fail_rate(fail_rate)
+    run_count = _whole("--runs", runs, 1, MAX_RUNS)
+    chosen_seed = (
+        random.SystemRandom().randrange(2**32) if seed is None else _whole("--seed", seed, 0, 2**63)
+    )
+    wait = parse_gate_wait(gate_wait)
+    workers = (
+        min(os.cpu_count() or 1, run_count) if jobs is None else _whole("--jobs", jobs, 1, MAX_JOBS)
+    )
+    loaded = load_strategy(strategy)
+    if wait is None:
+        for step in loaded.schedule(count):
+            if step.kind == "gate":
+                raise SimulateError(
+                    f"--strategy {strategy}: plan[{step.plan_index}] is a gate "
+                    '({"pause": null}), which waits for a promote: give --gate-wait SECONDS '
+                    "to promote each gate that long after the release reaches it"
+                )
+    ignored = tuple(check.name for check in loaded.health_checks)
+    return Options(
+        strategy=attrs.evolve(loaded, health_checks=()),
+        source=str(strategy),
+        nodes=count,
+        apply_time=bounds,
+        fail_rate=rate,
+        runs=run_count,
+        seed=chosen_seed,
+        gate_wait=wait,
+        jobs=workers,
+        ignored_checks=ignored,
+    )
+
+
+# --- one run -----------------------------------------------------------------------------
+
+
+def run_seed(seed: int, index: int) -> random.Random:
+    """The random source of run ``index``: the same for the same seed, in any process."""
+    return random.Random(f"fleetwave-simulate:{seed}:{index}")
+
+
+def build_fleet(options: Options, index: int) -> SimulatedFleet:
+    """Run ``index``'s agents: apply times from MIN..MAX, each failing with the fail rate."""
+    rng = run_seed(options.seed, index)
+    fleet = SimulatedFleet(
+        options.nodes,
+        behaviour=Behaviour(apply_time=options.apply_time),
+        seed=rng.getrandbits(64),
+    )
+    failing = Behaviour(apply_time=options.apply_time, fail=FAILURE)
+    for k in range(1, options.nodes + 1):
+        if rng.random() < options.fail_rate:
+            fleet.set_behaviour(k, failing)
+    return fleet
+
+
+async def _seed_old_version(store: MemoryStore) -> None:
+    """Record config version 1 as applied on every node: a release recorded as done."""
+    created = await store.create_release(ReleaseSpec(reason="the fleet before the simulation"))
+    [claim] = await store.claim(DAEMON, 1, 60)
+    nodes = await store.release_nodes(created.release.id)
+    success = models.NodeStatus.SUCCESS
+    changes = [models.NodeChange(node.id, success, started=True, finished=True) for node in nodes]
+    done = models.Outcome(ReleaseStatus.SUCCESS)
+    await store.record(claim.lease, changes, done, daemon_id=DAEMON)
+
+
+async def _promote_gates(store: MemoryStore, release_id: int, wait: float) -> None:
+    """Promote each gate the release reaches, ``wait`` virtual seconds after it got there."""
+    from fleetwave.store.strategy import current_step
+
+    while True:
+        release = await store.get_release(release_id)
+        assert release is not None
+        step = current_step(release)
+        if release.status is ReleaseStatus.RUNNING and step is not None and step.kind == "gate":
+            reached = (release.updated_at - store.now()).total_seconds() + trio.current_time()
+            await trio.sleep_until(reached + wait)
+            await store.promote(
+                release_id, by=SIMULATION, reason=f"simulated gate wait of {wait:g}s"
+            )
+        await trio.sleep(GATE_POLL)
+
+
+async def simulate_run(options: Options, settings: Settings, index: int) -> RunResult:
+    """Run ``index``: one release under the strategy, the real daemon, virtual time."""
+    fleet = build_fleet(options, index)
+    store = MemoryStore()
+    for k, host in enumerate(fleet.hosts, start=1):
+        await store.upsert_node(f"edge-{k:05d}", host, fleet.port)
+    await _seed_old_version(store)
+    strategy = options.strategy
+    created = await store.create_release(
+        ReleaseSpec(
+            reason=f"simulation run {index}",
+            plan=strategy.plan,
+            max_failures=strategy.max_failures or 0,
+            strategy=strategy.to_json(),
+        )
+    )
+    release_id = created.release.id
+    async with in_process_agents(fleet, settings) as agents:
+        supervisor = Supervisor(store, agents, settings)
+        watch = DoneWatch(supervisor, trio.current_time, 1, poll=WATCH_POLL)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+            if options.gate_wait is not None:
+                nursery.start_soon(_promote_gates, store, release_id, options.gate_wait)
+            await watch.wait_for([release_id])
+            supervisor.stop()
+            nursery.cancel_scope.cancel()
+    release = await store.get_release(release_id)
+    assert release is not None
+    ended = release.finished_at or release.updated_at
+    nodes = await store.release_nodes(release_id)
+    touched = sum(
+        fleet.dispatch_count(node.main_ip, task_id_for(node.main_ip, release.version)) > 0
+        for node in nodes
+    )
+    current = {node.id: node for node in await store.list_nodes()}
+    left_old = sum(current[node.node_id].applied_version == OLD_VERSION for node in nodes)
+    outcome = str(release.status)
+    if release.status is ReleaseStatus.FAILED:
+        later, _ = await store.list_releases(limit=10)
+        if any(other.rollback_of == release_id for other in later):
+            outcome = "rolled back"
+    return RunResult(
+        index=index,
+        outcome=outcome,
+        seconds=(ended - release.created_at).total_seconds(),
+        touched=touched,
+        left_old=left_old,
+        failed_nodes=release.failed_nodes,
+        error=release.error,
+    )
+
+
+def run_one(options: Options, settings: Settings, index: int) -> RunResult:
+    """Run ``index`` in a trio run of its own on a virtual clock."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(simulate_run, options, settings, index, clock=clock)
+
+
+def _quiet(settings: Settings) -> None:
+    """Only errors are logged (JSON, to stderr): a run logs every transition of every node."""
+    configure_logging(
+        attrs.evolve(settings, log_level="error", log_format="json"), stream=sys.stderr
+    )
+
+
+@contextlib.contextmanager
+def _quiet_logging(settings: Settings) -> Iterator[None]:
+    """``_quiet`` for the block, then the logging set-up as it was."""
+    previous = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    _quiet(settings)
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def run_all(options: Options, settings: Settings) -> list[RunResult]:
+    """Every run, in run order, shared among ``options.jobs`` processes."""
+    indices = range(options.runs)
+    with _quiet_logging(settings):
+        if options.jobs <= 1:
+            return [run_one(options, settings, index) for index in indices]
+        with ProcessPoolExecutor(
+            max_workers=options.jobs, initializer=_quiet, initargs=(settings,)
+        ) as pool:
+            count = options.runs
+            return list(pool.map(run_one, [options] * count, [settings] * count, indices))
+
+
+# --- figures -----------------------------------------------------------------------------
+
+
+def distribution(values: Sequence[float]) -> dict[str, float] | None:
+    """min, p50, p90, p99, max of ``values``; None when there are none."""
+    if not values:
+        return None
+    return {
+        "min": min(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+def summarise(options: Options, results: Sequence[RunResult]) -> dict[str, Any]:
+    """The figures of a simulation (the ``--json`` output, less wall time and machine)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for result in results:
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+    caught = [r for r in results if r.caught_failure]
+    return {
+        "strategy": options.strategy.to_json(),
+        "source": options.source,
+        "nodes": options.nodes,
+        "applyTime": list(options.apply_time),
+        "failRate": options.fail_rate,
+        "runs": options.runs,
+        "seed": options.seed,
+        "gateWait": options.gate_wait,
+        "ignoredHealthChecks": list(options.ignored_checks),
+        "outcomes": {
+            ("rolledBack" if name == "rolled back" else name): count
+            for name, count in counts.items()
+        },
+        "timeToFinish": distribution([r.seconds for r in results]),
+        "nodesTouchedBeforeFailureCaught": distribution([float(r.touched) for r in caught]),
+        "runsWithFailureCaught": len(caught),
+        "nodesLeftOnOldVersion": distribution([float(r.left_old) for r in results]),
+        "perRun": [r.to_json() for r in results],
+    }
+
+
+def _row(label: str, figures: Mapping[str, float] | None, fmt: str) -> str:
+    if figures is None:
+        return f"{label:<{LABEL}}" + "".join(f"{'n/a':>10}" for _ in FIGURES)
+    return f"{label:<{LABEL}}" + "".join(f"{fmt.format(figures[name]):>10}" for name in FIGURES)
+
+
+def render(summary: Mapping[str, Any]) -> str:
+    low, high = summary["applyTime"]
+    outcomes = summary["outcomes"]
+    lines = [
+        f"simulated {summary['runs']} release(s) of plan "
+        f"{json.dumps(summary['strategy']['plan'])} over {summary['nodes']} nodes: "
+        f"apply {low:g}..{high:g} s, fail rate {summary['failRate']:g}, seed {summary['seed']}",
+        "outcomes: "
+        + ", ".join(
+            f"{name} {outcomes['rolledBack' if name == 'rolled back' else name]}"
+            for name in OUTCOMES
+        ),
+        f"{'':<{LABEL}}" + "".join(f"{name:>10}" for name in FIGURES),
+        _row("time to finish (virtual s)", summary["timeToFinish"], "{:.1f}"),
+        _row(
+            f"nodes touched before a failure is caught ({summary['runsWithFailureCaught']} runs)",
+            summary["nodesTouchedBeforeFailureCaught"],
+            "{:.0f}",
+        ),
+        _row("nodes left on the old version", summary["nodesLeftOnOldVersion"], "{:.0f}"),
+    ]
+    if "wallSeconds" in summary:
+        wall = summary["wallSeconds"]
+        lines.append(
+            f"wall time {wall:.2f} s ({summary['runs'] / wall:.2f} runs/s, "
+            f"{summary['jobs']} process(es))"
+        )
+    return "\n".join(lines)
+
+
+def simulate(
+    options: Options,
+    settings: Settings,
+    *,
+    as_json: bool = False,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> dict[str, Any]:
+    """Run the simulation, print its figures (a table, or JSON), return them."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    if options.ignored_checks:
+        print(
+            f"simulate: warning: health check(s) {', '.join(options.ignored_checks)} ignored: "
+            "a simulation reaches no HTTP or Prometheus server, so times exclude their waits",
+            file=stderr,
+        )
+    started = time.perf_counter()
+    results = run_all(options, settings)
+    summary = summarise(options, results)
+    summary["wallSeconds"] = time.perf_counter() - started
+    summary["jobs"] = options.jobs
+    summary["machine"] = machine()
+    if as_json:
+        print(json.dumps(summary, indent=2), file=stdout)
+    else:
+        print(render(summary), file=stdout)
+    return summary

@@ -1,0 +1,213 @@
+"""``fleetwave simulate`` end to end: the real daemon in virtual time over small fleets, its
+figures checked against what each strategy implies."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetwave import cli, simulate
+from fleetwave.config import load_settings
+
+NODES = 50
+
+
+def strategy_file(tmp_path: Path, value: object) -> Path:
+    path = tmp_path / "strategy.json"
+    path.write_text(json.dumps(value))
+    return path
+
+
+def simulated(
+    tmp_path: Path,
+    strategy: object,
+    *,
+    nodes: int = NODES,
+    apply_time: str = "5..15",
+    fail_rate: str = "0",
+    runs: int = 3,
+    seed: int = 11,
+    gate_wait: str | None = None,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """The summary of a simulation, as ``--json`` prints it."""
+    options = simulate.build_options(
+        strategy=strategy_file(tmp_path, strategy),
+        nodes=str(nodes),
+        apply_time=apply_time,
+        fail_rate=fail_rate,
+        runs=str(runs),
+        seed=str(seed),
+        gate_wait=gate_wait,
+        jobs=str(jobs),
+    )
+    out = io.StringIO()
+    summary = simulate.simulate(
+        options, load_settings(environ={}), as_json=True, stdout=out, stderr=io.StringIO()
+    )
+    assert json.loads(out.getvalue()) == json.loads(json.dumps(summary))
+    return summary
+
+
+def per_run(summary: dict[str, Any], key: str) -> list[Any]:
+    return [run[key] for run in summary["perRun"]]
+
+
+# Between two batches the daemon needs a poll interval or so to see the last node finish
+# (0.25 s at least, 2 % of the apply time so far, plus jitter) and a flush (0.2 s): well
+# under two seconds a batch at these sizes.
+SLACK_PER_BATCH = 2.0
+TICK = 1e-5
+"""The store's times are whole microseconds."""
+
+
+def test_with_no_failure_every_run_succeeds_within_the_plan_s_bound(tmp_path: Path) -> None:
+    summary = simulated(tmp_path, {"plan": [1, "10%", "100%"]}, nodes=100, runs=4)
+    # Batches of 1, 10 and 89 nodes, one after another, each 5..15 s.
+    assert summary["outcomes"] == {"success": 4, "failed": 0, "rolledBack": 0, "paused": 0}
+    for seconds in per_run(summary, "seconds"):
+        assert 3 * 5 <= seconds <= 3 * (15 + SLACK_PER_BATCH)
+    times = summary["timeToFinish"]
+    assert times["min"] <= times["p50"] <= times["p90"] <= times["p99"] <= times["max"]
+    assert times["min"] == min(per_run(summary, "seconds"))
+    assert times["max"] == max(per_run(summary, "seconds"))
+    assert summary["nodesLeftOnOldVersion"] == dict.fromkeys(simulate.FIGURES, 0)
+    assert summary["runsWithFailureCaught"] == 0
+    assert summary["nodesTouchedBeforeFailureCaught"] is None
+    assert per_run(summary, "touched") == [100] * 4
+
+
+def test_with_every_node_failing_the_canary_stops_the_release(tmp_path: Path) -> None:
+    summary = simulated(tmp_path, {"plan": [2, "100%"]}, fail_rate="1", runs=4)
+    assert summary["outcomes"] == {"success": 0, "failed": 4, "rolledBack": 0, "paused": 0}
+    # The canary's two agents were reached and nobody else: all 50 stay on version 1.
+    assert summary["nodesTouchedBeforeFailureCaught"] == dict.fromkeys(simulate.FIGURES, 2)
+    assert summary["nodesLeftOnOldVersion"] == dict.fromkeys(simulate.FIGURES, NODES)
+    assert summary["runsWithFailureCaught"] == 4
+    for run in summary["perRun"]:
+        assert 5 <= run["seconds"] <= 15 + SLACK_PER_BATCH
+        assert "simulated failure" in run["error"]
+
+
+def test_a_bake_adds_its_seconds_to_the_time_to_finish(tmp_path: Path) -> None:
+    plain = simulated(tmp_path, {"plan": [1, "100%"]}, runs=2)
+    baked = simulated(tmp_path, {"plan": [1, {"pause": 300}, "100%"]}, runs=2)
+    assert baked["outcomes"]["success"] == 2
+    # The same seed draws the same apply times: only the bake differs.
+    for before, after in zip(per_run(plain, "seconds"), per_run(baked, "seconds"), strict=True):
+        assert 300 - TICK <= after - before <= 300 + SLACK_PER_BATCH
+        assert 300 + 2 * 5 <= after <= 300 + 2 * (15 + SLACK_PER_BATCH)
+
+
+def test_a_gate_is_promoted_after_gate_wait(tmp_path: Path) -> None:
+    plain = simulated(tmp_path, {"plan": [1, "100%"]}, runs=2)
+    gated = simulated(tmp_path, {"plan": [1, {"pause": None}, "100%"]}, runs=2, gate_wait="120")
+    assert gated["gateWait"] == 120
+    assert gated["outcomes"]["success"] == 2
+    for before, after in zip(per_run(plain, "seconds"), per_run(gated, "seconds"), strict=True):
+        assert 120 - TICK <= after - before <= 120 + SLACK_PER_BATCH
+
+
+def test_on_failure_rollback_and_pause_are_counted_as_such(tmp_path: Path) -> None:
+    rolled = simulated(tmp_path, {"plan": [1, "100%"], "onFailure": "rollback"}, fail_rate="1")
+    assert rolled["outcomes"] == {"success": 0, "failed": 0, "rolledBack": 3, "paused": 0}
+    paused = simulated(tmp_path, {"plan": [1, "100%"], "onFailure": "pause"}, fail_rate="1")
+    assert paused["outcomes"] == {"success": 0, "failed": 0, "rolledBack": 0, "paused": 3}
+    for summary in (rolled, paused):
+        assert summary["nodesTouchedBeforeFailureCaught"] == dict.fromkeys(simulate.FIGURES, 1)
+        assert summary["nodesLeftOnOldVersion"] == dict.fromkeys(simulate.FIGURES, NODES)
+
+
+def test_a_budget_lets_failures_through_and_leaves_those_nodes_old(tmp_path: Path) -> None:
+    summary = simulated(
+        tmp_path,
+        {"plan": [{"batch": 5, "maxFailures": 5}, "100%"], "maxFailurePercent": 100},
+        fail_rate="0.2",
+        runs=3,
+    )
+    assert summary["outcomes"]["success"] == 3
+    for run in summary["perRun"]:
+        # Every failed node stays on the old version; every other one applied.
+        assert run["leftOnOldVersion"] == run["failedNodes"] > 0
+        assert run["touched"] == NODES
+
+
+def test_the_same_seed_gives_the_same_figures_in_one_process_or_several(tmp_path: Path) -> None:
+    strategy = {"plan": [1, "20%", "100%"], "maxFailurePercent": 10}
+    first = simulated(tmp_path, strategy, fail_rate="0.05", runs=4, seed=5)
+    again = simulated(tmp_path, strategy, fail_rate="0.05", runs=4, seed=5, jobs=2)
+    other = simulated(tmp_path, strategy, fail_rate="0.05", runs=4, seed=6)
+    varying = ("wallSeconds", "machine", "jobs")
+    assert {k: v for k, v in first.items() if k not in varying} == {
+        k: v for k, v in again.items() if k not in varying
+    }
+    assert first["perRun"] != other["perRun"]
+
+
+def test_health_checks_are_ignored_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = strategy_file(
+        tmp_path,
+        {
+            "plan": [1, {"pause": 30}, "100%"],
+            "healthChecks": [{"name": "edge", "http": {"url": "https://checks.example/"}}],
+        },
+    )
+    argv = ["simulate", "--strategy", str(path), "--nodes", "10", "--apply-time", "1..2"]
+    argv += ["--fail-rate", "0", "--runs", "2", "--seed", "1", "--jobs", "1"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "warning: health check(s) edge ignored" in err
+    assert "outcomes: success 2, failed 0, rolled back 0, paused 0" in out
+    assert "time to finish (virtual s)" in out
+    assert "nodes touched before a failure is caught (0 runs)" in out
+    assert "nodes left on the old version" in out
+
+
+def test_json_output_has_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = strategy_file(tmp_path, {"plan": [1, "100%"], "maxFailures": 0})
+    argv = ["simulate", "--strategy", str(path), "--nodes", "20", "--apply-time", "2..3"]
+    argv += ["--fail-rate", "0.5", "--runs", "3", "--seed", "9", "--jobs", "1", "--json"]
+    assert cli.main(argv) == 0
+    out, _ = capsys.readouterr()
+    summary = json.loads(out)
+    assert set(summary) >= {
+        "strategy",
+        "nodes",
+        "applyTime",
+        "failRate",
+        "runs",
+        "seed",
+        "gateWait",
+        "ignoredHealthChecks",
+        "outcomes",
+        "timeToFinish",
+        "nodesTouchedBeforeFailureCaught",
+        "runsWithFailureCaught",
+        "nodesLeftOnOldVersion",
+        "perRun",
+        "wallSeconds",
+        "jobs",
+        "machine",
+    }
+    assert summary["strategy"]["plan"] == [1, "100%"]
+    assert (summary["nodes"], summary["applyTime"], summary["failRate"]) == (20, [2, 3], 0.5)
+    assert (summary["runs"], summary["seed"]) == (3, 9)
+    assert sum(summary["outcomes"].values()) == 3
+    for key in ("timeToFinish", "nodesLeftOnOldVersion"):
+        assert set(summary[key]) == set(simulate.FIGURES)
+    assert len(summary["perRun"]) == 3
+    assert set(summary["perRun"][0]) == {
+        "run",
+        "outcome",
+        "seconds",
+        "touched",
+        "leftOnOldVersion",
+        "failedNodes",
+        "error",
+    }

@@ -1,0 +1,178 @@
+"""``fleetwave simulate``'s input: every bad flag and strategy file exits 2 naming what is
+wrong, before anything runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+
+from fleetwave import cli, simulate
+from fleetwave.store.strategy import Strategy
+
+
+def strategy_file(tmp_path: Path, value: object, name: str = "strategy.json") -> Path:
+    path = tmp_path / name
+    path.write_text(value if isinstance(value, str) else json.dumps(value))
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], path: Path, *extra: str, **flags: str) -> str:
+    """Run the command with good defaults overridden by ``flags``; return stderr after
+    checking it exited 2 with nothing on stdout."""
+    options = {"nodes": "10", "apply-time": "1..2", "fail-rate": "0", "runs": "1"}
+    options.update({key.replace("_", "-"): value for key, value in flags.items()})
+    argv = ["simulate", "--strategy", str(path)]
+    for key, value in options.items():
+        argv.append(f"--{key}={value}")
+    assert cli.main([*argv, *extra]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"apply_time": "5..1"}, "--apply-time '5..1': expected 0 <= MIN <= MAX"),
+        ({"apply_time": "-1..2"}, "--apply-time '-1..2': expected 0 <= MIN <= MAX"),
+        ({"apply_time": "1..90000"}, "--apply-time '1..90000': expected 0 <= MIN <= MAX <= 86400"),
+        ({"apply_time": "nan..1"}, "--apply-time 'nan': must be a finite number"),
+        ({"apply_time": "1..inf"}, "--apply-time 'inf': must be a finite number"),
+        ({"apply_time": "fast"}, "--apply-time 'fast': not a number"),
+        ({"apply_time": "1.."}, "--apply-time '1..': expected MIN..MAX seconds"),
+        ({"fail_rate": "1.5"}, "--fail-rate '1.5': a probability per node, from 0"),
+        ({"fail_rate": "-0.1"}, "--fail-rate '-0.1': a probability per node"),
+        ({"fail_rate": "often"}, "--fail-rate 'often': not a number"),
+        ({"nodes": "0"}, "--nodes 0: must be from 1 to 100000"),
+        ({"nodes": "100001"}, "--nodes 100001: must be from 1 to 100000"),
+        ({"nodes": "ten"}, "--nodes 'ten': not a whole number"),
+        ({"runs": "0"}, "--runs 0: must be from 1 to 10000"),
+        ({"runs": "10001"}, "--runs 10001: must be from 1 to 10000"),
+        ({"seed": "-1"}, "--seed -1: must be from 0 to"),
+        ({"jobs": "0"}, "--jobs 0: must be from 1 to 64"),
+        ({"jobs": "65"}, "--jobs 65: must be from 1 to 64"),
+        ({"gate_wait": "-5"}, "--gate-wait '-5': seconds from 0 to 2592000"),
+        ({"gate_wait": "2592001"}, "--gate-wait '2592001': seconds from 0 to 2592000"),
+    ],
+)
+def test_a_bad_flag_exits_2_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: dict[str, str],
+    expected: str,
+) -> None:
+    path = strategy_file(tmp_path, {"plan": [1, "100%"]})
+    assert expected in run(capsys, path, **flags)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"plan": [1, "100%"], "speed": "fast"}, "strategy: unknown field(s) speed"),
+        ({"plan": [1, "150%"]}, "plan[1]"),
+        ({"plan": [1, {"wait": 5}]}, "plan[1]: unknown step kind (wait)"),
+        ({"plan": [1, {"pause": -3}, "100%"]}, "plan[1].pause: must be above 0"),
+        ({"plan": [1, {"pause": None}]}, "plan[1]: a gate cannot be the last step"),
+        ({"onFailure": "explode"}, "onFailure: must be one of stop, pause, rollback"),
+        ({"maxFailurePercent": 101}, "maxFailurePercent: must be from 0 to 100"),
+        ([1, "100%"], "strategy: must be an object"),
+        ('{"plan": [1, ', "not JSON: Expecting value (line 1, column 14)"),
+    ],
+)
+def test_a_bad_strategy_file_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: object, expected: str
+) -> None:
+    path = strategy_file(tmp_path, content)
+    err = run(capsys, path)
+    assert f"--strategy {path}: " in err
+    assert expected in err
+
+
+def test_a_missing_or_unreadable_strategy_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = run(capsys, tmp_path / "nowhere.json")
+    assert f"--strategy {tmp_path / 'nowhere.json'}: cannot read it: No such file" in err
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    assert "not UTF-8 text" in run(capsys, binary)
+    huge = strategy_file(tmp_path, " " * (simulate.MAX_STRATEGY_BYTES + 1) + "{}", "huge.json")
+    assert f"larger than {simulate.MAX_STRATEGY_BYTES} bytes" in run(capsys, huge)
+
+
+def test_a_gate_is_refused_without_gate_wait_naming_its_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = strategy_file(tmp_path, {"plan": [1, {"pause": 60}, "10%", {"pause": None}, "100%"]})
+    err = run(capsys, path)
+    assert "plan[3] is a gate" in err and "give --gate-wait SECONDS" in err
+
+
+def test_a_gate_the_fleet_never_reaches_is_not_refused(tmp_path: Path) -> None:
+    # One node makes one batch: the gate after it never holds anything.
+    path = strategy_file(tmp_path, {"plan": [1, {"pause": None}, "100%"]})
+    options = simulate.build_options(
+        strategy=path, nodes="1", apply_time="1", fail_rate="0", runs="1"
+    )
+    assert options.gate_wait is None
+
+
+def test_good_flags_give_the_options_the_runs_use(tmp_path: Path) -> None:
+    path = strategy_file(
+        tmp_path,
+        {
+            "plan": [1, {"pause": None}, "100%"],
+            "onFailure": "rollback",
+            "healthChecks": [{"name": "edge", "http": {"url": "https://checks.example/{batch}"}}],
+        },
+    )
+    options = simulate.build_options(
+        strategy=path,
+        nodes="50",
+        apply_time="2..4",
+        fail_rate="0.25",
+        runs="3",
+        seed="7",
+        gate_wait="30",
+        jobs="1",
+    )
+    assert (options.nodes, options.apply_time, options.fail_rate) == (50, (2.0, 4.0), 0.25)
+    assert (options.runs, options.seed, options.gate_wait, options.jobs) == (3, 7, 30.0, 1)
+    assert options.ignored_checks == ("edge",)
+    assert options.strategy.health_checks == ()
+    assert options.strategy.on_failure.value == "rollback"
+    one = simulate.build_options(
+        strategy=path, nodes="5", apply_time="3", fail_rate="1", runs="2", gate_wait="0"
+    )
+    assert one.apply_time == (3.0, 3.0)
+    assert 1 <= one.jobs <= 2  # at most one process per run
+    again = simulate.build_options(
+        strategy=path, nodes="5", apply_time="3", fail_rate="1", runs="2", gate_wait="0"
+    )
+    assert 0 <= one.seed < 2**32 and one.seed != again.seed  # a fresh seed unless given
+
+
+def test_fail_rate_draws_each_node_independently_from_the_seed() -> None:
+    options = simulate.Options(
+        strategy=Strategy(),
+        source="-",
+        nodes=2000,
+        apply_time=(1.0, 2.0),
+        fail_rate=0.1,
+        runs=1,
+        seed=3,
+    )
+    fleet = simulate.build_fleet(options, 0)
+    failing = [k for k in range(1, 2001) if fleet.behaviour(k).fail == simulate.FAILURE]
+    assert 150 <= len(failing) <= 250  # 10 % of 2,000, well inside 5 standard deviations
+    again = simulate.build_fleet(options, 0)
+    assert failing == [k for k in range(1, 2001) if again.behaviour(k).fail == simulate.FAILURE]
+    other = simulate.build_fleet(options, 1)
+    assert failing != [k for k in range(1, 2001) if other.behaviour(k).fail == simulate.FAILURE]
+    everyone = simulate.build_fleet(attrs.evolve(options, fail_rate=1.0), 0)
+    nobody = simulate.build_fleet(attrs.evolve(options, fail_rate=0.0), 0)
+    assert all(everyone.behaviour(k).fail == simulate.FAILURE for k in range(1, 2001))
+    assert all(nobody.behaviour(k).fail is None for k in range(1, 2001))
