@@ -22,7 +22,7 @@ import json
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -579,9 +579,20 @@ class _FleetTransport(httpx.AsyncBaseTransport):
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(content)).encode()),
                     ],
-                    content=content,
+                    stream=_Body(content),
                 )
         return await self._asgi.handle_async_request(request)
+
+
+class _Body(httpx.AsyncByteStream):
+    """An answer's body in one piece, read as the app's would be (given as ``content``,
+    httpx would also encode and read it once more up front)."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._content
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
