@@ -894,9 +894,12 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
             gate_wait=args.gate_wait,
             jobs=args.jobs,
         )
+        simulate.simulate(options, settings, as_json=args.json)
     except simulate.SimulateError as error:
         raise UsageError(str(error)) from None
-    simulate.simulate(options, settings, as_json=args.json)
+    except simulate.RunStuck as error:
+        print(f"fleetwave: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 

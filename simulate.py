@@ -44,9 +44,10 @@ from fleetwave.config import Settings
 from fleetwave.config.logging import configure_logging
 from fleetwave.inprocess import DoneWatch, in_process_agents
 from fleetwave.store import models
-from fleetwave.store.errors import InvalidInput
+from fleetwave.store.errors import Conflict, InvalidInput
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Actor, ReleaseSpec, ReleaseStatus, Role, task_id_for
+from fleetwave.store.plan import split
 from fleetwave.store.strategy import MAX_PAUSE_SEC, Strategy, strategy_from_json
 from fleetwave.supervisor import Supervisor
 
@@ -73,6 +74,10 @@ LABEL = 52
 
 class SimulateError(ValueError):
     """A strategy file or an option that cannot be simulated; the message names it."""
+
+
+class RunStuck(Exception):
+    """A run went on past its virtual time limit: the release never left the daemon."""
 
 
 @attrs.frozen
@@ -295,9 +300,10 @@ async def _promote_gates(store: MemoryStore, release_id: int, wait: float) -> No
         if release.status is ReleaseStatus.RUNNING and step is not None and step.kind == "gate":
             reached = (release.updated_at - store.now()).total_seconds() + trio.current_time()
             await trio.sleep_until(reached + wait)
-            await store.promote(
-                release_id, by=SIMULATION, reason=f"simulated gate wait of {wait:g}s"
-            )
+            with contextlib.suppress(Conflict):  # no longer at the gate: nothing to promote
+                await store.promote(
+                    release_id, by=SIMULATION, reason=f"simulated gate wait of {wait:g}s"
+                )
         await trio.sleep(GATE_POLL)
 
 
@@ -309,15 +315,20 @@ async def simulate_run(options: Options, settings: Settings, index: int) -> RunR
         await store.upsert_node(f"edge-{k:05d}", host, fleet.port)
     await _seed_old_version(store)
     strategy = options.strategy
-    created = await store.create_release(
-        ReleaseSpec(
-            reason=f"simulation run {index}",
-            plan=strategy.plan,
-            max_failures=strategy.max_failures or 0,
-            strategy=strategy.to_json(),
-        )
+    spec = ReleaseSpec(
+        reason=f"simulation run {index}",
+        plan=strategy.plan,
+        max_failures=strategy.max_failures or 0,
+        strategy=strategy.to_json(),
     )
+    try:
+        created = await store.create_release(spec)
+    except (InvalidInput, Conflict) as refused:
+        # What the store refuses for this fleet (its nodes have no labels, for one).
+        raise SimulateError(f"--strategy {options.source}: {refused}") from None
     release_id = created.release.id
+    # The simulation's own daemon: it claims whatever the settings say of serve's.
+    settings = attrs.evolve(settings, executor_enabled=True, max_releases=1)
     async with in_process_agents(fleet, settings) as agents:
         supervisor = Supervisor(store, agents, settings)
         watch = DoneWatch(supervisor, trio.current_time, 1, poll=WATCH_POLL)
@@ -325,7 +336,14 @@ async def simulate_run(options: Options, settings: Settings, index: int) -> RunR
             await nursery.start(supervisor.run)
             if options.gate_wait is not None:
                 nursery.start_soon(_promote_gates, store, release_id, options.gate_wait)
-            await watch.wait_for([release_id])
+            limit = run_limit(options, settings)
+            with trio.move_on_after(limit) as timer:
+                await watch.wait_for([release_id])
+            if timer.cancelled_caught:
+                raise RunStuck(
+                    f"run {index}: release still with the daemon after {limit:g} virtual "
+                    "seconds (its schedule cannot take that long)"
+                )
             supervisor.stop()
             nursery.cancel_scope.cancel()
     release = await store.get_release(release_id)
@@ -371,6 +389,24 @@ def _seed_scheduler(seed: int) -> bool:
         return False
     scheduler.seed(seed)
     return True
+
+
+def run_limit(options: Options, settings: Settings) -> float:
+    """Virtual seconds past which a run cannot still be going: each batch in waves of
+    ``max_parallel``, each wave within the node deadline (and the end's reconciliation),
+    every pause held in full, and a day to spare."""
+    nodes = options.nodes
+    schedule = options.strategy.schedule(nodes)
+    waves = sum(
+        math.ceil(size / settings.max_parallel) for size in split(options.strategy.plan, nodes)
+    )
+    per_wave = settings.node_deadline_sec + settings.reconcile_timeout_sec
+    pauses = sum(
+        (options.gate_wait or 0.0) if step.pause.seconds is None else step.pause.seconds
+        for step in schedule
+        if step.pause is not None
+    )
+    return waves * per_wave + pauses + 86_400.0
 
 
 def run_one(options: Options, settings: Settings, index: int) -> RunResult:

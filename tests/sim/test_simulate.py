@@ -229,3 +229,31 @@ def test_json_output_has_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
         "failedNodes",
         "error",
     }
+
+
+def test_the_simulation_s_daemon_runs_whatever_the_settings_say_of_serve_s(
+    tmp_path: Path,
+) -> None:
+    # A daemon configured not to execute releases would claim nothing: the simulation's
+    # own daemon always does.
+    summary = simulated(tmp_path, {"plan": [1, "100%"]}, runs=1, executor_enabled=False)
+    assert summary["outcomes"]["success"] == 1
+
+
+def test_a_run_s_time_limit_covers_every_wave_and_pause(tmp_path: Path) -> None:
+    options = simulate.build_options(
+        strategy=strategy_file(
+            tmp_path, {"plan": [5, {"pause": 300}, "50%", {"pause": None}, "50%", {"pause": 30}]}
+        ),
+        nodes="100",
+        apply_time="1",
+        fail_rate="0",
+        runs="1",
+        gate_wait="60",
+    )
+    settings = load_settings(
+        environ={}, max_parallel=20, node_deadline_sec=100, reconcile_timeout_sec=10
+    )
+    # Batches of 5, 50 and 45: 1 + 3 + 3 waves of at most 20; the bake after the canary, the
+    # gate after the second batch, the last bake after the third.
+    assert simulate.run_limit(options, settings) == 7 * 110 + 300 + 60 + 30 + 86_400
