@@ -173,14 +173,24 @@ def test_health_checks_are_ignored_with_a_warning(
         tmp_path,
         {
             "plan": [1, {"pause": 30}, "100%"],
-            "healthChecks": [{"name": "edge", "http": {"url": "https://checks.example/"}}],
+            "healthChecks": [
+                {"name": "edge", "http": {"url": "https://checks.example/"}},
+                {
+                    "name": "5xx",
+                    "prometheus": {
+                        "url": "http://prometheus.example:9090",
+                        "query": "sum(rate(errors_total[1m]))",
+                        "max": 0.01,
+                    },
+                },
+            ],
         },
     )
     argv = ["simulate", "--strategy", str(path), "--nodes", "10", "--apply-time", "1..2"]
     argv += ["--fail-rate", "0", "--runs", "2", "--seed", "1", "--jobs", "1"]
     assert cli.main(argv) == 0
     out, err = capsys.readouterr()
-    assert "warning: health check(s) edge ignored" in err
+    assert "warning: health check(s) edge, 5xx ignored" in err
     assert "outcomes: success 2, failed 0, rolled back 0, paused 0" in out
     assert "time to finish (virtual s)" in out
     assert "nodes touched before a failure is caught (0 runs)" in out
@@ -257,3 +267,16 @@ def test_a_run_s_time_limit_covers_every_wave_and_pause(tmp_path: Path) -> None:
     # Batches of 5, 50 and 45: 1 + 3 + 3 waves of at most 20; the bake after the canary, the
     # gate after the second batch, the last bake after the third.
     assert simulate.run_limit(options, settings) == 7 * 110 + 300 + 60 + 30 + 86_400
+
+
+def test_a_strategy_the_store_refuses_for_the_simulated_fleet_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The simulated nodes carry no labels: batching by one is refused, as the API would.
+    path = strategy_file(tmp_path, {"plan": [1, "100%"], "batchBy": "pop"})
+    argv = ["simulate", "--strategy", str(path), "--nodes", "10", "--apply-time", "1..2"]
+    argv += ["--fail-rate", "0", "--runs", "2", "--seed", "1", "--jobs", "2"]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert f"fleetwave: --strategy {path}: " in err and "pop" in err
