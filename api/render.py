@@ -453,10 +453,16 @@ def _strategy_line(strategy: Mapping[str, Any]) -> str:
     steps = ",".join(_step(step) for step in plan) if isinstance(plan, list) else "-"
     checks = strategy.get("healthChecks") or []
     names = ",".join(str(check.get("name")) for check in checks if isinstance(check, dict))
-    return (
+    line = (
         f"plan {steps}; budget {_budget(strategy)}; on failure {strategy.get('onFailure')}; "
         f"checks {names or '-'}"
     )
+    if strategy.get("batchBy") is not None:
+        line += f"; batch by {strategy['batchBy']}"
+    caps = strategy.get("maxInFlightPer")
+    if isinstance(caps, dict) and caps:
+        line += "; in flight at most " + ",".join(f"{key}={count}" for key, count in caps.items())
+    return line
 
 
 def scope_list(data: Mapping[str, Any]) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from fleetwave.api import render
 from fleetwave.store.memory import MemoryStore
+from fleetwave.store.strategy import validate_strategy
 from tests.api.conftest import Served, add_nodes
 from tests.api.test_api_preview import with_history
 
@@ -166,3 +168,11 @@ async def test_a_dry_run_predicts_each_batch_under_its_caps(
     assert [batch["predictedSeconds"] for batch in capped["batches"]] == [30, 60]
     assert [batch["predictedSeconds"] for batch in uncapped["batches"]] == [30, 30]
     assert (capped["predictedSeconds"], uncapped["predictedSeconds"]) == (90, 60)
+
+
+def test_a_strategy_line_names_its_topology() -> None:
+    strategy = validate_strategy(batch_by="pop", max_in_flight_per={"pop": 1, "region": 4})
+    line = render.scope_strategy_set({"scope": "edge", "strategy": strategy.to_json()})
+    assert "checks -; batch by pop; in flight at most pop=1,region=4; releases created" in line
+    plain = render.scope_strategy_set({"scope": "edge", "strategy": validate_strategy().to_json()})
+    assert "batch by" not in plain and "in flight" not in plain
