@@ -13,7 +13,8 @@ from trio.testing import MockClock
 
 from fleetwave.agent.protocol import AgentAddress, DispatchRequest
 from fleetwave.agent.sim import Behaviour
-from fleetwave.api.schemas import parse_release_spec
+from fleetwave.api.schemas import parse_release_spec, step_item
+from fleetwave.api.verbs import promote
 from fleetwave.store.errors import InvalidInput
 from fleetwave.store.models import (
     Actor,
@@ -32,6 +33,7 @@ from tests.invariants import (
     peak_in_flight,
 )
 from tests.sim.conftest import Sim
+from tests.sim.test_strategy import wait_step
 
 SLOW = Behaviour(apply_time=(20, 40))
 
@@ -303,3 +305,28 @@ async def test_nodes_waiting_for_their_pops_turn_do_not_slow_the_polls_of_those_
     # Each of the 30 found done within a second or two of its 10 s apply, then the next sent.
     gaps = [later - earlier for earlier, later in pairwise(starts[1:])]
     assert max(gaps) < 13, gaps
+
+
+async def test_gates_repeat_between_the_batches_by_pop_and_promote_passes_each(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    sim = make_sim(5, behaviour=Behaviour(apply_time=(5, 10)))
+    await label(sim, ["ams1", "ams1", "fra1", "fra1", "lhr1"])
+    await sim.start_daemon()
+    # The plan alone splits 5 nodes into 2 batches (no gate: it would follow the last); by
+    # pop they are 4, with a gate (and a bake) after the 2nd and the 3rd.
+    release_id = await create(sim, plan=[1, "100%", {"pause": None}, {"pause": 60}], batchBy="pop")
+
+    passed = []
+    for _ in range(2):
+        step = step_item(await wait_step(sim, release_id, "gate"))
+        assert step is not None
+        passed.append(step["batch"])
+        nodes = await sim.store.release_nodes(release_id)
+        later = [node.status for node in nodes if node.batch > int(str(step["batch"]))]
+        assert set(later) == {NodeStatus.PENDING}
+        await promote(sim.store, release_id, by=Actor("ops", Role.OPERATOR))
+
+    nodes, _ = await finished(sim, release_id)
+    assert passed == [2, 3]
+    assert len({node.batch for node in nodes}) == 4
