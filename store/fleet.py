@@ -1,7 +1,8 @@
 """The fleet as the record has it: which config each node is expected to run, and per scope.
 
-A node's expected config is the config version of the newest release, by its end, that
-ended ``success`` and included the node (a release_task_nodes row, whatever the node's own
+A node's expected config is the config version of the newest release, by its end (its
+finished_at; for a row another program wrote without one, its updated_at), that ended
+``success`` and included the node (a release_task_nodes row, whatever the node's own
 outcome in it). A rollback that succeeded counts with the config it restored (its
 config_version). A node drifts when its applied version (the config of its last recorded
 success) differs from that. A node no successful release ever included has no expectation:
@@ -68,7 +69,8 @@ class ScopeFleet:
     releases: int
     newest: Expectation | None
     """The newest release of the scope, by its end, that succeeded; None: none did."""
-    newest_finished_at: datetime | None
+    newest_ended_at: datetime | None
+    """When ``newest`` ended (finished_at, else updated_at)."""
     release_nodes: int
     """The nodes of ``newest`` (0 without one)."""
     running_config: int
@@ -88,18 +90,18 @@ class FleetState:
         ended = [scope for scope in self.scopes if scope.newest is not None]
         if not ended:
             return None
-        latest = max(ended, key=lambda scope: end_order(scope.newest_finished_at, scope.newest))
+        latest = max(
+            ended,
+            key=lambda scope: end_order(
+                scope.newest_ended_at, scope.newest.version if scope.newest else 0
+            ),
+        )
         return latest.newest
 
 
-def end_order(finished_at: datetime | None, release: Expectation | None) -> tuple[Any, ...]:
-    """The sort key of "newest by its end": finished_at (a row without one counts as the
-    oldest), then version. Larger is newer."""
-    return (
-        finished_at is not None,
-        finished_at.timestamp() if finished_at is not None else 0.0,
-        release.version if release is not None else 0,
-    )
+def end_order(ended_at: datetime | None, version: int) -> tuple[float, int]:
+    """The sort key of "newest by its end": when it ended, then version. Larger is newer."""
+    return (ended_at.timestamp() if ended_at is not None else float("-inf"), version)
 
 
 def scope_order(scope: str | None) -> tuple[bool, str]:

@@ -1240,11 +1240,14 @@ class MemoryStore:
                 scope=row.scope,
             )
 
+        def ended_at(row: _ReleaseRow) -> datetime:
+            return row.finished_at or row.updated_at
+
         def newest(rows: Sequence[_ReleaseRow]) -> _ReleaseRow | None:
             ended = [row for row in rows if row.status is ReleaseStatus.SUCCESS]
             if not ended:
                 return None
-            return max(ended, key=lambda row: end_order(row.finished_at, expectation(row)))
+            return max(ended, key=lambda row: end_order(ended_at(row), row.version))
 
         included: dict[int, list[_ReleaseRow]] = {}
         scopes: dict[str | None, list[_ReleaseRow]] = {}
@@ -1266,7 +1269,7 @@ class MemoryStore:
                     scope=scope,
                     releases=len(rows),
                     newest=None if latest is None else expectation(latest),
-                    newest_finished_at=None if latest is None else latest.finished_at,
+                    newest_ended_at=None if latest is None else ended_at(latest),
                     release_nodes=len(members),
                     running_config=sum(
                         1 for m in members if self._nodes[m.node_id].applied_version == config

@@ -756,8 +756,8 @@ LIMIT $2
 # A pending release's wait: the release ahead of it (active ones first, the oldest; else the
 # nearest older pending one), among those sharing a node or its explicit scope, as the claim
 # decides; then the nodes they share, the first few by name and a count.
-# "Newest by its end": a row without finished_at (written by another program) counts as the
-# oldest, as store/fleet.py's end_order has it.
+# "Newest by its end": a row without finished_at (written by another program) by its last
+# update instead, as store/fleet.py has it.
 _FLEET_NODES = f"""
 SELECT {_NODE_COLUMNS}, e.release_id AS expected_release_id, e.version AS expected_version,
        e.config_version AS expected_config_version, e.scope AS expected_scope
@@ -768,7 +768,7 @@ LEFT JOIN (
     FROM release_task_nodes rn
     JOIN release_tasks r ON r.id = rn.release_task_id
     WHERE r.status = 'success'
-    ORDER BY rn.node_id, r.finished_at DESC NULLS LAST, r.version DESC
+    ORDER BY rn.node_id, coalesce(r.finished_at, r.updated_at) DESC, r.version DESC
 ) e ON e.node_id = nodes.id
 ORDER BY nodes.id
 """
@@ -776,13 +776,14 @@ ORDER BY nodes.id
 _FLEET_SCOPES = """
 WITH newest AS (
     SELECT DISTINCT ON (scope) scope, id, version,
-           coalesce(config_version, version) AS config_version, finished_at
+           coalesce(config_version, version) AS config_version,
+           coalesce(finished_at, updated_at) AS ended_at
     FROM release_tasks
     WHERE status = 'success'
-    ORDER BY scope, finished_at DESC NULLS LAST, version DESC
+    ORDER BY scope, ended_at DESC, version DESC
 )
 SELECT s.scope, s.releases, w.id AS release_id, w.version, w.config_version,
-       w.scope AS release_scope, w.finished_at,
+       w.scope AS release_scope, w.ended_at,
        (SELECT count(*) FROM release_task_nodes rn
         WHERE rn.release_task_id = w.id) AS release_nodes,
        (SELECT count(*) FROM release_task_nodes rn JOIN nodes n ON n.id = rn.node_id
@@ -1531,7 +1532,7 @@ class PostgresStore:
                             newest=Expectation.from_record(
                                 {**_row(record), "scope": record["release_scope"]}
                             ),
-                            newest_finished_at=record["finished_at"],
+                            newest_ended_at=record["ended_at"],
                             release_nodes=record["release_nodes"] or 0,
                             running_config=record["running_config"] or 0,
                         )

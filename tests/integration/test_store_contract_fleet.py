@@ -4,12 +4,16 @@ PostgresStore and MemoryStore alike."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from fleetwave.store.base import Store
 from fleetwave.store.fleet import Expectation, FleetState, ScopeFleet
+from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Node, NodeStatus, Outcome, ReleaseSpec, ReleaseStatus
 from fleetwave.store.verbs import Verb
+from tests.integration.conftest import run_sql
 from tests.integration.test_store_contract import add_nodes, claim_one, on
 from tests.integration.test_store_contract_verbs import ALICE, run_to
 
@@ -83,7 +87,7 @@ async def test_a_node_is_expected_to_run_the_newest_success_that_included_it(
     assert state.newest == Expectation(tolerated, 4, 4, None)
     assert [group.scope for group in state.scopes] == ["eu", "us", None]
     assert scope(state, "eu") == ScopeFleet(
-        "eu", 2, Expectation(eu, 1, 1, "eu"), scope(state, "eu").newest_finished_at, 3, 2
+        "eu", 2, Expectation(eu, 1, 1, "eu"), scope(state, "eu").newest_ended_at, 3, 2
     )
     # us's newest success still has two nodes, one of which a later release moved on.
     assert (scope(state, "us").releases, scope(state, "us").running_config) == (1, 1)
@@ -128,3 +132,49 @@ async def test_releases_that_never_succeeded_leave_their_scope_without_expectati
 
 async def test_an_empty_store_has_no_nodes_and_no_scopes(store: Store) -> None:
     assert await store.fleet_state() == FleetState(nodes=(), scopes=())
+
+
+async def seed_success(store: Store, url: str | None, version: int, node: Node, ended: str) -> int:
+    """A successful release of ``node`` as another program writes it: the original's columns,
+    no finished_at, no config_version, last updated at ``ended`` ("now" or an ISO time)."""
+    if isinstance(store, MemoryStore):
+        release_id = store.insert_seed_release(version, [[node.id]], status="success")
+        if ended != "now":
+            store._releases[release_id].updated_at = datetime.fromisoformat(ended)
+        return release_id
+    assert url is not None
+    updated = "now()" if ended == "now" else f"'{ended}'"
+    output = await run_sql(
+        url,
+        "WITH r AS (INSERT INTO release_tasks (type, target, version, status, total_nodes,"
+        f" success_nodes, failed_nodes, updated_at) VALUES ('apply_config', 'cdn', {version},"
+        f" 'success', 1, 1, 0, {updated}) RETURNING id),"
+        " n AS (INSERT INTO release_task_nodes (release_task_id, node_id, batch, status)"
+        f" VALUES ((SELECT id FROM r), {node.id}, 1, 'success'))"
+        " SELECT id FROM r",
+    )
+    return int(output.strip())
+
+
+async def test_a_success_another_program_wrote_without_an_end_counts_from_its_last_update(
+    store: Store, store_database_url: str | None
+) -> None:
+    n = await add_nodes(store, 2)
+    ok = NodeStatus.SUCCESS
+    first = await released(store, n, [ok, ok], ReleaseStatus.SUCCESS)
+    # Updated after the first ended: it is newer, with its own version as its config. One
+    # updated long before counts as older than the first.
+    recent = await seed_success(store, store_database_url, 7, n[0], "now")
+    await seed_success(store, store_database_url, 9, n[1], "2001-01-01T00:00:00+00:00")
+
+    state = await store.fleet_state()
+
+    assert drifting(state) == {"edge-1": Expectation(recent, 7, 7, None)}
+    assert {e.node.name: e.expected for e in state.nodes}["edge-2"] == Expectation(
+        first, 1, 1, None
+    )
+    assert scope(state, None).releases == 3
+    assert scope(state, None).newest == Expectation(recent, 7, 7, None)
+    assert state.newest == Expectation(recent, 7, 7, None)
+    assert scope(state, None).newest_ended_at is not None
+    assert scope(state, None).newest_ended_at > datetime(2002, 1, 1, tzinfo=UTC)
