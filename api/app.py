@@ -317,7 +317,8 @@ class _Handlers:
         node = await self.store.get_node(node_id)
         if node is None:
             raise ApiError(404, Code.NOT_FOUND, f"node {node_id} not found")
-        return ok(node_detail(node, await self.store.node_runs(node_id, limit=NODE_RUNS_SHOWN)))
+        runs = await self.store.node_runs(node_id, limit=NODE_RUNS_SHOWN)
+        return ok(node_detail(node, runs, await self.store.node_expectation(node_id)))
 
     async def update_node(self, request: Request) -> Response:
         node_id = parse_id(request.path_params["id"])

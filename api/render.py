@@ -244,6 +244,16 @@ def node_detail(data: shapes.NodeDetail) -> str:
         f"status {data['status']}  {'enabled' if data['enabled'] else 'disabled'}  "
         f"last seen {_when(data['lastSeenAt'])}"
     )
+    expected = data.get("expected")
+    if expected is None:
+        summary += "\nexpects nothing: no successful release included it"
+    else:
+        scope = "" if expected["scope"] is None else f", scope {expected['scope']}"
+        runs = f"DRIFTING, runs {_cell(data['appliedVersion'])}" if data["drifting"] else "runs it"
+        summary += (
+            f"\nexpected config {expected['configVersion']} (release {expected['releaseId']}"
+            f"{scope}): {runs}"
+        )
     rows = [
         (
             run["releaseId"],

@@ -51,6 +51,7 @@ from fleetwave.api.validation import (
 from fleetwave.api.verbs import VerbAnswer
 from fleetwave.store.address import InvalidAddress, check_agent_host, check_agent_port
 from fleetwave.store.errors import InvalidInput
+from fleetwave.store.fleet import Expectation, drifts
 from fleetwave.store.inputs import INT_MAX, check_integer, check_text
 from fleetwave.store.models import (
     Event,
@@ -688,9 +689,20 @@ def node_item(node: Node) -> shapes.NodeItem:
     }
 
 
-def node_detail(node: Node, runs: Sequence[NodeRun]) -> shapes.NodeDetail:
+def node_detail(
+    node: Node, runs: Sequence[NodeRun], expected: Expectation | None
+) -> shapes.NodeDetail:
     return {
         **node_item(node),
+        "expected": None
+        if expected is None
+        else {
+            "configVersion": expected.config_version,
+            "releaseId": expected.release_id,
+            "version": expected.version,
+            "scope": expected.scope,
+        },
+        "drifting": drifts(node, expected),
         "releases": [
             {
                 "releaseId": run.release_id,

@@ -224,8 +224,23 @@ class NodeRunItem(TypedDict):
     finishedAt: Timestamp | None
 
 
+class NodeExpectation(TypedDict):
+    """What the node should run: the config of the newest release, by its end, that
+    succeeded and included it (GET /api/v1/fleet has the rule)."""
+
+    configVersion: int
+    releaseId: int
+    version: int
+    scope: str | None
+
+
 class NodeDetail(NodeItem):
     releases: list[NodeRunItem]
+    expected: Annotated[
+        NodeExpectation | None,
+        Field(description="null: no successful release included the node (it cannot drift)"),
+    ]
+    drifting: Annotated[bool, Field(description="appliedVersion differs from expected's config")]
 
 
 class NodeList(TypedDict):

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import trio
 
-from fleetwave.store.fleet import FleetState
+from fleetwave.store.fleet import Expectation, FleetState
 from fleetwave.store.models import (
     Actor,
     Claim,
@@ -285,6 +285,11 @@ class Store(Protocol):
         """Every node with the config the record expects it to run, and every scope's newest
         release that succeeded (store/fleet.py), as of one moment. A fixed number of reads
         whatever the fleet's size."""
+        ...
+
+    async def node_expectation(self, node_id: int) -> Expectation | None:
+        """The release that sets what the node should run (store/fleet.py's rule), in one
+        read; None when no successful release included it (or there is no such node)."""
         ...
 
     async def waits(self, release_ids: Sequence[int]) -> dict[int, Wait]:

@@ -55,9 +55,12 @@ class FleetNode:
 
     @property
     def drifting(self) -> bool:
-        return self.expected is not None and self.node.applied_version != (
-            self.expected.config_version
-        )
+        return drifts(self.node, self.expected)
+
+
+def drifts(node: Node, expected: Expectation | None) -> bool:
+    """Whether ``node`` runs other than what ``expected`` set; never without an expectation."""
+    return expected is not None and node.applied_version != expected.config_version
 
 
 @attrs.frozen

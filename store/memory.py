@@ -211,6 +211,28 @@ class _DeliveryRow:
         )
 
 
+def expectation(row: _ReleaseRow) -> Expectation:
+    return Expectation(
+        release_id=row.id,
+        version=row.version,
+        config_version=row.config_version or row.version,
+        scope=row.scope,
+    )
+
+
+def ended_at(row: _ReleaseRow) -> datetime:
+    """When a release ended; for a row another program wrote without one, its last update."""
+    return row.finished_at or row.updated_at
+
+
+def newest_success(rows: Sequence[_ReleaseRow]) -> _ReleaseRow | None:
+    """The newest of ``rows``, by its end, that succeeded (store/fleet.py)."""
+    ended = [row for row in rows if row.status is ReleaseStatus.SUCCESS]
+    if not ended:
+        return None
+    return max(ended, key=lambda row: end_order(ended_at(row), row.version))
+
+
 @attrs.define
 class MemoryStore:
     """In-memory Store. Setting ``unavailable`` makes every operation raise StoreUnavailable,
@@ -1229,26 +1251,20 @@ class MemoryStore:
         runs.sort(key=lambda run: run.release_id, reverse=True)
         return runs[: max(limit, 0)]
 
+    async def node_expectation(self, node_id: int) -> Expectation | None:
+        await self._available()
+        check_integer("node_id", node_id, 1)
+        included = [
+            self._releases[release_id]
+            for release_id, members in self._release_nodes.items()
+            if any(member.node_id == node_id for member in members)
+        ]
+        found = newest_success(included)
+        return None if found is None else expectation(found)
+
     async def fleet_state(self) -> FleetState:
         await self._available()
-
-        def expectation(row: _ReleaseRow) -> Expectation:
-            return Expectation(
-                release_id=row.id,
-                version=row.version,
-                config_version=row.config_version or row.version,
-                scope=row.scope,
-            )
-
-        def ended_at(row: _ReleaseRow) -> datetime:
-            return row.finished_at or row.updated_at
-
-        def newest(rows: Sequence[_ReleaseRow]) -> _ReleaseRow | None:
-            ended = [row for row in rows if row.status is ReleaseStatus.SUCCESS]
-            if not ended:
-                return None
-            return max(ended, key=lambda row: end_order(ended_at(row), row.version))
-
+        newest = newest_success
         included: dict[int, list[_ReleaseRow]] = {}
         scopes: dict[str | None, list[_ReleaseRow]] = {}
         for row in self._releases.values():

@@ -773,6 +773,16 @@ LEFT JOIN (
 ORDER BY nodes.id
 """
 
+_NODE_EXPECTATION = """
+SELECT r.id AS release_id, r.version, coalesce(r.config_version, r.version) AS config_version,
+       r.scope
+FROM release_task_nodes rn
+JOIN release_tasks r ON r.id = rn.release_task_id
+WHERE rn.node_id = $1 AND r.status = 'success'
+ORDER BY coalesce(r.finished_at, r.updated_at) DESC, r.version DESC
+LIMIT 1
+"""
+
 _FLEET_SCOPES = """
 WITH newest AS (
     SELECT DISTINCT ON (scope) scope, id, version,
@@ -1542,6 +1552,11 @@ class PostgresStore:
                 )
             ),
         )
+
+    async def node_expectation(self, node_id: int) -> Expectation | None:
+        check_integer("node_id", node_id, 1)
+        record = await self._call(self._fetchrow, _NODE_EXPECTATION, node_id)
+        return None if record is None else Expectation.from_record(_row(record))
 
     async def _fleet_state(self) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
         # One snapshot for both reads: the scopes' counts agree with the nodes' expectations.

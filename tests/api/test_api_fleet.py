@@ -159,3 +159,23 @@ async def test_fleetwave_fleet_prints_the_scopes_and_the_drifting_node(
     assert "1 node(s) drift from their newest successful release:" in lines
     [row] = [line for line in lines if "edge-003" in line]
     assert row.split()[:6] == ["3", "edge-003", "-", "2", "release", str(unscoped)]
+
+
+async def test_a_node_shows_what_it_is_expected_to_run_and_whether_it_drifts(
+    served: Served, client: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    nodes = await add_nodes(store, 3)
+    eu = await release(client, store, nodes[:2], 1, scope="cdn-eu")  # edge-002 fails
+
+    drifting = (await client.get(f"/api/v1/nodes/{nodes[1].id}")).json()["data"]
+    running = (await client.get(f"/api/v1/nodes/{nodes[0].id}")).json()["data"]
+    alone = (await client.get(f"/api/v1/nodes/{nodes[2].id}")).json()["data"]
+
+    expected = {"configVersion": 1, "releaseId": eu, "version": 1, "scope": "cdn-eu"}
+    assert (drifting["expected"], drifting["drifting"]) == (expected, True)
+    assert (running["expected"], running["drifting"]) == (expected, False)
+    assert (alone["expected"], alone["drifting"]) == (None, False)
+    _, shown, _ = await served.run("nodes", "show", "edge-002")
+    assert f"expected config 1 (release {eu}, scope cdn-eu): DRIFTING, runs -" in shown
+    _, shown, _ = await served.run("nodes", "show", "edge-003")
+    assert "expects nothing: no successful release included it" in shown

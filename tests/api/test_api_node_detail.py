@@ -30,7 +30,8 @@ async def test_show_node_has_its_fields_and_latest_releases(
 
     assert response.status_code == 200, response.text
     data = response.json()["data"]
-    assert set(data) == NODE_ITEM_FIELDS | {"releases"}
+    assert set(data) == NODE_ITEM_FIELDS | {"releases", "expected", "drifting"}
+    assert (data["expected"], data["drifting"]) == (None, False)  # no release succeeded
     assert (data["id"], data["name"], data["mainIp"]) == (nodes[0].id, "edge-001", "127.0.0.2")
     assert [(run["releaseId"], run["status"], run["errorMsg"]) for run in data["releases"]] == [
         (second.id, "pending", ""),

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from fleetwave.store.base import Store
+from fleetwave.store.errors import InvalidInput
 from fleetwave.store.fleet import Expectation, FleetState, ScopeFleet
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Node, NodeStatus, Outcome, ReleaseSpec, ReleaseStatus
@@ -43,6 +44,12 @@ def drifting(state: FleetState) -> dict[str, Expectation | None]:
     return {entry.node.name: entry.expected for entry in state.nodes if entry.drifting}
 
 
+async def each_alike(store: Store, state: FleetState) -> None:
+    """One node's expectation read alone is the one the whole fleet's read gives it."""
+    for entry in state.nodes:
+        assert await store.node_expectation(entry.node.id) == entry.expected
+
+
 def scope(state: FleetState, name: str | None) -> ScopeFleet:
     [found] = [group for group in state.scopes if group.scope == name]
     return found
@@ -57,6 +64,7 @@ async def test_a_node_is_expected_to_run_the_newest_success_that_included_it(
     us = await released(store, n[3:5], [ok, ok], ReleaseStatus.SUCCESS, scope="us")
 
     state = await store.fleet_state()
+    await each_alike(store, state)
 
     # Each scope's nodes run its newest success: nothing drifts, though the newest success
     # overall (us) never touched eu's nodes. edge-6 was never in a release: no expectation.
@@ -78,6 +86,7 @@ async def test_a_node_is_expected_to_run_the_newest_success_that_included_it(
     )
 
     state = await store.fleet_state()
+    await each_alike(store, state)
 
     assert [entry.node.applied_version for entry in state.nodes] == [3, 1, 1, 4, 2, None]
     assert drifting(state) == {
@@ -108,6 +117,7 @@ async def test_a_node_is_expected_to_run_the_newest_success_that_included_it(
     assert await store.record(lease, [], Outcome(ReleaseStatus.SUCCESS))
 
     state = await store.fleet_state()
+    await each_alike(store, state)
 
     assert set(drifting(state)) == {"edge-5"}
     rollback = Expectation(result.rollback.id, result.rollback.version, 1, "eu")
@@ -124,6 +134,7 @@ async def test_releases_that_never_succeeded_leave_their_scope_without_expectati
     await store.create_release(ReleaseSpec(scope="apac", selection=on(*n)))
 
     state = await store.fleet_state()
+    await each_alike(store, state)
 
     assert state.newest is None and drifting(state) == {}
     assert all(entry.expected is None for entry in state.nodes)
@@ -132,6 +143,9 @@ async def test_releases_that_never_succeeded_leave_their_scope_without_expectati
 
 async def test_an_empty_store_has_no_nodes_and_no_scopes(store: Store) -> None:
     assert await store.fleet_state() == FleetState(nodes=(), scopes=())
+    assert await store.node_expectation(424242) is None
+    with pytest.raises(InvalidInput, match="node_id"):
+        await store.node_expectation(0)
 
 
 async def seed_success(store: Store, url: str | None, version: int, node: Node, ended: str) -> int:
@@ -168,6 +182,7 @@ async def test_a_success_another_program_wrote_without_an_end_counts_from_its_la
     await seed_success(store, store_database_url, 9, n[1], "2001-01-01T00:00:00+00:00")
 
     state = await store.fleet_state()
+    await each_alike(store, state)
 
     assert drifting(state) == {"edge-1": Expectation(recent, 7, 7, None)}
     assert {e.node.name: e.expected for e in state.nodes}["edge-2"] == Expectation(
