@@ -24,7 +24,8 @@ function versionBar(versions, total) {
 const versionText = (versions) =>
   versions.map((v) => `config ${v.configVersion ?? "none"}: ${v.nodes}`).join(" · ");
 
-// Releases that name no scope are grouped under this name (a scope the API never answers).
+// Releases that name no scope form one group (scope null), shown under this name; its row's
+// data-scope is "" (a scope is never blank).
 const NO_SCOPE = "(no scope)";
 const scopeName = (scope) => scope ?? NO_SCOPE;
 const expectedText = (d) =>
@@ -36,7 +37,7 @@ function scopeRow(s, show) {
   const more = s.differingNodes - s.differing.length;
   return h(
     "tr",
-    { dataset: { scope: scopeName(s.scope), drifting: s.differingNodes } },
+    { dataset: { scope: s.scope ?? "", drifting: s.differingNodes } },
     h("td", {}, s.scope === null ? h("span", { class: "muted" }, NO_SCOPE) : s.scope),
     h("td", {}, s.releases),
     h("td", {}, newest === null ? "none succeeded" : h("a", { href: `#/releases/${newest.releaseId}` }, `#${newest.releaseId} · config ${newest.configVersion}`)),
@@ -111,7 +112,7 @@ export async function fleetView(view) {
       labels,
       fleet.byLabel.length
         ? [
-            h("h2", {}, "By label (scope)"),
+            h("h2", {}, "By label"),
             h(
               "table",
               { id: "fleet-by-label" },
