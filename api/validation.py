@@ -91,9 +91,10 @@ def refusal(
 def _pattern(controls: str, *, blank: bool) -> str:
     """The JSON Schema pattern of text without ``controls``; with a character that is not a
     space unless ``blank``. (No pattern names a lone surrogate: JSON text cannot validly
-    carry one; the description says so.)"""
-    allowed = f"[^{controls}]"
-    return f"^{allowed}*$" if blank else f"^{allowed}*[^\\s{controls}]{allowed}*$"
+    carry one; the description says so.) A lookahead from the start rather than ``$``, which
+    Python's re lets match before a final line break."""
+    free = f"^(?![\\s\\S]*[{controls}])"
+    return free if blank else free + "[\\s\\S]*?\\S"
 
 
 class _Constraint:
