@@ -48,7 +48,7 @@ from fleetwave.store.errors import Conflict, InvalidInput
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Actor, ReleaseSpec, ReleaseStatus, Role, task_id_for
 from fleetwave.store.plan import split
-from fleetwave.store.strategy import MAX_PAUSE_SEC, Strategy, strategy_from_json
+from fleetwave.store.strategy import MAX_PAUSE_SEC, Strategy, current_step, strategy_from_json
 from fleetwave.supervisor import Supervisor
 
 MAX_NODES = 100_000
@@ -291,8 +291,6 @@ async def _seed_old_version(store: MemoryStore) -> None:
 
 async def _promote_gates(store: MemoryStore, release_id: int, wait: float) -> None:
     """Promote each gate the release reaches, ``wait`` virtual seconds after it got there."""
-    from fleetwave.store.strategy import current_step
-
     while True:
         release = await store.get_release(release_id)
         assert release is not None
