@@ -37,7 +37,9 @@ so a long ``{nodes}`` does not run into a proxy's URL limit."""
 SHOWN_SERIES = 3
 LABEL_MAX = 60
 REASON_MAX = 200
-_NUMBER = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|Inf|NaN)")
+_NUMBER = re.compile(r"[+-]?(?:(?:\d++\.?+\d*+|\.\d++)(?:[eE][+-]?+\d++)?+|Inf|NaN)")
+"""A sample's value as Prometheus writes it. Possessive: a long run of digits that is not a
+number fails in one pass (backtracking made it quadratic in the answer's size)."""
 
 
 class PrometheusError(Exception):

@@ -159,6 +159,23 @@ async def test_an_answer_larger_than_the_cap_is_a_failure(
     assert await probe(server) == f"the answer is larger than {ANSWER_MAX} bytes"
 
 
+async def test_a_value_of_a_million_digits_that_is_no_number_is_refused_in_one_pass(
+    server: tuple[ScriptedPrometheus, httpx.AsyncClient],
+) -> None:
+    # Matched with backtracking, this answer (within ANSWER_MAX) took hours of CPU, and the
+    # probe runs on the daemon's one thread: every release stalled behind it.
+    server[0].answer(
+        {
+            "status": "success",
+            "data": {
+                "resultType": "vector",
+                "result": [{"metric": {}, "value": [1, "1" * 1_000_000 + "x"]}],
+            },
+        }
+    )
+    assert await probe(server) == "a sample's value is not a number: '" + "1" * 39 + "…'"
+
+
 async def test_a_long_query_is_sent_as_a_form_and_a_short_one_in_the_url(
     server: tuple[ScriptedPrometheus, httpx.AsyncClient],
 ) -> None:
