@@ -202,6 +202,14 @@ def load_strategy(path: Path) -> Strategy:
         raise SimulateError(
             f"--strategy {path}: not JSON: {error.msg} (line {error.lineno}, column {error.colno})"
         ) from None
+    except ValueError:
+        # The one other refusal of the parser: an integer literal past the digit limit.
+        raise SimulateError(
+            f"--strategy {path}: not JSON: a number has more than "
+            f"{sys.get_int_max_str_digits()} digits"
+        ) from None
+    except RecursionError:
+        raise SimulateError(f"--strategy {path}: not JSON: nested too deeply") from None
     try:
         return strategy_from_json(value)
     except InvalidInput as error:
