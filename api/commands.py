@@ -90,6 +90,8 @@ def read_strategy_file(path: str, option: str = "--strategy") -> dict[str, objec
                 document = json.load(source)
     except (OSError, ValueError) as error:
         raise InvalidInput(f"{option}: cannot read {path}: {error}") from None
+    except RecursionError:
+        raise InvalidInput(f"{option}: cannot read {path}: JSON nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidInput(f"{option}: the file must hold a JSON object")
     unknown = sorted(set(document) - set(STRATEGY_FIELDS))

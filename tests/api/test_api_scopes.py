@@ -307,6 +307,7 @@ async def test_scope_commands_set_show_list_and_clear_a_default(
         (["cdn"], '{"batchSize": 3}', "batchSize: not a strategy field"),
         (["cdn"], "[1, 2]", "FILE: the file must hold a JSON object"),
         (["cdn"], '{"plan": [1,', "FILE: cannot read"),
+        (["cdn"], "[" * 100_000 + "]" * 100_000, "FILE: cannot read"),
         (["cdn"], "{}", "FILE: give at least one of plan"),
         ([""], '{"plan": [1]}', "scope: must not be empty"),
         (["e" * 256], '{"plan": [1]}', "scope: must be at most 255 characters"),
