@@ -70,6 +70,8 @@ class ScopeStrategy:
                 value = json.loads(value)
             except ValueError:
                 value = {"unreadable": str(value)[:40]}
+            except RecursionError:
+                value = {"unreadable": "JSON nested too deeply"}
         actor = None
         if record.get("set_by") is not None and record.get("set_by_role") in set(Role):
             actor = Actor(record["set_by"], Role(record["set_by_role"]))

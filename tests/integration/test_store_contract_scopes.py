@@ -265,6 +265,24 @@ async def test_a_default_row_that_is_not_a_strategy_refuses_creation_naming_it(
     assert created.default_scope is None
 
 
+async def test_a_default_row_nested_deeper_than_json_reads_is_listed_with_its_problem(
+    pg_store: PostgresStore, database_url: str
+) -> None:
+    """PostgreSQL stores jsonb nested far deeper than Python's parser reads: such a row is a
+    default with a problem, not an error of every read of the defaults."""
+    await run_sql(
+        database_url,
+        "INSERT INTO scope_strategies (scope, strategy) VALUES ('deep', "
+        "('{\"plan\": ' || repeat('[', 5000) || repeat(']', 5000) || '}')::jsonb)",
+    )
+
+    [deep] = await pg_store.list_scope_strategies()
+
+    assert deep.scope == "deep"
+    assert deep.problem is not None and "unreadable" in deep.problem
+    assert await pg_store.scope_strategy("deep") == deep
+
+
 async def test_an_empty_list_of_checks_in_the_request_drops_the_defaults_checks(
     store: Store,
 ) -> None:
