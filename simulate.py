@@ -205,7 +205,7 @@ def load_strategy(path: Path) -> Strategy:
     except ValueError:
         # The one other refusal of the parser: an integer literal past the digit limit.
         raise SimulateError(
-            f"--strategy {path}: not JSON: a number has more than "
+            f"--strategy {path}: not JSON: a number of more than "
             f"{sys.get_int_max_str_digits()} digits"
         ) from None
     except RecursionError:

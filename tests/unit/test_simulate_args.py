@@ -81,7 +81,7 @@ def test_a_bad_flag_exits_2_naming_it(
         ([1, "100%"], "strategy: must be an object"),
         ('{"plan": [1, ', "not JSON: Expecting value (line 1, column 14)"),
         ("[" * 100_000 + "]" * 100_000, "not JSON: nested too deeply"),
-        ('{"maxFailures": 1' + "0" * 5000 + "}", "not JSON: a number has more than 4300 digits"),
+        ('{"maxFailures": 1' + "0" * 5000 + "}", "not JSON: a number of more than 4300 digits"),
     ],
 )
 def test_a_bad_strategy_file_exits_2_naming_the_field(
