@@ -68,6 +68,7 @@ from fleetwave.store.plan import assign_batches, validate_plan
 from fleetwave.store.preview import RECENT_APPLIES, ReleasePreview, build_preview, spec_strategy
 from fleetwave.store.scopes import (
     ScopeStrategy,
+    blamed_on_default,
     check_scope,
     created_note,
     default_scopes,
@@ -894,7 +895,8 @@ class MemoryStore:
         spec, used = with_default(spec, first_default(default_scopes(spec), self._scope_strategies))
         plan = check_release_spec(spec)
         online = self._select_nodes(spec.selection)
-        placed = self._place(spec_strategy(spec, plan), plan, online)
+        with blamed_on_default(used):
+            placed = self._place(spec_strategy(spec, plan), plan, online)
         version = max((row.version for row in self._releases.values()), default=0) + 1
         row = self._insert(
             version,
@@ -925,7 +927,10 @@ class MemoryStore:
         plan = check_release_spec(spec)
         spec, used = with_default(spec, first_default(default_scopes(spec), self._scope_strategies))
         plan = check_release_spec(spec)
-        placed = self._place(spec_strategy(spec, plan), plan, self._select_nodes(spec.selection))
+        with blamed_on_default(used):
+            placed = self._place(
+                spec_strategy(spec, plan), plan, self._select_nodes(spec.selection)
+            )
         done = [
             node
             for rows in self._release_nodes.values()

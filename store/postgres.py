@@ -87,6 +87,7 @@ from fleetwave.store.plan import assign_batches, validate_plan
 from fleetwave.store.preview import RECENT_APPLIES, ReleasePreview, build_preview, spec_strategy
 from fleetwave.store.scopes import (
     ScopeStrategy,
+    blamed_on_default,
     check_scope,
     created_note,
     default_scopes,
@@ -1244,7 +1245,8 @@ class PostgresStore:
             spec, used = with_default(spec, await _scope_default(connection, spec))
             plan = check_release_spec(spec)
             node_ids = await _select_nodes(connection, spec.selection)
-            assigned = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
+            with blamed_on_default(used):
+                assigned = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
             version = await connection.fetchval(
                 "SELECT coalesce(max(version), 0) + 1 FROM release_tasks"
             )
@@ -1303,7 +1305,8 @@ class PostgresStore:
             spec, used = with_default(spec, await _scope_default(connection, spec))
             plan = check_release_spec(spec)
             node_ids = await _select_nodes(connection, spec.selection)
-            placed = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
+            with blamed_on_default(used):
+                placed = await _place(connection, spec_strategy(spec, plan), plan, node_ids)
             rows = await connection.fetch(
                 f"SELECT {_NODE_COLUMNS} FROM nodes WHERE id = ANY($1::bigint[])", node_ids
             )

@@ -16,7 +16,8 @@ replaces the default's budget, both of its fields.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Final
 
@@ -172,6 +173,24 @@ def with_default(
         strategy_fields=None,
     )
     return completed, DefaultUsed(found.scope, given)
+
+
+@contextmanager
+def blamed_on_default(used: DefaultUsed | None) -> Iterator[None]:
+    """Refusals of the block (placing a release's nodes: a label none of them carries) that
+    name a field the release took from a default say so, and whose: the request did not give
+    that field, and the operator is to look at the default."""
+    try:
+        yield
+    except InvalidInput as error:
+        if used is None:
+            raise
+        field = str(error).partition(":")[0].partition(".")[0].partition("[")[0]
+        if field not in FIELDS or field in used.given:
+            raise
+        raise InvalidInput(
+            f"{error} ({field} from the default strategy of scope {used.scope})"
+        ) from None
 
 
 def first_default(

@@ -283,6 +283,26 @@ async def test_a_default_row_nested_deeper_than_json_reads_is_listed_with_its_pr
     assert await pg_store.scope_strategy("deep") == deep
 
 
+async def test_a_label_of_the_default_no_node_carries_is_refused_naming_the_default(
+    store: Store,
+) -> None:
+    await add_nodes(store, 2)
+    await store.set_scope_strategy("cdn", {"batchBy": "pop", "maxInFlightPer": {"rack": 1}})
+    taken = "batchBy: no node of the release has the label 'pop' (their labels: none)"
+
+    for ask in (store.create_release, store.preview_release):
+        with pytest.raises(InvalidInput) as refused:
+            await ask(request("plan", spec=ReleaseSpec(plan=(1, "100%"))))
+        assert str(refused.value) == f"{taken} (batchBy from the default strategy of scope cdn)"
+        # The request's own field is its own: refused as it would be without a default.
+        with pytest.raises(InvalidInput) as refused:
+            await ask(request("batchBy", spec=ReleaseSpec(strategy={"batchBy": "pop"})))
+        assert str(refused.value) == taken
+    with pytest.raises(InvalidInput, match=r"\(maxInFlightPer from the default strategy of"):
+        await store.create_release(request("batchBy"))
+    assert (await store.list_releases())[1] == 0
+
+
 async def test_an_empty_list_of_checks_in_the_request_drops_the_defaults_checks(
     store: Store,
 ) -> None:
