@@ -89,11 +89,12 @@ async def test_nodes_show_has_the_node_and_its_latest_releases(
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"node {nodes[1].id} edge-002 at 127.0.0.3:8443  status online")
-    assert lines[1] == "latest releases:"
-    assert lines[2].split() == [
+    assert lines[1] == "expects nothing: no successful release included it"
+    assert lines[2] == "latest releases:"
+    assert lines[3].split() == [
         "RELEASE", "VERSION", "BATCH", "STATUS", "STARTED", "FINISHED", "ERROR",
     ]  # fmt: skip
-    assert [line.split()[:4] for line in lines[3:]] == [
+    assert [line.split()[:4] for line in lines[4:]] == [
         [str(pending.id), "2", "2", "pending"],
         [str(failed.id), "1", "2", "skipped"],
     ]
@@ -108,7 +109,10 @@ async def test_nodes_show_of_a_node_in_no_release(served: Served, store: MemoryS
     code, out, _ = await served.run("nodes", "show", "edge-001")
 
     assert code == 0
-    assert out.splitlines()[1] == "in no release yet"
+    assert out.splitlines()[1:] == [
+        "expects nothing: no successful release included it",
+        "in no release yet",
+    ]
 
 
 async def test_nodes_show_unknown_exits_2(served: Served, store: MemoryStore) -> None:
