@@ -12,6 +12,7 @@ watch after a batch can end on it.
 
 from __future__ import annotations
 
+import json
 import math
 
 import attrs
@@ -25,6 +26,9 @@ from fleetwave.store.strategy import HealthCheck
 log = structlog.get_logger("fleetwave.health")
 
 REASON_MAX = 200
+ANSWER_MAX = 64 << 10
+"""Bytes of an HTTP check's answer read at most (a health page is a small JSON object; more
+is read no further, and a failure)."""
 
 
 @attrs.frozen
@@ -86,22 +90,25 @@ class HealthWatcher:
         if self.check.prometheus is not None:
             return await health_prometheus.probe(self.check, self.http, self.url, self.query)
         timeout = self.check.timeout
-        response: httpx.Response | None = None
+        answer: tuple[int, bytes | None] | None = None
         with trio.move_on_after(timeout):
             try:
-                response = await self.http.get(self.url, timeout=timeout)
+                answer = await _get(self.http, self.url, timeout)
             except httpx.HTTPError as error:
                 return _clipped(f"request failed: {type(error).__name__}: {error}")
-        if response is None:
+        if answer is None:
             return f"no answer within {timeout:g}s"
+        status, body = answer
+        if body is None:
+            return f"HTTP {status}: the answer is larger than {ANSWER_MAX} bytes"
         try:
-            document = response.json()
-        except ValueError:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
             document = None
         said = document.get("reason") if isinstance(document, dict) else None
         shown = f": {_clipped(said)}" if isinstance(said, str) and said.strip() else ""
-        if not response.is_success:
-            return f"HTTP {response.status_code}{shown}"
+        if not 200 <= status < 300:
+            return f"HTTP {status}{shown}"
         if not isinstance(document, dict):
             return "the answer is not a JSON object"
         if document.get("healthy") is not True:
@@ -142,6 +149,17 @@ async def watch(
                     break
         nursery.cancel_scope.cancel()
     return result
+
+
+async def _get(http: httpx.AsyncClient, url: str, wait: float) -> tuple[int, bytes | None]:
+    """(status, body) of ``GET url``; the body None when it is larger than ANSWER_MAX."""
+    async with http.stream("GET", url, timeout=wait) as response:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > ANSWER_MAX:
+                return response.status_code, None
+        return response.status_code, bytes(body)
 
 
 def _query(check: HealthCheck, values: dict[str, object]) -> str:
