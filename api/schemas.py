@@ -10,6 +10,7 @@ timestamps. The OpenAPI document (api/openapi.py) is generated from both.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, cast
@@ -98,15 +99,24 @@ def parse_json(body: bytes) -> object:
         raise invalid(
             "body", f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}"
         ) from None
-    except ValueError as error:
+    except _NotANumber as error:
         raise invalid("body", str(error)) from None
+    except ValueError:
+        # int() refuses numbers of more digits than sys.get_int_max_str_digits().
+        raise invalid(
+            "body", f"a number of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     except RecursionError:
         # The parser recurses per nesting level; a deep enough document exhausts the stack.
         raise invalid("body", "JSON nested too deeply") from None
 
 
+class _NotANumber(ValueError):
+    """NaN or Infinity in a body: Python's parser reads them, JSON has no such numbers."""
+
+
 def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
+    raise _NotANumber(f"{name} is not a JSON number")
 
 
 def choice(choices: Sequence[str], convert: Any = str) -> BeforeValidator:

@@ -106,3 +106,17 @@ async def test_a_hostile_request_path_is_clipped_and_quoted_in_the_log(
     assert line["path"].endswith("…'")
     assert len(line["path"]) < 250
     assert line["path"].isprintable()
+
+
+async def test_a_body_the_json_parser_refuses_is_a_400_saying_why_in_the_apis_words(
+    client: httpx.AsyncClient,
+) -> None:
+    for raw, problem in [
+        ('{"plan": [1' + "0" * 5000 + "]}", "a number of more than 4300 digits"),
+        ('{"plan": [NaN]}', "NaN is not a JSON number"),
+        ('{"plan": [-Infinity]}', "-Infinity is not a JSON number"),
+    ]:
+        for method, path in [("POST", "/api/v1/releases"), ("PUT", "/api/v1/scopes/cdn/strategy")]:
+            answer = await client.request(method, path, content=raw.encode())
+            assert answer.status_code == 400, answer.text
+            assert answer.json() == {"code": 2002, "message": f"body: {problem}", "data": None}
