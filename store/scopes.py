@@ -36,14 +36,19 @@ BUDGET_FIELDS: Final = ("maxFailures", "maxFailurePercent")
 
 
 def check_scope(scope: str) -> str:
-    """The name of a scope with a default: one line of text, not blank, without "/" (it is a
-    segment of the API's path), at most SCOPE_MAX characters; InvalidInput naming ``scope``
-    otherwise (both stores, the API and the CLI call this)."""
+    """The name of a scope with a default: one line of text, not blank, without "/" and not
+    "." or ".." (it is a segment of the API's path), at most SCOPE_MAX characters;
+    InvalidInput naming ``scope`` otherwise (both stores, the API and the CLI call this)."""
     check_text("scope", scope)
     if not scope.strip():
         raise InvalidInput("scope: must not be empty")
     if "/" in scope:
         raise InvalidInput('scope: must not hold "/" (a scope with a default is a path segment)')
+    if scope in (".", ".."):
+        # URL clients and proxies resolve these segments: the request would name another path.
+        raise InvalidInput(
+            f'scope: must not be "{scope}" (a scope with a default is a path segment)'
+        )
     if len(scope) > SCOPE_MAX:
         raise InvalidInput(f"scope: must be at most {SCOPE_MAX} characters, got {len(scope)}")
     return scope

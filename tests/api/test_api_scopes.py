@@ -137,6 +137,7 @@ async def test_a_malformed_body_is_a_400_and_nothing_is_set(client: httpx.AsyncC
         ("/api/v1/scopes/eu%00/strategy", "scope: contains NUL (U+0000) at position 2"),
         ("/api/v1/scopes/eu%0Awest/strategy", "scope: contains a control character"),
         (f"/api/v1/scopes/{'e' * 256}/strategy", "scope: must be at most 255 characters"),
+        ("/api/v1/scopes/%2E%2E/strategy", 'scope: must not be ".."'),
     ],
 )
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
@@ -312,6 +313,8 @@ async def test_scope_commands_set_show_list_and_clear_a_default(
         ([""], '{"plan": [1]}', "scope: must not be empty"),
         (["e" * 256], '{"plan": [1]}', "scope: must be at most 255 characters"),
         (["eu/west"], '{"plan": [1]}', 'scope: must not hold "/"'),
+        ([".."], '{"plan": [1]}', 'scope: must not be ".."'),
+        (["."], '{"plan": [1]}', 'scope: must not be "."'),
     ],
 )
 async def test_scope_strategy_set_refuses_bad_input_with_exit_2_and_changes_nothing(
