@@ -32,7 +32,7 @@ from rich.text import Text
 
 from fleetwave.api.client import ApiClient, ApiUnreachable
 from fleetwave.api.sse import StreamFormatError
-from fleetwave.api.watch_liveness import Liveness
+from fleetwave.api.watch_liveness import Liveness, api_time
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -43,10 +43,6 @@ TICK: Final = 1.0
 """Seconds between redraws of a bake's time left (events redraw at once)."""
 _ENDED: Final = frozenset({"success", "failed", "cancelled", "skipped"})
 _RELEASE_ENDED: Final = frozenset({"success", "failed", "cancelled"})
-
-
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @attrs.define
@@ -112,7 +108,7 @@ class WatchState:
         """The release's detail, read at ``wall``: its step and liveness."""
         release = detail["release"]
         self.at_step = release.get("step")
-        self.read_at = _time(release["updatedAt"]) if release.get("updatedAt") else None
+        self.read_at = api_time(release.get("updatedAt"))
         self.liveness = Liveness.read(detail.get("liveness"), wall)
         self.detail_stale = False
 
@@ -122,29 +118,35 @@ class WatchState:
         return self.detail_stale or (not self.ended and self.liveness.due(wall))
 
     def apply(self, event: Mapping[str, Any]) -> None:
-        at = _time(event["createdAt"])
-        self.first_at = self.first_at or at
-        self.last_at = at
+        at = api_time(event.get("createdAt"))
+        if at is not None:
+            self.first_at = self.first_at or at
+            self.last_at = at
         node_id = event["nodeId"]
         status = event["toStatus"]
         if node_id is None:
             self.status = status
-            newer = self.read_at is None or at >= self.read_at
+            newer = self.read_at is None or at is None or at >= self.read_at
             if newer and status not in _RELEASE_ENDED:
                 self.detail_stale = True
             if status in _RELEASE_ENDED and status != "success":
                 self.error = event.get("message")
             return
         self.nodes[node_id] = status
+        if at is not None:
+            self._timed(node_id, status, at)
+        if status == "failed":
+            reason = event.get("message") or "no reason given"
+            self.failures.append(Failure(self.name(node_id), event["batch"], reason))
+
+    def _timed(self, node_id: int, status: str, at: datetime) -> None:
+        """What a node's change at ``at`` says of progress and apply times."""
         if status in ("running", "success", "failed"):
             self.liveness.progressed(at)
         if status == "running":
             self.started_at.setdefault(node_id, at)
         elif status in ("success", "failed") and node_id in self.started_at:
             self.apply_times.append((at - self.started_at[node_id]).total_seconds())
-        if status == "failed":
-            reason = event.get("message") or "no reason given"
-            self.failures.append(Failure(self.name(node_id), event["batch"], reason))
 
     def name(self, node_id: int) -> str:
         return self.names.get(node_id, f"node {node_id}")
@@ -178,8 +180,8 @@ class WatchState:
 
     def bake_left(self, wall: datetime) -> float | None:
         """Seconds until the bake held at ends, by ``wall`` (this machine's clock)."""
-        until = self.at_step.get("until") if self.at_step else None
-        return None if not until else (_time(until) - wall).total_seconds()
+        until = api_time(self.at_step.get("until")) if self.at_step else None
+        return None if until is None else (until - wall).total_seconds()
 
     def step(self, wall: datetime | None = None) -> str:
         if self.ended:
@@ -256,7 +258,8 @@ def _left(seconds: float) -> str:
 
 
 def plain_line(state: WatchState, event: Mapping[str, Any]) -> str:
-    when = event["createdAt"][11:19]
+    at = api_time(event.get("createdAt"))
+    when = at.strftime("%H:%M:%S") if at is not None else "--:--:--"
     change = f"{event['fromStatus'] or '-'} -> {event['toStatus']}"
     if event["nodeId"] is None:
         text = f"{when} release {state.release_id}: {change}"
@@ -331,8 +334,7 @@ class _Output:
         if self.as_json:
             self.out.write(json.dumps(event, ensure_ascii=False) + "\n")
         elif self.live is not None:
-            assert state.last_at is not None
-            self.live.update(live_view(state, state.last_at))
+            self.live.update(live_view(state, state.last_at or datetime.now(UTC)))
             return
         else:
             self.out.write(plain_line(state, event) + "\n")

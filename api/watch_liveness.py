@@ -12,7 +12,7 @@ The same verdicts as the dashboard's (docs/dashboard.md), by this machine's cloc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import attrs
@@ -23,8 +23,16 @@ EARLY_MIN: Final = timedelta(seconds=0.25)
 AFTER_EXPIRY: Final = timedelta(seconds=1)
 
 
-def _time(text: str | None) -> datetime | None:
-    return None if not text else datetime.fromisoformat(text.replace("Z", "+00:00"))
+def api_time(value: object) -> datetime | None:
+    """A time the API gave (ISO 8601, ``Z`` for UTC), aware; None when it gave none or
+    something that is no time (the answer may come through a proxy or another program)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _seconds(delta: timedelta) -> str:
@@ -44,8 +52,8 @@ class Liveness:
     def read(cls, item: Mapping[str, Any] | None, wall: datetime) -> Liveness:
         """The detail's ``liveness`` item, read at ``wall``."""
         item = item or {}
-        expires = _time(item.get("leaseExpiresAt"))
-        liveness = cls(item.get("owner"), expires, _time(item.get("lastProgressAt")))
+        expires = api_time(item.get("leaseExpiresAt"))
+        liveness = cls(item.get("owner"), expires, api_time(item.get("lastProgressAt")))
         if expires is not None and expires > wall:
             early = (expires - wall) / 6
             liveness.check_at = expires - early if early >= EARLY_MIN else expires + AFTER_EXPIRY

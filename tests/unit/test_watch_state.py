@@ -133,3 +133,19 @@ def test_only_release_events_newer_than_the_detail_read_make_it_worth_reading_ag
     # The release's end is in its events: nothing more to read.
     state.apply(_event(4, 9, "success", came="running"))
     assert not state.detail_stale
+
+
+def test_a_time_the_api_gives_that_is_no_time_is_left_out_not_a_crash() -> None:
+    bake = {"position": 1, "kind": "bake", "batch": 1, "until": "soon", "promoted": False}
+    state = _gated(bake, 5)
+    state.apply(_event(1, 0, "running", came="pending"))
+    hostile = {**_event(2, 1, "running", node=1, batch=1, came="pending"), "createdAt": "x"}
+    state.apply(hostile)
+    wall = datetime.fromisoformat("2026-12-03T08:00:10+00:00")
+
+    assert state.counts(1)["running"] == 1
+    assert state.last_at == datetime.fromisoformat("2026-12-03T08:00:00+00:00")
+    assert state.bake_left(wall) is None
+    assert plain_line(state, hostile).startswith("--:--:-- batch 1 edge-1: pending -> running")
+    state.take_detail({"release": {"updatedAt": 12345}, "liveness": {"leaseExpiresAt": "?"}}, wall)
+    assert state.read_at is None and state.liveness.lease_expires_at is None
