@@ -4,7 +4,8 @@
 ``{"healthy": true}`` with 200 while it is healthy; once ``turn_unhealthy(reason)`` is called,
 ``{"healthy": false, "reason": REASON}`` with 503, until ``turn_healthy()``. The query's
 ``release`` and ``batch`` (a check URL fills them in: ``/health?release={release}&batch={batch}``)
-are kept with every probe it answered, with the time (trio's clock) and what it said.
+are kept with every probe it answered, with the time (trio's clock) and what it said: the
+latest ``kept`` of them (10,000 unless told), so a demo left running holds no more.
 
 One Starlette application, in two forms like the simulated agents: served on loopback by
 hypercorn (``fleetwave demo``), or reached in process through ``httpx.ASGITransport``
@@ -13,6 +14,7 @@ hypercorn (``fleetwave demo``), or reached in process through ``httpx.ASGITransp
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -23,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 PATH = "/health"
+PROBES_KEPT = 10_000
 
 
 @attrs.frozen
@@ -39,8 +42,12 @@ class Probe:
 class HealthEndpoint:
     reason: str | None = None
     """Why it is unhealthy; None while healthy."""
-    probes: list[Probe] = attrs.field(factory=list)
+    kept: int = PROBES_KEPT
+    probes: deque[Probe] = attrs.field(init=False)
     _answered: trio.Event = attrs.field(factory=trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        self.probes = deque(maxlen=self.kept)
 
     @property
     def healthy(self) -> bool:
