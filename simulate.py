@@ -388,13 +388,19 @@ def _seed_scheduler(seed: int) -> bool:
     from one run of the same seed to the next. Seeded (as Hypothesis seeds it for tests),
     the same run interleaves its tasks the same way every time.
     """
-    from trio._core import _run
-
-    scheduler = getattr(_run, "_r", None)
-    if not isinstance(scheduler, random.Random):
+    scheduler = _scheduler()
+    if scheduler is None:
         return False
     scheduler.seed(seed)
     return True
+
+
+def _scheduler() -> random.Random | None:
+    """trio's random source for the order of ready tasks, where this trio keeps it."""
+    from trio._core import _run
+
+    scheduler = getattr(_run, "_r", None)
+    return scheduler if isinstance(scheduler, random.Random) else None
 
 
 def run_limit(options: Options, settings: Settings) -> float:
@@ -552,6 +558,12 @@ def simulate(
         print(
             f"simulate: warning: health check(s) {', '.join(options.ignored_checks)} ignored: "
             "a simulation reaches no HTTP or Prometheus server, so times exclude their waits",
+            file=stderr,
+        )
+    if _scheduler() is None:
+        print(
+            "simulate: warning: this trio keeps its choice of task order where simulate cannot "
+            "seed it: runs of one --seed may differ where a batch is larger than max_parallel",
             file=stderr,
         )
     started = time.perf_counter()

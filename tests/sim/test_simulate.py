@@ -280,3 +280,17 @@ def test_a_strategy_the_store_refuses_for_the_simulated_fleet_exits_2(
     out, err = capsys.readouterr()
     assert out == ""
     assert f"fleetwave: --strategy {path}: " in err and "pop" in err
+
+
+def test_a_trio_whose_task_order_cannot_be_seeded_is_said_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["simulate", "--strategy", str(strategy_file(tmp_path, {"plan": [1, "100%"]}))]
+    argv += ["--nodes", "5", "--apply-time", "1..2", "--fail-rate", "0", "--runs", "1"]
+    argv += ["--jobs", "1"]
+    assert cli.main(argv) == 0
+    assert "task order" not in capsys.readouterr().err
+
+    monkeypatch.setattr(simulate, "_scheduler", lambda: None)  # as a trio that moved it
+    assert cli.main(argv) == 0
+    assert "runs of one --seed may differ" in capsys.readouterr().err
