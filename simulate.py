@@ -313,8 +313,9 @@ async def _promote_gates(store: MemoryStore, release_id: int, wait: float) -> No
         await trio.sleep(GATE_POLL)
 
 
-async def simulate_run(options: Options, settings: Settings, index: int) -> RunResult:
-    """Run ``index``: one release under the strategy, the real daemon, virtual time."""
+async def prepare_run(options: Options, index: int) -> tuple[SimulatedFleet, MemoryStore, int]:
+    """Run ``index``'s fleet, its store with the fleet on the old version, and the release
+    created under the strategy (its id). SimulateError when the store refuses it."""
     fleet = build_fleet(options, index)
     store = MemoryStore()
     for k, host in enumerate(fleet.hosts, start=1):
@@ -332,7 +333,12 @@ async def simulate_run(options: Options, settings: Settings, index: int) -> RunR
     except (InvalidInput, Conflict) as refused:
         # What the store refuses for this fleet (its nodes have no labels, for one).
         raise SimulateError(f"--strategy {options.source}: {refused}") from None
-    release_id = created.release.id
+    return fleet, store, created.release.id
+
+
+async def simulate_run(options: Options, settings: Settings, index: int) -> RunResult:
+    """Run ``index``: one release under the strategy, the real daemon, virtual time."""
+    fleet, store, release_id = await prepare_run(options, index)
     # The simulation's own daemon: it claims whatever the settings say of serve's.
     settings = attrs.evolve(settings, executor_enabled=True, max_releases=1)
     async with in_process_agents(fleet, settings) as agents:
@@ -567,6 +573,7 @@ def simulate(
             file=stderr,
         )
     started = time.perf_counter()
+    trio.run(prepare_run, options, 0)  # what the store refuses is said before any run starts
     results = run_all(options, settings)
     summary = summarise(options, results)
     summary["wallSeconds"] = time.perf_counter() - started

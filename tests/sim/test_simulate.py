@@ -270,8 +270,12 @@ def test_a_run_s_time_limit_covers_every_wave_and_pause(tmp_path: Path) -> None:
 
 
 def test_a_strategy_the_store_refuses_for_the_simulated_fleet_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def no_run(*args: object) -> None:
+        raise AssertionError("a run started for a strategy the store refuses")
+
+    monkeypatch.setattr(simulate, "run_all", no_run)  # refused before any run starts
     # The simulated nodes carry no labels: batching by one is refused, as the API would.
     path = strategy_file(tmp_path, {"plan": [1, "100%"], "batchBy": "pop"})
     argv = ["simulate", "--strategy", str(path), "--nodes", "10", "--apply-time", "1..2"]
