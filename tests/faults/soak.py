@@ -86,6 +86,8 @@ CLAIM_MESSAGE = "claimed by "
 RETRY_MESSAGE = "retry by "
 NODE_RETRY_MESSAGE = "retry: attempt "
 SOAK_OPERATOR = Actor("soak", Role.OPERATOR)
+RECONCILE_WAIT_FACTOR = 3
+"""How much longer an every-other kill waits for a reconciliation until one kill has hit one."""
 
 
 @attrs.frozen(kw_only=True)
@@ -536,8 +538,13 @@ class _Soak:
             found = None
             if number % 2:
                 # Every other kill: the first daemon to start reconciling a stopped batch
-                # within the gap, else a random one at its end.
-                found = await self._wait_reconciling(self.rng.uniform(*self.sizes.kill_gap_sec))
+                # within the gap, else a random one at its end. Until one such kill has
+                # landed the wait is longer: reconciliations are short and come when a
+                # stopped batch's sibling still applies, which a short gap can miss each time.
+                gap = self.rng.uniform(*self.sizes.kill_gap_sec)
+                if not any(kill.reconciling for kill in self.kills):
+                    gap *= RECONCILE_WAIT_FACTOR
+                found = await self._wait_reconciling(gap)
             else:
                 with trio.move_on_after(self.rng.uniform(*self.sizes.kill_gap_sec)):
                     await self.done.wait()
