@@ -10,6 +10,7 @@ Schema (the OpenAPI document's) states the same bounds.
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, TypeVar
@@ -97,11 +98,12 @@ def _pattern(controls: str, *, blank: bool) -> str:
     return free if blank else free + "[\\s\\S]*?\\S"
 
 
-class _Constraint:
+class _Constraint(abc.ABC):
     """A constraint checked after the type's own validation, by ``check``."""
 
+    @abc.abstractmethod
     def check(self, value: Any) -> Any:
-        raise NotImplementedError
+        """``value`` when it holds (possibly normalised); raises the refusal otherwise."""
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
