@@ -21,11 +21,12 @@ import structlog
 import trio
 
 from fleetwave.actors import health_prometheus
+from fleetwave.config.quoting import clipped
 from fleetwave.store.strategy import HealthCheck
 
 log = structlog.get_logger("fleetwave.health")
 
-REASON_MAX = 200
+REASON_MAX = health_prometheus.REASON_MAX  # one limit for the reasons of every kind of check
 ANSWER_MAX = 64 << 10
 """Bytes of an HTTP check's answer read at most (a health page is a small JSON object; more
 is read no further, and a failure)."""
@@ -43,11 +44,6 @@ class Unhealthy:
 
 
 HealthReport = Healthy | Unhealthy
-
-
-def _clipped(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 1] + "…"
 
 
 @attrs.define
@@ -95,7 +91,7 @@ class HealthWatcher:
             try:
                 answer = await _get(self.http, self.url, timeout)
             except httpx.HTTPError as error:
-                return _clipped(f"request failed: {type(error).__name__}: {error}")
+                return clipped(f"request failed: {type(error).__name__}: {error}", REASON_MAX)
         if answer is None:
             return f"no answer within {timeout:g}s"
         status, body = answer
@@ -106,14 +102,14 @@ class HealthWatcher:
         except (ValueError, RecursionError):
             document = None
         said = document.get("reason") if isinstance(document, dict) else None
-        shown = f": {_clipped(said)}" if isinstance(said, str) and said.strip() else ""
+        shown = f": {clipped(said, REASON_MAX)}" if isinstance(said, str) and said.strip() else ""
         if not 200 <= status < 300:
             return f"HTTP {status}{shown}"
         if not isinstance(document, dict):
             return "the answer is not a JSON object"
         if document.get("healthy") is not True:
             if isinstance(said, str) and said.strip():
-                return _clipped(said)
+                return clipped(said, REASON_MAX)
             return 'the answer does not say "healthy": true'
         return None
 
