@@ -208,6 +208,13 @@ def _add_simulate_command(commands: argparse._SubParsersAction[argparse.Argument
         "with a gate is refused)",
     )
     sim.add_argument("--jobs", metavar="J", help="processes to share the runs (default: CPUs)")
+    sim.add_argument(
+        "--engine",
+        default="model",
+        metavar="E",
+        help="model: compute each run from the daemon's schedule, microseconds a node "
+        "(default); daemon: run the real Supervisor, ReleaseActor and NodeActors",
+    )
     sim.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -893,6 +900,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             gate_wait=args.gate_wait,
             jobs=args.jobs,
+            engine=args.engine,
         )
         simulate.simulate(options, settings, as_json=args.json)
     except simulate.SimulateError as error:

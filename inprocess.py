@@ -2,13 +2,13 @@
 
 ``in_process_agents`` gives the AgentClient a daemon talks to the fleet with (no sockets: the
 fleet's ASGI app answers each request in this process, on the caller's trio clock).
-``DoneWatch`` tells when each release a Supervisor claimed has left it, reading the
+``DoneWatch`` tells when the releases a Supervisor claimed have left it, reading the
 supervisor's owned set: no store call.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
@@ -65,14 +65,5 @@ class DoneWatch:
                 now = self.clock()
                 for release_id in release_ids():
                     self.done.setdefault(release_id, now)
-                return
-            await trio.sleep(self.poll)
-
-    async def wait_for(self, release_ids: Collection[int]) -> None:
-        """Until each of ``release_ids`` was owned and has left the supervisor (ended, parked
-        or handed back), whatever else it claims meanwhile."""
-        while True:
-            self._look()
-            if all(release_id in self.done for release_id in release_ids):
                 return
             await trio.sleep(self.poll)

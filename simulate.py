@@ -38,11 +38,13 @@ import structlog
 import trio
 import trio.testing
 
+from fleetwave.actors.timing import NodeTiming
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from fleetwave.bench import machine, percentile
 from fleetwave.config import Settings
 from fleetwave.config.logging import configure_logging
-from fleetwave.inprocess import DoneWatch, in_process_agents
+from fleetwave.inprocess import in_process_agents
+from fleetwave.simmodel import Member, ScheduleModel
 from fleetwave.store import models
 from fleetwave.store.errors import Conflict, InvalidInput
 from fleetwave.store.memory import MemoryStore
@@ -70,6 +72,8 @@ OUTCOMES = ("success", "failed", "rolled back", "paused")
 FIGURES = ("min", "p50", "p90", "p99", "max")
 LABEL = 52
 """Width of the table's first column."""
+ENGINES = ("model", "daemon")
+"""How runs are computed: the schedule model (simmodel.py), or the real daemon's actors."""
 
 
 class SimulateError(ValueError):
@@ -98,6 +102,9 @@ class Options:
     jobs: int = 1
     """Processes the runs are shared among."""
     ignored_checks: tuple[str, ...] = ()
+    engine: str = "model"
+    """``model``: each run computed by the schedule model (simmodel.py); ``daemon``: run by
+    the real Supervisor, ReleaseActor and NodeActors on a virtual clock."""
 
 
 @attrs.frozen
@@ -226,8 +233,11 @@ def build_options(
     seed: str | None = None,
     gate_wait: str | None = None,
     jobs: str | None = None,
+    engine: str = "model",
 ) -> Options:
     """Options from the command line's words; SimulateError names the first one wrong."""
+    if engine not in ENGINES:
+        raise SimulateError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     count = _whole("--nodes", nodes, 1, MAX_NODES)
     bounds = parse_apply_time(apply_time)
     rate = parse_fail_rate(fail_rate)
@@ -260,6 +270,7 @@ def build_options(
         gate_wait=wait,
         jobs=workers,
         ignored_checks=ignored,
+        engine=engine,
     )
 
 
@@ -271,18 +282,34 @@ def run_seed(seed: int, index: int) -> random.Random:
     return random.Random(f"fleetwave-simulate:{seed}:{index}")
 
 
-def build_fleet(options: Options, index: int) -> SimulatedFleet:
-    """Run ``index``'s agents: apply times from MIN..MAX, each failing with the fail rate."""
+@attrs.frozen
+class RunDraws:
+    """What run ``index`` draws for its fleet, the same for either engine: per node (the
+    fleet's k-th agent at index k - 1) its apply time and whether its apply fails."""
+
+    apply_times: list[float]
+    failing: list[bool]
+
+
+def run_draws(options: Options, index: int) -> RunDraws:
+    """Run ``index``'s draws: apply times uniform in MIN..MAX, failures at the fail rate."""
     rng = run_seed(options.seed, index)
-    fleet = SimulatedFleet(
-        options.nodes,
-        behaviour=Behaviour(apply_time=options.apply_time),
-        seed=rng.getrandbits(64),
+    low, high = options.apply_time
+    count = options.nodes
+    return RunDraws(
+        apply_times=[rng.uniform(low, high) for _ in range(count)],
+        failing=[rng.random() < options.fail_rate for _ in range(count)],
     )
-    failing = Behaviour(apply_time=options.apply_time, fail=FAILURE)
-    for k in range(1, options.nodes + 1):
-        if rng.random() < options.fail_rate:
-            fleet.set_behaviour(k, failing)
+
+
+def build_fleet(options: Options, index: int) -> SimulatedFleet:
+    """Run ``index``'s agents, each applying for its drawn time and failing where drawn."""
+    draws = run_draws(options, index)
+    fleet = SimulatedFleet(options.nodes, behaviour=Behaviour(apply_time=options.apply_time))
+    for k, (seconds, fails) in enumerate(zip(draws.apply_times, draws.failing, strict=True), 1):
+        fleet.set_behaviour(
+            k, Behaviour(apply_time=(seconds, seconds), fail=FAILURE if fails else None)
+        )
     return fleet
 
 
@@ -336,6 +363,18 @@ async def prepare_run(options: Options, index: int) -> tuple[SimulatedFleet, Mem
     return fleet, store, created.release.id
 
 
+async def _left_daemon(store: MemoryStore, supervisor: Supervisor, release_id: int) -> None:
+    """Until the release has ended (or paused) and its actor is gone (what onFailure does
+    after the outcome is done then), however soon after its start that happened."""
+    while True:
+        release = await store.get_release(release_id)
+        assert release is not None
+        running = release.status in (ReleaseStatus.PENDING, ReleaseStatus.RUNNING)
+        if not running and release_id not in supervisor.owned:
+            return
+        await trio.sleep(WATCH_POLL)
+
+
 async def simulate_run(options: Options, settings: Settings, index: int) -> RunResult:
     """Run ``index``: one release under the strategy, the real daemon, virtual time."""
     fleet, store, release_id = await prepare_run(options, index)
@@ -343,14 +382,13 @@ async def simulate_run(options: Options, settings: Settings, index: int) -> RunR
     settings = attrs.evolve(settings, executor_enabled=True, max_releases=1)
     async with in_process_agents(fleet, settings) as agents:
         supervisor = Supervisor(store, agents, settings)
-        watch = DoneWatch(supervisor, trio.current_time, 1, poll=WATCH_POLL)
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             if options.gate_wait is not None:
                 nursery.start_soon(_promote_gates, store, release_id, options.gate_wait)
             limit = run_limit(options, settings)
             with trio.move_on_after(limit) as timer:
-                await watch.wait_for([release_id])
+                await _left_daemon(store, supervisor, release_id)
             if timer.cancelled_caught:
                 raise RunStuck(
                     f"run {index}: release still with the daemon after {limit:g} virtual "
@@ -428,10 +466,58 @@ def run_limit(options: Options, settings: Settings) -> float:
 
 
 def run_one(options: Options, settings: Settings, index: int) -> RunResult:
-    """Run ``index`` in a trio run of its own on a virtual clock."""
+    """Run ``index`` by the real daemon, in a trio run of its own on a virtual clock."""
     _seed_scheduler(run_seed(options.seed, index).getrandbits(64))
     clock = trio.testing.MockClock(autojump_threshold=0)
     return trio.run(simulate_run, options, settings, index, clock=clock)
+
+
+async def _placement(options: Options) -> tuple[tuple[Member, ...], ...]:
+    """The release's batches as the store places them for the simulated fleet (the same in
+    every run): each node's row, and the index of its agent's draws."""
+    fleet, store, release_id = await prepare_run(options, 0)
+    agent_of = {host: k for k, host in enumerate(fleet.hosts)}
+    batches: dict[int, list[Member]] = {}
+    for node in await store.release_nodes(release_id):
+        member = Member(node.id, agent_of[node.main_ip], node.node_name)
+        batches.setdefault(node.batch, []).append(member)
+    return tuple(tuple(batches[number]) for number in sorted(batches))
+
+
+def schedule_model(options: Options, settings: Settings) -> ScheduleModel:
+    """The model of the simulated release, under the daemon settings ``serve`` would use."""
+    placement = trio.run(_placement, options, clock=trio.testing.MockClock(autojump_threshold=0))
+    return ScheduleModel(
+        strategy=options.strategy,
+        batches=placement,
+        timing=NodeTiming.from_settings(settings),
+        poll_rate=settings.poll_rate,
+        max_parallel=settings.max_parallel,
+        reconcile_timeout=settings.reconcile_timeout_sec,
+        gate_wait=options.gate_wait,
+        gate_poll=GATE_POLL,
+    )
+
+
+def model_result(model: ScheduleModel, options: Options, index: int) -> RunResult:
+    """Run ``index`` computed by the schedule model, on the run's draws."""
+    draws = run_draws(options, index)
+    ended = model.run(draws.apply_times, draws.failing)
+    return RunResult(
+        index=index,
+        outcome="rolled back" if ended.rolled_back else ended.status,
+        seconds=ended.seconds,
+        touched=ended.touched,
+        left_old=ended.left_old,
+        failed_nodes=ended.failed_nodes,
+        error=ended.error,
+    )
+
+
+def model_runs(options: Options, settings: Settings, indices: Sequence[int]) -> list[RunResult]:
+    """Runs ``indices`` by the schedule model, built once for all of them."""
+    model = schedule_model(options, settings)
+    return [model_result(model, options, index) for index in indices]
 
 
 def _quiet(settings: Settings) -> None:
@@ -460,6 +546,14 @@ def run_all(options: Options, settings: Settings) -> list[RunResult]:
     """Every run, in run order, shared among ``options.jobs`` processes."""
     indices = range(options.runs)
     with _quiet_logging(settings):
+        if options.engine == "model":
+            if options.jobs <= 1:
+                return model_runs(options, settings, indices)
+            shares = [indices[job :: options.jobs] for job in range(options.jobs)]
+            count = len(shares)
+            with ProcessPoolExecutor(max_workers=options.jobs) as pool:
+                done = pool.map(model_runs, [options] * count, [settings] * count, shares)
+                return sorted((r for share in done for r in share), key=lambda r: r.index)
         if options.jobs <= 1:
             return [run_one(options, settings, index) for index in indices]
         with ProcessPoolExecutor(

@@ -398,12 +398,7 @@ class ReleaseActor:
 
     def _over_budget(self) -> str | None:
         """Why the failures so far stop the release (store/strategy.py), or None."""
-        count = len(self._sizes)
-        for batch in sorted(self._failed):
-            why = self._strategy.over_budget(batch, count, self._failed, self._sizes)
-            if why is not None:
-                return why
-        return None
+        return self._strategy.release_over_budget(self._failed, self._sizes)
 
     async def _write_step(self, step: int, message: str | None, bake: float | None) -> None:
         written = await self._retrying(

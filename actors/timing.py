@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator
+from typing import Protocol
 
 import attrs
 
@@ -94,11 +94,17 @@ class PollShare:
             self.pacer.watching -= before - self.watched
 
 
-def jittered(value: float, timing: NodeTiming, rng: random.Random) -> float:
+class Uniform(Protocol):
+    """What jitter draws from: ``random.Random``, or a replay of one (simmodel.py)."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+def jittered(value: float, timing: NodeTiming, rng: Uniform) -> float:
     """``value`` spread by ±jitter, so a large batch does not act in lockstep."""
     return value * (1 + rng.uniform(-timing.jitter, timing.jitter))
 
 
-def retry_delay(attempt: int, timing: NodeTiming, rng: random.Random) -> float:
+def retry_delay(attempt: int, timing: NodeTiming, rng: Uniform) -> float:
     """Delay before retry number ``attempt`` (1-based): exponential, capped, jittered."""
     return jittered(min(timing.retry_max, timing.retry_initial * 2 ** (attempt - 1)), timing, rng)

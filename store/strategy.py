@@ -246,6 +246,18 @@ class Strategy:
             )
         return None
 
+    def release_over_budget(
+        self, failed: Mapping[int, int], sizes: Mapping[int, int]
+    ) -> str | None:
+        """Why the failures of a release (per batch) stop it, the first batch first; None:
+        within every budget."""
+        count = len(sizes)
+        for batch in sorted(failed):
+            why = self.over_budget(batch, count, failed, sizes)
+            if why is not None:
+                return why
+        return None
+
 
 def _problem(field: str, text: str) -> InvalidInput:
     return InvalidInput(f"{field}: {text}")

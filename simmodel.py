@@ -1,0 +1,286 @@
+"""The daemon's schedule of one release, computed: what ``fleetwave simulate`` runs by default.
+
+A release of ten thousand nodes costs the real daemon about a second and a half of CPU even in
+virtual time (a task per node, a few dozen trio steps each, every status query through the
+AgentClient). ``ScheduleModel`` computes the same release as a discrete-event simulation of
+what those actors do, in microseconds a node, so that a hundred runs take seconds:
+
+- a batch's nodes take ``max_parallel`` places in row order; each is dispatched when it gets
+  one, its agent applies for its drawn time, and it is asked for its status at the intervals a
+  NodeActor waits (``PollShare.interval``, jittered by ``jittered`` with the node's own
+  ``random.Random(row id)``, as the actor's), so an outcome counts when the first query after
+  it is answered, and a node no query saw finish by the node deadline fails;
+- a failure beyond a budget (``Strategy.release_over_budget``, the ReleaseActor's own test)
+  stops the batch at that instant: nodes that never got a place stay pending (skipped), nodes
+  dispatched are followed as ``ReleaseActor._reconcile`` follows them, until their agent
+  finishes or the deadline (at least ``reconcile_timeout``) passes, and recorded as they ended;
+- bakes hold their seconds; a gate is promoted as ``simulate``'s promoter does it, looking every
+  ``gate_poll`` seconds and promoting ``gate_wait`` seconds after the gate was reached;
+- the outcome follows ``onFailure``: stop (failed), pause, rollback (failed, and counted).
+
+It shares with the actors what decides (the schedule, the budgets, the poll pacing and its
+jitter, the agents' draws), not their code paths: tests/sim/test_simulate_model.py runs the
+real daemon on the same draws and holds the two to the same outcome, the same nodes touched
+and left behind, and the same time to finish within a poll interval.
+
+What it leaves out, the real daemon only shows with ``--engine daemon``: agent errors and
+retries (a simulated agent answers at once), the order in which trio hands out places when a
+batch is larger than ``max_parallel`` (the model takes row order; figures agree in
+distribution, not run by run), and store or lease trouble.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Sequence
+
+import attrs
+
+from fleetwave.actors.timing import NodeTiming, PollPacer, jittered
+from fleetwave.store.strategy import OnFailure, Strategy
+
+_PENDING, _RUNNING, _SUCCESS, _FAILED, _CANCELLED = range(5)
+_POLL, _DEADLINE = 0, 1
+
+
+@attrs.frozen
+class Member:
+    """A node of the release: its row (whose id seeds its poll jitter) and its draws."""
+
+    row_id: int
+    draw: int
+    """Its index in a run's draws (``apply_times``, ``failing``)."""
+    name: str
+
+
+@attrs.frozen
+class ModelOutcome:
+    """How one modelled release ended."""
+
+    status: str
+    """success, failed, paused (the release row's words)."""
+    rolled_back: bool
+    """Failed, and ``onFailure: rollback`` would create the rollback release."""
+    seconds: float
+    """From the release's creation to its end (or its pause)."""
+    touched: int
+    """Nodes whose agent received the task."""
+    left_old: int
+    """Nodes not recorded success: on the config they ran before."""
+    failed_nodes: int
+    error: str | None
+
+
+class _Jitter:
+    """The draws of ``random.Random(row_id)``, the RNG a NodeActor (and a follow of the
+    reconciliation, afresh) jitters its polls with, replayed from ``at`` on: drawn once in a
+    process and read by every run."""
+
+    __slots__ = ("_drawn", "_rng", "at")
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._drawn: list[float] = []
+        self.at = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        """As ``random.Random.uniform``: ``a + (b - a) * random()``, the next draw."""
+        at = self.at
+        drawn = self._drawn
+        if at == len(drawn):
+            drawn.append(self._rng.random())
+        self.at = at + 1
+        return a + (b - a) * drawn[at]
+
+
+@attrs.define
+class ScheduleModel:
+    """One release of a fixed set of batches under ``strategy``, run by ``run`` as often as
+    wanted, each time with new draws."""
+
+    strategy: Strategy
+    batches: tuple[tuple[Member, ...], ...]
+    """The release's batches in order, each in row order (as the store placed them)."""
+    timing: NodeTiming
+    poll_rate: float
+    max_parallel: int
+    reconcile_timeout: float
+    gate_wait: float | None = None
+    gate_poll: float = 0.5
+    _jitters: dict[int, _Jitter] = attrs.field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        for batch in self.batches:
+            for member in batch:
+                self._jitters[member.draw] = _Jitter(member.row_id)
+
+    def run(self, apply_times: Sequence[float], failing: Sequence[bool]) -> ModelOutcome:
+        """The release with each node's agent taking ``apply_times[draw]`` seconds and failing
+        where ``failing[draw]``."""
+        return _Run(self, apply_times, failing).release()
+
+
+class _Run:
+    """One release's state while it is modelled (times in seconds from its creation)."""
+
+    def __init__(
+        self, model: ScheduleModel, apply_times: Sequence[float], failing: Sequence[bool]
+    ) -> None:
+        self.model = model
+        self.timing = model.timing
+        self.apply_times = apply_times
+        self.failing = failing
+        size = len(apply_times)
+        self.status = [_PENDING] * size
+        self.since = [0.0] * size
+        self.done_at = [0.0] * size
+        self.pacer = PollPacer(rate=model.poll_rate)
+        self.failed: dict[int, int] = {}
+        self.sizes = {number: len(batch) for number, batch in enumerate(model.batches, 1)}
+        self.error: str | None = None
+        self.next_look = 0.0
+        for jitter in model._jitters.values():
+            jitter.at = 0
+
+    def _next_poll(self, draw: int, now: float, limit: float) -> tuple[float, int, int]:
+        """The event after a query at ``now`` that found the task unfinished: the next query,
+        or ``limit`` (the deadline) when that comes first."""
+        age = now - self.since[draw]
+        interval = self.pacer.interval(age, self.timing)
+        at = now + jittered(interval, self.timing, self.model._jitters[draw])
+        return (at, _POLL, draw) if at < limit else (limit, _DEADLINE, draw)
+
+    def release(self) -> ModelOutcome:
+        model = self.model
+        now = 0.0
+        stopped = False
+        for number, batch in enumerate(model.batches, 1):
+            now, stopped = self._batch(number, batch, now)
+            if stopped:
+                break
+            now = self._pauses_after(number, now)
+        status = "success"
+        if stopped:
+            status = "paused" if model.strategy.on_failure is OnFailure.PAUSE else "failed"
+        counts = [self.status.count(kind) for kind in range(5)]
+        return ModelOutcome(
+            status=status,
+            rolled_back=stopped and model.strategy.on_failure is OnFailure.ROLLBACK,
+            seconds=now,
+            touched=len(self.status) - counts[_PENDING],
+            left_old=len(self.status) - counts[_SUCCESS],
+            failed_nodes=counts[_FAILED],
+            error=self.error,
+        )
+
+    def _batch(self, number: int, members: Sequence[Member], start: float) -> tuple[float, bool]:
+        """Run batch ``number`` from ``start``: (when it ended, whether a failure stopped it)."""
+        model = self.model
+        deadline = self.timing.deadline
+        status, since, done_at = self.status, self.since, self.done_at
+        waiting = deque(member.draw for member in members)
+        events: list[tuple[float, int, int]] = []
+        limits: dict[int, float] = {}
+        now = start
+
+        def dispatch(at: float) -> None:
+            draw = waiting.popleft()
+            status[draw] = _RUNNING
+            since[draw] = at
+            done_at[draw] = at + self.apply_times[draw]
+            limits[draw] = at + deadline
+            heapq.heappush(events, self._next_poll(draw, at, limits[draw]))
+
+        with self.pacer.share(len(members)) as share:
+            for _ in range(min(model.max_parallel, len(members))):
+                dispatch(start)
+            while events:
+                now, kind, draw = heapq.heappop(events)
+                if kind == _POLL and now < done_at[draw]:
+                    heapq.heappush(events, self._next_poll(draw, now, limits[draw]))
+                    continue
+                share.finished()
+                ok = kind == _POLL and not self.failing[draw]
+                status[draw] = _SUCCESS if ok else _FAILED
+                if not ok:
+                    self.failed[number] = self.failed.get(number, 0) + 1
+                    why = model.strategy.release_over_budget(self.failed, self.sizes)
+                    if why is not None:
+                        self.error = f"node {self._name(number, draw)} failed ({why})"
+                        break
+                if waiting:
+                    dispatch(now)
+            else:
+                return now, False
+            # What ended at the instant the batch stopped counts (the ReleaseActor drains
+            # what its NodeActors sent): nodes dispatched together reach their deadline
+            # together.
+            while events and events[0][0] == now:
+                _, kind, draw = heapq.heappop(events)
+                if kind == _DEADLINE or now >= done_at[draw]:
+                    share.finished()
+                    ok = kind == _POLL and not self.failing[draw]
+                    status[draw] = _SUCCESS if ok else _FAILED
+                    if not ok:
+                        self.failed[number] = self.failed.get(number, 0) + 1
+        running = [draw for draw in limits if status[draw] == _RUNNING]
+        return self._reconcile(running, now), True
+
+    def _reconcile(self, running: Sequence[int], stopped_at: float) -> float:
+        """Follow the dispatched, unfinished nodes of a stopped batch until their agents
+        finish or their deadline passes (at least ``reconcile_timeout``): when the last
+        follow ended."""
+        jitters = self.model._jitters
+        status, since, done_at = self.status, self.since, self.done_at
+        limits = {
+            draw: max(since[draw] + self.timing.deadline, stopped_at + self.model.reconcile_timeout)
+            for draw in running
+        }
+        events = [(stopped_at, _POLL, draw) for draw in running]
+        for draw in running:
+            jitters[draw].at = 0  # each follow jitters with a Random of its own, afresh
+        end = stopped_at
+        with self.pacer.share(len(running)) as share:
+            while events:
+                now, kind, draw = heapq.heappop(events)
+                if kind == _POLL and now < done_at[draw]:
+                    heapq.heappush(events, self._next_poll(draw, now, limits[draw]))
+                    continue
+                share.finished()
+                end = max(end, now)
+                if kind == _DEADLINE:
+                    status[draw] = _CANCELLED
+                else:
+                    status[draw] = _FAILED if self.failing[draw] else _SUCCESS
+        return end
+
+    def _pauses_after(self, number: int, now: float) -> float:
+        """Hold the bakes and gates that follow batch ``number``: when the next batch starts."""
+        for step in self.model.strategy.schedule_batches(len(self.model.batches)):
+            if step.pause is None or step.batch != number:
+                continue
+            if step.pause.seconds is not None:
+                now += step.pause.seconds
+            else:
+                now = self._promoted(now)
+        return now
+
+    def _promoted(self, reached: float) -> float:
+        """When the gate reached at ``reached`` is promoted: at the first look of the promoter
+        that finds it, ``gate_wait`` seconds after it was reached at the earliest."""
+        model = self.model
+        assert model.gate_wait is not None, "a gate is refused without a gate wait"
+        look = self.next_look
+        while look < reached:
+            look += model.gate_poll
+        promoted = max(look, reached + model.gate_wait)
+        self.next_look = promoted + model.gate_poll
+        return promoted
+
+    def _name(self, number: int, draw: int) -> str:
+        for member in self.model.batches[number - 1]:
+            if member.draw == draw:
+                return member.name
+        return f"#{draw}"
