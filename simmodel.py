@@ -109,6 +109,8 @@ class ScheduleModel:
     reconcile_timeout: float
     gate_wait: float | None = None
     gate_poll: float = 0.5
+    failure: str = "failed"
+    """The lastError a failing agent reports."""
     _jitters: dict[int, _Jitter] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -208,7 +210,7 @@ class _Run:
                     self.failed[number] = self.failed.get(number, 0) + 1
                     why = model.strategy.release_over_budget(self.failed, self.sizes)
                     if why is not None:
-                        self.error = f"node {self._name(number, draw)} failed ({why})"
+                        self.error = self._failure(number, draw, kind, why)
                         break
                 if waiting:
                     dispatch(now)
@@ -279,8 +281,11 @@ class _Run:
         self.next_look = promoted + model.gate_poll
         return promoted
 
-    def _name(self, number: int, draw: int) -> str:
-        for member in self.model.batches[number - 1]:
-            if member.draw == draw:
-                return member.name
-        return f"#{draw}"
+    def _failure(self, number: int, draw: int, kind: int, why: str) -> str:
+        """The release's error: the node whose failure stopped it, and why."""
+        name = next(m.name for m in self.model.batches[number - 1] if m.draw == draw)
+        if kind == _DEADLINE:
+            cause = f"no result from its agent within {self.timing.deadline:g}s"
+        else:
+            cause = f"its agent reported failure: {self.model.failure!r}"
+        return f"node {name} failed: {cause} ({why})"

@@ -496,6 +496,7 @@ def schedule_model(options: Options, settings: Settings) -> ScheduleModel:
         reconcile_timeout=settings.reconcile_timeout_sec,
         gate_wait=options.gate_wait,
         gate_poll=GATE_POLL,
+        failure=FAILURE,
     )
 
 
@@ -593,6 +594,7 @@ def summarise(options: Options, results: Sequence[RunResult]) -> dict[str, Any]:
         "failRate": options.fail_rate,
         "runs": options.runs,
         "seed": options.seed,
+        "engine": options.engine,
         "gateWait": options.gate_wait,
         "ignoredHealthChecks": list(options.ignored_checks),
         "outcomes": {
@@ -619,7 +621,8 @@ def render(summary: Mapping[str, Any]) -> str:
     lines = [
         f"simulated {summary['runs']} release(s) of plan "
         f"{json.dumps(summary['strategy']['plan'])} over {summary['nodes']} nodes: "
-        f"apply {low:g}..{high:g} s, fail rate {summary['failRate']:g}, seed {summary['seed']}",
+        f"apply {low:g}..{high:g} s, fail rate {summary['failRate']:g}, seed {summary['seed']}, "
+        f"engine {summary['engine']}",
         "outcomes: "
         + ", ".join(
             f"{name} {outcomes['rolledBack' if name == 'rolled back' else name]}"
@@ -660,7 +663,7 @@ def simulate(
             "a simulation reaches no HTTP or Prometheus server, so times exclude their waits",
             file=stderr,
         )
-    if _scheduler() is None:
+    if options.engine == "daemon" and _scheduler() is None:
         print(
             "simulate: warning: this trio keeps its choice of task order where simulate cannot "
             "seed it: runs of one --seed may differ where a batch is larger than max_parallel",

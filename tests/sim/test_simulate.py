@@ -33,6 +33,7 @@ def simulated(
     seed: int = 11,
     gate_wait: str | None = None,
     jobs: int = 1,
+    engine: str = "model",
     **settings: object,
 ) -> dict[str, Any]:
     """The summary of a simulation, as ``--json`` prints it."""
@@ -45,6 +46,7 @@ def simulated(
         seed=str(seed),
         gate_wait=gate_wait,
         jobs=str(jobs),
+        engine=engine,
     )
     out = io.StringIO()
     summary = simulate.simulate(
@@ -56,6 +58,12 @@ def simulated(
     )
     assert json.loads(out.getvalue()) == json.loads(json.dumps(summary))
     return summary
+
+
+@pytest.fixture(params=simulate.ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """Each figure holds whichever engine computes the runs."""
+    return str(request.param)
 
 
 def per_run(summary: dict[str, Any], key: str) -> list[Any]:
@@ -70,8 +78,10 @@ TICK = 1e-5
 """The store's times are whole microseconds."""
 
 
-def test_with_no_failure_every_run_succeeds_within_the_plan_s_bound(tmp_path: Path) -> None:
-    summary = simulated(tmp_path, {"plan": [1, "10%", "100%"]}, nodes=100, runs=4)
+def test_with_no_failure_every_run_succeeds_within_the_plan_s_bound(
+    tmp_path: Path, engine: str
+) -> None:
+    summary = simulated(tmp_path, {"plan": [1, "10%", "100%"]}, nodes=100, runs=4, engine=engine)
     # Batches of 1, 10 and 89 nodes, one after another, each 5..15 s.
     assert summary["outcomes"] == {"success": 4, "failed": 0, "rolledBack": 0, "paused": 0}
     for seconds in per_run(summary, "seconds"):
@@ -86,8 +96,8 @@ def test_with_no_failure_every_run_succeeds_within_the_plan_s_bound(tmp_path: Pa
     assert per_run(summary, "touched") == [100] * 4
 
 
-def test_with_every_node_failing_the_canary_stops_the_release(tmp_path: Path) -> None:
-    summary = simulated(tmp_path, {"plan": [2, "100%"]}, fail_rate="1", runs=4)
+def test_with_every_node_failing_the_canary_stops_the_release(tmp_path: Path, engine: str) -> None:
+    summary = simulated(tmp_path, {"plan": [2, "100%"]}, fail_rate="1", runs=4, engine=engine)
     assert summary["outcomes"] == {"success": 0, "failed": 4, "rolledBack": 0, "paused": 0}
     # The canary's two agents were reached and nobody else: all 50 stay on version 1.
     assert summary["nodesTouchedBeforeFailureCaught"] == dict.fromkeys(simulate.FIGURES, 2)
@@ -98,9 +108,9 @@ def test_with_every_node_failing_the_canary_stops_the_release(tmp_path: Path) ->
         assert "simulated failure" in run["error"]
 
 
-def test_a_bake_adds_its_seconds_to_the_time_to_finish(tmp_path: Path) -> None:
-    plain = simulated(tmp_path, {"plan": [1, "100%"]}, runs=2)
-    baked = simulated(tmp_path, {"plan": [1, {"pause": 300}, "100%"]}, runs=2)
+def test_a_bake_adds_its_seconds_to_the_time_to_finish(tmp_path: Path, engine: str) -> None:
+    plain = simulated(tmp_path, {"plan": [1, "100%"]}, runs=2, engine=engine)
+    baked = simulated(tmp_path, {"plan": [1, {"pause": 300}, "100%"]}, runs=2, engine=engine)
     assert baked["outcomes"]["success"] == 2
     # The same seed draws the same apply times: only the bake differs.
     for before, after in zip(per_run(plain, "seconds"), per_run(baked, "seconds"), strict=True):
@@ -108,31 +118,40 @@ def test_a_bake_adds_its_seconds_to_the_time_to_finish(tmp_path: Path) -> None:
         assert 300 + 2 * 5 <= after <= 300 + 2 * (15 + SLACK_PER_BATCH)
 
 
-def test_a_gate_is_promoted_after_gate_wait(tmp_path: Path) -> None:
-    plain = simulated(tmp_path, {"plan": [1, "100%"]}, runs=2)
-    gated = simulated(tmp_path, {"plan": [1, {"pause": None}, "100%"]}, runs=2, gate_wait="120")
+def test_a_gate_is_promoted_after_gate_wait(tmp_path: Path, engine: str) -> None:
+    plain = simulated(tmp_path, {"plan": [1, "100%"]}, runs=2, engine=engine)
+    gated = simulated(
+        tmp_path, {"plan": [1, {"pause": None}, "100%"]}, runs=2, gate_wait="120", engine=engine
+    )
     assert gated["gateWait"] == 120
     assert gated["outcomes"]["success"] == 2
     for before, after in zip(per_run(plain, "seconds"), per_run(gated, "seconds"), strict=True):
         assert 120 - TICK <= after - before <= 120 + SLACK_PER_BATCH
 
 
-def test_on_failure_rollback_and_pause_are_counted_as_such(tmp_path: Path) -> None:
-    rolled = simulated(tmp_path, {"plan": [1, "100%"], "onFailure": "rollback"}, fail_rate="1")
+def test_on_failure_rollback_and_pause_are_counted_as_such(tmp_path: Path, engine: str) -> None:
+    rolled = simulated(
+        tmp_path, {"plan": [1, "100%"], "onFailure": "rollback"}, fail_rate="1", engine=engine
+    )
     assert rolled["outcomes"] == {"success": 0, "failed": 0, "rolledBack": 3, "paused": 0}
-    paused = simulated(tmp_path, {"plan": [1, "100%"], "onFailure": "pause"}, fail_rate="1")
+    paused = simulated(
+        tmp_path, {"plan": [1, "100%"], "onFailure": "pause"}, fail_rate="1", engine=engine
+    )
     assert paused["outcomes"] == {"success": 0, "failed": 0, "rolledBack": 0, "paused": 3}
     for summary in (rolled, paused):
         assert summary["nodesTouchedBeforeFailureCaught"] == dict.fromkeys(simulate.FIGURES, 1)
         assert summary["nodesLeftOnOldVersion"] == dict.fromkeys(simulate.FIGURES, NODES)
 
 
-def test_a_budget_lets_failures_through_and_leaves_those_nodes_old(tmp_path: Path) -> None:
+def test_a_budget_lets_failures_through_and_leaves_those_nodes_old(
+    tmp_path: Path, engine: str
+) -> None:
     summary = simulated(
         tmp_path,
         {"plan": [{"batch": 5, "maxFailures": 5}, "100%"], "maxFailurePercent": 100},
         fail_rate="0.2",
         runs=3,
+        engine=engine,
     )
     assert summary["outcomes"]["success"] == 3
     for run in summary["perRun"]:
@@ -141,7 +160,9 @@ def test_a_budget_lets_failures_through_and_leaves_those_nodes_old(tmp_path: Pat
         assert run["touched"] == NODES
 
 
-def test_the_same_seed_gives_the_same_figures_in_one_process_or_several(tmp_path: Path) -> None:
+def test_the_same_seed_gives_the_same_figures_in_one_process_or_several(
+    tmp_path: Path, engine: str
+) -> None:
     # Batches larger than max_parallel: which nodes go first depends on the order trio runs
     # ready tasks in, which the seed fixes too.
     strategy = {"plan": [1, "20%", "100%"], "maxFailurePercent": 10}
@@ -150,6 +171,7 @@ def test_the_same_seed_gives_the_same_figures_in_one_process_or_several(tmp_path
         return simulated(
             tmp_path,
             strategy,
+            engine=engine,
             nodes=120,
             fail_rate="0.05",
             runs=4,
@@ -211,6 +233,7 @@ def test_json_output_has_every_figure(tmp_path: Path, capsys: pytest.CaptureFixt
         "failRate",
         "runs",
         "seed",
+        "engine",
         "gateWait",
         "ignoredHealthChecks",
         "outcomes",
@@ -291,10 +314,33 @@ def test_a_trio_whose_task_order_cannot_be_seeded_is_said_on_stderr(
 ) -> None:
     argv = ["simulate", "--strategy", str(strategy_file(tmp_path, {"plan": [1, "100%"]}))]
     argv += ["--nodes", "5", "--apply-time", "1..2", "--fail-rate", "0", "--runs", "1"]
-    argv += ["--jobs", "1"]
+    argv += ["--jobs", "1", "--engine", "daemon"]
     assert cli.main(argv) == 0
     assert "task order" not in capsys.readouterr().err
 
     monkeypatch.setattr(simulate, "_scheduler", lambda: None)  # as a trio that moved it
     assert cli.main(argv) == 0
     assert "runs of one --seed may differ" in capsys.readouterr().err
+
+
+def test_the_model_s_runs_need_no_seeded_task_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(simulate, "_scheduler", lambda: None)
+    argv = ["simulate", "--strategy", str(strategy_file(tmp_path, {"plan": [1, "100%"]}))]
+    argv += ["--nodes", "5", "--apply-time", "1..2", "--fail-rate", "0", "--runs", "1"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "task order" not in err
+    assert "engine model" in out
+
+
+def test_an_engine_that_does_not_exist_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "--strategy", str(strategy_file(tmp_path, {"plan": [1, "100%"]}))]
+    argv += ["--nodes", "5", "--apply-time", "1..2", "--fail-rate", "0", "--runs", "1"]
+    assert cli.main([*argv, "--engine", "fast"]) == cli.EXIT_USAGE
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "fleetwave: --engine 'fast': expected one of model, daemon" in err
