@@ -183,9 +183,10 @@ def _add_bench_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 SIMULATE_SUMMARY = "run a strategy many times against a simulated fleet in virtual time"
 SIMULATE_DESCRIPTION = (
-    "Run the real daemon on an in-memory store against simulated agents, in virtual time, "
-    "once per run; print the distribution of time to finish, nodes touched before a failure "
-    "is caught and nodes left on the old version, and how the runs ended. See docs/simulate.md."
+    "Compute each run from the daemon's schedule (or, with --engine daemon, run the real "
+    "daemon on an in-memory store against simulated agents), in virtual time; print the "
+    "distribution of time to finish, nodes touched before a failure is caught and nodes left "
+    "on the old version, and how the runs ended. See docs/simulate.md."
 )
 
 

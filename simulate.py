@@ -1,12 +1,17 @@
 """``fleetwave simulate``: what a strategy does to a fleet, over many simulated releases.
 
-Each run is one release under the strategy, executed by the real daemon (Supervisor,
-ReleaseActor, NodeActors) on a MemoryStore of its own, against an in-process simulated fleet
-of ``nodes`` agents, in virtual time (trio's MockClock, autojumping: a run takes as long as
-the daemon needs to compute it, not as long as the release would take). Each agent draws its
-apply time uniformly from MIN..MAX and fails its task with probability ``fail_rate``
-(drawn per node and run from the seed). The fleet starts on config version 1, recorded as
-applied on every node; the simulated release applies version 2.
+Each run is one release under the strategy over ``nodes`` nodes, in virtual time. Each
+node's agent applies for a time drawn uniformly from MIN..MAX and fails its task with
+probability ``fail_rate`` (drawn per node and run from the seed: ``run_draws``). The fleet
+starts on config version 1, recorded as applied on every node; the simulated release
+applies version 2. Two engines compute a run from those draws:
+
+- ``model`` (the default): the schedule model (simmodel.py), built once per process from the
+  store's placement of the release, microseconds a node;
+- ``daemon``: the real daemon (Supervisor, ReleaseActor, NodeActors) on a MemoryStore of its
+  own, against an in-process simulated fleet of ``nodes`` agents, on trio's autojumping
+  MockClock (a run takes as long as the daemon needs to compute it, not as long as the
+  release would take).
 
 Per run it records how the release ended (success, failed, rolled back, paused), the virtual
 seconds from its creation to that end, the nodes whose agents it reached (touched), and the
@@ -507,7 +512,7 @@ def model_result(model: ScheduleModel, options: Options, index: int) -> RunResul
     return RunResult(
         index=index,
         outcome="rolled back" if ended.rolled_back else ended.status,
-        seconds=ended.seconds,
+        seconds=round(ended.seconds, 6),  # as the records keep times: to the microsecond
         touched=ended.touched,
         left_old=ended.left_old,
         failed_nodes=ended.failed_nodes,
