@@ -34,7 +34,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import attrs
 
@@ -198,16 +198,9 @@ class _Run:
         with self.pacer.share(len(members)) as share:
             for _ in range(min(model.max_parallel, len(members))):
                 dispatch(start)
-            while events:
-                now, kind, draw = heapq.heappop(events)
-                if kind == _POLL and now < done_at[draw]:
-                    heapq.heappush(events, self._next_poll(draw, now, limits[draw]))
-                    continue
+            for now, kind, draw in self._ends(events, limits):
                 share.finished()
-                ok = kind == _POLL and not self.failing[draw]
-                status[draw] = _SUCCESS if ok else _FAILED
-                if not ok:
-                    self.failed[number] = self.failed.get(number, 0) + 1
+                if not self._ended(number, kind, draw):
                     why = model.strategy.release_over_budget(self.failed, self.sizes)
                     if why is not None:
                         self.error = self._failure(number, draw, kind, why)
@@ -223,39 +216,52 @@ class _Run:
                 _, kind, draw = heapq.heappop(events)
                 if kind == _DEADLINE or now >= done_at[draw]:
                     share.finished()
-                    ok = kind == _POLL and not self.failing[draw]
-                    status[draw] = _SUCCESS if ok else _FAILED
-                    if not ok:
-                        self.failed[number] = self.failed.get(number, 0) + 1
+                    self._ended(number, kind, draw)
         running = [draw for draw in limits if status[draw] == _RUNNING]
         return self._reconcile(running, now), True
+
+    def _ends(
+        self, events: list[tuple[float, int, int]], limits: dict[int, float]
+    ) -> Iterator[tuple[float, int, int]]:
+        """``events`` in time order, each node's polls followed until one finds its task
+        finished or its limit comes: (when, _POLL or _DEADLINE, draw) of each node's end."""
+        done_at = self.done_at
+        while events:
+            now, kind, draw = heapq.heappop(events)
+            if kind == _POLL and now < done_at[draw]:
+                heapq.heappush(events, self._next_poll(draw, now, limits[draw]))
+                continue
+            yield now, kind, draw
+
+    def _ended(self, number: int, kind: int, draw: int) -> bool:
+        """Record how a node of batch ``number`` ended; False: it failed (counted)."""
+        ok = kind == _POLL and not self.failing[draw]
+        self.status[draw] = _SUCCESS if ok else _FAILED
+        if not ok:
+            self.failed[number] = self.failed.get(number, 0) + 1
+        return ok
 
     def _reconcile(self, running: Sequence[int], stopped_at: float) -> float:
         """Follow the dispatched, unfinished nodes of a stopped batch until their agents
         finish or their deadline passes (at least ``reconcile_timeout``): when the last
-        follow ended."""
-        jitters = self.model._jitters
-        status, since, done_at = self.status, self.since, self.done_at
+        follow ended. What a follow finds is recorded; not counted against a budget."""
+        since = self.since
         limits = {
             draw: max(since[draw] + self.timing.deadline, stopped_at + self.model.reconcile_timeout)
             for draw in running
         }
         events = [(stopped_at, _POLL, draw) for draw in running]
         for draw in running:
-            jitters[draw].at = 0  # each follow jitters with a Random of its own, afresh
+            self.model._jitters[draw].at = 0  # each follow jitters with a Random of its own
         end = stopped_at
         with self.pacer.share(len(running)) as share:
-            while events:
-                now, kind, draw = heapq.heappop(events)
-                if kind == _POLL and now < done_at[draw]:
-                    heapq.heappush(events, self._next_poll(draw, now, limits[draw]))
-                    continue
+            for now, kind, draw in self._ends(events, limits):
                 share.finished()
                 end = max(end, now)
                 if kind == _DEADLINE:
-                    status[draw] = _CANCELLED
+                    self.status[draw] = _CANCELLED
                 else:
-                    status[draw] = _FAILED if self.failing[draw] else _SUCCESS
+                    self.status[draw] = _FAILED if self.failing[draw] else _SUCCESS
         return end
 
     def _pauses_after(self, number: int, now: float) -> float:
