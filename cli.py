@@ -216,6 +216,12 @@ def _add_simulate_command(commands: argparse._SubParsersAction[argparse.Argument
         help="model: compute each run from the daemon's schedule, microseconds a node "
         "(default); daemon: run the real Supervisor, ReleaseActor and NodeActors",
     )
+    sim.add_argument(
+        "--verify",
+        metavar="N",
+        help="also run the first N runs by the daemon and compare them with the model's "
+        "(exit 1 when one differs)",
+    )
     sim.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -902,12 +908,16 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
             gate_wait=args.gate_wait,
             jobs=args.jobs,
             engine=args.engine,
+            verify=args.verify,
         )
-        simulate.simulate(options, settings, as_json=args.json)
+        summary = simulate.simulate(options, settings, as_json=args.json)
     except simulate.SimulateError as error:
         raise UsageError(str(error)) from None
     except simulate.RunStuck as error:
         print(f"fleetwave: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if summary.get("verified", {}).get("differing"):
+        print("fleetwave: the daemon's runs differ from the model's (above)", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 

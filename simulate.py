@@ -110,6 +110,8 @@ class Options:
     engine: str = "model"
     """``model``: each run computed by the schedule model (simmodel.py); ``daemon``: run by
     the real Supervisor, ReleaseActor and NodeActors on a virtual clock."""
+    verify: int = 0
+    """The first this many runs are run by the daemon too, and compared with the model's."""
 
 
 @attrs.frozen
@@ -239,6 +241,7 @@ def build_options(
     gate_wait: str | None = None,
     jobs: str | None = None,
     engine: str = "model",
+    verify: str | None = None,
 ) -> Options:
     """Options from the command line's words; SimulateError names the first one wrong."""
     if engine not in ENGINES:
@@ -251,6 +254,11 @@ def build_options(
         random.SystemRandom().randrange(2**32) if seed is None else _whole("--seed", seed, 0, 2**63)
     )
     wait = parse_gate_wait(gate_wait)
+    checked = 0 if verify is None else _whole("--verify", verify, 0, run_count)
+    if checked and engine != "model":
+        raise SimulateError(
+            "--verify runs the daemon to check the model's runs: it goes with --engine model"
+        )
     workers = (
         min(os.cpu_count() or 1, run_count) if jobs is None else _whole("--jobs", jobs, 1, MAX_JOBS)
     )
@@ -276,6 +284,7 @@ def build_options(
         jobs=workers,
         ignored_checks=ignored,
         engine=engine,
+        verify=checked,
     )
 
 
@@ -569,6 +578,50 @@ def run_all(options: Options, settings: Settings) -> list[RunResult]:
             return list(pool.map(run_one, [options] * count, [settings] * count, indices))
 
 
+def _shown(result: RunResult) -> str:
+    return (
+        f"{result.outcome}, {result.touched} touched, {result.left_old} left on the old "
+        f"version, {result.failed_nodes} failed, {result.seconds:.3f} s"
+    )
+
+
+def differences(
+    model: Sequence[RunResult], daemon: Sequence[RunResult], tolerance: float
+) -> list[str]:
+    """Where the daemon's runs differ from the model's: the outcome, the nodes touched, left
+    on the old version or failed, or the time to finish by more than ``tolerance``."""
+    found = []
+    for computed, ran in zip(model, daemon, strict=True):
+        same = (computed.outcome, computed.touched, computed.left_old, computed.failed_nodes) == (
+            ran.outcome,
+            ran.touched,
+            ran.left_old,
+            ran.failed_nodes,
+        )
+        if not same or abs(computed.seconds - ran.seconds) > tolerance:
+            found.append(f"run {ran.index}: model {_shown(computed)}; daemon {_shown(ran)}")
+    return found
+
+
+def verify(options: Options, settings: Settings, results: Sequence[RunResult]) -> dict[str, Any]:
+    """Run the first ``options.verify`` runs by the daemon and compare them with ``results``
+    (the model's). Times may differ by a poll interval where the model cannot know trio's
+    order (docs/simulate.md)."""
+    started = time.perf_counter()
+    count = options.verify
+    daemon = attrs.evolve(options, engine="daemon", runs=count, jobs=min(options.jobs, count))
+    ran = run_all(daemon, settings)
+    tolerance = settings.poll_max_sec
+    gaps = [abs(a.seconds - b.seconds) for a, b in zip(results, ran, strict=False)]
+    return {
+        "runs": count,
+        "timeTolerance": tolerance,
+        "largestTimeDifference": max(gaps, default=0.0),
+        "differing": differences(results[:count], ran, tolerance),
+        "wallSeconds": time.perf_counter() - started,
+    }
+
+
 # --- figures -----------------------------------------------------------------------------
 
 
@@ -648,6 +701,16 @@ def render(summary: Mapping[str, Any]) -> str:
             f"wall time {wall:.2f} s ({summary['runs'] / wall:.2f} runs/s, "
             f"{summary['jobs']} process(es))"
         )
+    checked = summary.get("verified")
+    if checked:
+        differing = checked["differing"]
+        lines.append(
+            f"verified by the daemon: {checked['runs'] - len(differing)} of {checked['runs']} "
+            f"run(s) agree (outcome and nodes exactly; times differ by at most "
+            f"{checked['largestTimeDifference']:.6f} s, allowed {checked['timeTolerance']:g} s), "
+            f"in {checked['wallSeconds']:.2f} s"
+        )
+        lines.extend(f"  differs: {line}" for line in differing)
     return "\n".join(lines)
 
 
@@ -681,6 +744,8 @@ def simulate(
     summary["wallSeconds"] = time.perf_counter() - started
     summary["jobs"] = options.jobs
     summary["machine"] = machine()
+    if options.verify:
+        summary["verified"] = verify(options, settings, results)
     if as_json:
         print(json.dumps(summary, indent=2), file=stdout)
     else:

@@ -344,3 +344,51 @@ def test_an_engine_that_does_not_exist_exits_2(
     out, err = capsys.readouterr()
     assert out == ""
     assert "fleetwave: --engine 'fast': expected one of model, daemon" in err
+
+
+def test_verify_runs_the_first_runs_by_the_daemon_and_finds_them_equal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    strategy = {"plan": [1, {"pause": 60}, "25%", "100%"], "maxFailures": 1}
+    argv = ["simulate", "--strategy", str(strategy_file(tmp_path, strategy)), "--nodes", "60"]
+    argv += ["--apply-time", "5..15", "--fail-rate", "0.03", "--runs", "12", "--seed", "3"]
+    assert cli.main([*argv, "--verify", "3", "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)["verified"]
+    assert checked["runs"] == 3
+    assert checked["differing"] == []
+    assert checked["largestTimeDifference"] < 1e-3
+    assert cli.main([*argv, "--verify", "2"]) == 0
+    assert "verified by the daemon: 2 of 2 run(s) agree" in capsys.readouterr().out
+
+
+def test_verify_needs_the_model_and_no_more_runs_than_there_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "--strategy", str(strategy_file(tmp_path, {"plan": [1, "100%"]}))]
+    argv += ["--nodes", "5", "--apply-time", "1..2", "--fail-rate", "0", "--runs", "3"]
+    assert cli.main([*argv, "--verify", "4"]) == cli.EXIT_USAGE
+    assert "fleetwave: --verify 4: must be from 0 to 3" in capsys.readouterr().err
+    assert cli.main([*argv, "--verify", "1", "--engine", "daemon"]) == cli.EXIT_USAGE
+    assert "it goes with --engine model" in capsys.readouterr().err
+
+
+def test_differences_name_each_run_whose_outcome_nodes_or_time_differ() -> None:
+    def run(index: int, **changed: Any) -> simulate.RunResult:
+        fields: dict[str, Any] = {
+            "index": index,
+            "outcome": "failed",
+            "seconds": 100.0,
+            "touched": 11,
+            "left_old": 90,
+            "failed_nodes": 1,
+            "error": None,
+        }
+        return simulate.RunResult(**(fields | changed))
+
+    model = [run(0), run(1), run(2), run(3), run(4)]
+    daemon = [run(0, seconds=104.9), run(1, touched=12), run(2, outcome="success")]
+    daemon += [run(3, seconds=105.1), run(4, left_old=89, failed_nodes=2)]
+    found = simulate.differences(model, daemon, tolerance=5.0)
+    assert [line.split(":")[0] for line in found] == ["run 1", "run 2", "run 3", "run 4"]
+    assert "model failed, 11 touched, 90 left on the old version, 1 failed, 100.000 s" in found[0]
+    assert "daemon failed, 12 touched" in found[0]
