@@ -217,6 +217,14 @@ def _add_simulate_command(commands: argparse._SubParsersAction[argparse.Argument
         "(default); daemon: run the real Supervisor, ReleaseActor and NodeActors",
     )
     sim.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=COUNT",
+        help="give the nodes label KEY with COUNT values, each on a block of consecutive "
+        "nodes (pop=20: twenty PoPs), for batchBy and maxInFlightPer; repeatable",
+    )
+    sim.add_argument(
         "--verify",
         metavar="N",
         help="also run the first N runs by the daemon and compare them with the model's "
@@ -909,6 +917,7 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
             jobs=args.jobs,
             engine=args.engine,
             verify=args.verify,
+            labels=args.label,
         )
         summary = simulate.simulate(options, settings, as_json=args.json)
     except simulate.SimulateError as error:

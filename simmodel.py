@@ -39,7 +39,10 @@ from collections.abc import Iterator, Sequence
 import attrs
 
 from fleetwave.actors.timing import NodeTiming, PollPacer, jittered
+from fleetwave.actors.topology import LabelCaps, Place
+from fleetwave.store.selection import Labels
 from fleetwave.store.strategy import OnFailure, Strategy
+from fleetwave.store.topology import Lane
 
 _PENDING, _RUNNING, _SUCCESS, _FAILED, _CANCELLED = range(5)
 _POLL, _DEADLINE = 0, 1
@@ -53,6 +56,7 @@ class Member:
     draw: int
     """Its index in a run's draws (``apply_times``, ``failing``)."""
     name: str
+    labels: Labels = ()
 
 
 @attrs.frozen
@@ -93,6 +97,50 @@ class _Jitter:
             drawn.append(self._rng.random())
         self.at = at + 1
         return a + (b - a) * drawn[at]
+
+
+class _Admission:
+    """The nodes of a batch that may take a place in the pool, in the order they may: all of
+    them in row order, or under ``maxInFlightPer`` as the actors' own LabelCaps admits them
+    (a node once it holds a slot in each of its lanes, slots given in queue order)."""
+
+    def __init__(self, caps: tuple[tuple[str, int], ...], members: Sequence[Member]) -> None:
+        self.ready = deque[int]()
+        self._caps = LabelCaps(caps) if caps else None
+        self._labels = {member.draw: member.labels for member in members}
+        self._places: dict[int, Place] = {}
+        self._waiting: dict[Lane, deque[int]] = {}
+        self._admitted: set[int] = set()
+        for member in members:
+            if self._caps is None:
+                self.ready.append(member.draw)
+                continue
+            place = self._places[member.draw] = self._caps.queue_nowait(member.labels)
+            self._admit(member.draw)
+            for lane, ticket in place:
+                if not ticket.granted.is_set():
+                    self._waiting.setdefault(lane, deque()).append(member.draw)
+
+    @property
+    def bound(self) -> int | None:
+        """At most this many of the batch in flight at once (what its poll share counts)."""
+        return None if self._caps is None else self._caps.most_in_flight(self._labels.values())
+
+    def _admit(self, draw: int) -> None:
+        if draw not in self._admitted and all(t.granted.is_set() for _, t in self._places[draw]):
+            self._admitted.add(draw)
+            self.ready.append(draw)
+
+    def release(self, draw: int) -> None:
+        """A node ended: its slots go to the next nodes queued in its lanes."""
+        if self._caps is None:
+            return
+        labels = self._labels[draw]
+        self._caps.release(labels)
+        for lane in self._caps.lanes(labels):
+            waiting = self._waiting.get(lane)
+            while waiting and dict(self._places[waiting[0]])[lane].granted.is_set():
+                self._admit(waiting.popleft())
 
 
 @attrs.define
@@ -182,10 +230,12 @@ class _Run:
         model = self.model
         deadline = self.timing.deadline
         status, since, done_at = self.status, self.since, self.done_at
-        waiting = deque(member.draw for member in members)
+        admission = _Admission(model.strategy.max_in_flight_per, members)
+        waiting = admission.ready
         events: list[tuple[float, int, int]] = []
         limits: dict[int, float] = {}
         now = start
+        places = model.max_parallel
 
         def dispatch(at: float) -> None:
             draw = waiting.popleft()
@@ -195,9 +245,10 @@ class _Run:
             limits[draw] = at + deadline
             heapq.heappush(events, self._next_poll(draw, at, limits[draw]))
 
-        with self.pacer.share(len(members)) as share:
-            for _ in range(min(model.max_parallel, len(members))):
+        with self.pacer.share(len(members), bound=admission.bound) as share:
+            while waiting and places:
                 dispatch(start)
+                places -= 1
             for now, kind, draw in self._ends(events, limits):
                 share.finished()
                 if not self._ended(number, kind, draw):
@@ -205,8 +256,13 @@ class _Run:
                     if why is not None:
                         self.error = self._failure(number, draw, kind, why)
                         break
-                if waiting:
+                # Its place in the pool goes first, then its slots (the actor leaves the pool
+                # before its lanes): a node admitted now queues behind those waiting already.
+                places += 1
+                admission.release(draw)
+                while waiting and places:
                     dispatch(now)
+                    places -= 1
             else:
                 return now, False
             # What ended at the instant the batch stopped counts (the ReleaseActor drains

@@ -55,6 +55,7 @@ from fleetwave.store.errors import Conflict, InvalidInput
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Actor, ReleaseSpec, ReleaseStatus, Role, task_id_for
 from fleetwave.store.plan import split
+from fleetwave.store.selection import check_label_key
 from fleetwave.store.strategy import MAX_PAUSE_SEC, Strategy, current_step, strategy_from_json
 from fleetwave.supervisor import Supervisor
 
@@ -112,6 +113,9 @@ class Options:
     the real Supervisor, ReleaseActor and NodeActors on a virtual clock."""
     verify: int = 0
     """The first this many runs are run by the daemon too, and compared with the model's."""
+    labels: tuple[tuple[str, int], ...] = ()
+    """(label key, how many values): the nodes' labels, each value on a block of
+    consecutive nodes (``node_labels``)."""
 
 
 @attrs.frozen
@@ -199,6 +203,33 @@ def parse_gate_wait(text: str | None) -> float | None:
     return value
 
 
+def parse_label(text: str, nodes: int) -> tuple[str, int]:
+    """``KEY=COUNT``: label ``KEY`` with COUNT values over the fleet (1 to ``nodes``)."""
+    key, sep, count = text.partition("=")
+    if not sep:
+        raise SimulateError(f"--label {text!r}: expected KEY=COUNT, e.g. pop=20")
+    try:
+        checked = check_label_key(key)
+    except InvalidInput as error:
+        raise SimulateError(f"--label {text!r}: {error}") from None
+    try:
+        values = int(count)
+    except ValueError:
+        raise SimulateError(f"--label {text!r}: COUNT is not a whole number") from None
+    if not 1 <= values <= nodes:
+        raise SimulateError(f"--label {text!r}: COUNT must be from 1 to {nodes} (the nodes)")
+    return checked, values
+
+
+def node_labels(labels: Sequence[tuple[str, int]], nodes: int, k: int) -> dict[str, str]:
+    """Node ``k``'s (from 1) labels: for each key of COUNT values, value i (``pop-07``) on
+    the i-th of COUNT blocks of consecutive nodes, as a PoP's nodes are named together. Keys
+    whose counts divide one another nest (pop=12 in region=3: four PoPs a region)."""
+    return {
+        key: f"{key}-{(k - 1) * count // nodes + 1:0{len(str(count))}d}" for key, count in labels
+    }
+
+
 def load_strategy(path: Path) -> Strategy:
     """The strategy in ``path`` (the fields a release takes), checked by the one validator."""
     try:
@@ -242,11 +273,16 @@ def build_options(
     jobs: str | None = None,
     engine: str = "model",
     verify: str | None = None,
+    labels: Sequence[str] = (),
 ) -> Options:
     """Options from the command line's words; SimulateError names the first one wrong."""
     if engine not in ENGINES:
         raise SimulateError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     count = _whole("--nodes", nodes, 1, MAX_NODES)
+    label_counts = tuple(parse_label(text, count) for text in labels)
+    repeated = {key for key, _ in label_counts if [k for k, _ in label_counts].count(key) > 1}
+    if repeated:
+        raise SimulateError(f"--label {sorted(repeated)[0]}: given more than once")
     bounds = parse_apply_time(apply_time)
     rate = parse_fail_rate(fail_rate)
     run_count = _whole("--runs", runs, 1, MAX_RUNS)
@@ -285,6 +321,7 @@ def build_options(
         ignored_checks=ignored,
         engine=engine,
         verify=checked,
+        labels=label_counts,
     )
 
 
@@ -360,7 +397,10 @@ async def prepare_run(options: Options, index: int) -> tuple[SimulatedFleet, Mem
     fleet = build_fleet(options, index)
     store = MemoryStore()
     for k, host in enumerate(fleet.hosts, start=1):
-        await store.upsert_node(f"edge-{k:05d}", host, fleet.port)
+        node = await store.upsert_node(f"edge-{k:05d}", host, fleet.port)
+        if options.labels:
+            labels = node_labels(options.labels, options.nodes, k)
+            await store.update_node(node.id, labels=labels)
     await _seed_old_version(store)
     strategy = options.strategy
     spec = ReleaseSpec(
@@ -493,7 +533,7 @@ async def _placement(options: Options) -> tuple[tuple[Member, ...], ...]:
     agent_of = {host: k for k, host in enumerate(fleet.hosts)}
     batches: dict[int, list[Member]] = {}
     for node in await store.release_nodes(release_id):
-        member = Member(node.id, agent_of[node.main_ip], node.node_name)
+        member = Member(node.id, agent_of[node.main_ip], node.node_name, node.labels)
         batches.setdefault(node.batch, []).append(member)
     return tuple(tuple(batches[number]) for number in sorted(batches))
 
@@ -653,6 +693,7 @@ def summarise(options: Options, results: Sequence[RunResult]) -> dict[str, Any]:
         "runs": options.runs,
         "seed": options.seed,
         "engine": options.engine,
+        "labels": dict(options.labels),
         "gateWait": options.gate_wait,
         "ignoredHealthChecks": list(options.ignored_checks),
         "outcomes": {

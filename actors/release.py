@@ -523,7 +523,8 @@ class ReleaseActor:
                 _unwrapped(LeaseLost, StoreUnavailable),
                 trio.CancelScope() as batch_scope,
                 self.config.pacer.share(
-                    len(todo), bound=None if caps is None else caps.most_in_flight(todo)
+                    len(todo),
+                    bound=None if caps is None else caps.most_in_flight(n.labels for n in todo),
                 ) as pacing,
             ):
                 self.steering.enter_batch(batch_scope)

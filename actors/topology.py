@@ -33,7 +33,6 @@ import attrs
 import trio
 
 from fleetwave.actors.messages import NodeMessage
-from fleetwave.store.models import ReleaseNode
 from fleetwave.store.selection import Labels
 from fleetwave.store.topology import Lane, group_key
 
@@ -85,13 +84,13 @@ class LabelCaps:
             slots = self._slots[lane] = _Slots(dict(self.caps)[lane[0]])
         return slots
 
-    def most_in_flight(self, nodes: Iterable[ReleaseNode]) -> int:
-        """The most of ``nodes`` that can be in flight at once under the caps (each lane's
-        nodes up to its cap, or up to those holding it already when more): what the batch's
-        share of the poll budget counts."""
+    def most_in_flight(self, nodes: Iterable[Labels]) -> int:
+        """The most of ``nodes`` (their labels) that can be in flight at once under the caps
+        (each lane's nodes up to its cap, or up to those holding it already when more): what
+        the batch's share of the poll budget counts."""
         per_lane: collections.Counter[Lane] = collections.Counter()
-        for node in nodes:
-            per_lane.update(self.lanes(node.labels))
+        for labels in nodes:
+            per_lane.update(self.lanes(labels))
         most = sum(per_lane.values())
         for key, _ in self.caps:
             most = min(

@@ -392,3 +392,29 @@ def test_differences_name_each_run_whose_outcome_nodes_or_time_differ() -> None:
     assert [line.split(":")[0] for line in found] == ["run 1", "run 2", "run 3", "run 4"]
     assert "model failed, 11 touched, 90 left on the old version, 1 failed, 100.000 s" in found[0]
     assert "daemon failed, 12 touched" in found[0]
+
+
+def test_labels_let_a_topology_strategy_be_simulated(tmp_path: Path, engine: str) -> None:
+    # Twelve PoPs of five nodes in three regions; after the canary one region per batch, two
+    # nodes of a PoP at once.
+    strategy = {"plan": [1, "100%"], "batchBy": "region", "maxInFlightPer": {"pop": 2}}
+    options = simulate.build_options(
+        strategy=strategy_file(tmp_path, strategy),
+        nodes="60",
+        apply_time="5..15",
+        fail_rate="0",
+        runs="2",
+        seed="4",
+        jobs="1",
+        engine=engine,
+        labels=["pop=12", "region=3"],
+    )
+    out = io.StringIO()
+    summary = simulate.simulate(
+        options, load_settings(environ={}), as_json=True, stdout=out, stderr=io.StringIO()
+    )
+    assert summary["outcomes"]["success"] == 2
+    assert summary["labels"] == {"pop": 12, "region": 3}
+    for seconds in per_run(summary, "seconds"):
+        # canary, then 3 regions in turn, each of 4 PoPs of 5 nodes at 2 at once: 3 waves
+        assert 5 + 3 * 3 * 5 <= seconds <= 15 + 3 * 3 * (15 + SLACK_PER_BATCH)

@@ -19,13 +19,13 @@ TIME_TOLERANCE = 1e-3
 """Seconds: the daemon's times are read back from records kept to the microsecond."""
 
 
-def options(strategy: object, **given: Any) -> simulate.Options:
+def options(strategy: object, labels: tuple[str, ...] = (), **given: Any) -> simulate.Options:
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "strategy.json"
         path.write_text(json.dumps(strategy))
         words = {"nodes": "40", "apply_time": "5..15", "fail_rate": "0", "runs": "1", "seed": "1"}
         words.update({key: str(value) for key, value in given.items()})
-        return simulate.build_options(strategy=path, jobs="1", **words)
+        return simulate.build_options(strategy=path, jobs="1", labels=labels, **words)
 
 
 def both(
@@ -101,6 +101,30 @@ CASES = [
         {"apply_time": "500..700"},
         {"node_deadline_sec": 600, "reconcile_timeout_sec": 30},
         id="deadlines-within-budget-then-beyond",
+    ),
+    pytest.param(
+        {"plan": [1, "100%"], "batchBy": "pop"},
+        {"fail_rate": 0.03, "labels": ("pop=6",)},
+        {},
+        id="batch-by-pop",
+    ),
+    pytest.param(
+        {"plan": [1, "100%"], "maxInFlightPer": {"pop": 1}},
+        {"fail_rate": 0.02, "labels": ("pop=6",)},
+        {},
+        id="one-node-a-pop-at-once",
+    ),
+    pytest.param(
+        {"plan": [1, {"pause": 30}, "100%"], "batchBy": "region", "maxInFlightPer": {"pop": 2}},
+        {"fail_rate": 0.03, "labels": ("pop=12", "region=3")},
+        {},
+        id="regions-in-turn-two-a-pop",
+    ),
+    pytest.param(
+        {"plan": [1, "100%"], "maxInFlightPer": {"pop": 2, "region": 3}},
+        {"fail_rate": 0.02, "labels": ("pop=6", "region=2")},
+        {},
+        id="caps-on-two-keys",
     ),
 ]
 
@@ -187,6 +211,9 @@ release_strategy = st.builds(
     seed=st.integers(min_value=0, max_value=2**32),
     deadline=st.sampled_from([600, 25]),
     gate_wait=st.sampled_from([0, 0.3, 17]),
+    pops=st.integers(min_value=1, max_value=8),
+    topology=st.sampled_from(["none", "batchBy", "cap", "both"]),
+    cap=st.integers(min_value=1, max_value=3),
 )
 def test_on_random_strategies_the_model_agrees_with_the_daemon(
     strategy: dict[str, Any],
@@ -197,10 +224,18 @@ def test_on_random_strategies_the_model_agrees_with_the_daemon(
     seed: int,
     deadline: int,
     gate_wait: float,
+    pops: int,
+    topology: str,
+    cap: int,
 ) -> None:
+    if topology in ("batchBy", "both"):
+        strategy = strategy | {"batchBy": "pop"}
+    if topology in ("cap", "both"):
+        strategy = strategy | {"maxInFlightPer": {"pop": cap}}
     try:
         opts = options(
             strategy,
+            labels=(f"pop={min(pops, nodes)}",),
             nodes=nodes,
             apply_time=f"{low}..{low + spread}",
             fail_rate=fail_percent / 100,

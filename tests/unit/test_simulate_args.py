@@ -178,3 +178,34 @@ def test_fail_rate_draws_each_node_independently_from_the_seed() -> None:
     nobody = simulate.build_fleet(attrs.evolve(options, fail_rate=0.0), 0)
     assert all(everyone.behaviour(k).fail == simulate.FAILURE for k in range(1, 2001))
     assert all(nobody.behaviour(k).fail is None for k in range(1, 2001))
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (["pop"], "--label 'pop': expected KEY=COUNT, e.g. pop=20"),
+        (["pop=0"], "--label 'pop=0': COUNT must be from 1 to 10 (the nodes)"),
+        (["pop=11"], "--label 'pop=11': COUNT must be from 1 to 10 (the nodes)"),
+        (["pop=many"], "--label 'pop=many': COUNT is not a whole number"),
+        (["bad key=3"], "--label 'bad key=3': label key 'bad key': at most 63 letters"),
+        (["=3"], "--label '=3': label key must be a non-empty string"),
+        (["pop=3", "pop=4"], "--label pop: given more than once"),
+    ],
+)
+def test_a_bad_label_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], labels: list[str], expected: str
+) -> None:
+    path = strategy_file(tmp_path, {"plan": [1, "100%"]})
+    extra = [word for label in labels for word in ("--label", label)]
+    assert f"fleetwave: {expected}" in run(capsys, path, *extra)
+
+
+def test_labels_go_on_blocks_of_consecutive_nodes_and_nest() -> None:
+    labels = [("pop", 4), ("region", 2)]
+    seen = [simulate.node_labels(labels, 10, k) for k in range(1, 11)]
+    assert [node["pop"] for node in seen] == ["pop-1"] * 3 + ["pop-2"] * 2 + ["pop-3"] * 3 + [
+        "pop-4"
+    ] * 2
+    assert [node["region"] for node in seen] == ["region-1"] * 5 + ["region-2"] * 5
+    assert simulate.node_labels([("pop", 12)], 12, 12) == {"pop": "pop-12"}
+    assert simulate.node_labels([("pop", 12)], 12, 1) == {"pop": "pop-01"}
