@@ -5,23 +5,26 @@ virtual time (a task per node, a few dozen trio steps each, every status query t
 AgentClient). ``ScheduleModel`` computes the same release as a discrete-event simulation of
 what those actors do, in microseconds a node, so that a hundred runs take seconds:
 
-- a batch's nodes take ``max_parallel`` places in row order; each is dispatched when it gets
-  one, its agent applies for its drawn time, and it is asked for its status at the intervals a
-  NodeActor waits (``PollShare.interval``, jittered by ``jittered`` with the node's own
+- a batch's nodes take ``max_parallel`` places in row order (under ``maxInFlightPer``, once
+  the actors' own LabelCaps admits them); each is dispatched when it gets one, its agent
+  applies for its drawn time, and it is asked for its status at the intervals a NodeActor
+  waits (``PollShare.interval``, jittered by ``jittered`` with the node's own
   ``random.Random(row id)``, as the actor's), so an outcome counts when the first query after
   it is answered, and a node no query saw finish by the node deadline fails;
 - a failure beyond a budget (``Strategy.release_over_budget``, the ReleaseActor's own test)
   stops the batch at that instant: nodes that never got a place stay pending (skipped), nodes
   dispatched are followed as ``ReleaseActor._reconcile`` follows them, until their agent
   finishes or the deadline (at least ``reconcile_timeout``) passes, and recorded as they ended;
-- bakes hold their seconds; a gate is promoted as ``simulate``'s promoter does it, looking every
-  ``gate_poll`` seconds and promoting ``gate_wait`` seconds after the gate was reached;
+- bakes hold their seconds; a gate is promoted ``gate_wait`` seconds after it was reached, as
+  ``simulate``'s promoter does it;
 - the outcome follows ``onFailure``: stop (failed), pause, rollback (failed, and counted).
 
-It shares with the actors what decides (the schedule, the budgets, the poll pacing and its
-jitter, the agents' draws), not their code paths: tests/sim/test_simulate_model.py runs the
-real daemon on the same draws and holds the two to the same outcome, the same nodes touched
-and left behind, and the same time to finish within a poll interval.
+It shares with the actors what decides (the placement, the schedule, the budgets, the caps,
+the poll pacing and its jitter, the agents' draws), not their code paths:
+tests/sim/test_simulate_model.py runs the real daemon on the same draws and holds the two to
+the same outcome, the same nodes touched and left behind, and the same time to finish, to the
+microsecond where no two events share an instant (docs/simulate.md says where trio's order
+then decides).
 
 What it leaves out, the real daemon only shows with ``--engine daemon``: agent errors and
 retries (a simulated agent answers at once), the order in which trio hands out places when a
@@ -156,7 +159,6 @@ class ScheduleModel:
     max_parallel: int
     reconcile_timeout: float
     gate_wait: float | None = None
-    gate_poll: float = 0.5
     failure: str = "failed"
     """The lastError a failing agent reports."""
     _jitters: dict[int, _Jitter] = attrs.field(factory=dict, init=False)
@@ -190,7 +192,6 @@ class _Run:
         self.failed: dict[int, int] = {}
         self.sizes = {number: len(batch) for number, batch in enumerate(model.batches, 1)}
         self.error: str | None = None
-        self.next_look = 0.0
         for jitter in model._jitters.values():
             jitter.at = 0
 
@@ -328,20 +329,9 @@ class _Run:
             if step.pause.seconds is not None:
                 now += step.pause.seconds
             else:
-                now = self._promoted(now)
+                assert self.model.gate_wait is not None, "a gate is refused without a gate wait"
+                now += self.model.gate_wait
         return now
-
-    def _promoted(self, reached: float) -> float:
-        """When the gate reached at ``reached`` is promoted: at the first look of the promoter
-        that finds it, ``gate_wait`` seconds after it was reached at the earliest."""
-        model = self.model
-        assert model.gate_wait is not None, "a gate is refused without a gate wait"
-        look = self.next_look
-        while look < reached:
-            look += model.gate_poll
-        promoted = max(look, reached + model.gate_wait)
-        self.next_look = promoted + model.gate_poll
-        return promoted
 
     def _failure(self, number: int, draw: int, kind: int, why: str) -> str:
         """The release's error: the node whose failure stopped it, and why."""

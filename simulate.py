@@ -70,8 +70,6 @@ FAILURE = "simulated failure"
 """The lastError of a task a simulated agent fails."""
 WATCH_POLL = 0.5
 """Virtual seconds between two looks at whether the release has left the daemon."""
-GATE_POLL = 0.5
-"""Virtual seconds between two looks at whether the release waits at a gate."""
 DAEMON = "simulate"
 SIMULATION = Actor("simulate", Role.OPERATOR)
 OUTCOMES = ("success", "failed", "rolled back", "paused")
@@ -376,19 +374,35 @@ async def _seed_old_version(store: MemoryStore) -> None:
 
 
 async def _promote_gates(store: MemoryStore, release_id: int, wait: float) -> None:
-    """Promote each gate the release reaches, ``wait`` virtual seconds after it got there."""
-    while True:
-        release = await store.get_release(release_id)
-        assert release is not None
-        step = current_step(release)
-        if release.status is ReleaseStatus.RUNNING and step is not None and step.kind == "gate":
-            reached = (release.updated_at - store.now()).total_seconds() + trio.current_time()
-            await trio.sleep_until(reached + wait)
-            with contextlib.suppress(Conflict):  # no longer at the gate: nothing to promote
-                await store.promote(
-                    release_id, by=SIMULATION, reason=f"simulated gate wait of {wait:g}s"
-                )
-        await trio.sleep(GATE_POLL)
+    """Promote each gate the release reaches, ``wait`` virtual seconds after it got there.
+
+    The store's event feed says at once when the release reaches a step (the API's live
+    views are woken by the same feed), so each gate is promoted exactly ``wait`` after it was
+    reached, never a look later."""
+    changed = trio.Event()
+
+    def wake() -> None:
+        changed.set()
+
+    promoted: set[int] = set()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.listen_events, wake)
+        while True:
+            changed = trio.Event()
+            release = await store.get_release(release_id)
+            assert release is not None
+            step = current_step(release)
+            gate = None if step is None or step.kind != "gate" else step.position
+            if release.status is ReleaseStatus.RUNNING and gate not in (None, *promoted):
+                assert gate is not None
+                promoted.add(gate)
+                await trio.sleep(wait)
+                with contextlib.suppress(Conflict):  # no longer at the gate
+                    await store.promote(
+                        release_id, by=SIMULATION, reason=f"simulated gate wait of {wait:g}s"
+                    )
+                continue
+            await changed.wait()
 
 
 async def prepare_run(options: Options, index: int) -> tuple[SimulatedFleet, MemoryStore, int]:
@@ -549,7 +563,6 @@ def schedule_model(options: Options, settings: Settings) -> ScheduleModel:
         max_parallel=settings.max_parallel,
         reconcile_timeout=settings.reconcile_timeout_sec,
         gate_wait=options.gate_wait,
-        gate_poll=GATE_POLL,
         failure=FAILURE,
     )
 

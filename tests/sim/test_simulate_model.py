@@ -103,6 +103,12 @@ CASES = [
         id="deadlines-within-budget-then-beyond",
     ),
     pytest.param(
+        {"plan": [1, 1, 1, {"pause": None}, {"pause": 255}], "maxFailures": 3},
+        {"nodes": 32, "apply_time": "0..39", "gate_wait": 0},
+        {"node_deadline_sec": 25, "reconcile_timeout_sec": 5},
+        id="gates-reached-on-whole-seconds",
+    ),
+    pytest.param(
         {"plan": [1, "100%"], "batchBy": "pop"},
         {"fail_rate": 0.03, "labels": ("pop=6",)},
         {},
