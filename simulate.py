@@ -617,9 +617,11 @@ def run_all(options: Options, settings: Settings) -> list[RunResult]:
         if options.engine == "model":
             if options.jobs <= 1:
                 return model_runs(options, settings, indices)
-            shares = [indices[job :: options.jobs] for job in range(options.jobs)]
+            # One share a process (each builds the model once), none empty.
+            workers = min(options.jobs, options.runs)
+            shares = [indices[job::workers] for job in range(workers)]
             count = len(shares)
-            with ProcessPoolExecutor(max_workers=options.jobs) as pool:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
                 done = pool.map(model_runs, [options] * count, [settings] * count, shares)
                 return sorted((r for share in done for r in share), key=lambda r: r.index)
         if options.jobs <= 1:
