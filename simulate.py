@@ -798,7 +798,7 @@ def simulate(
     results = run_all(options, settings)
     summary = summarise(options, results)
     summary["wallSeconds"] = time.perf_counter() - started
-    summary["jobs"] = options.jobs
+    summary["jobs"] = min(options.jobs, options.runs)  # processes used
     summary["machine"] = machine()
     if options.verify:
         summary["verified"] = verify(options, settings, results)
