@@ -495,10 +495,11 @@ def _seed_scheduler(seed: int) -> bool:
     that choice elsewhere.
 
     trio runs each batch of ready tasks in their order or its reverse, at random, so that no
-    code comes to depend on one order. A release larger than ``max_parallel`` hands out its
-    places in that order, so which nodes go first, and with them every figure, would differ
-    from one run of the same seed to the next. Seeded (as Hypothesis seeds it for tests),
-    the same run interleaves its tasks the same way every time.
+    code comes to depend on one order. The daemon hands out a batch's places in its row
+    order whatever that order, so which nodes go first does not depend on it; tasks ready at
+    the same virtual moment still interleave by it (which of two messages that arrive
+    together is handled first). Seeded (as Hypothesis seeds it for tests), the same run
+    interleaves its tasks the same way every time.
     """
     scheduler = _scheduler()
     if scheduler is None:
@@ -790,7 +791,7 @@ def simulate(
     if options.engine == "daemon" and _scheduler() is None:
         print(
             "simulate: warning: this trio keeps its choice of task order where simulate cannot "
-            "seed it: runs of one --seed may differ where a batch is larger than max_parallel",
+            "seed it: runs of one --seed may differ where tasks are ready at the same moment",
             file=stderr,
         )
     started = time.perf_counter()

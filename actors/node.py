@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 
 import attrs
 import structlog
@@ -47,7 +49,9 @@ class NodeActor:
     of re-sending. A running node taken over from another daemon is queried first and only
     dispatched again when its agent does not know the task. The whole life of the actor is
     bounded by the node deadline. Every dispatch passes ``gate`` (closed while the
-    release is paused or cancelled); a node the gate stops ends with Held.
+    release is paused or cancelled); a node the gate stops ends with Held. The actor drives
+    its node holding a place of ``limiter`` (the release's ``max_parallel``): the one its
+    spawner took for it (``held_place``), else one it waits for itself.
     """
 
     node: ReleaseNode
@@ -65,6 +69,10 @@ class NodeActor:
     config_version: int | None = None
     """The config the agent applies (the dispatch body's version); None: ``version``."""
     gate: DispatchGate = attrs.field(factory=OpenGate)
+    held_place: object | None = None
+    """The borrower a place of ``limiter`` is already held for (the spawner took it, in the
+    batch's order): the actor gives it back when it ends, however it ends. None: the actor
+    takes its own place before it drives its node."""
     _last_error: str | None = None
     _dispatches: int = 0
     _since: float = 0.0
@@ -83,12 +91,14 @@ class NodeActor:
 
     async def run(self) -> None:
         # The outbox is entered first, before any checkpoint: however early the batch is
-        # cancelled, this clone is closed and the ReleaseActor sees the channel end.
+        # cancelled, this clone is closed and the ReleaseActor sees the channel end, and a
+        # place held for this actor is given back.
         with (
             self.outbox,
             structlog.contextvars.bound_contextvars(
                 node_id=self.node.node_id, batch=self.node.batch
             ),
+            self._giving_place_back(),
         ):
             try:
                 self._address = AgentAddress(self.node.main_ip, self.node.agent_port)
@@ -98,7 +108,7 @@ class NodeActor:
                 reason = f"invalid agent address: {error}"
                 await self.outbox.send(Failed(self.node.id, reason, FailureKind.INVALID_ADDRESS))
                 return
-            async with self.limiter:
+            async with self._place():
                 outcome: Succeeded | Failed | Held | None = None
                 budget = self.timing.deadline - self.spent
                 if self.spent:
@@ -119,6 +129,18 @@ class NodeActor:
                         FailureKind.DEADLINE,
                     )
                 await self.outbox.send(outcome)
+
+    @contextlib.contextmanager
+    def _giving_place_back(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if self.held_place is not None:
+                self.limiter.release_on_behalf_of(self.held_place)
+
+    def _place(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """What holds the node's place while it is driven: the one held already, else its own."""
+        return contextlib.nullcontext() if self.held_place is not None else self.limiter
 
     async def _drive(self) -> Succeeded | Failed | Held:
         self._since = trio.current_time() - self.spent

@@ -136,8 +136,11 @@ class ReleaseActor:
     """Drives a claimed release to success or failure.
 
     Batches run strictly in plan order. Inside a batch one NodeActor per unfinished member runs,
-    at most ``max_parallel`` at a time, reporting over a memory channel. Transitions are
-    persisted in one fenced transaction per tick. A failure beyond ``max_failures`` cancels the
+    at most ``max_parallel`` at a time, reporting over a memory channel. Without label caps
+    the places go in the batch's row order (the order the preview shows): the spawner takes
+    each node's place before it starts the node's actor (``_spawn``). Under label caps a node
+    takes its place once it holds its lanes. Transitions are persisted in one fenced
+    transaction per tick. A failure beyond ``max_failures`` cancels the
     batch scope; then dispatched nodes are reconciled with their agents, and the outcome
     (which skips every node never dispatched) is recorded.
 
@@ -557,39 +560,74 @@ class ReleaseActor:
         pacing: PollShare,
         caps: LabelCaps | None,
     ) -> None:
+        """Start the batch's NodeActors in its order (the rows' order, as the preview shows).
+
+        Without label caps the spawner takes each node's place in ``limiter`` before it
+        starts the node's actor, one node after the other, so places go strictly in that
+        order whatever order trio runs tasks in, and at most ``max_parallel`` actors exist at
+        once; nodes already running (a takeover, a resume) come first, being in flight
+        already. Under label caps each node waits for its lanes in a task of its own and then
+        takes its own place (actors/topology.py): a node waiting for its PoP holds none."""
+        if caps is None:
+            # Stable: the running ones first, each part in the batch's order.
+            todo = sorted(todo, key=lambda node: node.status is not NodeStatus.RUNNING)
         async with send:
             for spawned, node in enumerate(todo, 1):
                 if not self.steering.open:
                     break  # paused or cancelled: the rest stay as they are
-                actor = NodeActor(
-                    node=node,
-                    version=self.claim.release.version,
-                    config_version=self.claim.release.config_version,
-                    gate=self.steering,
-                    agents=self.agents,
-                    timing=self.config.node,
-                    outbox=send.clone(),
-                    limiter=limiter,
-                    pacer=pacing,
-                    rng=random.Random(node.id),
-                    spent=self._spent.get(node.id, 0.0),
-                )
-                # start_soon, not start: start waits a scheduling round per actor. The actor
-                # owns its outbox clone from its first statement, so nothing can leak.
-                if caps is None:
-                    nursery.start_soon(actor.run)
-                else:
-                    place = (
-                        None
-                        if node.status is NodeStatus.RUNNING
-                        else caps.queue_nowait(node.labels)
+                if caps is None and not await self._take_place(limiter, node.id):
+                    break  # paused or cancelled while waiting for the place
+                try:
+                    actor = NodeActor(
+                        node=node,
+                        version=self.claim.release.version,
+                        config_version=self.claim.release.config_version,
+                        gate=self.steering,
+                        agents=self.agents,
+                        timing=self.config.node,
+                        outbox=send.clone(),
+                        limiter=limiter,
+                        pacer=pacing,
+                        rng=random.Random(node.id),
+                        spent=self._spent.get(node.id, 0.0),
+                        held_place=node.id if caps is None else None,
                     )
-                    nursery.start_soon(
-                        caps.run_in_lanes, place, node.labels, actor.run, actor.outbox
-                    )
+                    # start_soon, not start: start waits a scheduling round per actor. The
+                    # actor owns its outbox clone and its place from its first statement,
+                    # so nothing can leak.
+                    if caps is None:
+                        nursery.start_soon(actor.run)
+                    else:
+                        place = (
+                            None
+                            if node.status is NodeStatus.RUNNING
+                            else caps.queue_nowait(node.labels)
+                        )
+                        nursery.start_soon(
+                            caps.run_in_lanes, place, node.labels, actor.run, actor.outbox
+                        )
+                except BaseException:
+                    if caps is None:
+                        limiter.release_on_behalf_of(node.id)
+                    raise
                 if spawned % SPAWN_GROUP == 0:
                     # Let the started ones dispatch while the rest of a large batch is spawned.
                     await trio.lowlevel.checkpoint()
+
+    async def _take_place(self, limiter: trio.CapacityLimiter, borrower: int) -> bool:
+        """A place in ``limiter`` for ``borrower``: at once while one is free (no scheduling
+        round per node), else once an actor ends and gives its own back. False, holding
+        none, when the release was paused or cancelled meanwhile."""
+        try:
+            limiter.acquire_on_behalf_of_nowait(borrower)
+            return True
+        except trio.WouldBlock:
+            pass
+        await limiter.acquire_on_behalf_of(borrower)
+        if self.steering.open:
+            return True
+        limiter.release_on_behalf_of(borrower)
+        return False
 
     async def _collect(
         self, receive: trio.MemoryReceiveChannel[NodeMessage], batch_scope: trio.CancelScope

@@ -129,13 +129,13 @@ def agent_applies(
 
 
 def peak_in_flight(
-    fleet: SimulatedFleet, nodes: Sequence[ReleaseNode], version: int, key: str
+    fleet: SimulatedFleet, nodes: Sequence[ReleaseNode], version: int, key: str | None
 ) -> dict[str | None, int]:
     """The most applies of the release at once on the agents, per value of label ``key``
-    (None: nodes without it)."""
+    (None: nodes without it; ``key`` None: all nodes together, under None)."""
     moments: dict[str | None, list[tuple[float, int]]] = {}
     for start, end, node in agent_applies(fleet, nodes, version):
-        value = dict(node.labels).get(key)
+        value = None if key is None else dict(node.labels).get(key)
         moments.setdefault(value, []).extend([(start, 1), (end, -1)])
     peaks: dict[str | None, int] = {}
     for value, changes in moments.items():

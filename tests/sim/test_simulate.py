@@ -163,8 +163,8 @@ def test_a_budget_lets_failures_through_and_leaves_those_nodes_old(
 def test_the_same_seed_gives_the_same_figures_in_one_process_or_several(
     tmp_path: Path, engine: str
 ) -> None:
-    # Batches larger than max_parallel: which nodes go first depends on the order trio runs
-    # ready tasks in, which the seed fixes too.
+    # Batches larger than max_parallel: their places go in row order whatever order trio
+    # runs ready tasks in; the seed fixes that order too.
     strategy = {"plan": [1, "20%", "100%"], "maxFailurePercent": 10}
 
     def run(seed: int, jobs: int = 1) -> dict[str, Any]:
