@@ -565,7 +565,7 @@ class ReleaseActor:
         Without label caps the spawner takes each node's place in ``limiter`` before it
         starts the node's actor, one node after the other, so places go strictly in that
         order whatever order trio runs tasks in, and at most ``max_parallel`` actors exist at
-        once; nodes already running (a takeover, a resume) come first, being in flight
+        once; nodes already running (a release taken over) come first, being in flight
         already. Under label caps each node waits for its lanes in a task of its own and then
         takes its own place (actors/topology.py): a node waiting for its PoP holds none."""
         if caps is None:

@@ -21,8 +21,16 @@ from fleetwave.actors.messages import Failed, NodeMessage
 from fleetwave.actors.node import NodeActor
 from fleetwave.actors.timing import NodeTiming, PollPacer, PollShare
 from fleetwave.agent.errors import FailureKind
+from fleetwave.agent.protocol import AgentAddress, DispatchRequest
 from fleetwave.agent.sim import Behaviour
-from fleetwave.store.models import NodeStatus, ReleaseNode, ReleaseSpec, ReleaseStatus
+from fleetwave.store.models import (
+    NodeChange,
+    NodeStatus,
+    ReleaseNode,
+    ReleaseSpec,
+    ReleaseStatus,
+    task_id_for,
+)
 from fleetwave.store.verbs import Verb
 from tests.hostile import HOSTILE_ADDRESSES, hostile_row
 from tests.invariants import assert_release_invariants, peak_in_flight
@@ -157,7 +165,7 @@ async def test_a_failure_while_nodes_wait_for_places_leaves_the_rows_after_it_un
     rows = await sim.store.release_nodes(release_id)
     reached = [bool(sim.fleet.task_ids(row.main_ip)) for row in rows]
     touched = reached.index(False)
-    assert 20 <= touched < 25
+    assert 20 <= touched < 30
     assert not any(reached[touched:]), "a row below the stop was dispatched"
     statuses = [row.status for row in rows]
     assert statuses[touched:] == [NodeStatus.SKIPPED] * (60 - touched)
@@ -179,7 +187,7 @@ async def test_a_pause_while_nodes_wait_for_places_resumes_in_row_order(
     statuses = [row.status for row in await sim.store.release_nodes(release_id)]
     done = statuses.count(NodeStatus.SUCCESS)
     # In-flight nodes finished; the ones waiting for a place were never started.
-    assert 10 <= done <= 13
+    assert 10 <= done <= 16
     assert statuses == [NodeStatus.SUCCESS] * done + [NodeStatus.PENDING] * (40 - done)
 
     await verb(sim, release_id, Verb.RESUME)
@@ -189,6 +197,48 @@ async def test_a_pause_while_nodes_wait_for_places_resumes_in_row_order(
     rows = await sim.store.release_nodes(release_id)
     assert_row_order(first_dispatches(sim, rows))
     assert peak_in_flight(sim.fleet, rows, release.version, None) == {None: 3}
+    await assert_release_invariants(sim.store, release_id, sim.fleet)
+
+
+async def test_nodes_running_when_a_release_is_taken_over_get_the_first_places(
+    make_sim: Callable[..., Sim], autojump_clock: MockClock
+) -> None:
+    # An owner that dispatched in another order (rows 28-30, still applying) died; the next
+    # owner counts them in flight first and dispatches no row above them until one ends.
+    sim = make_sim(
+        30,
+        behaviour=Behaviour(apply_time=(1, 2)),
+        overrides=[(k, Behaviour(apply_time=(40, 40))) for k in (28, 29, 30)],
+    )
+    await sim.register()
+    release_id = await sim.create(plan=("100%",), max_parallel=3)
+    (claim,) = await sim.store.claim("gone", 1, ttl=5)
+    rows = await sim.store.release_nodes(release_id)
+    version = claim.release.version
+    running = rows[-3:]
+    changes = [
+        NodeChange(
+            row.id,
+            NodeStatus.RUNNING,
+            task_id=task_id_for(row.main_ip, version),
+            attempts=1,
+            started=True,
+        )
+        for row in running
+    ]
+    assert await sim.store.record(claim.lease, changes, daemon_id="gone")
+    for row in running:
+        request = DispatchRequest(task_id=task_id_for(row.main_ip, version), version=version)
+        await sim.agents().dispatch(AgentAddress(row.main_ip, row.agent_port), request)
+
+    await sim.start_daemon("sim-b")
+    release = await sim.wait_terminal(release_id)
+
+    assert release.status is ReleaseStatus.SUCCESS and release.success_nodes == 30
+    assert peak_in_flight(sim.fleet, rows, version, None) == {None: 3}
+    times = first_dispatches(sim, rows)
+    assert min(times[:27]) >= 40  # once the first of the three finished its 40 s
+    assert_row_order(times[:27])
     await assert_release_invariants(sim.store, release_id, sim.fleet)
 
 
