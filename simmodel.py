@@ -27,9 +27,9 @@ microsecond where no two events share an instant (docs/simulate.md says where tr
 then decides).
 
 What it leaves out, the real daemon only shows with ``--engine daemon``: agent errors and
-retries (a simulated agent answers at once), the order in which trio hands out places when a
-batch is larger than ``max_parallel`` (the model takes row order; figures agree in
-distribution, not run by run), and store or lease trouble.
+retries (a simulated agent answers at once) and store or lease trouble. A batch larger than
+``max_parallel`` takes its places in row order in both (the daemon's spawner hands them out
+so, whatever order trio runs its tasks in).
 """
 
 from __future__ import annotations

@@ -132,6 +132,20 @@ CASES = [
         {},
         id="caps-on-two-keys",
     ),
+    # Batches larger than max_parallel: the daemon hands its places out in row order, as the
+    # model does, whatever order trio runs its tasks in.
+    pytest.param(
+        {"plan": [1, "25%", "100%"], "maxFailurePercent": 5},
+        {"nodes": 200, "fail_rate": 0.02},
+        {"max_parallel": 7},
+        id="above-max-parallel",
+    ),
+    pytest.param(
+        {"plan": [1, "100%"], "maxFailures": 2},
+        {"nodes": 120, "fail_rate": 0.05},
+        {"max_parallel": 5},
+        id="above-max-parallel-beyond-the-budget",
+    ),
 ]
 
 
