@@ -275,8 +275,12 @@ async def test_an_actor_given_its_place_gives_it_back_however_it_ends(
     [row] = await sim.store.release_nodes(created.release.id)
     limiter = trio.CapacityLimiter(1)
 
-    def actor(node: ReleaseNode, outbox: trio.MemorySendChannel[NodeMessage]) -> NodeActor:
-        limiter.acquire_on_behalf_of_nowait(node.id)
+    def actor(
+        node: ReleaseNode, outbox: trio.MemorySendChannel[NodeMessage], *, held: bool = True
+    ) -> NodeActor:
+        """An actor of ``node`` given a place taken for it (``held``), or none."""
+        if held:
+            limiter.acquire_on_behalf_of_nowait(node.id)
         return NodeActor(
             node=node,
             version=created.release.version,
@@ -285,7 +289,7 @@ async def test_an_actor_given_its_place_gives_it_back_however_it_ends(
             outbox=outbox,
             limiter=limiter,
             pacer=PollShare(PollPacer(), 1),
-            held_place=node.id,
+            held_place=node.id if held else None,
         )
 
     # Cancelled before its first checkpoint: nothing sent, the place back.
@@ -307,17 +311,7 @@ async def test_an_actor_given_its_place_gives_it_back_however_it_ends(
     # Without a place given, it takes its own: it waits while another holds the only one.
     limiter.acquire_on_behalf_of_nowait("another")
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            NodeActor(
-                node=row,
-                version=created.release.version,
-                agents=sim.agents(),
-                timing=NodeTiming(),
-                outbox=send.clone(),
-                limiter=limiter,
-                pacer=PollShare(PollPacer(), 1),
-            ).run
-        )
+        nursery.start_soon(actor(row, send.clone(), held=False).run)
         await trio.sleep(60)
         assert limiter.statistics().tasks_waiting == 1
         nursery.cancel_scope.cancel()
