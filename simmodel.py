@@ -250,21 +250,31 @@ class _Run:
             while waiting and places:
                 dispatch(start)
                 places -= 1
-            for now, kind, draw in self._ends(events, limits):
-                share.finished()
-                if not self._ended(number, kind, draw):
-                    why = model.strategy.release_over_budget(self.failed, self.sizes)
-                    if why is not None:
-                        self.error = self._failure(number, draw, kind, why)
-                        break
-                # Its place in the pool goes first, then its slots (the actor leaves the pool
-                # before its lanes): a node admitted now queues behind those waiting already.
-                places += 1
-                admission.release(draw)
-                while waiting and places:
+            stopped = False
+            while events and not stopped:
+                # Every node ending at this instant is handled before a place it gives back is
+                # used (the daemon's spawner runs after the collector has read them all).
+                now = events[0][0]
+                while events and events[0][0] == now:
+                    _, kind, draw = heapq.heappop(events)
+                    if kind == _POLL and now < done_at[draw]:
+                        heapq.heappush(events, self._next_poll(draw, now, limits[draw]))
+                        continue
+                    share.finished()
+                    if not self._ended(number, kind, draw):
+                        why = model.strategy.release_over_budget(self.failed, self.sizes)
+                        if why is not None:
+                            self.error = self._failure(number, draw, kind, why)
+                            stopped = True
+                            break
+                    # Its place in the pool goes first, then its slots (the actor leaves the
+                    # pool before its lanes): a node admitted now queues behind those waiting.
+                    places += 1
+                    admission.release(draw)
+                while waiting and places and not stopped:
                     dispatch(now)
                     places -= 1
-            else:
+            if not stopped:
                 return now, False
             # What ended at the instant the batch stopped counts (the ReleaseActor drains
             # what its NodeActors sent): nodes dispatched together reach their deadline
