@@ -115,6 +115,12 @@ CASES = [
         id="two-deadlines-at-one-instant-before-a-place-is-reused",
     ),
     pytest.param(
+        {"plan": [1], "onFailure": "rollback"},
+        {"nodes": 13, "apply_time": 0, "fail_rate": 0.02, "seed": 0},
+        {},
+        id="rollback-restoring-as-the-run-is-read",
+    ),
+    pytest.param(
         {"plan": [1, "100%"], "batchBy": "pop"},
         {"fail_rate": 0.03, "labels": ("pop=6",)},
         {},
