@@ -55,7 +55,7 @@ from fleetwave.store.errors import Conflict, InvalidInput
 from fleetwave.store.memory import MemoryStore
 from fleetwave.store.models import Actor, ReleaseSpec, ReleaseStatus, Role, task_id_for
 from fleetwave.store.plan import split
-from fleetwave.store.selection import check_label_key
+from fleetwave.store.selection import MAX_LABELS, check_label_key, check_label_value
 from fleetwave.store.strategy import MAX_PAUSE_SEC, Strategy, current_step, strategy_from_json
 from fleetwave.supervisor import Supervisor
 
@@ -208,12 +208,15 @@ def parse_label(text: str, nodes: int) -> tuple[str, int]:
         checked = check_label_key(key)
     except InvalidInput as error:
         raise SimulateError(f"--label {text!r}: {error}") from None
-    try:
-        values = int(count)
-    except ValueError:
-        raise SimulateError(f"--label {text!r}: COUNT is not a whole number") from None
+    if not (count.isascii() and count.isdigit()):
+        raise SimulateError(f"--label {text!r}: COUNT is not a whole number")
+    values = int(count)
     if not 1 <= values <= nodes:
         raise SimulateError(f"--label {text!r}: COUNT must be from 1 to {nodes} (the nodes)")
+    try:  # the values it gives (all of one width) must be values the store takes
+        check_label_value(checked, node_labels([(checked, values)], nodes, nodes)[checked])
+    except InvalidInput as error:
+        raise SimulateError(f"--label {text!r}: {error}") from None
     return checked, values
 
 
@@ -222,8 +225,14 @@ def node_labels(labels: Sequence[tuple[str, int]], nodes: int, k: int) -> dict[s
     the i-th of COUNT blocks of consecutive nodes, as a PoP's nodes are named together. Keys
     whose counts divide one another nest (pop=12 in region=3: four PoPs a region)."""
     return {
-        key: f"{key}-{(k - 1) * count // nodes + 1:0{len(str(count))}d}" for key, count in labels
+        key: f"{_value_prefix(key)}-{(k - 1) * count // nodes + 1:0{len(str(count))}d}"
+        for key, count in labels
     }
+
+
+def _value_prefix(key: str) -> str:
+    """What a key's values start with: the key after its last '/' (a value has no '/')."""
+    return key.rpartition("/")[2]
 
 
 def load_strategy(path: Path) -> Strategy:
@@ -275,6 +284,10 @@ def build_options(
     if engine not in ENGINES:
         raise SimulateError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     count = _whole("--nodes", nodes, 1, MAX_NODES)
+    if len(labels) > MAX_LABELS:
+        raise SimulateError(
+            f"--label: given {len(labels)} times, but a node carries at most {MAX_LABELS} labels"
+        )
     label_counts = tuple(parse_label(text, count) for text in labels)
     repeated = {key for key, _ in label_counts if [k for k, _ in label_counts].count(key) > 1}
     if repeated:

@@ -190,6 +190,13 @@ def test_fail_rate_draws_each_node_independently_from_the_seed() -> None:
         (["bad key=3"], "--label 'bad key=3': label key 'bad key': at most 63 letters"),
         (["=3"], "--label '=3': label key must be a non-empty string"),
         (["pop=3", "pop=4"], "--label pop: given more than once"),
+        (["pop=\u0663"], "--label 'pop=\u0663': COUNT is not a whole number"),
+        (["pop= 3"], "--label 'pop= 3': COUNT is not a whole number"),
+        (
+            [f"{'a' * 62}=3"],
+            f"--label '{'a' * 62}=3': label {'a' * 62}: value '{'a' * 62}-3' must be 1 to 63",
+        ),
+        ([f"k{i}=2" for i in range(65)], "--label: given 65 times, but a node carries at most 64"),
     ],
 )
 def test_a_bad_label_exits_2_naming_it(
@@ -209,3 +216,16 @@ def test_labels_go_on_blocks_of_consecutive_nodes_and_nest() -> None:
     assert [node["region"] for node in seen] == ["region-1"] * 5 + ["region-2"] * 5
     assert simulate.node_labels([("pop", 12)], 12, 12) == {"pop": "pop-12"}
     assert simulate.node_labels([("pop", 12)], 12, 1) == {"pop": "pop-01"}
+
+
+def test_a_label_key_with_a_slash_gives_values_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert simulate.node_labels([("topology/pop", 3)], 9, 9) == {"topology/pop": "pop-3"}
+    path = strategy_file(tmp_path, {"plan": [1, "100%"], "batchBy": "topology/pop"})
+    argv = ["simulate", "--strategy", str(path), "--nodes", "9", "--apply-time", "1"]
+    argv += ["--fail-rate", "0", "--runs", "1", "--jobs", "1", "--label", "topology/pop=3"]
+    assert cli.main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["outcomes"]["success"] == 1
+    assert summary["labels"] == {"topology/pop": 3}
