@@ -162,11 +162,23 @@ class ScheduleModel:
     failure: str = "failed"
     """The lastError a failing agent reports."""
     _jitters: dict[int, _Jitter] = attrs.field(factory=dict, init=False)
+    _holds: dict[int, list[float]] = attrs.field(factory=dict, init=False)
+    """Seconds the bakes and gates after each batch hold (from the schedule, read once:
+    computing it is quadratic in the plan's steps)."""
 
     def __attrs_post_init__(self) -> None:
         for batch in self.batches:
             for member in batch:
                 self._jitters[member.draw] = _Jitter(member.row_id)
+        for step in self.strategy.schedule_batches(len(self.batches)):
+            if step.pause is None:
+                continue
+            if step.pause.seconds is not None:
+                seconds = step.pause.seconds
+            else:
+                assert self.gate_wait is not None, "a gate is refused without a gate wait"
+                seconds = self.gate_wait
+            self._holds.setdefault(step.batch, []).append(seconds)
 
     def run(self, apply_times: Sequence[float], failing: Sequence[bool]) -> ModelOutcome:
         """The release with each node's agent taking ``apply_times[draw]`` seconds and failing
@@ -333,14 +345,8 @@ class _Run:
 
     def _pauses_after(self, number: int, now: float) -> float:
         """Hold the bakes and gates that follow batch ``number``: when the next batch starts."""
-        for step in self.model.strategy.schedule_batches(len(self.model.batches)):
-            if step.pause is None or step.batch != number:
-                continue
-            if step.pause.seconds is not None:
-                now += step.pause.seconds
-            else:
-                assert self.model.gate_wait is not None, "a gate is refused without a gate wait"
-                now += self.model.gate_wait
+        for seconds in self.model._holds.get(number, ()):
+            now += seconds
         return now
 
     def _failure(self, number: int, draw: int, kind: int, why: str) -> str:

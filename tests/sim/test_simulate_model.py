@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from fleetwave import simulate
 from fleetwave.config import Settings, load_settings
+from fleetwave.store.strategy import Strategy
 
 TIME_TOLERANCE = 1e-3
 """Seconds: the daemon's times are read back from records kept to the microsecond."""
@@ -288,3 +289,30 @@ def test_on_random_strategies_the_model_agrees_with_the_daemon(
     )
     model, daemon = both(opts, config, 0)
     assert model == daemon
+
+
+def test_a_run_reads_the_schedule_of_its_pauses_computed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The schedule costs steps x batches to compute: a run of a plan of many gates reads the
+    holds the model took from it once (a run per batch recomputing it took minutes at the
+    plan's 1,000 steps), and still ends as the daemon does."""
+    plan: list[object] = [x for _ in range(20) for x in (1, {"pause": None}, {"pause": 7})]
+    opts = options({"plan": [*plan, "100%"]}, nodes=30, apply_time="1..2", gate_wait=3, runs=2)
+    config = load_settings(environ={})
+    model = simulate.schedule_model(opts, config)
+    computed = []
+    schedule_batches = Strategy.schedule_batches
+
+    def counted(strategy: Strategy, count: int) -> Any:
+        computed.append(count)
+        return schedule_batches(strategy, count)
+
+    monkeypatch.setattr(Strategy, "schedule_batches", counted)
+    runs = [simulate.model_result(model, opts, index) for index in range(opts.runs)]
+    assert computed == []
+    monkeypatch.undo()
+    for index, result in enumerate(runs):
+        assert result.seconds >= 20 * (3 + 7)
+        model_shown, daemon_shown = both(opts, config, index)
+        assert model_shown == daemon_shown, f"run {index}"
