@@ -29,7 +29,9 @@ then decides).
 What it leaves out, the real daemon only shows with ``--engine daemon``: agent errors and
 retries (a simulated agent answers at once) and store or lease trouble. A batch larger than
 ``max_parallel`` takes its places in row order in both (the daemon's spawner hands them out
-so, whatever order trio runs its tasks in).
+so, whatever order trio runs its tasks in), except under ``maxInFlightPer`` when the caps let
+more of the batch in flight than ``max_parallel``: the daemon's nodes admitted together then
+take their places in trio's order, and runs agree in distribution, not one by one.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ import trio
 import trio.testing
 
 from fleetwave.actors.timing import NodeTiming
+from fleetwave.actors.topology import LabelCaps
 from fleetwave.agent.sim import Behaviour, SimulatedFleet
 from fleetwave.bench import machine, percentile
 from fleetwave.config import Settings
@@ -678,6 +679,7 @@ def verify(options: Options, settings: Settings, results: Sequence[RunResult]) -
     order (docs/simulate.md)."""
     started = time.perf_counter()
     count = options.verify
+    racing = places_race(options, settings)
     daemon = attrs.evolve(options, engine="daemon", runs=count, jobs=min(options.jobs, count))
     ran = run_all(daemon, settings)
     tolerance = settings.poll_max_sec
@@ -687,8 +689,30 @@ def verify(options: Options, settings: Settings, results: Sequence[RunResult]) -
         "timeTolerance": tolerance,
         "largestTimeDifference": max(gaps, default=0.0),
         "differing": differences(results[:count], ran, tolerance),
+        "note": racing,
         "wallSeconds": time.perf_counter() - started,
     }
+
+
+def places_race(options: Options, settings: Settings) -> str | None:
+    """Why runs may differ run by run between the engines (docs/simulate.md, "Where they
+    differ"): a batch whose label caps let more of its nodes in flight than ``max_parallel``,
+    whose nodes, admitted by their lanes together, take the pool's places in trio's order in
+    the daemon and in row order in the model. None: no such batch."""
+    caps = options.strategy.max_in_flight_per
+    if not caps:
+        return None
+    model = schedule_model(options, settings)
+    for number, batch in enumerate(model.batches, 1):
+        bound = LabelCaps(caps).most_in_flight(member.labels for member in batch)
+        if bound > settings.max_parallel:
+            return (
+                f"batch {number}: maxInFlightPer lets {bound} of its nodes in flight, above "
+                f"max_parallel {settings.max_parallel}: the nodes its lanes admit together take "
+                "the daemon's places in trio's order, the model's in row order, so runs may "
+                "differ in the nodes touched and in time (docs/simulate.md)"
+            )
+    return None
 
 
 # --- figures -----------------------------------------------------------------------------
@@ -781,6 +805,8 @@ def render(summary: Mapping[str, Any]) -> str:
             f"in {checked['wallSeconds']:.2f} s"
         )
         lines.extend(f"  differs: {line}" for line in differing)
+        if checked.get("note"):
+            lines.append(f"  note: {checked['note']}")
     return "\n".join(lines)
 
 

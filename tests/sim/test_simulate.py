@@ -361,6 +361,24 @@ def test_verify_runs_the_first_runs_by_the_daemon_and_finds_them_equal(
     assert "verified by the daemon: 2 of 2 run(s) agree" in capsys.readouterr().out
 
 
+def test_verify_names_a_batch_whose_caps_let_more_in_flight_than_max_parallel(
+    tmp_path: Path,
+) -> None:
+    """There nodes admitted together take the daemon's places in trio's order: the
+    comparison says so (a difference there is documented, not a defect of the model)."""
+    path = strategy_file(tmp_path, {"plan": [1, "100%"], "maxInFlightPer": {"pop": 2}})
+    words = {"nodes": "30", "apply_time": "1..3", "fail_rate": "0", "runs": "2", "seed": "4"}
+    opts = simulate.build_options(strategy=path, jobs="1", verify="1", labels=["pop=3"], **words)
+    out = io.StringIO()
+    racing = simulate.simulate(opts, load_settings(environ={}, max_parallel=2), stdout=out)
+    assert racing["verified"]["note"].startswith(
+        "batch 2: maxInFlightPer lets 6 of its nodes in flight, above max_parallel 2:"
+    )
+    assert "  note: batch 2: maxInFlightPer lets 6" in out.getvalue()
+    calm = simulate.simulate(opts, load_settings(environ={}, max_parallel=6), stdout=out)
+    assert calm["verified"]["note"] is None
+
+
 def test_verify_needs_the_model_and_no_more_runs_than_there_are(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
