@@ -642,7 +642,7 @@ def run_all(options: Options, settings: Settings) -> list[RunResult]:
         if options.jobs <= 1:
             return [run_one(options, settings, index) for index in indices]
         with ProcessPoolExecutor(
-            max_workers=options.jobs, initializer=_quiet, initargs=(settings,)
+            max_workers=min(options.jobs, options.runs), initializer=_quiet, initargs=(settings,)
         ) as pool:
             count = options.runs
             return list(pool.map(run_one, [options] * count, [settings] * count, indices))

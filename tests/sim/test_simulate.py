@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -436,3 +438,23 @@ def test_labels_let_a_topology_strategy_be_simulated(tmp_path: Path, engine: str
     for seconds in per_run(summary, "seconds"):
         # canary, then 3 regions in turn, each of 4 PoPs of 5 nodes at 2 at once: 3 waves
         assert 5 + 3 * 3 * 5 <= seconds <= 15 + 3 * 3 * (15 + SLACK_PER_BATCH)
+
+
+def test_the_daemon_engine_starts_no_more_processes_than_there_are_runs(tmp_path: Path) -> None:
+    """The summary counts min(--jobs, --runs) processes: the daemon's pool starts no more."""
+    path = strategy_file(tmp_path, {"plan": [1, "100%"]})
+    words = {"nodes": "300", "apply_time": "5", "fail_rate": "0", "runs": "2", "seed": "1"}
+    opts = simulate.build_options(strategy=path, jobs="6", engine="daemon", **words)
+    done: list[dict[str, Any]] = []
+    worker = threading.Thread(
+        target=lambda: done.append(
+            simulate.simulate(opts, load_settings(environ={}), stdout=io.StringIO())
+        )
+    )
+    worker.start()
+    most = 0
+    while worker.is_alive():
+        most = max(most, len(multiprocessing.active_children()))
+        worker.join(0.005)
+    assert done[0]["jobs"] == 2
+    assert 1 <= most <= 2
