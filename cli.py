@@ -208,7 +208,11 @@ def _add_simulate_command(commands: argparse._SubParsersAction[argparse.Argument
         help="promote each gate S virtual seconds after it is reached (without it a strategy "
         "with a gate is refused)",
     )
-    sim.add_argument("--jobs", metavar="J", help="processes to share the runs (default: CPUs)")
+    sim.add_argument(
+        "--jobs",
+        metavar="J",
+        help="processes to share the runs (default: one per CPU, at most one per run)",
+    )
     sim.add_argument(
         "--engine",
         default="model",
@@ -227,8 +231,8 @@ def _add_simulate_command(commands: argparse._SubParsersAction[argparse.Argument
     sim.add_argument(
         "--verify",
         metavar="N",
-        help="also run the first N runs by the daemon and compare them with the model's "
-        "(exit 1 when one differs)",
+        help="with --engine model: also run the first N runs (0 to K) by the daemon and "
+        "compare them with the model's (exit 1 when one differs)",
     )
     sim.add_argument("--json", action="store_true", help="print the figures as JSON")
 

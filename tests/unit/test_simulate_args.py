@@ -229,3 +229,13 @@ def test_a_label_key_with_a_slash_gives_values_without_it(
     summary = json.loads(capsys.readouterr().out)
     assert summary["outcomes"]["success"] == 1
     assert summary["labels"] == {"topology/pop": 3}
+
+
+def test_the_help_says_the_defaults_and_ranges_the_options_have(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["simulate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: one per CPU, at most one per run)" in shown
+    assert "with --engine model: also run the first N runs (0 to K) by the daemon" in shown
