@@ -237,7 +237,8 @@ class _Run:
             touched=len(self.status) - counts[_PENDING],
             left_old=len(self.status) - counts[_SUCCESS],
             failed_nodes=counts[_FAILED],
-            error=self.error,
+            # A paused release's cause is the reason its pause records (as the daemon's verb).
+            error=f"onFailure pause: {self.error}" if status == "paused" else self.error,
         )
 
     def _batch(self, number: int, members: Sequence[Member], start: float) -> tuple[float, bool]:

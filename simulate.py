@@ -489,6 +489,10 @@ async def simulate_run(options: Options, settings: Settings, index: int) -> RunR
     # onFailure creates may already have begun restoring some.)
     left_old = sum(node.status is not models.NodeStatus.SUCCESS for node in nodes)
     outcome = str(release.status)
+    error = release.error
+    if release.status is ReleaseStatus.PAUSED and error is None:
+        # onFailure pause records its cause as the pause's reason, not as the release's error.
+        error = release.verb_reason
     if release.status is ReleaseStatus.FAILED:
         later, _ = await store.list_releases(limit=10)
         if any(other.rollback_of == release_id for other in later):
@@ -500,7 +504,7 @@ async def simulate_run(options: Options, settings: Settings, index: int) -> RunR
         touched=touched,
         left_old=left_old,
         failed_nodes=release.failed_nodes,
-        error=release.error,
+        error=error,
     )
 
 

@@ -458,3 +458,19 @@ def test_the_daemon_engine_starts_no_more_processes_than_there_are_runs(tmp_path
         worker.join(0.005)
     assert done[0]["jobs"] == 2
     assert 1 <= most <= 2
+
+
+def test_a_run_paused_by_a_failure_says_why_in_either_engine(tmp_path: Path) -> None:
+    """onFailure pause records its cause as the pause's reason (the release's error stays
+    empty): a paused run's error is that reason, by the daemon as by the model."""
+    path = strategy_file(tmp_path, {"plan": [1, "100%"], "onFailure": "pause"})
+    words = {"nodes": "10", "apply_time": "1..2", "fail_rate": "1", "runs": "1", "seed": "2"}
+    opts = simulate.build_options(strategy=path, jobs="1", **words)
+    config = load_settings(environ={})
+    daemon = simulate.run_one(opts, config, 0)
+    model = simulate.model_result(simulate.schedule_model(opts, config), opts, 0)
+    for result in (daemon, model):
+        assert result.outcome == "paused"
+        assert result.error is not None
+        assert result.error.startswith("onFailure pause: node edge-00001 ")
+        assert "'simulated failure' (1 of 1 node(s) of the canary failed" in result.error
