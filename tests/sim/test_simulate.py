@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 
 from fleetwave import cli, simulate
 from fleetwave.config import load_settings
@@ -474,3 +476,37 @@ def test_a_run_paused_by_a_failure_says_why_in_either_engine(tmp_path: Path) -> 
         assert result.error is not None
         assert result.error.startswith("onFailure pause: node edge-00001 ")
         assert "'simulated failure' (1 of 1 node(s) of the canary failed" in result.error
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the task steps of a trio run."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.count += 1
+
+
+def test_a_bake_of_a_day_costs_the_daemon_engine_no_look_every_half_second(
+    tmp_path: Path,
+) -> None:
+    """The run waits for the release's changes on the store's event feed: a day's bake
+    adds no 172,800 looks at the release (trio task steps of the whole run counted)."""
+    path = strategy_file(tmp_path, {"plan": [1, {"pause": 86_400}, "100%"]})
+    words = {"nodes": "5", "apply_time": "1", "fail_rate": "0", "runs": "1", "seed": "1"}
+    opts = simulate.build_options(strategy=path, jobs="1", engine="daemon", **words)
+    config = load_settings(environ={})
+    steps = _Steps()
+    with simulate._quiet_logging(config):
+        result = trio.run(
+            simulate.simulate_run,
+            opts,
+            config,
+            0,
+            clock=trio.testing.MockClock(autojump_threshold=0),
+            instruments=[steps],
+        )
+    assert (result.outcome, result.touched, result.left_old) == ("success", 5, 0)
+    assert 86_400 < result.seconds < 86_400 + 10
+    assert steps.count < 100_000
