@@ -33,7 +33,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -385,36 +385,50 @@ async def _seed_old_version(store: MemoryStore) -> None:
     await store.record(claim.lease, changes, done, daemon_id=DAEMON)
 
 
-async def _promote_gates(store: MemoryStore, release_id: int, wait: float) -> None:
-    """Promote each gate the release reaches, ``wait`` virtual seconds after it got there.
-
-    The store's event feed says at once when the release reaches a step (the API's live
-    views are woken by the same feed), so each gate is promoted exactly ``wait`` after it was
-    reached, never a look later."""
+async def _follow(
+    store: MemoryStore, release_id: int, look: Callable[[models.Release], Awaitable[bool]]
+) -> None:
+    """``look`` at the release now and again after each event of the store's feed (which
+    says at once when the release changes), until it returns True."""
     changed = trio.Event()
 
     def wake() -> None:
         changed.set()
 
-    promoted: set[int] = set()
     async with trio.open_nursery() as nursery:
         await nursery.start(store.listen_events, wake)
         while True:
             changed = trio.Event()
             release = await store.get_release(release_id)
             assert release is not None
-            step = current_step(release)
-            gate = None if step is None or step.kind != "gate" else step.position
-            if release.status is ReleaseStatus.RUNNING and gate not in (None, *promoted):
-                assert gate is not None
-                promoted.add(gate)
-                await trio.sleep(wait)
-                with contextlib.suppress(Conflict):  # no longer at the gate
-                    await store.promote(
-                        release_id, by=SIMULATION, reason=f"simulated gate wait of {wait:g}s"
-                    )
-                continue
+            if await look(release):
+                break
             await changed.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def _promote_gates(store: MemoryStore, release_id: int, wait: float) -> None:
+    """Promote each gate the release reaches, ``wait`` virtual seconds after it got there.
+
+    The store's event feed says at once when the release reaches a step (the API's live
+    views are woken by the same feed), so each gate is promoted exactly ``wait`` after it was
+    reached, never a look later."""
+    promoted: set[int] = set()
+
+    async def look(release: models.Release) -> bool:
+        step = current_step(release)
+        gate = None if step is None or step.kind != "gate" else step.position
+        if release.status is ReleaseStatus.RUNNING and gate not in (None, *promoted):
+            assert gate is not None
+            promoted.add(gate)
+            await trio.sleep(wait)
+            with contextlib.suppress(Conflict):  # no longer at the gate
+                await store.promote(
+                    release_id, by=SIMULATION, reason=f"simulated gate wait of {wait:g}s"
+                )
+        return False  # until the run ends
+
+    await _follow(store, release_id, look)
 
 
 async def prepare_run(options: Options, index: int) -> tuple[SimulatedFleet, MemoryStore, int]:
@@ -450,21 +464,11 @@ async def _left_daemon(store: MemoryStore, supervisor: Supervisor, release_id: i
     While the release runs, each change of it comes through the store's event feed, so a
     bake of days costs no look every ``WATCH_POLL`` (half a million of them in 30 days);
     the actor, once the release has ended, is looked for every ``WATCH_POLL``."""
-    changed = trio.Event()
 
-    def wake() -> None:
-        changed.set()
+    async def ended(release: models.Release) -> bool:
+        return release.status not in (ReleaseStatus.PENDING, ReleaseStatus.RUNNING)
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.listen_events, wake)
-        while True:
-            changed = trio.Event()
-            release = await store.get_release(release_id)
-            assert release is not None
-            if release.status not in (ReleaseStatus.PENDING, ReleaseStatus.RUNNING):
-                break
-            await changed.wait()
-        nursery.cancel_scope.cancel()
+    await _follow(store, release_id, ended)
     while True:
         if release_id not in supervisor.owned:
             return
