@@ -221,8 +221,13 @@ class Supervisor:
                 owned.lost = True
             except StoreUnavailable as error:
                 # The lease will expire and any daemon, this one included, resumes the release.
-                log.error("release.abandoned", release_id=release_id, error=str(error))
                 owned.lost = True
+                if trio.current_time() >= scope.deadline:
+                    # The lease was unproven already (this daemon stalled, or the database
+                    # stayed away past it): the watchdog's stop, whichever came first.
+                    log.warning("release.lease_unproven", release_id=release_id, error=str(error))
+                else:
+                    log.error("release.abandoned", release_id=release_id, error=str(error))
             except Exception as error:
                 # The daemon's one broad except: a defect in this release's actors (any
                 # exception trio propagated out of its tree) ends this release's actors only.
@@ -234,7 +239,10 @@ class Supervisor:
                 )
                 metrics.CRASHES.inc()
                 crash = error
-        del self._owned[release_id]
+        if self._owned.get(release_id) is owned:
+            # Not when a later claim of the release by this daemon (its lease ran out while
+            # this actor was held up) owns it now: that one removes its own entry.
+            del self._owned[release_id]
         if crash is not None and not owned.lost:
             await self._record_crash(claim, crash)
         elif scope.cancelled_caught and not owned.lost:
